@@ -29,7 +29,9 @@ struct ModelConfig {
   double partial_rotary_factor = 1.0; // fraction of d_head that is rotated (llama only), (0, 1]
   double norm_eps = 1e-5;             // rms_norm_eps / layer_norm_epsilon / layer_norm_eps
   bool tie_word_embeddings = false;   // lm_head shares the token embedding (gpt2: always)
-  bool attention_bias = false;        // q/k/v projections carry biases (qwen2: true)
+  bool attention_bias = false;        // q/k/v projections carry biases (qwen2; llama's attention_bias)
+  bool attention_out_bias = false;    // o_proj carries a bias (llama's attention_bias; not qwen2)
+  bool mlp_bias = false;              // gate/up/down projections carry biases (llama's mlp_bias)
   int64_t type_vocab_size = 2;        // bert only
   int64_t bos_token_id = -1;          // -1 = none
   int64_t eos_token_id = -1;          // -1 = none
@@ -45,7 +47,16 @@ struct ModelConfig {
   std::string to_json_text() const;
   // Checks internal consistency; throws std::invalid_argument naming `source_name` and the field.
   void validate(const std::string& source_name) const;
+
+  // Field-by-field equality (doubles compared exactly).
+  bool operator==(const ModelConfig& other) const = default;
 };
+
+// Named shapes for make-model: "tiny-llama", "tiny-gpt2", "tiny-bert" (test fixtures, a few thousand
+// parameters... ~100k), "smollm2-135m", "smollm2-360m", "tinyllama-1.1b", "llama-2-7b", "qwen2-0.5b", "gpt2",
+// "distilgpt2", "gpt2-medium", "minilm-l6" (all-MiniLM-L6-v2). Throws std::invalid_argument listing the names.
+ModelConfig shape_preset(const std::string& name);
+std::vector<std::string> shape_preset_names();
 
 // Every tensor a checkpoint of this config must hold, with its shape, in Hugging Face names
 // (model.layers.N.self_attn.q_proj.weight, transformer.h.N.attn.c_attn.weight, ...). Tied

@@ -1,0 +1,103 @@
+#include "models/stream.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace sinkflow {
+
+Policy parse_policy(const std::string& name) {
+  if (name == "dense") return Policy::dense;
+  if (name == "window") return Policy::window;
+  if (name == "sink") return Policy::sink;
+  if (name == "recompute") return Policy::recompute;
+  throw std::invalid_argument("unknown policy '" + name + "': expected dense, window, sink or recompute");
+}
+
+const char* policy_name(Policy policy) {
+  switch (policy) {
+    case Policy::dense: return "dense";
+    case Policy::window: return "window";
+    case Policy::sink: return "sink";
+    case Policy::recompute: return "recompute";
+  }
+  return "?";
+}
+
+CacheConfig StreamConfig::resolved_cache() const {
+  CacheConfig c = cache;
+  if (policy == Policy::window || policy == Policy::dense) c.n_sink = 0;
+  if (policy == Policy::dense) {
+    c.allow_evict = false;
+    c.n_memory = 0;
+  }
+  return c;
+}
+
+void StreamConfig::validate(const ModelConfig& model, const std::string& where) const {
+  if (prefill_block <= 0) throw std::invalid_argument(where + ": prefill_block must be > 0, found " + std::to_string(prefill_block));
+  if (policy == Policy::recompute && cache.n_memory > 0) {
+    throw std::invalid_argument(where + ": the recompute policy has no memory region (n_memory must be 0, found " +
+                                std::to_string(cache.n_memory) + ")");
+  }
+  CacheConfig c = resolved_cache();
+  if (policy == Policy::recompute) c.allow_evict = false;  // its scratch cache is dense
+  c.validate(model, where);
+}
+
+StreamSession::StreamSession(std::shared_ptr<const Decoder> decoder, const StreamConfig& config, int64_t start_position)
+    : decoder_(std::move(decoder)), config_(config) {
+  config_.validate(decoder_->config(), "stream");
+  cache_ = decoder_->make_cache(config_.resolved_cache());
+  cache_->reset(start_position);
+  if (config_.policy == Policy::recompute) {
+    CacheConfig s;
+    s.n_sink = 0;
+    s.n_memory = 0;
+    s.n_recent = config_.resolved_cache().capacity();
+    s.allow_evict = false;
+    scratch_ = decoder_->make_cache(s);
+  }
+}
+
+StreamSession::~StreamSession() = default;
+
+at::Tensor StreamSession::feed(const std::vector<int64_t>& tokens, std::vector<EvictedSpan>* evicted, bool all_logits,
+                               at::Tensor* hidden_out) {
+  if (tokens.empty()) throw std::invalid_argument("stream: feed() needs at least one token");
+  const int64_t block = std::min(config_.prefill_block, cache_->config().n_recent);
+  std::vector<at::Tensor> rows, hiddens;
+  at::Tensor last, last_hidden;
+  for (size_t begin = 0; begin < tokens.size(); begin += block) {
+    const size_t end = std::min(tokens.size(), begin + static_cast<size_t>(block));
+    std::vector<int64_t> part(tokens.begin() + begin, tokens.begin() + end);
+    at::Tensor h;
+    last = step(part, evicted, all_logits, hidden_out ? &h : nullptr);
+    if (all_logits) rows.push_back(last);
+    if (hidden_out) hiddens.push_back(h);
+  }
+  if (hidden_out) *hidden_out = hiddens.size() == 1 ? hiddens[0] : at::cat(hiddens, 0);
+  if (all_logits && rows.size() > 1) return at::cat(rows, 0);
+  return last;
+}
+
+at::Tensor StreamSession::step(const std::vector<int64_t>& tokens, std::vector<EvictedSpan>* evicted, bool all_logits,
+                               at::Tensor* hidden_out) {
+  StepPlan plan = plan_step(*cache_, tokens);
+  EvictedSpan span = cache_->apply(plan);
+  tokens_evicted_ += static_cast<int64_t>(span.tokens.size());
+  if (evicted && !span.tokens.empty()) evicted->push_back(std::move(span));
+  if (config_.policy != Policy::recompute) return decoder_->forward(plan, *cache_, !all_logits, hidden_out);
+  // Sliding window with re-computation: the cached tokens, rebuilt at positions 0..L-1.
+  std::vector<int64_t> window = cache_->cached_tokens();
+  scratch_->reset(0);
+  StepPlan full = plan_step(*scratch_, window);
+  scratch_->apply(full);
+  at::Tensor hidden;
+  at::Tensor logits = decoder_->forward(full, *scratch_, false, hidden_out ? &hidden : nullptr);
+  const int64_t t = static_cast<int64_t>(tokens.size());
+  const int64_t rows = all_logits ? t : 1;
+  if (hidden_out) *hidden_out = hidden.narrow(0, hidden.size(0) - rows, rows);
+  return logits.narrow(0, logits.size(0) - rows, rows);
+}
+
+}  // namespace sinkflow

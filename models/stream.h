@@ -1,0 +1,64 @@
+// A stream through one sequence's KV cache under a named policy: the bare decode loop that model-step
+// runs and that `sinkflow ppl`, `generate` and the benchmarks drive.
+//   dense      no eviction; an error once the cache (<= the model's max positions) is full
+//   window     recent window only (no sinks)
+//   sink       StreamingLLM: n_sink attention sinks + memory region + recent window
+//   recompute  sliding window with re-computation: every step rebuilds the cached tokens' K/V from
+//              scratch at in-cache positions 0..L-1 (exact, slow: the paper's speed baseline)
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "models/decoder.h"
+#include "models/kv_cache.h"
+
+namespace sinkflow {
+
+enum class Policy { dense, window, sink, recompute };
+
+Policy parse_policy(const std::string& name);  // throws std::invalid_argument listing the policies
+const char* policy_name(Policy policy);
+
+struct StreamConfig {
+  Policy policy = Policy::sink;
+  CacheConfig cache;           // n_sink is forced to 0 for window and dense; dense never evicts
+  int64_t prefill_block = 256; // tokens per forward when feeding text, > 0 (capped at n_recent)
+  // The cache configuration the policy actually uses.
+  CacheConfig resolved_cache() const;
+  void validate(const ModelConfig& model, const std::string& where) const;
+};
+
+class StreamSession {
+ public:
+  StreamSession(std::shared_ptr<const Decoder> decoder, const StreamConfig& config, int64_t start_position = 0);
+  ~StreamSession();
+
+  // Feeds `tokens` in blocks of at most prefill_block. Returns float32 logits of the last token [1, vocab],
+  // or of every token [T, vocab] when all_logits. Spans that left the window are appended to `evicted`.
+  // hidden_out (optional) receives the final hidden states of the rows returned.
+  at::Tensor feed(const std::vector<int64_t>& tokens, std::vector<EvictedSpan>* evicted = nullptr,
+                  bool all_logits = false, at::Tensor* hidden_out = nullptr);
+
+  const Decoder& decoder() const { return *decoder_; }
+  const StreamConfig& config() const { return config_; }
+  KvCache& cache() { return *cache_; }
+  const KvCache& cache() const { return *cache_; }
+  int64_t position() const { return cache_->next_position(); }
+  int64_t tokens_evicted() const { return tokens_evicted_; }
+
+ private:
+  at::Tensor step(const std::vector<int64_t>& tokens, std::vector<EvictedSpan>* evicted, bool all_logits,
+                  at::Tensor* hidden_out);
+
+  std::shared_ptr<const Decoder> decoder_;
+  StreamConfig config_;
+  std::unique_ptr<KvCache> cache_;
+  std::unique_ptr<KvCache> scratch_;  // recompute: rebuilt every step
+  int64_t tokens_evicted_ = 0;
+};
+
+}  // namespace sinkflow

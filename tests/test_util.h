@@ -1,0 +1,84 @@
+// Shared fixtures for the tests: small random models built in memory, temp directories.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <filesystem>
+#include <memory>
+#include <random>
+#include <string>
+#include <unistd.h>
+
+#include "models/config.h"
+#include "models/decoder.h"
+
+namespace sinkflow::test {
+
+inline ModelConfig tiny_llama_config() {
+  ModelConfig c;
+  c.family = Family::llama;
+  c.model_type = "llama";
+  c.vocab_size = 97;
+  c.d_model = 32;
+  c.n_layer = 2;
+  c.n_head = 4;
+  c.n_kv_head = 2;
+  c.d_head = 8;
+  c.d_ff = 48;
+  c.max_positions = 4096;
+  c.rope_theta = 10000.0;
+  c.norm_eps = 1e-5;
+  c.tie_word_embeddings = true;
+  return c;
+}
+
+inline ModelConfig tiny_gpt2_config() {
+  ModelConfig c;
+  c.family = Family::gpt2;
+  c.model_type = "gpt2";
+  c.vocab_size = 97;
+  c.d_model = 32;
+  c.n_layer = 2;
+  c.n_head = 4;
+  c.n_kv_head = 4;
+  c.d_head = 8;
+  c.d_ff = 128;
+  c.max_positions = 256;
+  c.norm_eps = 1e-5;
+  c.tie_word_embeddings = true;
+  return c;
+}
+
+// A decoder with seeded random weights: matrices N(0, std), norm weights 1 + N(0, 0.1), biases N(0, 0.02).
+inline std::shared_ptr<Decoder> random_decoder(const ModelConfig& config, uint64_t seed, double std = 0.2) {
+  auto d = make_decoder(config, at::Device(at::kCPU), at::kFloat);
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  d->load_weights([&](const std::string& name, const std::vector<int64_t>& shape) {
+    at::Tensor noise = at::normal(0.0, 1.0, shape, gen);
+    const bool norm = name.find("norm") != std::string::npos || name.find("ln_") != std::string::npos;
+    if (norm && name.find("bias") == std::string::npos) return 1.0 + 0.1 * noise;
+    if (name.find("bias") != std::string::npos) return 0.02 * noise;
+    return std * noise;
+  });
+  return d;
+}
+
+inline std::vector<int64_t> random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int64_t> out(n);
+  for (auto& t : out) t = static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab));
+  return out;
+}
+
+inline std::filesystem::path temp_dir(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() / ("sinkflow_test_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+}
+
+}  // namespace sinkflow::test
