@@ -1,1 +1,30 @@
-int main() { return 0; }
+// sinkflow: the launcher. Each subcommand lives in a tools/cmd_*.cpp file; errors are caught once, here.
+#include <CLI/CLI.hpp>
+#include <spdlog/spdlog.h>
+
+#include <csignal>
+#include <iostream>
+#include <stdexcept>
+
+#include "tools/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"sinkflow: streaming LLM inference with attention sinks and a memory of evicted text"};
+  app.require_subcommand(1);
+  std::string log_level = "warn";
+  app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")->capture_default_str();
+  app.parse_complete_callback([&] { spdlog::set_level(spdlog::level::from_str(log_level)); });
+  sinkflow::cli::register_commands(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const std::invalid_argument& e) {
+    std::cerr << "sinkflow: error: " << e.what() << std::endl;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "sinkflow: error: " << e.what() << std::endl;
+    return 1;
+  }
+  return 0;
+}

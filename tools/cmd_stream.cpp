@@ -1,0 +1,281 @@
+// ppl: token-by-token perplexity over a long text through the streaming cache (StreamingLLM's evaluation).
+// bench latency: per-token decode latency per cache size and policy; bench stream: latency and memory
+// flatness over a very long stream.
+#include <c10/core/InferenceMode.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <random>
+#include <sstream>
+
+#include "graph/progress.h"
+#include "models/runtime.h"
+#include "models/stream.h"
+#include "tools/commands.h"
+#include "tools/common.h"
+
+namespace sinkflow::cli {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+std::vector<int64_t> parse_list(const std::string& s, const std::string& what) {
+  std::vector<int64_t> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stoll(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw std::invalid_argument(what + ": expected a comma-separated list of integers, found '" + s + "'");
+    }
+  }
+  if (out.empty()) throw std::invalid_argument(what + ": empty list");
+  return out;
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) out.push_back(item);
+  return out;
+}
+
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t i = std::min(v.size() - 1, static_cast<size_t>(q * (v.size() - 1) + 0.5));
+  return v[i];
+}
+
+struct PplArgs {
+  std::string model, text, csv, policy = "sink";
+  int64_t sinks = 4, window = 0, memory = 0, tokens = 0, segment = 1000;
+  bool json = false;
+  RuntimeOptions rt;
+};
+
+void run_ppl(const PplArgs& a) {
+  a.rt.apply();
+  c10::InferenceMode guard;
+  LoadedModel m = load_model(a.model, a.rt);
+  std::string text = read_file(a.text, "--text");
+  std::vector<int64_t> ids = encode_prompt(m, text);
+  if (a.tokens > 0 && static_cast<int64_t>(ids.size()) > a.tokens + 1) ids.resize(a.tokens + 1);
+  if (ids.size() < 2) throw std::invalid_argument("--text '" + a.text + "' has fewer than 2 tokens");
+  StreamConfig sc;
+  sc.policy = parse_policy(a.policy);
+  sc.cache.n_sink = a.sinks;
+  sc.cache.n_memory = a.memory;
+  sc.cache.n_recent = resolve_window(a.window, a.sinks, m.decoder->config());
+  StreamSession s(m.decoder, sc);
+  std::ofstream csv;
+  if (!a.csv.empty()) {
+    csv.open(a.csv);
+    if (!csv) throw std::invalid_argument("--csv '" + a.csv + "' cannot be written");
+    csv << "index,position,token,nll\n";
+  }
+  const int64_t n = static_cast<int64_t>(ids.size()) - 1;
+  Progress progress("ppl " + a.policy, n);
+  std::vector<double> seg_nll;
+  double total = 0, seg = 0;
+  int64_t seg_n = 0;
+  const auto t0 = clock_type::now();
+  for (int64_t i = 0; i < n; ++i) {
+    at::Tensor logits = s.feed({ids[i]});
+    const double nll = -at::log_softmax(logits[0], -1)[ids[i + 1]].item<double>();
+    total += nll;
+    seg += nll;
+    if (++seg_n == a.segment || i == n - 1) {
+      seg_nll.push_back(seg / seg_n);
+      seg = 0;
+      seg_n = 0;
+    }
+    if (csv.is_open()) csv << i << "," << s.position() - 1 << "," << ids[i + 1] << "," << nll << "\n";
+    progress.set(i + 1);
+  }
+  progress.done();
+  const double secs = std::chrono::duration<double>(clock_type::now() - t0).count();
+  const double ppl = std::exp(total / n);
+  std::vector<double> seg_ppl;
+  for (double v : seg_nll) seg_ppl.push_back(std::exp(v));
+  std::cerr << "ppl " << a.policy << " sinks=" << s.cache().config().n_sink << " memory=" << a.memory << " window=" << sc.cache.n_recent
+            << ": " << ppl << " over " << n << " tokens (" << n / secs << " tokens/s)\n";
+  std::cerr << "per segment of " << a.segment << ":";
+  for (double v : seg_ppl) std::cerr << " " << v;
+  std::cerr << "\n";
+  if (a.json) {
+    print_json({{"command", "ppl"},       {"model", a.model},          {"policy", a.policy},
+                {"n_sink", s.cache().config().n_sink}, {"n_memory", a.memory}, {"n_recent", sc.cache.n_recent},
+                {"tokens", n},            {"ppl", ppl},                {"segment", a.segment},
+                {"segment_ppl", seg_ppl}, {"tokens_per_s", n / secs},  {"ms_per_token", 1000.0 * secs / n},
+                {"peak_rss_mb", peak_rss_bytes() / 1048576.0}});
+  }
+}
+
+struct LatencyArgs {
+  std::string model, caches = "256,512,1024,2048,4096", policies = "sink,recompute,dense";
+  int64_t steps = 50, warmup = 5, sinks = 4;
+  bool json = false;
+  RuntimeOptions rt;
+};
+
+// Per-token decode latencies (ms) of `steps` single-token steps after filling a cache of `cache` tokens.
+std::vector<double> decode_latencies(const std::shared_ptr<Decoder>& d, Policy policy, int64_t cache, int64_t sinks,
+                                     int64_t steps, int64_t warmup) {
+  StreamConfig sc;
+  sc.policy = policy;
+  sc.cache.n_sink = policy == Policy::sink ? sinks : 0;
+  sc.cache.n_recent = cache - sc.cache.n_sink;
+  if (policy == Policy::dense) sc.cache.n_recent = cache + steps + warmup;
+  StreamSession s(d, sc);
+  std::mt19937_64 rng(7);
+  const int64_t vocab = d->config().vocab_size;
+  std::vector<int64_t> fill(cache);
+  for (auto& t : fill) t = static_cast<int64_t>(rng() % vocab);
+  s.feed(fill);
+  std::vector<double> ms;
+  for (int64_t i = 0; i < warmup + steps; ++i) {
+    const int64_t tok = static_cast<int64_t>(rng() % vocab);
+    const auto t0 = clock_type::now();
+    at::Tensor logits = s.feed({tok});
+    (void)logits.data_ptr<float>();
+    const double dt = std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
+    if (i >= warmup) ms.push_back(dt);
+  }
+  return ms;
+}
+
+void run_bench_latency(const LatencyArgs& a) {
+  a.rt.apply();
+  c10::InferenceMode guard;
+  const at::Device device = parse_device(a.rt.device);
+  auto d = load_decoder(a.model, device, parse_dtype(a.rt.dtype, device));
+  nlohmann::json rows = nlohmann::json::array();
+  std::printf("%8s %10s %10s %10s\n", "cache", "policy", "p50 ms", "p90 ms");
+  for (int64_t cache : parse_list(a.caches, "--cache")) {
+    std::map<std::string, double> p50;
+    for (const std::string& pname : split(a.policies)) {
+      const Policy policy = parse_policy(pname);
+      if (policy == Policy::dense && d->config().family == Family::gpt2 && cache + a.steps + a.warmup > d->config().max_positions) continue;
+      auto ms = decode_latencies(d, policy, cache, a.sinks, a.steps, a.warmup);
+      p50[pname] = percentile(ms, 0.5);
+      const double p90 = percentile(ms, 0.9);
+      std::printf("%8ld %10s %10.3f %10.3f\n", static_cast<long>(cache), pname.c_str(), p50[pname], p90);
+      std::fflush(stdout);
+      rows.push_back({{"cache", cache}, {"policy", pname}, {"p50_ms", p50[pname]}, {"p90_ms", p90}, {"steps", a.steps}});
+    }
+    if (p50.count("sink") && p50.count("recompute")) {
+      std::printf("%8ld  recompute/sink speedup: %.1fx\n", static_cast<long>(cache), p50["recompute"] / p50["sink"]);
+    }
+    if (p50.count("sink") && p50.count("dense")) {
+      std::printf("%8ld  sink/dense cost ratio: %.3f\n", static_cast<long>(cache), p50["sink"] / p50["dense"]);
+    }
+  }
+  if (a.json) print_json({{"command", "bench latency"}, {"model", a.model}, {"device", a.rt.device}, {"rows", rows}});
+}
+
+struct StreamBenchArgs {
+  std::string model;
+  int64_t tokens = 1000000, cache = 1024, sinks = 4, probe = 200;
+  std::string checkpoints = "10000,100000,1000000";
+  bool json = false;
+  RuntimeOptions rt;
+};
+
+// Streams random tokens one at a time with the sink policy and reports, at each checkpoint, the median
+// latency of the last `probe` steps and the resident memory: both must stay flat.
+void run_bench_stream(const StreamBenchArgs& a) {
+  a.rt.apply();
+  c10::InferenceMode guard;
+  const at::Device device = parse_device(a.rt.device);
+  auto d = load_decoder(a.model, device, parse_dtype(a.rt.dtype, device));
+  StreamConfig sc;
+  sc.cache.n_sink = a.sinks;
+  sc.cache.n_recent = a.cache - a.sinks;
+  StreamSession s(d, sc);
+  std::vector<int64_t> marks = parse_list(a.checkpoints, "--checkpoints");
+  std::mt19937_64 rng(11);
+  const int64_t vocab = d->config().vocab_size;
+  std::vector<double> recent;
+  nlohmann::json rows = nlohmann::json::array();
+  Progress progress("bench stream", a.tokens);
+  size_t next_mark = 0;
+  for (int64_t i = 1; i <= a.tokens; ++i) {
+    const auto t0 = clock_type::now();
+    at::Tensor logits = s.feed({static_cast<int64_t>(rng() % vocab)});
+    (void)logits.data_ptr<float>();
+    recent.push_back(std::chrono::duration<double, std::milli>(clock_type::now() - t0).count());
+    if (static_cast<int64_t>(recent.size()) > a.probe) recent.erase(recent.begin());
+    if (next_mark < marks.size() && i == marks[next_mark]) {
+      const double p50 = percentile(recent, 0.5);
+      const double rss = current_rss_bytes() / 1048576.0;
+      std::fprintf(stderr, "\n%10ld tokens: p50 %.3f ms/token, rss %.1f MiB\n", static_cast<long>(i), p50, rss);
+      rows.push_back({{"tokens", i}, {"p50_ms", p50}, {"rss_mb", rss}});
+      ++next_mark;
+    }
+    progress.set(i);
+  }
+  progress.done();
+  if (rows.size() >= 2) {
+    std::printf("latency last/first checkpoint: %.3f, rss last/first: %.3f\n",
+                rows.back()["p50_ms"].get<double>() / rows.front()["p50_ms"].get<double>(),
+                rows.back()["rss_mb"].get<double>() / rows.front()["rss_mb"].get<double>());
+  }
+  if (a.json) print_json({{"command", "bench stream"}, {"model", a.model}, {"cache", a.cache}, {"rows", rows}});
+}
+
+}  // namespace
+
+void add_stream_commands(CLI::App& app) {
+  auto p = std::make_shared<PplArgs>();
+  CLI::App* ppl = app.add_subcommand("ppl", "Token-by-token perplexity of a long text through the streaming cache");
+  ppl->add_option("--model", p->model, "model folder")->required();
+  ppl->add_option("--text", p->text, "text file")->required();
+  ppl->add_option("--policy", p->policy, "dense, window, sink or recompute")->capture_default_str();
+  ppl->add_option("--sinks", p->sinks, "attention sinks")->capture_default_str();
+  ppl->add_option("--window", p->window, "recent window (0 = 1020, or what fits a model with learned positions)")->capture_default_str();
+  ppl->add_option("--memory", p->memory, "memory-region slots")->capture_default_str();
+  ppl->add_option("--tokens", p->tokens, "evaluate at most this many tokens (0 = all)")->capture_default_str();
+  ppl->add_option("--segment", p->segment, "tokens per reported segment")->capture_default_str();
+  ppl->add_option("--csv", p->csv, "write per-token NLL to this CSV file");
+  ppl->add_flag("--json", p->json, "print a JSON summary line");
+  p->rt.add_to(*ppl);
+  ppl->callback([p] { run_ppl(*p); });
+
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks (ratios measured side by side in one run)");
+  bench->require_subcommand(1);
+  auto l = std::make_shared<LatencyArgs>();
+  CLI::App* lat = bench->add_subcommand("latency", "Per-token decode latency vs cache size and policy");
+  lat->add_option("--model", l->model, "model folder")->required();
+  lat->add_option("--cache", l->caches, "cache sizes")->capture_default_str();
+  lat->add_option("--policies", l->policies, "policies to compare")->capture_default_str();
+  lat->add_option("--steps", l->steps, "timed decode steps per cell")->capture_default_str();
+  lat->add_option("--warmup", l->warmup, "untimed steps first")->capture_default_str();
+  lat->add_option("--sinks", l->sinks, "sinks for the sink policy")->capture_default_str();
+  lat->add_flag("--json", l->json, "print a JSON summary line");
+  l->rt.add_to(*lat);
+  lat->callback([l] { run_bench_latency(*l); });
+
+  auto st = std::make_shared<StreamBenchArgs>();
+  CLI::App* str = bench->add_subcommand("stream", "Latency and memory over a very long sink-policy stream");
+  str->add_option("--model", st->model, "model folder")->required();
+  str->add_option("--tokens", st->tokens, "tokens to stream")->capture_default_str();
+  str->add_option("--cache", st->cache, "cache size (sinks + window)")->capture_default_str();
+  str->add_option("--checkpoints", st->checkpoints, "token counts at which to report")->capture_default_str();
+  str->add_flag("--json", st->json, "print a JSON summary line");
+  st->rt.add_to(*str);
+  str->callback([st] { run_bench_stream(*st); });
+}
+
+}  // namespace sinkflow::cli

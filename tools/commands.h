@@ -1,0 +1,16 @@
+// Registration of the launcher's subcommands (one function per tools/cmd_*.cpp file).
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace sinkflow::cli {
+
+void add_model_commands(CLI::App& app);   // make-model, generate      (cmd_model.cpp)
+void add_stream_commands(CLI::App& app);  // ppl, bench latency        (cmd_stream.cpp)
+
+inline void register_commands(CLI::App& app) {
+  add_model_commands(app);
+  add_stream_commands(app);
+}
+
+}  // namespace sinkflow::cli

@@ -1,0 +1,61 @@
+#include "tools/common.h"
+
+#include <cstdio>
+#include <fstream>
+#include <algorithm>
+#include <iostream>
+#include <sstream>
+#include <stdexcept>
+
+#include "models/runtime.h"
+
+namespace sinkflow::cli {
+
+void RuntimeOptions::add_to(CLI::App& app) {
+  app.add_option("--device", device, "cpu, cuda, cuda:N or mps")->capture_default_str();
+  app.add_option("--dtype", dtype, "auto, float32, float16 or bfloat16")->capture_default_str();
+  app.add_option("--threads", threads, "LibTorch/OpenBLAS intra-op threads")->capture_default_str();
+}
+
+void RuntimeOptions::apply() const { configure_threads(threads); }
+
+LoadedModel load_model(const std::string& dir, const RuntimeOptions& rt) {
+  const at::Device device = parse_device(rt.device);
+  LoadedModel m;
+  m.decoder = load_decoder(dir, device, parse_dtype(rt.dtype, device));
+  m.tokenizer = load_tokenizer(dir);
+  return m;
+}
+
+std::vector<int64_t> encode_prompt(const LoadedModel& model, const std::string& text) {
+  std::vector<int64_t> ids;
+  if (model.decoder->config().family == Family::llama && model.tokenizer->bos_id() >= 0) {
+    ids.push_back(model.tokenizer->bos_id());
+  }
+  auto body = model.tokenizer->encode(text);
+  ids.insert(ids.end(), body.begin(), body.end());
+  if (ids.empty() && model.tokenizer->bos_id() >= 0) ids.push_back(model.tokenizer->bos_id());
+  if (ids.empty()) ids.push_back(model.tokenizer->eos_id() >= 0 ? model.tokenizer->eos_id() : 0);
+  return ids;
+}
+
+int64_t resolve_window(int64_t window, int64_t sinks, const ModelConfig& model) {
+  if (window > 0) return window;
+  int64_t w = 1020;
+  if (model.family == Family::gpt2) w = std::min<int64_t>(w, model.max_positions - sinks);
+  return w;
+}
+
+void print_json(const nlohmann::json& j) {
+  std::cout << j.dump() << std::endl;
+}
+
+std::string read_file(const std::string& path, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::invalid_argument(what + " '" + path + "' cannot be opened");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace sinkflow::cli

@@ -1,0 +1,41 @@
+// Options and helpers shared by the launcher's subcommands.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <string>
+
+#include "models/decoder.h"
+#include "models/tokenizer.h"
+
+namespace sinkflow::cli {
+
+struct RuntimeOptions {
+  std::string device = "cpu";   // cpu | cuda | cuda:N | mps
+  std::string dtype = "auto";   // auto (float32 on CPU, float16 on GPUs) | float32 | float16 | bfloat16
+  int threads = 1;              // LibTorch intra-op threads (and OpenBLAS); 1 leaves a core to the memory path
+  void add_to(CLI::App& app);
+  void apply() const;           // configures threads
+};
+
+struct LoadedModel {
+  std::shared_ptr<Decoder> decoder;
+  std::unique_ptr<Tokenizer> tokenizer;
+};
+LoadedModel load_model(const std::string& dir, const RuntimeOptions& rt);
+
+// Encodes a prompt as the model family expects it (a BOS first for Llama-family tokenizers that have one).
+std::vector<int64_t> encode_prompt(const LoadedModel& model, const std::string& text);
+
+// The recent window when the user gave none (<= 0): 1020 slots, or fewer so that sinks + window fit a
+// model with learned absolute positions.
+int64_t resolve_window(int64_t window, int64_t sinks, const ModelConfig& model);
+
+// Prints one line of JSON on stdout (the final summary of a run with --json).
+void print_json(const nlohmann::json& j);
+
+std::string read_file(const std::string& path, const std::string& what);
+
+}  // namespace sinkflow::cli
