@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "models/rope.h"
+
 namespace sinkflow {
 
 Policy parse_policy(const std::string& name) {
@@ -21,6 +23,12 @@ const char* policy_name(Policy policy) {
     case Policy::recompute: return "recompute";
   }
   return "?";
+}
+
+InjectMode parse_inject_mode(const std::string& name) {
+  if (name == "text") return InjectMode::text;
+  if (name == "kv") return InjectMode::kv;
+  throw std::invalid_argument("unknown injection mode '" + name + "': expected text or kv");
 }
 
 CacheConfig StreamConfig::resolved_cache() const {
@@ -98,6 +106,56 @@ at::Tensor StreamSession::step(const std::vector<int64_t>& tokens, std::vector<E
   const int64_t rows = all_logits ? t : 1;
   if (hidden_out) *hidden_out = hidden.narrow(0, hidden.size(0) - rows, rows);
   return logits.narrow(0, logits.size(0) - rows, rows);
+}
+
+}  // namespace sinkflow
+
+namespace sinkflow {
+
+void StreamSession::inject(const MemoryChunk& chunk, InjectMode mode) {
+  const int64_t n = static_cast<int64_t>(chunk.tokens.size());
+  std::vector<int64_t> free = cache_->free_memory_slots();
+  if (n == 0 || n > static_cast<int64_t>(free.size())) {
+    throw std::invalid_argument("stream: chunk " + std::to_string(chunk.chunk_id) + " of " + std::to_string(n) +
+                                " tokens does not fit the " + std::to_string(free.size()) + " free memory slots");
+  }
+  MemoryWrite w;
+  w.chunk_id = chunk.chunk_id;
+  w.slots.assign(free.begin(), free.begin() + n);
+  w.tokens = chunk.tokens;
+  if (mode == InjectMode::kv) {
+    if (!chunk.kv.defined()) {
+      throw std::invalid_argument("stream: chunk " + std::to_string(chunk.chunk_id) + " has no stored K/V for kv injection");
+    }
+    w.kv = chunk.kv;
+  } else {
+    // The sinks followed by the chunk, from scratch; the chunk's keys then leave un-rotated.
+    const int64_t n_sink = cache_->n_sink_used();
+    if (!inject_scratch_ || inject_scratch_->capacity() < n_sink + n) {
+      CacheConfig c;
+      c.n_sink = 0;
+      c.n_memory = 0;
+      c.n_recent = cache_->config().n_sink + cache_->config().n_memory;
+      c.allow_evict = false;
+      inject_scratch_ = decoder_->make_cache(c);
+    }
+    inject_scratch_->reset(0);
+    std::vector<int64_t> tokens;
+    for (int64_t s = 0; s < n_sink; ++s) tokens.push_back(cache_->slot_token(s));
+    tokens.insert(tokens.end(), chunk.tokens.begin(), chunk.tokens.end());
+    StepPlan plan = plan_step(*inject_scratch_, tokens);
+    inject_scratch_->apply(plan);
+    decoder_->forward(plan, *inject_scratch_, true);
+    at::Tensor k = inject_scratch_->keys().narrow(2, n_sink, n);
+    if (const Rope* rope = decoder_->rope()) {
+      std::vector<int64_t> neg;
+      for (int64_t j = 0; j < n; ++j) neg.push_back(-(n_sink + j));
+      k = rope->rotate(k, neg);
+    }
+    w.kv = at::stack({k, inject_scratch_->values().narrow(2, n_sink, n)}, 1);
+  }
+  for (int64_t j = 0; j < n; ++j) w.positions.push_back(j);
+  cache_->apply(w);
 }
 
 }  // namespace sinkflow

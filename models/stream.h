@@ -32,6 +32,16 @@ struct StreamConfig {
   void validate(const ModelConfig& model, const std::string& where) const;
 };
 
+// A chunk of earlier text to place in the memory region.
+struct MemoryChunk {
+  int64_t chunk_id = -1;        // caller's id (the chunk store's), >= 0
+  std::vector<int64_t> tokens;  // its token ids
+  at::Tensor kv;                // kv mode: [n_layer, 2, n_kv_head, n_tok, d_head], keys un-rotated
+};
+
+enum class InjectMode { text, kv };
+InjectMode parse_inject_mode(const std::string& name);  // "text" | "kv"
+
 class StreamSession {
  public:
   StreamSession(std::shared_ptr<const Decoder> decoder, const StreamConfig& config, int64_t start_position = 0);
@@ -42,6 +52,14 @@ class StreamSession {
   // hidden_out (optional) receives the final hidden states of the rows returned.
   at::Tensor feed(const std::vector<int64_t>& tokens, std::vector<EvictedSpan>* evicted = nullptr,
                   bool all_logits = false, at::Tensor* hidden_out = nullptr);
+
+  // Writes `chunk` into free memory slots. text: its K/V are computed by the model over the sinks followed
+  // by the chunk (so the chunk sees the sinks and itself, at the positions it then keeps relative to them);
+  // kv: its stored K/V are restored (RoPE keys are re-rotated to their new place, nothing is recomputed).
+  // Throws std::invalid_argument when the chunk does not fit the free memory slots.
+  void inject(const MemoryChunk& chunk, InjectMode mode);
+  // Frees the memory slots of `chunk_id`; returns how many.
+  int64_t release(int64_t chunk_id) { return cache_->release_memory(chunk_id); }
 
   const Decoder& decoder() const { return *decoder_; }
   const StreamConfig& config() const { return config_; }
@@ -58,6 +76,7 @@ class StreamSession {
   StreamConfig config_;
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<KvCache> scratch_;  // recompute: rebuilt every step
+  std::unique_ptr<KvCache> inject_scratch_;  // text injection: sinks + one chunk
   int64_t tokens_evicted_ = 0;
 };
 

@@ -274,3 +274,74 @@ TEST_CASE("a dense cache that is full refuses more tokens", "[kv_cache][errors]"
   s.feed(test::random_tokens(8, 97, 62));
   REQUIRE_THROWS_WITH(s.feed({1}), Catch::Contains("the cache is full (8 slots, no eviction: dense policy)"));
 }
+
+namespace {
+
+// Logits of token `x` when chunk C (the 8 tokens right after the 4 sinks) was evicted by x's own step and
+// written back into the memory region before x's forward (`mode`), or never evicted (dense reference).
+at::Tensor logits_with_chunk(std::shared_ptr<Decoder> d, const std::vector<int64_t>& stream, const char* mode) {
+  const int64_t n_sink = 4, n_chunk = 8;
+  if (std::string(mode) == "never") {
+    StreamConfig big;
+    big.cache.n_sink = n_sink;
+    big.cache.n_recent = 64;
+    StreamSession s(d, big);
+    return s.feed(stream);
+  }
+  StreamConfig sc;
+  sc.cache.n_sink = n_sink;
+  sc.cache.n_memory = n_chunk;
+  sc.cache.n_recent = 16;
+  sc.cache.evict_block = n_chunk;
+  sc.cache.evict_kv = true;
+  StreamSession s(d, sc);
+  std::vector<int64_t> head(stream.begin(), stream.end() - 1);
+  s.feed(head);  // sinks + C + 8 tokens: the window is full
+  KvCache& cache = s.cache();
+  StepPlan plan = plan_step(cache, {stream.back()});
+  EvictedSpan span = cache.apply(plan);  // C leaves
+  REQUIRE(span.tokens == std::vector<int64_t>(stream.begin() + n_sink, stream.begin() + n_sink + n_chunk));
+  MemoryChunk chunk{7, span.tokens, span.kv};
+  s.inject(chunk, parse_inject_mode(mode));
+  CHECK(cache.n_memory_used() == n_chunk);
+  CHECK(cache.slot_chunk(n_sink) == 7);
+  return d->forward(plan, cache, true);
+}
+
+}  // namespace
+
+TEST_CASE("a just-evicted chunk re-injected by kv or text restores the logits of a cache that never evicted it",
+          "[kv_cache][memory]") {
+  c10::InferenceMode guard;
+  for (const auto& cfg : {test::tiny_llama_config(), test::tiny_gpt2_config()}) {
+    auto d = test::random_decoder(cfg, 71);
+    auto stream = test::random_tokens(4 + 8 + 8 + 1, 97, 72);
+    at::Tensor never = logits_with_chunk(d, stream, "never");
+    at::Tensor kv = logits_with_chunk(d, stream, "kv");
+    at::Tensor text = logits_with_chunk(d, stream, "text");
+    INFO(family_name(cfg.family));
+    CHECK(test::max_abs_diff(kv, never) < 1e-4);
+    // text recomputes C over the sinks alone, which is exactly C's original context here.
+    CHECK(test::max_abs_diff(text, never) < 1e-4);
+  }
+}
+
+TEST_CASE("injection errors and release", "[kv_cache][memory][errors]") {
+  c10::InferenceMode guard;
+  auto d = test::random_decoder(test::tiny_llama_config(), 81);
+  StreamConfig sc;
+  sc.cache.n_sink = 2;
+  sc.cache.n_memory = 4;
+  sc.cache.n_recent = 8;
+  StreamSession s(d, sc);
+  s.feed(test::random_tokens(12, 97, 82));
+  REQUIRE_THROWS_WITH(s.inject(MemoryChunk{1, {1, 2, 3, 4, 5}, {}}, InjectMode::text),
+                      Catch::Contains("chunk 1 of 5 tokens does not fit the 4 free memory slots"));
+  REQUIRE_THROWS_WITH(s.inject(MemoryChunk{2, {1, 2}, {}}, InjectMode::kv), Catch::Contains("has no stored K/V"));
+  s.inject(MemoryChunk{3, {1, 2, 3}, {}}, InjectMode::text);
+  CHECK(s.cache().n_memory_used() == 3);
+  CHECK(s.cache().free_memory_slots().size() == 1);
+  CHECK(s.release(3) == 3);
+  CHECK(s.cache().n_memory_used() == 0);
+  REQUIRE_THROWS_WITH(parse_inject_mode("paste"), Catch::Contains("expected text or kv"));
+}

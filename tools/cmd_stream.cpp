@@ -125,62 +125,79 @@ void run_ppl(const PplArgs& a) {
 
 struct LatencyArgs {
   std::string model, caches = "256,512,1024,2048,4096", policies = "sink,recompute,dense";
-  int64_t steps = 50, warmup = 5, sinks = 4;
+  int64_t steps = 50, warmup = 5, sinks = 4, recompute_steps = 5;
   bool json = false;
   RuntimeOptions rt;
 };
 
-// Per-token decode latencies (ms) of `steps` single-token steps after filling a cache of `cache` tokens.
-std::vector<double> decode_latencies(const std::shared_ptr<Decoder>& d, Policy policy, int64_t cache, int64_t sinks,
-                                     int64_t steps, int64_t warmup) {
+// A stream of `policy` whose cache holds `cache` tokens, filled with random tokens.
+std::unique_ptr<StreamSession> filled_session(const std::shared_ptr<Decoder>& d, Policy policy, int64_t cache,
+                                              int64_t sinks, int64_t extra, std::mt19937_64& rng) {
   StreamConfig sc;
   sc.policy = policy;
   sc.cache.n_sink = policy == Policy::sink ? sinks : 0;
   sc.cache.n_recent = cache - sc.cache.n_sink;
-  if (policy == Policy::dense) sc.cache.n_recent = cache + steps + warmup;
-  StreamSession s(d, sc);
-  std::mt19937_64 rng(7);
-  const int64_t vocab = d->config().vocab_size;
+  if (policy == Policy::dense) sc.cache.n_recent = cache + extra;  // never full while timed
+  auto s = std::make_unique<StreamSession>(d, sc);
   std::vector<int64_t> fill(cache);
-  for (auto& t : fill) t = static_cast<int64_t>(rng() % vocab);
-  s.feed(fill);
-  std::vector<double> ms;
-  for (int64_t i = 0; i < warmup + steps; ++i) {
-    const int64_t tok = static_cast<int64_t>(rng() % vocab);
-    const auto t0 = clock_type::now();
-    at::Tensor logits = s.feed({tok});
-    (void)logits.data_ptr<float>();
-    const double dt = std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
-    if (i >= warmup) ms.push_back(dt);
-  }
-  return ms;
+  for (auto& t : fill) t = static_cast<int64_t>(rng() % d->config().vocab_size);
+  s->feed(fill);
+  return s;
 }
 
+double timed_step(StreamSession& s, int64_t token) {
+  const auto t0 = clock_type::now();
+  at::Tensor logits = s.feed({token});
+  (void)logits.data_ptr<float>();
+  return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
+}
+
+// For each cache size, one stream per policy, filled to the cache size, then single-token steps taken
+// in turn (policy A, B, C, A, B, C, ...) so that the machine's load drifts equally over all of them.
 void run_bench_latency(const LatencyArgs& a) {
   a.rt.apply();
   c10::InferenceMode guard;
   const at::Device device = parse_device(a.rt.device);
   auto d = load_decoder(a.model, device, parse_dtype(a.rt.dtype, device));
   nlohmann::json rows = nlohmann::json::array();
-  std::printf("%8s %10s %10s %10s\n", "cache", "policy", "p50 ms", "p90 ms");
+  std::printf("%8s %10s %10s %10s %6s\n", "cache", "policy", "p50 ms", "p90 ms", "steps");
+  std::mt19937_64 rng(7);
   for (int64_t cache : parse_list(a.caches, "--cache")) {
-    std::map<std::string, double> p50;
+    std::vector<std::string> names;
+    std::vector<std::unique_ptr<StreamSession>> sessions;
     for (const std::string& pname : split(a.policies)) {
       const Policy policy = parse_policy(pname);
-      if (policy == Policy::dense && d->config().family == Family::gpt2 && cache + a.steps + a.warmup > d->config().max_positions) continue;
-      auto ms = decode_latencies(d, policy, cache, a.sinks, a.steps, a.warmup);
-      p50[pname] = percentile(ms, 0.5);
-      const double p90 = percentile(ms, 0.9);
-      std::printf("%8ld %10s %10.3f %10.3f\n", static_cast<long>(cache), pname.c_str(), p50[pname], p90);
-      std::fflush(stdout);
-      rows.push_back({{"cache", cache}, {"policy", pname}, {"p50_ms", p50[pname]}, {"p90_ms", p90}, {"steps", a.steps}});
+      if (policy == Policy::dense && d->config().family == Family::gpt2 &&
+          cache + a.steps + a.warmup > d->config().max_positions) {
+        continue;
+      }
+      names.push_back(pname);
+      sessions.push_back(filled_session(d, policy, cache, a.sinks, a.steps + a.warmup, rng));
+    }
+    std::vector<std::vector<double>> ms(names.size());
+    for (int64_t i = 0; i < a.warmup + a.steps; ++i) {
+      const int64_t tok = static_cast<int64_t>(rng() % d->config().vocab_size);
+      for (size_t p = 0; p < names.size(); ++p) {
+        const bool slow = names[p] == "recompute";
+        if (slow && (i < a.warmup - 1 || i >= a.warmup + a.recompute_steps)) continue;
+        const double dt = timed_step(*sessions[p], tok);
+        if (i >= a.warmup) ms[p].push_back(dt);
+      }
+    }
+    std::map<std::string, double> p50;
+    for (size_t p = 0; p < names.size(); ++p) {
+      p50[names[p]] = percentile(ms[p], 0.5);
+      const double p90 = percentile(ms[p], 0.9);
+      std::printf("%8ld %10s %10.3f %10.3f %6zu\n", static_cast<long>(cache), names[p].c_str(), p50[names[p]], p90, ms[p].size());
+      rows.push_back({{"cache", cache}, {"policy", names[p]}, {"p50_ms", p50[names[p]]}, {"p90_ms", p90}, {"steps", ms[p].size()}});
     }
     if (p50.count("sink") && p50.count("recompute")) {
-      std::printf("%8ld  recompute/sink speedup: %.1fx\n", static_cast<long>(cache), p50["recompute"] / p50["sink"]);
+      std::printf("%8ld  recompute/sink latency: %.1fx\n", static_cast<long>(cache), p50["recompute"] / p50["sink"]);
     }
     if (p50.count("sink") && p50.count("dense")) {
       std::printf("%8ld  sink/dense cost ratio: %.3f\n", static_cast<long>(cache), p50["sink"] / p50["dense"]);
     }
+    std::fflush(stdout);
   }
   if (a.json) print_json({{"command", "bench latency"}, {"model", a.model}, {"device", a.rt.device}, {"rows", rows}});
 }
@@ -262,6 +279,7 @@ void add_stream_commands(CLI::App& app) {
   lat->add_option("--policies", l->policies, "policies to compare")->capture_default_str();
   lat->add_option("--steps", l->steps, "timed decode steps per cell")->capture_default_str();
   lat->add_option("--warmup", l->warmup, "untimed steps first")->capture_default_str();
+  lat->add_option("--recompute-steps", l->recompute_steps, "timed steps for recompute (each re-runs the window)")->capture_default_str();
   lat->add_option("--sinks", l->sinks, "sinks for the sink policy")->capture_default_str();
   lat->add_flag("--json", l->json, "print a JSON summary line");
   l->rt.add_to(*lat);
