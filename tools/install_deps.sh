@@ -4,9 +4,9 @@
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config ccache lld
       libtorch-dev libopenblas0-pthread libtbb-dev libhnswlib-dev libyaml-cpp-dev libspdlog-dev
-      catch2 nlohmann-json3-dev libcli11-dev libsentencepiece-dev sentencepiece)
+      catch2 nlohmann-json3-dev libcli11-dev)
 if [[ "${1:-}" == "--corpus" ]]; then
-  pkgs+=(bible-kjv bible-kjv-text jargon-text python3-torch)
+  pkgs+=(sentencepiece bible-kjv bible-kjv-text jargon-text)  # spm_train, corpus text
 fi
 missing=()
 for p in "${pkgs[@]}"; do

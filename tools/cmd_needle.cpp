@@ -1,0 +1,322 @@
+// needle: the needle-in-a-haystack grid in streaming mode (lengths from inside the cache to far beyond it
+// x depths x memory modes), scored by retrieval hit (the needle is in the cache when the question is asked)
+// and by the answer (expected words in the greedy output). Writes results.json and heatmap.svg.
+#include <c10/core/InferenceMode.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <set>
+#include <sstream>
+
+#include "graph/progress.h"
+#include "models/chunk_store.h"
+#include "models/embedder.h"
+#include "models/memory_path.h"
+#include "models/needle.h"
+#include "models/runtime.h"
+#include "models/stream.h"
+#include "tools/commands.h"
+#include "tools/common.h"
+
+namespace sinkflow::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct NeedleArgs {
+  std::string model, haystack, out = "needle-out";
+  std::string lengths = "auto", depths = "0,25,50,75,100", modes = "none,evicted,always";
+  NeedleSpec spec;
+  int64_t sinks = 4, window = 252, chunk = 32, overlap = 8, top_k = 2, memory = 0, every = 128;
+  int64_t max_new_tokens = 16;
+  std::string inject = "text", select = "topk", embedder = "hash";
+  bool json = false;
+  RuntimeOptions rt;
+};
+
+std::vector<double> parse_numbers(const std::string& s, const std::string& what) {
+  std::vector<double> out;
+  std::stringstream ss(s);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    try {
+      size_t used = 0;
+      out.push_back(std::stod(item, &used));
+      if (used != item.size()) throw std::invalid_argument(item);
+    } catch (const std::exception&) {
+      throw std::invalid_argument(what + ": expected comma-separated numbers, found '" + s + "'");
+    }
+  }
+  if (out.empty()) throw std::invalid_argument(what + ": empty list");
+  return out;
+}
+
+struct Cell {
+  std::string mode;
+  int64_t length = 0;
+  double depth = 0;
+  bool hit = false;
+  bool answer = false;
+  double keywords = 0;
+  std::string output;
+  int64_t evicted = 0, chunks = 0, retrievals = 0;
+};
+
+// Positions (absolute) of everything the model can attend to: sinks, window and memory-region chunks.
+std::set<int64_t> cached_positions(const StreamSession& s, const MemoryRegion& region) {
+  std::set<int64_t> out;
+  const KvCache& c = s.cache();
+  for (int64_t slot : c.ordered_slots()) {
+    const bool memory = slot >= c.config().n_sink && slot < c.config().n_sink + c.config().n_memory;
+    if (!memory) out.insert(c.slot_position(slot));
+  }
+  for (int64_t p : region.resident_positions()) out.insert(p);
+  return out;
+}
+
+Cell run_cell(const LoadedModel& m, const NeedleArgs& a, const NeedleCase& nc, const std::string& mode,
+              const std::string& store_dir) {
+  Cell cell;
+  cell.mode = mode;
+  cell.length = nc.length;
+  cell.depth = nc.depth;
+  const bool memory = mode != "none";
+  StreamConfig sc;
+  sc.cache.n_sink = a.sinks;
+  sc.cache.n_recent = a.window;
+  sc.cache.n_memory = memory ? (a.memory > 0 ? a.memory : a.top_k * a.chunk) : 0;
+  sc.cache.evict_kv = a.inject == "kv";
+  sc.prefill_block = 32;
+  StreamSession session(m.decoder, sc);
+  HashEmbedder embedder(384);
+  fs::remove_all(store_dir);
+  StoreOptions so;
+  so.embedder_name = embedder.name();
+  so.dim = embedder.dim();
+  auto store = ChunkStore::open(store_dir, so);
+  Chunker chunker(a.chunk, a.overlap);
+  MemoryRegion region(ReplacePolicy::score);
+  SelectOptions sel;
+  sel.k = static_cast<int>(a.top_k);
+  sel.mode = a.select == "mmr" ? SelectOptions::Mode::mmr : a.select == "farthest" ? SelectOptions::Mode::farthest
+                                                                                    : SelectOptions::Mode::topk;
+  const InjectMode inject = parse_inject_mode(a.inject);
+  auto retrieve_into_cache = [&](const std::string& query, int64_t step) {
+    // Resident chunks stay eligible: MemoryRegion refreshes one that is retrieved again instead of
+    // injecting it twice, and never gives up a chunk that the current query wants.
+    auto hits = retrieve(*store, embedder, query, sel, inject == InjectMode::kv);
+    region.inject(session, hits, inject, step);
+    ++cell.retrievals;
+  };
+  // Ingest the haystack; the memory path runs inline (deterministic).
+  const int64_t block = 32;
+  int64_t since_query = 0;
+  for (size_t b = 0; b < nc.tokens.size(); b += block) {
+    std::vector<int64_t> part(nc.tokens.begin() + b, nc.tokens.begin() + std::min(nc.tokens.size(), b + block));
+    std::vector<EvictedSpan> evicted;
+    session.feed(part, memory ? &evicted : nullptr);
+    for (auto& span : evicted) {
+      cell.evicted += static_cast<int64_t>(span.tokens.size());
+      for (Chunk& c : chunk_span(chunker, 0, span, *m.tokenizer)) {
+        store_chunk(*store, embedder, c);
+        ++cell.chunks;
+      }
+    }
+    since_query += static_cast<int64_t>(part.size());
+    if (mode == "always" && since_query >= a.every && store->size() > 0) {
+      const auto recent = session.cache().cached_tokens();
+      const std::vector<int64_t> tail(recent.end() - std::min<size_t>(recent.size(), 64), recent.end());
+      retrieve_into_cache(m.tokenizer->decode(tail), static_cast<int64_t>(b));
+      since_query = 0;
+    }
+  }
+  if (!memory) cell.evicted = session.tokens_evicted();
+  // The partial tail chunk is evicted text too.
+  for (Chunk& c : chunker.flush()) {
+    c.text = m.tokenizer->decode(c.tokens);
+    store_chunk(*store, embedder, c);
+    ++cell.chunks;
+  }
+  if (memory && store->size() > 0) retrieve_into_cache(a.spec.question, static_cast<int64_t>(nc.tokens.size()));
+  const std::set<int64_t> in_cache = cached_positions(session, region);
+  cell.hit = true;
+  for (int64_t p = nc.needle_begin; p < nc.needle_end; ++p) cell.hit = cell.hit && in_cache.count(p);
+  // Ask in cloze form, greedy.
+  std::vector<int64_t> prompt = m.tokenizer->encode("\n" + a.spec.cloze);
+  at::Tensor logits = session.feed(prompt);
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < a.max_new_tokens; ++i) {
+    const int64_t next = logits.argmax(-1).item<int64_t>();
+    if (next == m.tokenizer->eos_id()) break;
+    out.push_back(next);
+    if (m.tokenizer->decode(out).find('\n') != std::string::npos) break;
+    logits = session.feed({next});
+  }
+  cell.output = m.tokenizer->decode(out);
+  cell.answer = answer_found(cell.output, a.spec);
+  cell.keywords = keyword_score(cell.output, a.spec);
+  return cell;
+}
+
+std::string color(double v) {
+  // 0 -> red, 1 -> green
+  const int r = static_cast<int>(220 * (1 - v) + 30 * v), g = static_cast<int>(60 * (1 - v) + 170 * v);
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "#%02x%02x50", r, g);
+  return buf;
+}
+
+void write_heatmap(const std::string& path, const std::vector<Cell>& cells, const std::vector<std::string>& modes,
+                   const std::vector<int64_t>& lengths, const std::vector<double>& depths, int64_t cache) {
+  const int cw = 56, ch = 28, left = 70, top = 50, gap = 40;
+  const int pw = cw * static_cast<int>(lengths.size());
+  const int width = left + static_cast<int>(modes.size()) * (pw + gap);
+  const int height = top + ch * static_cast<int>(depths.size()) + 70;
+  std::ofstream f(path);
+  f << "<svg xmlns='http://www.w3.org/2000/svg' width='" << width << "' height='" << height
+    << "' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n";
+  f << "<text x='10' y='18' font-size='13'>needle in a haystack (cache " << cache
+    << " tokens): keyword score (colour), retrieval hit (H), exact answer (A)</text>\n";
+  for (size_t mi = 0; mi < modes.size(); ++mi) {
+    const int x0 = left + static_cast<int>(mi) * (pw + gap);
+    f << "<text x='" << x0 << "' y='" << top - 10 << "' font-size='12'>memory: " << modes[mi] << "</text>\n";
+    for (size_t li = 0; li < lengths.size(); ++li) {
+      f << "<text x='" << x0 + static_cast<int>(li) * cw + 4 << "' y='" << top + ch * static_cast<int>(depths.size()) + 14
+        << "'>" << lengths[li] << "</text>\n";
+      for (size_t di = 0; di < depths.size(); ++di) {
+        for (const Cell& c : cells) {
+          if (c.mode != modes[mi] || c.length != lengths[li] || c.depth != depths[di]) continue;
+          const int x = x0 + static_cast<int>(li) * cw, y = top + static_cast<int>(di) * ch;
+          f << "<rect x='" << x << "' y='" << y << "' width='" << cw - 2 << "' height='" << ch - 2 << "' fill='"
+            << color(c.keywords) << "'/>\n<text x='" << x + 6 << "' y='" << y + 17 << "' fill='white'>"
+            << (c.hit ? "H" : "-") << (c.answer ? "A" : "") << "</text>\n";
+        }
+      }
+    }
+    if (mi == 0) {
+      for (size_t di = 0; di < depths.size(); ++di) {
+        f << "<text x='10' y='" << top + static_cast<int>(di) * ch + 17 << "'>depth " << depths[di] << "%</text>\n";
+      }
+    }
+  }
+  f << "<text x='" << left << "' y='" << height - 18 << "'>context length (tokens)</text>\n</svg>\n";
+}
+
+void run_needle(const NeedleArgs& a) {
+  a.rt.apply();
+  c10::InferenceMode guard;
+  LoadedModel m = load_model(a.model, a.rt);
+  const std::string haystack = read_file(a.haystack, "--haystack");
+  const int64_t cache = a.sinks + a.window;
+  std::vector<int64_t> lengths;
+  if (a.lengths == "auto") {
+    for (double f : {0.5, 1.0, 2.0, 4.0, 8.0, 16.0}) lengths.push_back(static_cast<int64_t>(f * cache));
+  } else {
+    for (double v : parse_numbers(a.lengths, "--lengths")) lengths.push_back(static_cast<int64_t>(v));
+  }
+  const std::vector<double> depths = parse_numbers(a.depths, "--depths");
+  std::vector<std::string> modes;
+  {
+    std::stringstream ss(a.modes);
+    std::string m2;
+    while (std::getline(ss, m2, ',')) {
+      if (m2 != "none" && m2 != "evicted" && m2 != "always") {
+        throw std::invalid_argument("--memory: unknown mode '" + m2 + "', expected none, evicted or always");
+      }
+      modes.push_back(m2);
+    }
+  }
+  const int64_t bos = m.decoder->config().family == Family::llama ? m.tokenizer->bos_id() : -1;
+  std::vector<NeedleCase> cases;
+  for (int64_t len : lengths) {
+    for (double d : depths) cases.push_back(build_needle_case(*m.tokenizer, bos, haystack, a.spec, len, d, a.sinks, a.window));
+  }
+  fs::create_directories(a.out);
+  std::vector<Cell> cells;
+  Progress progress("needle", static_cast<int64_t>(cases.size() * modes.size()), ProgressOptions{"cells"});
+  const auto t0 = std::chrono::steady_clock::now();
+  for (const std::string& mode : modes) {
+    for (const NeedleCase& nc : cases) {
+      cells.push_back(run_cell(m, a, nc, mode, (fs::path(a.out) / "memory").string()));
+      progress.add();
+    }
+  }
+  progress.done();
+  fs::remove_all(fs::path(a.out) / "memory");
+  nlohmann::json results = nlohmann::json::array();
+  nlohmann::json summary = nlohmann::json::object();
+  std::printf("%-8s %8s %8s %8s %10s %10s\n", "memory", "cells", "hit", "answer", "keywords", "hit>cache");
+  for (const std::string& mode : modes) {
+    double hit = 0, ans = 0, kw = 0, far_hit = 0;
+    int64_t n = 0, far = 0;
+    for (const Cell& c : cells) {
+      if (c.mode != mode) continue;
+      ++n;
+      hit += c.hit;
+      ans += c.answer;
+      kw += c.keywords;
+      if (c.length > cache) {
+        ++far;
+        far_hit += c.hit;
+      }
+    }
+    summary[mode] = {{"cells", n}, {"hit_rate", hit / n}, {"answer_rate", ans / n}, {"keyword_score", kw / n},
+                     {"hit_rate_beyond_cache", far ? far_hit / far : 0.0}};
+    std::printf("%-8s %8ld %8.3f %8.3f %10.3f %10.3f\n", mode.c_str(), static_cast<long>(n), hit / n, ans / n, kw / n,
+                far ? far_hit / far : 0.0);
+  }
+  for (const Cell& c : cells) {
+    results.push_back({{"memory", c.mode}, {"length", c.length}, {"depth", c.depth}, {"hit", c.hit}, {"answer", c.answer},
+                       {"keywords", c.keywords}, {"output", c.output}, {"evicted_tokens", c.evicted},
+                       {"chunks", c.chunks}, {"retrievals", c.retrievals}});
+  }
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  nlohmann::json doc = {{"model", a.model},   {"haystack", a.haystack}, {"cache", cache},
+                        {"n_sink", a.sinks},  {"n_recent", a.window},   {"chunk_size", a.chunk},
+                        {"overlap", a.overlap}, {"top_k", a.top_k},     {"inject", a.inject},
+                        {"needle", a.spec.needle}, {"cloze", a.spec.cloze}, {"answer", a.spec.answer},
+                        {"summary", summary}, {"cells", results},       {"seconds", secs}};
+  std::ofstream(fs::path(a.out) / "results.json") << doc.dump(2) << "\n";
+  write_heatmap((fs::path(a.out) / "heatmap.svg").string(), cells, modes, lengths, depths, cache);
+  std::cerr << "wrote " << (fs::path(a.out) / "results.json").string() << " and heatmap.svg\n";
+  if (a.json) print_json({{"command", "needle"}, {"summary", summary}, {"seconds", secs}, {"out", a.out}});
+}
+
+}  // namespace
+
+void add_needle_commands(CLI::App& app) {
+  auto a = std::make_shared<NeedleArgs>();
+  CLI::App* n = app.add_subcommand("needle", "Needle-in-a-haystack grid through the streaming cache and memory");
+  n->add_option("--model", a->model, "model folder")->required();
+  n->add_option("--haystack", a->haystack, "haystack text file")->required();
+  n->add_option("--out", a->out, "output folder (results.json, heatmap.svg)")->capture_default_str();
+  n->add_option("--lengths", a->lengths, "context lengths in tokens, or auto (0.5x..16x the cache)")->capture_default_str();
+  n->add_option("--depths", a->depths, "needle depths in percent")->capture_default_str();
+  n->add_option("--memory", a->modes, "memory modes: none, evicted, always")->capture_default_str();
+  n->add_option("--needle", a->spec.needle, "needle sentence");
+  n->add_option("--question", a->spec.question, "retrieval query");
+  n->add_option("--cloze", a->spec.cloze, "cloze prompt the model continues");
+  n->add_option("--answer", a->spec.answer, "expected answer text");
+  n->add_option("--sinks", a->sinks, "attention sinks")->capture_default_str();
+  n->add_option("--window", a->window, "recent window")->capture_default_str();
+  n->add_option("--chunk", a->chunk, "tokens per memory chunk")->capture_default_str();
+  n->add_option("--overlap", a->overlap, "chunk overlap in tokens")->capture_default_str();
+  n->add_option("--top-k", a->top_k, "chunks retrieved per query")->capture_default_str();
+  n->add_option("--memory-slots", a->memory, "memory-region slots (0 = top_k x chunk)")->capture_default_str();
+  n->add_option("--every", a->every, "always mode: retrieve every N ingested tokens")->capture_default_str();
+  n->add_option("--inject", a->inject, "text or kv")->capture_default_str();
+  n->add_option("--select", a->select, "topk, mmr or farthest")->capture_default_str();
+  n->add_option("--max-new-tokens", a->max_new_tokens, "answer length")->capture_default_str();
+  n->add_flag("--json", a->json, "print a JSON summary line");
+  a->rt.add_to(*n);
+  n->callback([a] { run_needle(*a); });
+}
+
+}  // namespace sinkflow::cli
