@@ -1,0 +1,77 @@
+// What every node of one run shares: the stop flag (SIGINT), the first failure, the run counters
+// that make the RunSummary, and named shared objects (a model, a memory store).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <typeindex>
+
+namespace sinkflow {
+
+// Bumped by nodes (relaxed increments are enough); read once the run is over.
+struct RunCounters {
+  std::atomic<int64_t> tokens_in{0};       // tokens the model read (stream, prompts, injected text)
+  std::atomic<int64_t> tokens_out{0};      // tokens the model generated
+  std::atomic<int64_t> evictions{0};       // eviction plans applied to a KV cache
+  std::atomic<int64_t> chunks_indexed{0};  // chunks added to the memory index
+  std::atomic<int64_t> retrievals{0};      // retrieval queries answered
+};
+
+class RunContext {
+ public:
+  struct Failure {
+    std::string node;            // node name
+    std::string kind;            // node kind
+    std::exception_ptr error;    // what the body threw
+  };
+
+  // Asks sources to stop producing; what is in flight drains and finish() hooks run.
+  // Async-signal-safe (a lock-free atomic store): the launcher calls it from its SIGINT handler.
+  void request_stop() noexcept { stop_.store(true, std::memory_order_relaxed); }
+  bool stop_requested() const noexcept { return stop_.load(std::memory_order_relaxed); }
+
+  // True once a node body has thrown; sources stop and the graph is being cancelled.
+  bool failed() const noexcept { return failed_.load(std::memory_order_acquire); }
+  // Records a failure; only the first one is kept. Returns true if this one was the first.
+  bool set_failure(std::string node, std::string kind, std::exception_ptr error);
+  std::optional<Failure> failure() const;
+
+  RunCounters counters;
+
+  // The object stored under `key`, made by `make()` (returning std::shared_ptr<T>) on first use.
+  // Thread-safe. Throws std::logic_error if `key` already holds another type.
+  template <class T, class Make>
+  std::shared_ptr<T> shared(const std::string& key, Make make) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = shared_.find(key);
+    if (it != shared_.end()) {
+      if (it->second.type != std::type_index(typeid(T)))
+        throw std::logic_error("RunContext::shared: '" + key + "' holds another type");
+      return std::static_pointer_cast<T>(it->second.object);
+    }
+    std::shared_ptr<T> object = make();
+    shared_.emplace(key, Shared{std::type_index(typeid(T)), object});
+    return object;
+  }
+
+ private:
+  struct Shared {
+    std::type_index type;
+    std::shared_ptr<void> object;
+  };
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> failed_{false};
+  mutable std::mutex mutex_;
+  std::optional<Failure> failure_;
+  std::map<std::string, Shared> shared_;
+};
+
+}  // namespace sinkflow
