@@ -28,20 +28,22 @@ TEST_CASE("needle case: the needle sits at a sentence boundary, past the sinks, 
   auto tok = spm();
   NeedleSpec spec;
   for (double depth : {0.0, 50.0, 100.0}) {
-    NeedleCase c = build_needle_case(*tok, tok->bos_id(), haystack(), spec, 300, depth, 4, 252);
+    NeedleCase c = build_needle_case(*tok, tok->bos_id(), haystack(), spec, 1000, depth, 4, 252);
     INFO("depth " << depth);
     CHECK(c.tokens.front() == tok->bos_id());
     CHECK(c.needle_begin >= 5);
     CHECK(c.needle_end > c.needle_begin);
     const std::vector<int64_t> needle(c.tokens.begin() + c.needle_begin, c.tokens.begin() + c.needle_end);
     CHECK(tok->decode(needle).find("San Francisco") != std::string::npos);
-    CHECK(std::abs(static_cast<int64_t>(c.tokens.size()) - 300) < 20);
+    CHECK(std::abs(static_cast<int64_t>(c.tokens.size()) - 1000) < 20);
     const std::vector<int64_t> before(c.tokens.begin() + 1, c.tokens.begin() + c.needle_begin);
     const std::string text = tok->decode(before);
     if (!text.empty()) CHECK(text.find_last_not_of(' ') == text.rfind('.'));  // right after a sentence end
-    const double at = static_cast<double>(c.needle_begin) / static_cast<double>(c.tokens.size());
-    if (depth == 50.0) CHECK(std::abs(at - 0.5) < 0.15);
-    if (depth == 100.0) CHECK(at > 0.7);  // walked back to the last sentence end
+    // Depth is measured over the haystack without the needle; walking back costs at most one sentence.
+    const double body = static_cast<double>(c.tokens.size() - (c.needle_end - c.needle_begin));
+    const double at = static_cast<double>(c.needle_begin) / body;
+    if (depth == 50.0) CHECK(std::abs(at - 0.5) < 0.06);
+    if (depth == 100.0) CHECK(at > 0.93);
   }
 }
 
