@@ -1,3 +1,4 @@
+#include "models/message_text.h"
 #include "models/checkpoint.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -28,17 +29,8 @@ const char* kSingleFile = "model.safetensors";
 const char* kIndexFile = "model.safetensors.index.json";
 const std::regex kShardPattern(R"(model-\d{5}-of-\d{5}\.safetensors)");
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
 
-std::string show(const json& value) {
-  std::string text = value.dump();
-  if (text.size() > 80) text = text.substr(0, 77) + "...";
-  return text;
-}
+std::string show(const json& value) { return json_preview(value); }
 
 std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);

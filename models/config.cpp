@@ -1,3 +1,4 @@
+#include "models/message_text.h"
 #include "models/config.h"
 
 #include <cmath>
@@ -23,12 +24,7 @@ std::string join(const std::vector<std::string>& items, const std::string& separ
   return out;
 }
 
-// A JSON value as it appears in the file, cut short when long.
-std::string show(const json& value) {
-  std::string text = value.dump();
-  if (text.size() > 80) text = text.substr(0, 77) + "...";
-  return text;
-}
+std::string show(const json& value) { return json_preview(value); }
 
 [[noreturn]] void fail(const std::string& source, const std::string& message) {
   throw std::invalid_argument(source + ": " + message);

@@ -1,3 +1,4 @@
+#include "models/message_text.h"
 #include "models/safetensors.h"
 
 #include <fcntl.h>
@@ -49,17 +50,8 @@ const DtypeInfo* find_dtype(const std::string& name) {
   return nullptr;
 }
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
 
-std::string show(const json& value) {
-  std::string text = value.dump();
-  if (text.size() > 80) text = text.substr(0, 77) + "...";
-  return text;
-}
+std::string show(const json& value) { return json_preview(value); }
 
 std::string errno_text() { return std::strerror(errno); }
 
