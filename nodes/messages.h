@@ -1,0 +1,71 @@
+// Everything sent along an edge of a sinkflow pipeline: plain movable structs, each with the sequence id
+// (`seq`: one stream through one KV cache) and the step that produced it. Read top to bottom, they follow
+// the data flow:
+//
+//   token-source --TokenBlock--> model-step --StepResult--> text-out, metrics
+//                                model-step --EvictedBatch--> eviction --ChunkBatch--> embedding --ChunkBatch-->
+//                                  index-insert
+//                                model-step --Query--> retrieve --Retrieval--> re-inject --Retrieval-->
+//                                  model-step.inject (step boundary)
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "models/chunk_store.h"
+#include "models/kv_cache.h"
+#include "models/memory_path.h"
+
+namespace sinkflow {
+
+// A block of input tokens for one sequence (token-source -> model-step).
+struct TokenBlock {
+  int64_t seq = 0;              // sequence id
+  int64_t step = 0;             // block index in the source, 0, 1, 2, ...
+  std::vector<int64_t> tokens;  // [n_tok] token ids, n_tok <= the source's block size (0 only for an empty input)
+  bool turn = false;            // the last block of a user turn / prompt: model-step answers it (decodes)
+  std::string text;             // turn blocks: the turn's text (the retrieval query of trigger `turn`)
+  bool last = false;            // the last block of the input (end of document / dialogue)
+};
+
+// What one decode step produced (model-step -> text-out, metrics).
+struct StepResult {
+  int64_t seq = 0;
+  int64_t step = 0;              // absolute position of the generated token in the stream
+  std::vector<int64_t> tokens;   // [n] generated token ids (n = 1 today)
+  std::string text;              // printable text those tokens completed (may be "" inside a UTF-8 character)
+  bool end_of_turn = false;      // the answer to the current turn is complete (text may be "")
+};
+
+// Spans that left a sequence's recent window (model-step -> eviction). Copies: the cache is not shared.
+struct EvictedBatch {
+  int64_t seq = 0;
+  int64_t step = 0;                 // model-step's batch counter, 0, 1, 2, ... (index-insert reports the last done)
+  std::vector<EvictedSpan> spans;   // oldest first; kv: [n_layer, 2, n_kv_head, n_tok, d_head] when evict_kv
+  bool flush = false;               // also emit the chunker's partial tail (before a sync retrieval, at the end)
+};
+
+// Chunks of evicted text (eviction -> embedding -> index-insert).
+struct ChunkBatch {
+  int64_t seq = 0;
+  int64_t step = 0;                           // the EvictedBatch step these chunks came from (always sent, maybe empty)
+  std::vector<Chunk> chunks;                  // with text; id = -1 until stored
+  std::vector<std::vector<float>> embeddings; // [n_chunk][dim], filled by embedding; empty before
+};
+
+// A retrieval request (model-step -> retrieve).
+struct Query {
+  int64_t seq = 0;
+  int64_t step = 0;   // stream position when the query was made
+  std::string text;   // the query text: a user turn (trigger `turn`) or recent text (trigger `always`)
+};
+
+// Retrieved chunks for a query (retrieve -> re-inject -> model-step.inject).
+struct Retrieval {
+  int64_t seq = 0;
+  int64_t step = 0;              // the Query's step
+  std::vector<Retrieved> hits;   // best first: score, chunk id, tokens, text, kv (kv mode only)
+};
+
+}  // namespace sinkflow

@@ -1,0 +1,249 @@
+// The real node kinds and pipelines (pipelines/stream.yaml, pipelines/ingest.yaml through configs/*-tiny.yaml)
+// on a tiny random Llama written by make_model: graph decoding equals the bare StreamSession loop, ingestion
+// stays under the backpressure bound, every node kind's failure is named, the memory directory reopens with
+// every evicted token, and a bad parameter names its file:line.
+#include <c10/core/InferenceMode.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "graph/graph.h"
+#include "graph/yaml_spec.h"
+#include "models/chunk_store.h"
+#include "models/config.h"
+#include "models/decoder.h"
+#include "models/embedder.h"
+#include "models/make_model.h"
+#include "models/stream.h"
+#include "models/tokenizer.h"
+#include "nodes/model_step.h"
+#include "nodes/nodes.h"
+#include "nodes/text_out.h"
+
+// ATen pulls in glog, whose one-argument CHECK macro would replace Catch's: include Catch last.
+#undef CHECK
+#include <catch2/catch.hpp>
+
+using namespace sinkflow;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kSource = SINKFLOW_SOURCE_DIR;
+
+fs::path temp_dir(const std::string& name) {
+  auto dir = fs::temp_directory_path() / ("sinkflow_test_pipeline_" + name + "_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+// A tiny random Llama, written once per test process.
+const std::string& tiny_model() {
+  static const std::string dir = [] {
+    const fs::path d = temp_dir("model");
+    MakeModelOptions o;
+    o.config = shape_preset("tiny-llama");
+    o.seed = 7;
+    make_model(d.string(), o);
+    return d.string();
+  }();
+  return dir;
+}
+
+// A document many times the tiny caches.
+const std::string& long_document() {
+  static const std::string path = [] {
+    const fs::path p = temp_dir("doc") / "doc.txt";
+    std::ofstream f(p);
+    for (int i = 0; i < 12; ++i) f << builtin_tokenizer_text() << "\n\n";
+    return p.string();
+  }();
+  return path;
+}
+
+std::vector<std::string> model_sets(const std::string& memory_dir) {
+  const std::string& m = tiny_model();
+  return {"src.model=" + m, "model.model=" + m, "eviction.model=" + m, "model.memory_dir=" + memory_dir,
+          "embed.memory_dir=" + memory_dir, "index.memory_dir=" + memory_dir};
+}
+
+RunSpec stream_spec(const std::vector<std::string>& extra, const std::string& memory_dir) {
+  std::vector<std::string> sets = model_sets(memory_dir);
+  sets.push_back("retrieve.memory_dir=" + memory_dir);
+  sets.push_back("out.quiet=true");
+  sets.insert(sets.end(), extra.begin(), extra.end());
+  return load_run_spec(kSource + "/configs/stream-tiny.yaml", sets);
+}
+
+RunSpec ingest_spec(const std::vector<std::string>& extra, const std::string& memory_dir) {
+  std::vector<std::string> sets = model_sets(memory_dir);
+  sets.push_back("src.path=" + long_document());
+  sets.push_back("out.quiet=true");
+  sets.insert(sets.end(), extra.begin(), extra.end());
+  return load_run_spec(kSource + "/configs/ingest-tiny.yaml", sets);
+}
+
+Registry builtin() {
+  Registry r;
+  register_builtin_nodes(r);
+  return r;
+}
+
+// The bare loop: StreamSession fed in the source's blocks, then greedy decoding (argmax until EOS).
+std::vector<int64_t> bare_loop(const std::string& prompt, int64_t block, int64_t max_new) {
+  c10::InferenceMode guard;
+  auto decoder = load_decoder(tiny_model(), at::kCPU, at::kFloat);
+  auto tokenizer = load_tokenizer(tiny_model());
+  StreamConfig sc;
+  sc.policy = Policy::sink;
+  sc.cache.n_sink = 4;
+  sc.cache.n_memory = 32;
+  sc.cache.n_recent = 28;
+  sc.prefill_block = 16;
+  StreamSession session(decoder, sc);
+  std::vector<int64_t> ids;
+  if (tokenizer->bos_id() >= 0) ids.push_back(tokenizer->bos_id());
+  const auto body = tokenizer->encode(prompt);
+  ids.insert(ids.end(), body.begin(), body.end());
+  at::Tensor logits;
+  for (size_t b = 0; b < ids.size(); b += static_cast<size_t>(block))
+    logits = session.feed({ids.begin() + static_cast<long>(b), ids.begin() + static_cast<long>(std::min(ids.size(), b + block))});
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < max_new; ++i) {
+    const int64_t next = logits.argmax(-1).item<int64_t>();
+    if (next == tokenizer->eos_id()) break;
+    out.push_back(next);
+    logits = session.feed({next});
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("graph decoding equals the bare StreamSession loop, memory path off and on", "[pipeline]") {
+  const std::string prompt = "Once upon a time there was a little";
+  const std::vector<int64_t> expected = bare_loop(prompt, 16, 48);
+  REQUIRE(expected.size() == 48);  // long enough to evict: 28-slot window
+  for (const bool memory : {false, true}) {
+    const fs::path mem = temp_dir(memory ? "a_on" : "a_off");
+    RunSpec spec = stream_spec({"model.memory=" + std::string(memory ? "true" : "false")}, mem.string());
+    Pipeline pipeline(spec.pipeline, builtin());
+    pipeline.run_for(120s);
+    const ModelStepStats stats = model_step_stats(pipeline.node("model"));
+    CHECK(stats.generated == expected);
+    const RunSummary s = pipeline.summary();
+    CHECK(s.tokens_out == 48);
+    CHECK(s.evictions > 0);
+    if (memory) {
+      CHECK(s.chunks_indexed > 0);
+      CHECK(s.retrievals == 1);  // the prompt turn
+    } else {
+      CHECK(s.chunks_indexed == 0);
+    }
+    auto tokenizer = load_tokenizer(tiny_model());
+    CHECK(text_out_text(pipeline.node("out")) == tokenizer->decode(expected) + "\n");
+  }
+}
+
+TEST_CASE("ingesting a document far larger than the cache keeps in-flight blocks under the source's bound", "[pipeline]") {
+  const fs::path mem = temp_dir("b");
+  // No answer: every model-step body then emits at most one message (an EvictedBatch), so the messages the
+  // source has caused, wherever they are, stay within its bound plus one block and one message in transit.
+  RunSpec spec = ingest_spec({"model.max_new_tokens=0"}, mem.string());
+  spec.pipeline.find_node("src")->max_in_flight = 4;
+  Pipeline pipeline(spec.pipeline, builtin());
+  pipeline.run_for(300s);
+  auto tokenizer = load_tokenizer(tiny_model());
+  std::ifstream f(long_document());
+  const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  const int64_t doc_tokens = static_cast<int64_t>(tokenizer->encode(text).size());
+  const ModelStepStats stats = model_step_stats(pipeline.node("model"));
+  REQUIRE(doc_tokens > 20 * 96);  // far beyond the 96-slot cache
+  // Streaming tokenization (cut at word boundaries) gives the tokens of the whole text; + BOS + the prompt.
+  CHECK(stats.prefill_tokens == 1 + doc_tokens + static_cast<int64_t>(tokenizer->encode("\nThe best thing to do in San Francisco is").size()));
+  int64_t most = 0;
+  for (const NodeProfile& p : pipeline.profile_table()) {
+    INFO(p.node << " max_queue " << p.max_queue);
+    CHECK(p.max_queue <= 4 + 2);
+    most = std::max(most, p.max_queue);
+  }
+  CHECK(most >= 1);
+}
+
+TEST_CASE("an exception in any node kind ends the run naming that node", "[pipeline]") {
+  const std::vector<std::pair<std::string, std::string>> nodes = {
+      {"src", "token-source"}, {"model", "model-step"}, {"eviction", "eviction"}, {"embed", "embedding"},
+      {"index", "index-insert"}, {"retrieve", "retrieve"}, {"reinject", "re-inject"}, {"out", "text-out"},
+      {"metrics", "metrics"}};
+  for (const auto& [node, kind] : nodes) {
+    SECTION(kind) {
+      const fs::path mem = temp_dir("c_" + node);
+      // The stream pipeline over a document with retrieval every 16 tokens: every node gets messages.
+      RunSpec spec = stream_spec({"src.path=" + long_document(), "model.retrieve=always", "model.retrieve_every=16",
+                                  "model.max_new_tokens=4", node + ".fail_at=2"},
+                                 mem.string());
+      Pipeline pipeline(spec.pipeline, builtin());
+      REQUIRE_THROWS_WITH(pipeline.run_for(120s),
+                          Catch::Contains("node '" + node + "' (" + kind + "): fail_at: injected failure at message 2"));
+    }
+  }
+}
+
+TEST_CASE("after a run with memory on, the memory directory reopens with every evicted token", "[pipeline]") {
+  const fs::path mem = temp_dir("d");
+  RunSpec spec = ingest_spec({}, mem.string());
+  int64_t evicted = 0, indexed = 0;
+  {
+    Pipeline pipeline(spec.pipeline, builtin());
+    pipeline.run_for(300s);
+    evicted = model_step_stats(pipeline.node("model")).tokens_evicted;
+    indexed = pipeline.summary().chunks_indexed;
+  }
+  REQUIRE(evicted > 0);
+  StoreOptions so;
+  so.embedder_name = HashEmbedder(64).name();
+  so.dim = 64;
+  auto store = ChunkStore::open(mem.string(), so);
+  REQUIRE(store->size() == indexed);
+  // chunk_size 16, no overlap: full chunks, plus at most two partial tails (flushed before the sync
+  // retrieval and at the end of the input).
+  CHECK(store->size() >= evicted / 16);
+  CHECK(store->size() <= evicted / 16 + 2);
+  std::vector<int64_t> positions;
+  for (int64_t id = 0; id < store->size(); ++id) {
+    const Chunk c = store->get(id, false);
+    CHECK(c.tokens.size() <= 16);
+    positions.insert(positions.end(), c.positions.begin(), c.positions.end());
+  }
+  REQUIRE(static_cast<int64_t>(positions.size()) == evicted);
+  for (size_t i = 0; i < positions.size(); ++i) REQUIRE(positions[i] == 4 + static_cast<int64_t>(i));  // after the sinks
+}
+
+TEST_CASE("an unknown model-step parameter names its file and line", "[pipeline]") {
+  const fs::path dir = temp_dir("e");
+  const fs::path path = dir / "bad.yaml";
+  std::ofstream(path) << "name: bad\n"
+                         "nodes:\n"
+                         "  - name: src\n"
+                         "    kind: token-source\n"
+                         "    params: {model: m, prompt: hi}\n"
+                         "  - name: model\n"
+                         "    kind: model-step\n"
+                         "    params:\n"
+                         "      model: m\n"
+                         "      n_sinks: 4\n"
+                         "edges:\n"
+                         "  - src.tokens -> model.tokens\n";
+  REQUIRE_THROWS_WITH(Pipeline(load_run_spec(path.string()).pipeline, builtin()),
+                      Catch::Contains(path.string() + ":10") && Catch::Contains("n_sinks"));
+  // A value out of range names the parameter and what was expected.
+  REQUIRE_THROWS_WITH(Pipeline(stream_spec({"model.n_sink=-3"}, (dir / "mem").string()).pipeline, builtin()),
+                      Catch::Contains("--set model.n_sink=-3") && Catch::Contains("expected an integer >= 0, found -3"));
+}
