@@ -34,7 +34,7 @@ struct NeedleArgs {
   std::string model, haystack, out = "needle-out";
   std::string lengths = "auto", depths = "0,25,50,75,100", modes = "none,evicted,always";
   NeedleSpec spec;
-  int64_t sinks = 4, window = 252, chunk = 32, overlap = 8, top_k = 2, memory = 0, every = 128;
+  int64_t sinks = 4, window = 252, chunk = 64, overlap = 32, top_k = 2, memory = 0, every = 128;
   int64_t max_new_tokens = 16;
   std::string inject = "text", select = "topk", embedder = "hash";
   bool json = false;

@@ -4,5 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/build.sh
 export OPENBLAS_NUM_THREADS=1
-exec build/tools/sinkflow generate --model data/models/sinkflow-llama \
-  --prompt "In the beginning God created the heaven and the earth. And the earth was" --max-new-tokens 64 --json "$@"
+rm -rf /tmp/sinkflow-memory/ingest  # a fresh memory directory: a reopened one resumes with what it had
+exec build/tools/sinkflow run configs/ingest.yaml --json "$@"
