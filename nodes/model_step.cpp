@@ -50,6 +50,7 @@ ModelStepConfig ModelStepConfig::from_params(const ParamMap& params, const std::
   r.read("mmr_lambda", c.mmr_lambda);
   r.read_choice("inject", c.inject, {"text", "kv"});
   r.read_choice("replace", c.replace, {"score", "lru"});
+  r.read("show_retrieval", c.show_retrieval);
   c.memory_params.read(r);
   r.read("fail_at", c.fail_at);
   r.done();
@@ -300,6 +301,17 @@ class ModelStep : public NodeInstance {
       for (int64_t id : written)
         if (h.chunk.id == id) tokens += static_cast<int64_t>(h.chunk.tokens.size());
     if (mode == InjectMode::text) context().run.counters.tokens_in.fetch_add(tokens, std::memory_order_relaxed);
+    if (config_.show_retrieval) {
+      for (const Retrieved& h : r.hits) {
+        const bool now = std::find(written.begin(), written.end(), h.chunk.id) != written.end();
+        std::string text = h.chunk.text.substr(0, 160);
+        std::replace(text.begin(), text.end(), '\n', ' ');
+        std::fprintf(stderr, "[memory] chunk %ld (score %.3f, tokens at %ld..%ld)%s: %s\n", static_cast<long>(h.chunk.id),
+                     h.score, static_cast<long>(h.chunk.positions.empty() ? -1 : h.chunk.positions.front()),
+                     static_cast<long>(h.chunk.positions.empty() ? -1 : h.chunk.positions.back()),
+                     now ? " re-injected" : " already in the cache", text.c_str());
+      }
+    }
     std::lock_guard<std::mutex> lock(stats_mutex_);
     stats_.injected_chunks += static_cast<int64_t>(written.size());
   }

@@ -49,6 +49,7 @@ struct ModelStepConfig {
   double mmr_lambda = 0.5;          // sync, mmr: relevance weight, [0, 1]
   std::string inject = "text";      // re-injection: text (prefill the chunk) | kv (restore its stored K/V)
   std::string replace = "score";    // memory region replacement: score | lru
+  bool show_retrieval = false;      // print each re-injected chunk (score, position, text) to stderr
   MemoryParams memory_params;       // sync: the store to retrieve from (memory_dir, embedder, ...)
   int64_t fail_at = 0;              // tests: throw at this message (1-based); 0 = never
   ParamOrigin origin;

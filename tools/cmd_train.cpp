@@ -64,7 +64,7 @@ void add_train_commands(CLI::App& app) {
     for (const auto& o : t->get_options()) {
       if (o->count() == 0 || o->get_name() == "--help") continue;
       a->command_line += " " + o->get_name();
-      if (o->get_type_size() != 0) a->command_line += " " + o->as<std::string>();
+      if (o->get_name() != "--resume") a->command_line += " " + o->as<std::string>();
     }
     run_train(*a);
   });
