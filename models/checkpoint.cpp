@@ -318,4 +318,17 @@ void save_checkpoint(const std::string& dir, const ModelConfig& config,
                tensors.size(), total, keep.count(kIndexFile) ? keep.size() - 1 : 1);
 }
 
+void fill_parameters(const std::vector<std::pair<std::string, at::Tensor>>& params, const TensorFetch& fetch) {
+  at::NoGradGuard no_grad;
+  for (const auto& [name, param] : params) {
+    at::Tensor src = fetch(name, param.sizes().vec());
+    if (src.sizes() != param.sizes()) {
+      throw std::invalid_argument("tensor '" + name + "' has shape " + std::string(c10::str(src.sizes())) +
+                                  ", expected " + std::string(c10::str(param.sizes())));
+    }
+    at::Tensor dst = param;
+    dst.copy_(src.to(param.device(), param.scalar_type()));
+  }
+}
+
 }  // namespace sinkflow

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -65,6 +66,11 @@ class CheckpointTensors {
 // Reads dir/config.json; throws std::invalid_argument naming the folder when it is missing, and as
 // ModelConfig::from_json_file otherwise.
 ModelConfig load_model_config(const std::string& dir);
+
+// Fills every parameter with fetch(name, its shape), without recording gradients. Throws
+// std::invalid_argument naming the tensor when a fetched tensor's shape differs.
+using TensorFetch = std::function<at::Tensor(const std::string&, const std::vector<int64_t>&)>;
+void fill_parameters(const std::vector<std::pair<std::string, at::Tensor>>& params, const TensorFetch& fetch);
 
 // Checks that every tensor of expected_tensors(config) is present with its shape and a floating dtype;
 // throws std::invalid_argument for the first problem (same messages as CheckpointTensors::load).

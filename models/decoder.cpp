@@ -17,15 +17,7 @@ std::unique_ptr<KvCache> Decoder::make_cache(const CacheConfig& config) const {
 
 void Decoder::load_weights(
     const std::function<at::Tensor(const std::string&, const std::vector<int64_t>&)>& fetch) {
-  at::NoGradGuard no_grad;
-  for (auto& [name, param] : named_parameters()) {
-    at::Tensor src = fetch(name, param.sizes().vec());
-    if (src.sizes() != param.sizes()) {
-      throw std::invalid_argument("tensor '" + name + "' has shape " + std::string(c10::str(src.sizes())) +
-                                  ", expected " + std::string(c10::str(param.sizes())));
-    }
-    param.copy_(src.to(param.device(), param.scalar_type()));
-  }
+  fill_parameters(named_parameters(), fetch);
 }
 
 std::shared_ptr<Decoder> make_decoder(const ModelConfig& config, at::Device device, at::ScalarType dtype) {
