@@ -138,6 +138,7 @@ std::unique_ptr<StreamSession> filled_session(const std::shared_ptr<Decoder>& d,
   sc.cache.n_sink = policy == Policy::sink ? sinks : 0;
   sc.cache.n_recent = cache - sc.cache.n_sink;
   if (policy == Policy::dense) sc.cache.n_recent = cache + extra;  // never full while timed
+  sc.prefill_block = cache;  // fill in one step: recompute would otherwise rebuild its window per block
   auto s = std::make_unique<StreamSession>(d, sc);
   std::vector<int64_t> fill(cache);
   for (auto& t : fill) t = static_cast<int64_t>(rng() % d->config().vocab_size);
