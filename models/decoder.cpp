@@ -20,6 +20,10 @@ void Decoder::load_weights(
   fill_parameters(named_parameters(), fetch);
 }
 
+at::Tensor Decoder::first_layer_kv(const std::vector<int64_t>&, const std::vector<int64_t>&) const {
+  throw std::logic_error("first_layer_kv: model_type '" + config_.model_type + "' has no learned absolute positions");
+}
+
 std::shared_ptr<Decoder> make_decoder(const ModelConfig& config, at::Device device, at::ScalarType dtype) {
   switch (config.family) {
     case Family::llama: return make_llama(config, device, dtype);

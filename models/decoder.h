@@ -41,6 +41,11 @@ class Decoder {
   // start .. start+T-1 -> logits [B, T, vocab] in the model dtype. Autograd-capable outside InferenceMode.
   virtual at::Tensor forward_full(const at::Tensor& tokens, int64_t start_position = 0) const = 0;
 
+  // Learned absolute positions only (GPT-2 family): the first layer's K and V of `tokens` at `positions`,
+  // [2, n_kv_head, n, d_head]; they depend on nothing else (KV-Align computes them exactly). Other families
+  // throw std::logic_error.
+  virtual at::Tensor first_layer_kv(const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions) const;
+
   // Parameters under their Hugging Face names (tied lm_head not listed).
   virtual std::vector<std::pair<std::string, at::Tensor>> named_parameters() const = 0;
 

@@ -152,6 +152,18 @@ class Gpt2 final : public Decoder {
     return torch::matmul(tr.ln_f(x), tr.wte->weight.t());
   }
 
+  at::Tensor first_layer_kv(const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions) const override {
+    const int64_t n = static_cast<int64_t>(tokens.size()), d = config_.d_model;
+    auto to_dev = [&](const std::vector<int64_t>& v) {
+      return torch::tensor(v, torch::kLong).to(device_);
+    };
+    auto& tr = *net_->transformer;
+    auto& block = *blocks_[0];
+    torch::Tensor x = tr.wte(to_dev(tokens)) + tr.wpe(to_dev(positions));  // [n, D]
+    torch::Tensor kv = block.attn->c_attn(block.ln_1(x)).narrow(1, d, 2 * d);  // [n, 2D]: keys then values
+    return kv.view({n, 2, config_.n_head, config_.d_head}).permute({1, 2, 0, 3});
+  }
+
   std::vector<std::pair<std::string, at::Tensor>> named_parameters() const override {
     std::vector<std::pair<std::string, at::Tensor>> out;
     for (const auto& item : net_->named_parameters()) out.emplace_back(item.key(), item.value());

@@ -51,6 +51,9 @@ void CacheConfig::validate(const ModelConfig& model, const std::string& where) c
     fail("evict_block must be in [1, n_recent=" + str(n_recent) + "], found " + str(evict_block));
   }
   const bool learned_positions = model.family == Family::gpt2;
+  if (keep_originals && !learned_positions) {
+    fail("keep_originals (KV-Align) is for learned absolute positions; model_type '" + model.model_type + "' uses RoPE");
+  }
   if ((learned_positions || !allow_evict) && model.max_positions > 0 && capacity() > model.max_positions) {
     fail("n_sink + n_memory + n_recent = " + str(capacity()) + " exceeds the model's max_positions " +
          str(model.max_positions) + (allow_evict ? " (learned absolute positions)" : " (dense: no eviction)"));
@@ -67,6 +70,12 @@ KvCache::KvCache(const ModelConfig& model, const CacheConfig& config, const Rope
   v_ = at::zeros({n_layer_, model.n_kv_head, cap, model.d_head}, opts);
   if (rope_ && config_.scheme == PositionScheme::fast && config_.n_sink + config_.n_memory > 0) {
     k_raw_ = at::zeros({n_layer_, model.n_kv_head, config_.n_sink + config_.n_memory, model.d_head}, opts);
+  }
+  if (config_.keep_originals) {
+    k_orig_ = at::zeros_like(k_);
+    v_orig_ = at::zeros_like(v_);
+    orig_index_.assign(cap, -1);
+    aligned_index_.assign(cap, -1);
   }
   slot_token_.assign(cap, -1);
   slot_pos_.assign(cap, -1);
@@ -208,8 +217,32 @@ EvictedSpan KvCache::apply(const StepPlan& plan) {
     }
   }
   next_pos_ += static_cast<int64_t>(plan.tokens.size());
+  if (config_.keep_originals) {
+    const std::vector<int64_t> idx = in_cache_index();
+    for (int64_t s : plan.write_slots) orig_index_[s] = aligned_index_[s] = idx[s];
+  }
   if (n_evict > 0) refresh_virtual_positions();
   return span;
+}
+
+int64_t KvCache::realign(const RealignFn& fn) {
+  if (!config_.keep_originals) throw std::logic_error("kv_cache: realign() needs keep_originals");
+  const std::vector<int64_t> idx = in_cache_index();
+  std::vector<int64_t> slots, tokens, from, to;
+  for (int64_t s = 0; s < capacity(); ++s) {
+    if (used_[s] && idx[s] != aligned_index_[s]) {
+      slots.push_back(s);
+      tokens.push_back(slot_token_[s]);
+      from.push_back(orig_index_[s]);
+      to.push_back(idx[s]);
+    }
+  }
+  if (slots.empty()) return 0;
+  auto [k, v] = fn(take(k_orig_, 2, slots), take(v_orig_, 2, slots), tokens, from, to);
+  put(k_, 2, slots, k);
+  put(v_, 2, slots, v);
+  for (size_t i = 0; i < slots.size(); ++i) aligned_index_[slots[i]] = to[i];
+  return static_cast<int64_t>(slots.size());
 }
 
 void KvCache::refresh_virtual_positions() {
@@ -326,6 +359,11 @@ void KvCache::store(int64_t layer, const StepPlan& plan, const at::Tensor& k_raw
   } else {
     put(kl, 1, slots, k);
     put(vl, 1, slots, v);
+  }
+  if (k_orig_.defined()) {
+    at::Tensor ko = k_orig_.select(0, layer), vo = v_orig_.select(0, layer);
+    put(ko, 1, slots, k);
+    put(vo, 1, slots, v);
   }
   if (k_raw_.defined()) {
     for (size_t j = 0; j < slots.size(); ++j) {

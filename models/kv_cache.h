@@ -21,6 +21,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,6 +41,7 @@ struct CacheConfig {
   int64_t evict_block = 1;   // tokens evicted at once when the window overflows, in [1, n_recent]
   bool evict_kv = false;     // copy evicted K/V out with each span (kv re-injection, clustering)
   bool allow_evict = true;   // false: a full cache is an error (the dense policy)
+  bool keep_originals = false;  // KV-Align: also keep each token's K/V as first computed (learned positions only)
   PositionScheme scheme = PositionScheme::fast;  // RoPE models only
 
   int64_t capacity() const { return n_sink + n_memory + n_recent; }
@@ -127,6 +129,16 @@ class KvCache {
   // in-cache index on the fly).
   std::pair<at::Tensor, at::Tensor> layer_kv(int64_t layer) const;
 
+  // KV-Align (keep_originals): the slots whose K/V were computed at another in-cache index than the one they
+  // have now get fn(original k, original v, tokens, from, to) as their K/V: k, v [n_layer, n_kv_head, n, d_head]
+  // as first computed at in-cache indices `from`, `to` their indices now; fn returns {k', v'} of that shape. Always from
+  // the originals, so realignments never compound. Returns how many slots were realigned.
+  using RealignFn = std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor& k, const at::Tensor& v,
+                                                                    const std::vector<int64_t>& tokens,
+                                                                    const std::vector<int64_t>& from,
+                                                                    const std::vector<int64_t>& to)>;
+  int64_t realign(const RealignFn& fn);
+
   // Whole buffers, [n_layer, n_kv_head, capacity, d_head] (tests, KV-Align, clustering).
   const at::Tensor& keys() const { return k_; }
   const at::Tensor& values() const { return v_; }
@@ -146,6 +158,8 @@ class KvCache {
   at::Tensor k_;      // [n_layer, n_kv_head, capacity, d_head]; rotated (fast) or un-rotated (naive)
   at::Tensor v_;      // [n_layer, n_kv_head, capacity, d_head]
   at::Tensor k_raw_;  // [n_layer, n_kv_head, n_sink + n_memory, d_head], un-rotated (RoPE, fast)
+  at::Tensor k_orig_, v_orig_;  // keep_originals: K/V as first computed, [n_layer, n_kv_head, capacity, d_head]
+  std::vector<int64_t> orig_index_, aligned_index_;  // keep_originals: in-cache index computed at / aligned to
   std::vector<int64_t> slot_token_, slot_pos_, slot_chunk_, rot_pos_;
   std::vector<uint8_t> used_;  // slot occupied
   int64_t n_sink_used_ = 0;

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "models/cluster.h"
+#include "models/kv_align.h"
 #include "models/rope.h"
 
 namespace sinkflow {
@@ -12,7 +14,9 @@ Policy parse_policy(const std::string& name) {
   if (name == "window") return Policy::window;
   if (name == "sink") return Policy::sink;
   if (name == "recompute") return Policy::recompute;
-  throw std::invalid_argument("unknown policy '" + name + "': expected dense, window, sink or recompute");
+  if (name == "kv-align") return Policy::kv_align;
+  if (name == "cluster") return Policy::cluster;
+  throw std::invalid_argument("unknown policy '" + name + "': expected dense, window, sink, recompute, kv-align or cluster");
 }
 
 const char* policy_name(Policy policy) {
@@ -21,6 +25,8 @@ const char* policy_name(Policy policy) {
     case Policy::window: return "window";
     case Policy::sink: return "sink";
     case Policy::recompute: return "recompute";
+    case Policy::kv_align: return "kv-align";
+    case Policy::cluster: return "cluster";
   }
   return "?";
 }
@@ -38,6 +44,8 @@ CacheConfig StreamConfig::resolved_cache() const {
     c.allow_evict = false;
     c.n_memory = 0;
   }
+  if (policy == Policy::kv_align) c.keep_originals = true;
+  if (policy == Policy::cluster) c.evict_kv = true;
   return c;
 }
 
@@ -46,6 +54,18 @@ void StreamConfig::validate(const ModelConfig& model, const std::string& where) 
   if (policy == Policy::recompute && cache.n_memory > 0) {
     throw std::invalid_argument(where + ": the recompute policy has no memory region (n_memory must be 0, found " +
                                 std::to_string(cache.n_memory) + ")");
+  }
+  if (policy == Policy::kv_align) {
+    if (!kv_align) throw std::invalid_argument(where + ": the kv-align policy needs its networks (train-kv-align)");
+    if (cache.n_memory > 0) {
+      throw std::invalid_argument(where + ": the kv-align policy has no memory region (n_memory must be 0, found " +
+                                  std::to_string(cache.n_memory) + ")");
+    }
+    kv_align->check_model(model, where);
+  }
+  if (policy == Policy::cluster && cache.n_memory <= 0) {
+    throw std::invalid_argument(where + ": the cluster policy keeps its centroids in the memory region: n_memory (the "
+                                "number of centroids) must be > 0, found " + std::to_string(cache.n_memory));
   }
   CacheConfig c = resolved_cache();
   if (policy == Policy::recompute) c.allow_evict = false;  // its scratch cache is dense
@@ -64,6 +84,10 @@ StreamSession::StreamSession(std::shared_ptr<const Decoder> decoder, const Strea
     s.n_recent = config_.resolved_cache().capacity();
     s.allow_evict = false;
     scratch_ = decoder_->make_cache(s);
+  }
+  if (config_.policy == Policy::cluster) {
+    const ModelConfig& m = decoder_->config();
+    cluster_ = std::make_unique<ClusterMemory>(m.n_layer, m.n_kv_head, m.d_head, config_.cache.n_memory, config_.cluster_seed);
   }
 }
 
@@ -93,6 +117,17 @@ at::Tensor StreamSession::step(const std::vector<int64_t>& tokens, std::vector<E
   StepPlan plan = plan_step(*cache_, tokens);
   EvictedSpan span = cache_->apply(plan);
   tokens_evicted_ += static_cast<int64_t>(span.tokens.size());
+  if (!span.tokens.empty()) {
+    if (config_.policy == Policy::kv_align) {
+      cache_->realign([this](const at::Tensor& k, const at::Tensor& v, const std::vector<int64_t>& tokens,
+                             const std::vector<int64_t>& from, const std::vector<int64_t>& to) {
+        return config_.kv_align->realign(k, v, tokens, from, to, decoder_.get());
+      });
+    } else if (config_.policy == Policy::cluster) {
+      cluster_->observe(span);
+      if (cluster_->ready()) cluster_->refresh(*cache_);
+    }
+  }
   if (evicted && !span.tokens.empty()) evicted->push_back(std::move(span));
   if (config_.policy != Policy::recompute) return decoder_->forward(plan, *cache_, !all_logits, hidden_out);
   // Sliding window with re-computation: the cached tokens, rebuilt at positions 0..L-1.
@@ -101,7 +136,7 @@ at::Tensor StreamSession::step(const std::vector<int64_t>& tokens, std::vector<E
   StepPlan full = plan_step(*scratch_, window);
   scratch_->apply(full);
   at::Tensor hidden;
-  at::Tensor logits = decoder_->forward(full, *scratch_, false, hidden_out ? &hidden : nullptr);
+  at::Tensor logits = decoder_->forward(full, *scratch_, !all_logits, hidden_out ? &hidden : nullptr);
   const int64_t t = static_cast<int64_t>(tokens.size());
   const int64_t rows = all_logits ? t : 1;
   if (hidden_out) *hidden_out = hidden.narrow(0, hidden.size(0) - rows, rows);

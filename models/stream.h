@@ -5,6 +5,10 @@
 //   sink       StreamingLLM: n_sink attention sinks + memory region + recent window
 //   recompute  sliding window with re-computation: every step rebuilds the cached tokens' K/V from
 //              scratch at in-cache positions 0..L-1 (exact, slow: the paper's speed baseline)
+//   kv-align   (GPT-2 family) sinks + window whose K/V are realigned by learned networks after each
+//              eviction, always from the originally computed K/V (models/kv_align.h)
+//   cluster    sinks + window, and the memory region holds n_memory centroids of the evicted K/V, clustered
+//              online per layer and KV head (models/cluster.h); any family
 #pragma once
 
 #include <ATen/ATen.h>
@@ -18,13 +22,18 @@
 
 namespace sinkflow {
 
-enum class Policy { dense, window, sink, recompute };
+enum class Policy { dense, window, sink, recompute, kv_align, cluster };
 
 Policy parse_policy(const std::string& name);  // throws std::invalid_argument listing the policies
 const char* policy_name(Policy policy);
 
+class KvAlign;
+class ClusterMemory;
+
 struct StreamConfig {
   Policy policy = Policy::sink;
+  std::shared_ptr<const KvAlign> kv_align;  // the networks of the kv-align policy
+  uint64_t cluster_seed = 0;                // the cluster policy's k-means++ seed
   CacheConfig cache;           // n_sink is forced to 0 for window and dense; dense never evicts
   int64_t prefill_block = 256; // tokens per forward when feeding text, > 0 (capped at n_recent)
   // The cache configuration the policy actually uses.
@@ -77,6 +86,7 @@ class StreamSession {
   std::unique_ptr<KvCache> cache_;
   std::unique_ptr<KvCache> scratch_;  // recompute: rebuilt every step
   std::unique_ptr<KvCache> inject_scratch_;  // text injection: sinks + one chunk
+  std::unique_ptr<ClusterMemory> cluster_;   // cluster policy
   int64_t tokens_evicted_ = 0;
 };
 

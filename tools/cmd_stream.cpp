@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -15,6 +16,7 @@
 #include <sstream>
 
 #include "graph/progress.h"
+#include "models/kv_align.h"
 #include "models/runtime.h"
 #include "models/stream.h"
 #include "tools/commands.h"
@@ -59,8 +61,8 @@ double percentile(std::vector<double> v, double q) {
 }
 
 struct PplArgs {
-  std::string model, text, csv, policy = "sink";
-  int64_t sinks = 4, window = 0, memory = 0, tokens = 0, segment = 1000;
+  std::string model, text, csv, policy = "sink", kv_align;
+  int64_t sinks = 4, window = 0, memory = 0, tokens = 0, segment = 1000, evict_block = 1;
   bool json = false;
   RuntimeOptions rt;
 };
@@ -78,6 +80,10 @@ void run_ppl(const PplArgs& a) {
   sc.cache.n_sink = a.sinks;
   sc.cache.n_memory = a.memory;
   sc.cache.n_recent = resolve_window(a.window, a.sinks, m.decoder->config());
+  sc.cache.evict_block = a.evict_block;
+  if (sc.policy == Policy::kv_align) {
+    sc.kv_align = KvAlign::load(a.kv_align.empty() ? (std::filesystem::path(a.model) / "kv-align").string() : a.kv_align);
+  }
   StreamSession s(m.decoder, sc);
   std::ofstream csv;
   if (!a.csv.empty()) {
@@ -117,6 +123,7 @@ void run_ppl(const PplArgs& a) {
   if (a.json) {
     print_json({{"command", "ppl"},       {"model", a.model},          {"policy", a.policy},
                 {"n_sink", s.cache().config().n_sink}, {"n_memory", a.memory}, {"n_recent", sc.cache.n_recent},
+                {"evict_block", a.evict_block},
                 {"tokens", n},            {"ppl", ppl},                {"segment", a.segment},
                 {"segment_ppl", seg_ppl}, {"tokens_per_s", n / secs},  {"ms_per_token", 1000.0 * secs / n},
                 {"peak_rss_mb", peak_rss_bytes() / 1048576.0}});
@@ -260,10 +267,12 @@ void add_stream_commands(CLI::App& app) {
   CLI::App* ppl = app.add_subcommand("ppl", "Token-by-token perplexity of a long text through the streaming cache");
   ppl->add_option("--model", p->model, "model folder")->required();
   ppl->add_option("--text", p->text, "text file")->required();
-  ppl->add_option("--policy", p->policy, "dense, window, sink or recompute")->capture_default_str();
+  ppl->add_option("--policy", p->policy, "dense, window, sink, recompute, kv-align or cluster")->capture_default_str();
+  ppl->add_option("--kv-align", p->kv_align, "kv-align networks folder (default MODEL/kv-align)");
+  ppl->add_option("--evict-block", p->evict_block, "tokens evicted at once when the window is full")->capture_default_str();
   ppl->add_option("--sinks", p->sinks, "attention sinks")->capture_default_str();
   ppl->add_option("--window", p->window, "recent window (0 = 1020, or what fits a model with learned positions)")->capture_default_str();
-  ppl->add_option("--memory", p->memory, "memory-region slots")->capture_default_str();
+  ppl->add_option("--memory", p->memory, "memory-region slots (cluster: the number of centroids)")->capture_default_str();
   ppl->add_option("--tokens", p->tokens, "evaluate at most this many tokens (0 = all)")->capture_default_str();
   ppl->add_option("--segment", p->segment, "tokens per reported segment")->capture_default_str();
   ppl->add_option("--csv", p->csv, "write per-token NLL to this CSV file");

@@ -2,12 +2,17 @@
 //   sinkflow train --family llama --config configs/train/llama.json --out data/models/sinkflow-llama [--resume]
 #include <spdlog/spdlog.h>
 
+#include <c10/core/InferenceMode.h>
+
+#include <filesystem>
 #include <memory>
 #include <string>
 
 #include "graph/progress.h"
+#include "models/kv_align.h"
 #include "models/train.h"
 #include "tools/commands.h"
+#include "tools/common.h"
 
 namespace sinkflow::cli {
 
@@ -39,17 +44,97 @@ void run_train(const TrainArgs& a) {
   ProgressOptions popts;
   popts.unit = "step";
   popts.plain_interval_s = 60;
-  auto progress = std::make_shared<Progress>("train " + a.family, config.steps, popts);
-  options.on_step = [progress](const TrainStatus& s) { progress->set(s.step); };
+  // Created at the first step so that a resumed run's rate and ETA count only the steps it runs.
+  std::shared_ptr<Progress> progress;
+  int64_t first = 0;
+  options.on_step = [&](const TrainStatus& s) {
+    if (!progress) {
+      first = s.step - 1;
+      const std::string label = "train " + a.family + (first > 0 ? " (from step " + std::to_string(first) + ")" : "");
+      progress = std::make_shared<Progress>(label, config.steps - first, popts);
+    }
+    progress->set(s.step - first);
+  };
   TrainResult r = train_model(config, options);
-  progress->done();
+  if (progress) progress->done();
   spdlog::info("trained {} steps ({} tokens) in {:.0f} s; last loss {:.4f}, held-out loss {:.4f}", r.steps_done,
                r.tokens_trained, r.wall_s, r.final_loss, r.heldout_loss);
+}
+
+struct KvAlignArgs {
+  std::string model, text, out;
+  KvAlignTrainOptions o;
+  bool json = false;
+  RuntimeOptions rt;
+};
+
+void run_train_kv_align(const KvAlignArgs& a) {
+  if (spdlog::get_level() == spdlog::level::warn) spdlog::set_level(spdlog::level::info);
+  a.rt.apply();
+  LoadedModel m = load_model(a.model, a.rt);
+  std::vector<int64_t> ids;
+  {
+    c10::InferenceMode guard;
+    ids = encode_prompt(m, read_file(a.text, "--text"));
+  }
+  const std::string out = a.out.empty() ? (std::filesystem::path(a.model) / "kv-align").string() : a.out;
+  KvAlignTrainOptions o = a.o;
+  ProgressOptions popts;
+  popts.unit = "window";
+  popts.plain_interval_s = 30;
+  std::shared_ptr<Progress> pairs, steps;
+  o.on_pairs = [&](int64_t done, int64_t total) {
+    if (!pairs) pairs = std::make_shared<Progress>("kv-align pairs", total, popts);
+    pairs->set(done);
+  };
+  o.on_step = [&](int64_t step, int64_t total, double) {
+    if (pairs) pairs->done();
+    if (!steps) {
+      ProgressOptions p = popts;
+      p.unit = "step";
+      steps = std::make_shared<Progress>("kv-align train", total, p);
+    }
+    steps->set(step);
+  };
+  KvAlignTrainReport r;
+  std::shared_ptr<KvAlign> net = train_kv_align(*m.decoder, ids, o, &r);
+  if (steps) steps->done();
+  net->save(out, r.to_json());
+  spdlog::info("kv-align: {} training / {} held-out vectors; held-out normalised MSE keys {:.4f} (stale {:.4f}), values "
+               "{:.4f} (stale {:.4f}); pairs {:.0f} s, training {:.0f} s; wrote {}",
+               r.train_vectors, r.heldout_vectors, r.heldout_key, r.heldout_stale_key, r.heldout_value,
+               r.heldout_stale_value, r.seconds_pairs, r.seconds_train, out);
+  if (a.json) {
+    nlohmann::json j = nlohmann::json::parse(r.to_json());
+    j["command"] = "train-kv-align";
+    j["model"] = a.model;
+    j["out"] = out;
+    print_json(j);
+  }
 }
 
 }  // namespace
 
 void add_train_commands(CLI::App& app) {
+  {
+    auto k = std::make_shared<KvAlignArgs>();
+    CLI::App* t = app.add_subcommand("train-kv-align", "Train KV-Align networks for a GPT-2-family model");
+    t->add_option("--model", k->model, "model folder (GPT-2 family)")->required();
+    t->add_option("--text", k->text, "training text (its last tenth gives the held-out pairs)")->required();
+    t->add_option("--out", k->out, "output folder (default MODEL/kv-align)");
+    t->add_option("--caches", k->o.caches, "cache sizes (sinks + window) to train for")->capture_default_str()->delimiter(',');
+    t->add_option("--sinks", k->o.n_sink, "attention sinks")->capture_default_str();
+    t->add_option("--windows", k->o.windows, "windows of text to draw pairs from")->capture_default_str();
+    t->add_option("--shifts", k->o.shifts, "shifted copies of each window")->capture_default_str();
+    t->add_option("--steps", k->o.steps, "optimizer steps")->capture_default_str();
+    t->add_option("--batch", k->o.batch, "vectors per step")->capture_default_str();
+    t->add_option("--lr", k->o.lr, "peak learning rate")->capture_default_str();
+    t->add_option("--hidden", k->o.hidden, "hidden width of the networks")->capture_default_str();
+    t->add_option("--seed", k->o.seed, "seed")->capture_default_str();
+    t->add_flag("--json", k->json, "print a JSON summary on stdout");
+    k->rt.add_to(*t);
+    t->callback([k] { run_train_kv_align(*k); });
+  }
   auto a = std::make_shared<TrainArgs>();
   CLI::App* t = app.add_subcommand("train", "Train a small Llama- or GPT-2-family model on a text corpus (JSON config)");
   t->add_option("--family", a->family, "llama or gpt2")->capture_default_str();
