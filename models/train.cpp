@@ -129,6 +129,7 @@ json config_to_json(const TrainConfig& c) {
           {"log_interval", c.log_interval},
           {"prepend_bos", c.prepend_bos},
           {"copy_fraction", c.copy_fraction},
+          {"copy_random", c.copy_random},
           {"threads", c.threads},
           {"max_minutes", c.max_minutes},
           {"device", c.device},
@@ -263,6 +264,9 @@ at::Tensor training_batch(const std::vector<int32_t>& ids, const TrainConfig& c,
         const int64_t a = first + static_cast<int64_t>(rng() % static_cast<uint64_t>(room - 2 * len - 1));
         const int64_t lo = a + len + 1, hi = c.seq_len + 1 - len;  // d in [lo, hi]
         const int64_t d = lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1));
+        if (c.copy_random > 0 && u01(rng) < c.copy_random) {
+          for (int64_t i = 0; i < len; ++i) row[a + i] = ids[rng() % ids.size()];
+        }
         std::memmove(row + d, row + a, static_cast<size_t>(len) * sizeof(int64_t));
       }
     }
@@ -379,7 +383,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   Fields f{j, source_name, ""};
   f.only({"model", "tokenizer", "train_text", "heldout_text", "train_ids", "heldout_ids", "seq_len", "batch", "steps",
           "warmup", "lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "clip", "seed", "eval_interval",
-          "eval_batches", "checkpoint_interval", "log_interval", "prepend_bos", "copy_fraction", "threads",
+          "eval_batches", "checkpoint_interval", "log_interval", "prepend_bos", "copy_fraction", "copy_random", "threads",
           "max_minutes", "device", "comment", "bos_id", "eos_id"});
   TrainConfig c;
   if (!j.contains("model") || !j.at("model").is_object()) {
@@ -460,6 +464,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   c.log_interval = f.integer("log_interval", c.log_interval, 1);
   c.prepend_bos = f.boolean("prepend_bos", c.prepend_bos);
   c.copy_fraction = f.number("copy_fraction", c.copy_fraction, 0.0, 1.0);
+  c.copy_random = f.number("copy_random", c.copy_random, 0.0, 1.0);
   c.threads = static_cast<int>(f.integer("threads", c.threads, 0));
   c.max_minutes = f.number("max_minutes", c.max_minutes, 0.0, 1e7);
   c.device = f.string("device", c.device);

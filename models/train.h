@@ -43,6 +43,8 @@ struct TrainConfig {
   int64_t log_interval = 10;
   bool prepend_bos = true;
   double copy_fraction = 0.0;    // fraction of sequences where a span of 8-40 tokens is repeated later (copy task)
+  double copy_random = 0.0;      // fraction of those copy spans first filled with tokens drawn at random from the
+                                 // corpus: only copying predicts their repeat (trains induction heads)
   int threads = 2;               // LibTorch intra-op threads on CPU
   double max_minutes = 0;        // stop early (and still write the model) after this wall time; 0 = no limit
   std::string device = "cpu";

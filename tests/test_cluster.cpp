@@ -302,3 +302,34 @@ TEST_CASE("cluster: bad arguments and shapes are named", "[cluster]") {
   CHECK(memory.write(0).kv.scalar_type() == at::kHalf);
   REQUIRE_THROWS_WITH(memory.write(-1), Catch::Contains("first_slot must be >= 0, found -1"));
 }
+
+TEST_CASE("the cluster policy keeps exactly n_memory centroids between the sinks and the window", "[cluster]") {
+  c10::InferenceMode guard;
+  for (const ModelConfig& mc : {sinkflow::test::tiny_llama_config(), sinkflow::test::tiny_gpt2_config()}) {
+    auto d = sinkflow::test::random_decoder(mc, 5);
+    StreamConfig sc;
+    sc.policy = Policy::cluster;
+    sc.cache.n_sink = 2;
+    sc.cache.n_memory = 3;
+    sc.cache.n_recent = 8;
+    sc.cache.evict_block = 2;
+    StreamSession s(d, sc);
+    StreamConfig plain = sc;
+    plain.policy = Policy::sink;
+    StreamSession p(d, plain);
+    const auto tokens = sinkflow::test::random_tokens(40, mc.vocab_size, 3);
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      at::Tensor a = s.feed({tokens[i]}), b = p.feed({tokens[i]});
+      // Until 3 tokens were evicted there are no centroids: the policy is the sink policy, bit for bit.
+      if (s.tokens_evicted() < 3) REQUIRE(sinkflow::test::max_abs_diff(a, b) == 0.0);
+      REQUIRE(at::isfinite(a).all().item<bool>());
+    }
+    CHECK(s.tokens_evicted() == p.tokens_evicted());
+    CHECK(s.cache().n_memory_used() == 3);
+    CHECK(s.cache().n_cached() == 2 + 3 + s.cache().n_recent_used());
+    for (int64_t slot = 2; slot < 5; ++slot) CHECK(s.cache().slot_chunk(slot) == ClusterMemory::kChunkId);
+    CHECK(p.cache().n_memory_used() == 0);
+    sc.cache.n_memory = 0;
+    REQUIRE_THROWS_WITH(StreamSession(d, sc), Catch::Contains("n_memory (the number of centroids) must be > 0, found 0"));
+  }
+}

@@ -87,11 +87,14 @@ Cell run_cell(const LoadedModel& m, const NeedleArgs& a, const NeedleCase& nc, c
   cell.mode = mode;
   cell.length = nc.length;
   cell.depth = nc.depth;
-  const bool memory = mode != "none";
+  // cluster: no retrieval; the memory region holds centroids of the evicted K/V (the cluster policy).
+  const bool cluster = mode == "cluster";
+  const bool memory = mode == "evicted" || mode == "always";
   StreamConfig sc;
+  sc.policy = cluster ? Policy::cluster : Policy::sink;
   sc.cache.n_sink = a.sinks;
   sc.cache.n_recent = a.window;
-  sc.cache.n_memory = memory ? (a.memory > 0 ? a.memory : a.top_k * a.chunk) : 0;
+  sc.cache.n_memory = memory ? (a.memory > 0 ? a.memory : a.top_k * a.chunk) : cluster ? (a.memory > 0 ? a.memory : 16) : 0;
   sc.cache.evict_kv = a.inject == "kv";
   sc.prefill_block = 32;
   StreamSession session(m.decoder, sc);
@@ -227,8 +230,8 @@ void run_needle(const NeedleArgs& a) {
     std::stringstream ss(a.modes);
     std::string m2;
     while (std::getline(ss, m2, ',')) {
-      if (m2 != "none" && m2 != "evicted" && m2 != "always") {
-        throw std::invalid_argument("--memory: unknown mode '" + m2 + "', expected none, evicted or always");
+      if (m2 != "none" && m2 != "evicted" && m2 != "always" && m2 != "cluster") {
+        throw std::invalid_argument("--memory: unknown mode '" + m2 + "', expected none, evicted, always or cluster");
       }
       modes.push_back(m2);
     }
@@ -299,7 +302,7 @@ void add_needle_commands(CLI::App& app) {
   n->add_option("--out", a->out, "output folder (results.json, heatmap.svg)")->capture_default_str();
   n->add_option("--lengths", a->lengths, "context lengths in tokens, or auto (0.5x..16x the cache)")->capture_default_str();
   n->add_option("--depths", a->depths, "needle depths in percent")->capture_default_str();
-  n->add_option("--memory", a->modes, "memory modes: none, evicted, always")->capture_default_str();
+  n->add_option("--memory", a->modes, "memory modes: none, evicted, always, cluster (centroids of the evicted K/V)")->capture_default_str();
   n->add_option("--needle", a->spec.needle, "needle sentence");
   n->add_option("--question", a->spec.question, "retrieval query");
   n->add_option("--cloze", a->spec.cloze, "cloze prompt the model continues");
@@ -309,7 +312,7 @@ void add_needle_commands(CLI::App& app) {
   n->add_option("--chunk", a->chunk, "tokens per memory chunk")->capture_default_str();
   n->add_option("--overlap", a->overlap, "chunk overlap in tokens")->capture_default_str();
   n->add_option("--top-k", a->top_k, "chunks retrieved per query")->capture_default_str();
-  n->add_option("--memory-slots", a->memory, "memory-region slots (0 = top_k x chunk)")->capture_default_str();
+  n->add_option("--memory-slots", a->memory, "memory-region slots (0 = top_k x chunk; cluster: 16 centroids)")->capture_default_str();
   n->add_option("--every", a->every, "always mode: retrieve every N ingested tokens")->capture_default_str();
   n->add_option("--inject", a->inject, "text or kv")->capture_default_str();
   n->add_option("--select", a->select, "topk, mmr or farthest")->capture_default_str();

@@ -131,19 +131,26 @@ void run_ppl(const PplArgs& a) {
 }
 
 struct LatencyArgs {
-  std::string model, caches = "256,512,1024,2048,4096", policies = "sink,recompute,dense";
-  int64_t steps = 50, warmup = 5, sinks = 4, recompute_steps = 5;
+  std::string model, caches = "256,512,1024,2048,4096", policies = "sink,recompute,dense", kv_align;
+  int64_t steps = 50, warmup = 5, sinks = 4, recompute_steps = 5, evict_block = 1, memory = 16;
   bool json = false;
   RuntimeOptions rt;
 };
 
 // A stream of `policy` whose cache holds `cache` tokens, filled with random tokens.
+// kv-align and cluster streams also keep sinks; cluster's centroids come out of the window (`memory` slots).
 std::unique_ptr<StreamSession> filled_session(const std::shared_ptr<Decoder>& d, Policy policy, int64_t cache,
-                                              int64_t sinks, int64_t extra, std::mt19937_64& rng) {
+                                              const LatencyArgs& a, const std::shared_ptr<const KvAlign>& kv_align,
+                                              std::mt19937_64& rng) {
+  const int64_t extra = a.steps + a.warmup;
   StreamConfig sc;
   sc.policy = policy;
-  sc.cache.n_sink = policy == Policy::sink ? sinks : 0;
-  sc.cache.n_recent = cache - sc.cache.n_sink;
+  const bool sinks = policy == Policy::sink || policy == Policy::kv_align || policy == Policy::cluster;
+  sc.cache.n_sink = sinks ? a.sinks : 0;
+  sc.cache.n_memory = policy == Policy::cluster ? a.memory : 0;
+  sc.cache.n_recent = cache - sc.cache.n_sink - sc.cache.n_memory;
+  if (policy != Policy::dense) sc.cache.evict_block = a.evict_block;
+  sc.kv_align = kv_align;
   if (policy == Policy::dense) sc.cache.n_recent = cache + extra;  // never full while timed
   sc.prefill_block = cache;  // fill in one step: recompute would otherwise rebuild its window per block
   auto s = std::make_unique<StreamSession>(d, sc);
@@ -168,8 +175,13 @@ void run_bench_latency(const LatencyArgs& a) {
   const at::Device device = parse_device(a.rt.device);
   auto d = load_decoder(a.model, device, parse_dtype(a.rt.dtype, device));
   nlohmann::json rows = nlohmann::json::array();
-  std::printf("%8s %10s %10s %10s %6s\n", "cache", "policy", "p50 ms", "p90 ms", "steps");
+  std::printf("%8s %10s %10s %10s %10s %6s\n", "cache", "policy", "p50 ms", "p90 ms", "mean ms", "steps");
   std::mt19937_64 rng(7);
+  std::shared_ptr<const KvAlign> kv_align;
+  const std::vector<std::string> policies = split(a.policies);
+  if (std::find(policies.begin(), policies.end(), "kv-align") != policies.end()) {
+    kv_align = KvAlign::load(a.kv_align.empty() ? (std::filesystem::path(a.model) / "kv-align").string() : a.kv_align);
+  }
   for (int64_t cache : parse_list(a.caches, "--cache")) {
     std::vector<std::string> names;
     std::vector<std::unique_ptr<StreamSession>> sessions;
@@ -180,7 +192,7 @@ void run_bench_latency(const LatencyArgs& a) {
         continue;
       }
       names.push_back(pname);
-      sessions.push_back(filled_session(d, policy, cache, a.sinks, a.steps + a.warmup, rng));
+      sessions.push_back(filled_session(d, policy, cache, a, kv_align, rng));
     }
     std::vector<std::vector<double>> ms(names.size());
     for (int64_t i = 0; i < a.warmup + a.steps; ++i) {
@@ -192,12 +204,23 @@ void run_bench_latency(const LatencyArgs& a) {
         if (i >= a.warmup) ms[p].push_back(dt);
       }
     }
-    std::map<std::string, double> p50;
+    // With block eviction (--evict-block) the work of kv-align and cluster comes once per block: their cost per
+    // token is the mean, not the median.
+    std::map<std::string, double> p50, mean;
     for (size_t p = 0; p < names.size(); ++p) {
       p50[names[p]] = percentile(ms[p], 0.5);
       const double p90 = percentile(ms[p], 0.9);
-      std::printf("%8ld %10s %10.3f %10.3f %6zu\n", static_cast<long>(cache), names[p].c_str(), p50[names[p]], p90, ms[p].size());
-      rows.push_back({{"cache", cache}, {"policy", names[p]}, {"p50_ms", p50[names[p]]}, {"p90_ms", p90}, {"steps", ms[p].size()}});
+      double sum = 0;
+      for (double v : ms[p]) sum += v;
+      mean[names[p]] = ms[p].empty() ? 0 : sum / static_cast<double>(ms[p].size());
+      std::printf("%8ld %10s %10.3f %10.3f %10.3f %6zu\n", static_cast<long>(cache), names[p].c_str(), p50[names[p]], p90,
+                  mean[names[p]], ms[p].size());
+      rows.push_back({{"cache", cache}, {"policy", names[p]}, {"p50_ms", p50[names[p]]}, {"p90_ms", p90},
+                      {"mean_ms", mean[names[p]]}, {"steps", ms[p].size()}, {"evict_block", a.evict_block}});
+    }
+    if (mean.count("kv-align") && mean.count("recompute")) {
+      std::printf("%8ld  kv-align/recompute mean cost per token: %.3f\n", static_cast<long>(cache),
+                  mean["kv-align"] / mean["recompute"]);
     }
     if (p50.count("sink") && p50.count("recompute")) {
       std::printf("%8ld  recompute/sink latency: %.1fx\n", static_cast<long>(cache), p50["recompute"] / p50["sink"]);
@@ -290,7 +313,10 @@ void add_stream_commands(CLI::App& app) {
   lat->add_option("--steps", l->steps, "timed decode steps per cell")->capture_default_str();
   lat->add_option("--warmup", l->warmup, "untimed steps first")->capture_default_str();
   lat->add_option("--recompute-steps", l->recompute_steps, "timed steps for recompute (each re-runs the window)")->capture_default_str();
-  lat->add_option("--sinks", l->sinks, "sinks for the sink policy")->capture_default_str();
+  lat->add_option("--sinks", l->sinks, "sinks for the sink, kv-align and cluster policies")->capture_default_str();
+  lat->add_option("--evict-block", l->evict_block, "tokens evicted at once (all but dense)")->capture_default_str();
+  lat->add_option("--kv-align", l->kv_align, "kv-align networks folder (default MODEL/kv-align)");
+  lat->add_option("--memory", l->memory, "centroids of the cluster policy")->capture_default_str();
   lat->add_flag("--json", l->json, "print a JSON summary line");
   l->rt.add_to(*lat);
   lat->callback([l] { run_bench_latency(*l); });

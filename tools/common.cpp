@@ -29,10 +29,7 @@ LoadedModel load_model(const std::string& dir, const RuntimeOptions& rt) {
 
 std::vector<int64_t> encode_prompt(const LoadedModel& model, const std::string& text) {
   std::vector<int64_t> ids;
-  // Llama-family tokenizers and SentencePiece models (sinkflow's own GPT-2-family model was trained with one)
-  // start with BOS; byte-level BPE GPT-2 tokenizers do not.
-  const bool wants_bos = model.decoder->config().family == Family::llama || model.tokenizer->kind() == "sentencepiece";
-  if (wants_bos && model.tokenizer->bos_id() >= 0) {
+  if (model.decoder->config().family == Family::llama && model.tokenizer->bos_id() >= 0) {
     ids.push_back(model.tokenizer->bos_id());
   }
   auto body = model.tokenizer->encode(text);
