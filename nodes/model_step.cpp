@@ -7,10 +7,12 @@
 #include <chrono>
 #include <memory>
 #include <deque>
+#include <filesystem>
 #include <mutex>
 #include <optional>
 
 #include "models/decoder.h"
+#include "models/kv_align.h"
 #include "models/memory_path.h"
 #include "models/runtime.h"
 #include "models/sampler.h"
@@ -28,7 +30,8 @@ ModelStepConfig ModelStepConfig::from_params(const ParamMap& params, const std::
   r.read("device", c.device);
   r.read("dtype", c.dtype);
   r.read("threads", c.threads);
-  r.read_choice("policy", c.policy, {"dense", "window", "sink", "recompute"});
+  r.read_choice("policy", c.policy, {"dense", "window", "sink", "recompute", "kv-align", "cluster"});
+  r.read("kv_align", c.kv_align);
   r.read("n_sink", c.n_sink);
   r.read("n_memory", c.n_memory);
   r.read("n_recent", c.n_recent);
@@ -77,6 +80,8 @@ void ModelStepConfig::validate() const {
   origin.require(n_memory > 0 || !(memory && retrieve != "none"), "n_memory",
                  "an integer >= 1 when memory is on and retrieve is not 'none' (the region retrieved chunks enter)",
                  n_memory);
+  origin.require(policy != "cluster" || !memory || retrieve == "none", "policy",
+                 "not 'cluster' while retrieved chunks need the memory region (memory on and retrieve not 'none')", policy);
   origin.require(fail_at >= 0, "fail_at", "an integer >= 0", fail_at);
   if (sync) memory_params.validate(origin);
 }
@@ -110,6 +115,10 @@ class ModelStep : public NodeInstance {
     sc.cache.evict_block = config_.evict_block;
     sc.cache.evict_kv = config_.memory && config_.inject == "kv";
     sc.prefill_block = config_.prefill_block;
+    if (sc.policy == Policy::kv_align) {
+      sc.kv_align = KvAlign::load(config_.kv_align.empty() ? (std::filesystem::path(config_.model) / "kv-align").string()
+                                                           : config_.kv_align);
+    }
     sc.validate(decoder_->config(), context.where);
     session_ = std::make_unique<StreamSession>(decoder_, sc);
     SamplerConfig smp;

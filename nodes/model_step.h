@@ -27,7 +27,8 @@ struct ModelStepConfig {
   std::string device = "cpu";       // cpu | cuda | cuda:N | mps
   std::string dtype = "auto";       // auto | float32 | float16 | bfloat16
   int64_t threads = 1;              // LibTorch intra-op threads (1 leaves a core to the memory path); 0 = default
-  std::string policy = "sink";      // dense | window | sink | recompute
+  std::string policy = "sink";      // dense | window | sink | recompute | kv-align | cluster
+  std::string kv_align;             // kv-align networks folder ("" = MODEL/kv-align)
   int64_t n_sink = 4;               // attention-sink slots, >= 0
   int64_t n_memory = 0;             // memory-region slots for re-injected chunks, >= 0
   int64_t n_recent = 252;           // recent-window slots, >= 1

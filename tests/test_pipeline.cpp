@@ -247,3 +247,41 @@ TEST_CASE("an unknown model-step parameter names its file and line", "[pipeline]
   REQUIRE_THROWS_WITH(Pipeline(stream_spec({"model.n_sink=-3"}, (dir / "mem").string()).pipeline, builtin()),
                       Catch::Contains("--set model.n_sink=-3") && Catch::Contains("expected an integer >= 0, found -3"));
 }
+
+TEST_CASE("kv re-injection through the graph: retrieved chunks enter the memory region with their stored K/V", "[pipeline]") {
+  int64_t injected[2] = {0, 0};
+  for (const bool kv : {false, true}) {
+    const fs::path mem = temp_dir(kv ? "kv_on" : "kv_off");
+    RunSpec spec = ingest_spec({"model.inject=" + std::string(kv ? "kv" : "text")}, mem.string());
+    {
+      Pipeline pipeline(spec.pipeline, builtin());
+      pipeline.run_for(300s);
+      injected[kv] = model_step_stats(pipeline.node("model")).injected_chunks;
+      CHECK(pipeline.summary().retrievals >= 1);
+    }
+    StoreOptions so;
+    so.embedder_name = HashEmbedder(64).name();
+    so.dim = 64;
+    auto store = ChunkStore::open(mem.string(), so);
+    REQUIRE(store->size() > 0);
+    const Chunk c = store->get(0, true);
+    // kv mode stores every chunk's K/V ([n_layer, 2, n_kv_head, n_tok, d_head]); text mode stores none.
+    CHECK(c.kv.defined() == kv);
+    if (kv) CHECK(c.kv.size(3) == static_cast<int64_t>(c.tokens.size()));
+  }
+  // The same retrieval either way: the same number of chunks entered the region.
+  CHECK(injected[1] > 0);
+  CHECK(injected[1] == injected[0]);
+}
+
+TEST_CASE("the cluster policy runs in a pipeline, and refuses a memory region that retrieval needs", "[pipeline]") {
+  const fs::path mem = temp_dir("cluster");
+  RunSpec spec = stream_spec({"model.memory=false", "model.policy=cluster"}, mem.string());
+  Pipeline pipeline(spec.pipeline, builtin());
+  pipeline.run_for(120s);
+  const ModelStepStats stats = model_step_stats(pipeline.node("model"));
+  CHECK(stats.generated.size() == 48);
+  CHECK(stats.tokens_evicted > 0);
+  RunSpec bad = stream_spec({"model.memory=true", "model.policy=cluster"}, mem.string());
+  REQUIRE_THROWS_WITH(Pipeline(bad.pipeline, builtin()), Catch::Contains("not 'cluster' while retrieved chunks need the memory region"));
+}
