@@ -9,6 +9,7 @@
 //                                  model-step.inject (step boundary)
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -36,6 +37,8 @@ struct StepResult {
   std::vector<int64_t> tokens;   // [n] generated token ids (n = 1 today)
   std::string text;              // printable text those tokens completed (may be "" inside a UTF-8 character)
   bool end_of_turn = false;      // the answer to the current turn is complete (text may be "")
+  std::chrono::steady_clock::time_point produced{};  // when model-step emitted it (rates are timed at the source:
+                                                     // messages may reach a consumer in bursts)
 };
 
 // Spans that left a sequence's recent window (model-step -> eviction). Copies: the cache is not shared.

@@ -49,7 +49,7 @@ class Metrics : public NodeInstance {
     check_fail_at(config_.fail_at, ++messages_);
     if (r.end_of_turn) ++answers_;
     if (r.tokens.empty()) return;
-    const Clock::time_point now = Clock::now();
+    const Clock::time_point now = r.produced == Clock::time_point{} ? Clock::now() : r.produced;
     if (tokens_ == 0) first_ = now;
     last_ = now;
     tokens_ += static_cast<int64_t>(r.tokens.size());

@@ -263,6 +263,7 @@ class ModelStep : public NodeInstance {
       r.tokens = {next};
       r.text = streamer_->feed(next);
       answer_text += r.text;
+      r.produced = Clock::now();
       out.put<0>(r);
       std::vector<EvictedSpan> evicted;
       logits_ = session_->feed({next}, &evicted);
