@@ -74,6 +74,16 @@ struct KvAlign::Impl {
   }
 };
 
+KvAlignConfig KvAlignConfig::for_model(const ModelConfig& model) {
+  KvAlignConfig c;
+  c.n_layer = model.n_layer;
+  c.n_kv_head = model.n_kv_head;
+  c.d_head = model.d_head;
+  c.max_positions = model.max_positions;
+  c.model_type = model.model_type;
+  return c;
+}
+
 void KvAlignConfig::validate(const std::string& where) const {
   auto positive = [&](const char* field, int64_t v) {
     if (v <= 0) throw std::invalid_argument(where + ": field '" + field + "' must be > 0, found " + str(v));
@@ -335,14 +345,9 @@ std::shared_ptr<KvAlign> train_kv_align(const Decoder& model, const std::vector<
     throw std::invalid_argument("train-kv-align: the text has " + str(n_ids) + " tokens; the training and held-out parts "
                                 "need at least " + str(need) + " tokens each (twice the largest cache, " + str(max_cache) + ")");
   }
-  KvAlignConfig c;
-  c.n_layer = mc.n_layer;
-  c.n_kv_head = mc.n_kv_head;
-  c.d_head = mc.d_head;
-  c.max_positions = mc.max_positions;
+  KvAlignConfig c = KvAlignConfig::for_model(mc);
   c.embed_dim = o.embed_dim;
   c.hidden = o.hidden;
-  c.model_type = mc.model_type;
   c.exact_first_layer = o.exact_first_layer;
   auto align = std::make_shared<KvAlign>(c);
   KvAlignTrainReport rep;

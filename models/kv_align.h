@@ -51,6 +51,8 @@ struct KvAlignConfig {
   bool exact_first_layer = true;
 
   int64_t groups() const { return n_layer * n_kv_head; }
+  // The shape fields taken from `model` (the others keep their defaults).
+  static KvAlignConfig for_model(const ModelConfig& model);
   // Throws std::invalid_argument naming `where` and the field.
   void validate(const std::string& where) const;
 };

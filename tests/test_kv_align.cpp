@@ -93,11 +93,7 @@ TEST_CASE("the cache realigns from the originals: realignments never compound", 
 TEST_CASE("an untrained kv-align network is the identity: the policy equals sink bit for bit", "[kv_align]") {
   c10::InferenceMode guard;
   auto d = test::random_decoder(test::tiny_gpt2_config(), 3);
-  KvAlignConfig c;
-  c.n_layer = d->config().n_layer;
-  c.n_kv_head = d->config().n_kv_head;
-  c.d_head = d->config().d_head;
-  c.max_positions = d->config().max_positions;
+  KvAlignConfig c = KvAlignConfig::for_model(d->config());
   c.exact_first_layer = false;  // every layer by the (identity) networks
   auto net = std::make_shared<KvAlign>(c);
   StreamConfig a = kv_align_stream(net, 8);
@@ -169,11 +165,7 @@ TEST_CASE("kv-align trains, beats the stale cache on held-out pairs, and round-t
 
 TEST_CASE("kv-align files and configurations are validated with clear messages", "[kv_align]") {
   auto d = test::random_decoder(test::tiny_gpt2_config(), 3);
-  KvAlignConfig c;
-  c.n_layer = d->config().n_layer;
-  c.n_kv_head = d->config().n_kv_head;
-  c.d_head = d->config().d_head;
-  c.max_positions = d->config().max_positions;
+  KvAlignConfig c = KvAlignConfig::for_model(d->config());
   const fs::path dir = test::temp_dir("kv_align_bad");
   REQUIRE_THROWS_WITH(KvAlign::load(dir.string()), Catch::Contains("kv_align.json: not found"));
   KvAlign(c).save(dir.string());
