@@ -261,7 +261,7 @@ TEST_CASE("bad cache configuration fails with a clear message", "[kv_cache][erro
   c = CacheConfig{};
   c.evict_block = 2000;
   REQUIRE_THROWS_WITH(c.validate(llama, "cache"), Catch::Contains("evict_block must be in [1, n_recent=1020], found 2000"));
-  REQUIRE_THROWS_WITH(parse_policy("streaming"), Catch::Contains("expected dense, window, sink or recompute"));
+  REQUIRE_THROWS_WITH(parse_policy("streaming"), Catch::Contains("expected dense, window, sink, recompute, kv-align or cluster"));
 }
 
 TEST_CASE("a dense cache that is full refuses more tokens", "[kv_cache][errors]") {
