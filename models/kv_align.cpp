@@ -273,6 +273,12 @@ std::shared_ptr<KvAlign> KvAlign::load(const std::string& dir) {
   return out;
 }
 
+std::string KvAlign::default_dir(const std::string& model_dir) { return (fs::path(model_dir) / "kv-align").string(); }
+
+std::shared_ptr<KvAlign> KvAlign::load_for(const std::string& model_dir, const std::string& dir) {
+  return load(dir.empty() ? default_dir(model_dir) : dir);
+}
+
 std::string KvAlignTrainReport::to_json() const {
   nlohmann::json j = {{"train_vectors", train_vectors},
                       {"heldout_vectors", heldout_vectors},

@@ -82,6 +82,10 @@ class KvAlign {
   // Reads a folder written by save(); every field and tensor is validated (the message names the file, the
   // field or tensor, what was expected and what was found).
   static std::shared_ptr<KvAlign> load(const std::string& dir);
+  // Where a model's networks live by default: MODEL/kv-align (train-kv-align writes there).
+  static std::string default_dir(const std::string& model_dir);
+  // load(dir), or load(default_dir(model_dir)) when dir is empty.
+  static std::shared_ptr<KvAlign> load_for(const std::string& model_dir, const std::string& dir = "");
 
   struct Impl;
   Impl& impl() const { return *impl_; }

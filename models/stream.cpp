@@ -125,7 +125,7 @@ at::Tensor StreamSession::step(const std::vector<int64_t>& tokens, std::vector<E
       });
     } else if (config_.policy == Policy::cluster) {
       cluster_->observe(span);
-      if (cluster_->ready()) cluster_->refresh(*cache_);
+      cluster_->refresh(*cache_);  // nothing until k tokens were seen
     }
   }
   if (evicted && !span.tokens.empty()) evicted->push_back(std::move(span));

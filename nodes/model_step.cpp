@@ -7,7 +7,6 @@
 #include <chrono>
 #include <memory>
 #include <deque>
-#include <filesystem>
 #include <mutex>
 #include <optional>
 
@@ -116,8 +115,7 @@ class ModelStep : public NodeInstance {
     sc.cache.evict_kv = config_.memory && config_.inject == "kv";
     sc.prefill_block = config_.prefill_block;
     if (sc.policy == Policy::kv_align) {
-      sc.kv_align = KvAlign::load(config_.kv_align.empty() ? (std::filesystem::path(config_.model) / "kv-align").string()
-                                                           : config_.kv_align);
+      sc.kv_align = KvAlign::load_for(config_.model, config_.kv_align);
     }
     sc.validate(decoder_->config(), context.where);
     session_ = std::make_unique<StreamSession>(decoder_, sc);

@@ -8,7 +8,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -82,7 +81,7 @@ void run_ppl(const PplArgs& a) {
   sc.cache.n_recent = resolve_window(a.window, a.sinks, m.decoder->config());
   sc.cache.evict_block = a.evict_block;
   if (sc.policy == Policy::kv_align) {
-    sc.kv_align = KvAlign::load(a.kv_align.empty() ? (std::filesystem::path(a.model) / "kv-align").string() : a.kv_align);
+    sc.kv_align = KvAlign::load_for(a.model, a.kv_align);
   }
   StreamSession s(m.decoder, sc);
   std::ofstream csv;
@@ -180,7 +179,7 @@ void run_bench_latency(const LatencyArgs& a) {
   std::shared_ptr<const KvAlign> kv_align;
   const std::vector<std::string> policies = split(a.policies);
   if (std::find(policies.begin(), policies.end(), "kv-align") != policies.end()) {
-    kv_align = KvAlign::load(a.kv_align.empty() ? (std::filesystem::path(a.model) / "kv-align").string() : a.kv_align);
+    kv_align = KvAlign::load_for(a.model, a.kv_align);
   }
   for (int64_t cache : parse_list(a.caches, "--cache")) {
     std::vector<std::string> names;

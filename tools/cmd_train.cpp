@@ -4,7 +4,6 @@
 
 #include <c10/core/InferenceMode.h>
 
-#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -77,7 +76,7 @@ void run_train_kv_align(const KvAlignArgs& a) {
     c10::InferenceMode guard;
     ids = encode_prompt(m, read_file(a.text, "--text"));
   }
-  const std::string out = a.out.empty() ? (std::filesystem::path(a.model) / "kv-align").string() : a.out;
+  const std::string out = a.out.empty() ? KvAlign::default_dir(a.model) : a.out;
   KvAlignTrainOptions o = a.o;
   ProgressOptions popts;
   popts.unit = "window";
