@@ -12,7 +12,7 @@ namespace sinkflow {
 
 void MemoryParams::read(ParamReader& r) {
   r.read("memory_dir", memory_dir);
-  r.read_choice("embedder", embedder, {"hash", "bert"});
+  r.read_choice("embedder", embedder, {"hash", "bert", "lm"});
   r.read("embed_dim", embed_dim);
   r.read("embedder_model", embedder_model);
   r.read("reset", reset);
@@ -23,6 +23,8 @@ void MemoryParams::validate(const ParamOrigin& origin) const {
   origin.require(embed_dim >= 1, "embed_dim", "an integer >= 1", embed_dim);
   origin.require(embedder != "bert" || !embedder_model.empty(), "embedder_model", "an encoder folder for embedder bert",
                  embedder_model);
+  origin.require(embedder != "lm" || !embedder_model.empty(), "embedder_model", "a decoder folder for embedder lm",
+                 embedder_model);
 }
 
 void SharedMemory::mark_indexed(int64_t batch_step) {
@@ -30,6 +32,15 @@ void SharedMemory::mark_indexed(int64_t batch_step) {
   while (batch_step > seen && !indexed_.compare_exchange_weak(seen, batch_step)) {
   }
 }
+
+namespace {
+
+std::string embedder_key(const MemoryParams& p) {
+  if (p.embedder == "hash") return "hash (embed_dim " + std::to_string(p.embed_dim) + ")";
+  return p.embedder + " (embedder_model " + p.embedder_model + ")";
+}
+
+}  // namespace
 
 std::shared_ptr<SharedMemory> shared_memory(RunContext& run, const MemoryParams& params) {
   auto memory = run.shared<SharedMemory>("memory:" + params.memory_dir, [&] {
@@ -39,6 +50,7 @@ std::shared_ptr<SharedMemory> shared_memory(RunContext& run, const MemoryParams&
     ec.dim = params.embed_dim;
     ec.model = params.embedder_model;
     m->embedder = make_embedder(ec);
+    m->opened_with = embedder_key(params);
     if (params.reset) std::filesystem::remove_all(params.memory_dir);
     StoreOptions so;
     so.embedder_name = m->embedder->name();
@@ -48,10 +60,9 @@ std::shared_ptr<SharedMemory> shared_memory(RunContext& run, const MemoryParams&
                  m->store->size(), params.reset ? " (reset)" : "");
     return m;
   });
-  if (params.embedder == "hash" && memory->embedder->name() != "hash-" + std::to_string(params.embed_dim))
-    throw std::invalid_argument("memory_dir '" + params.memory_dir + "': opened with embedder '" +
-                                memory->embedder->name() + "' by another node, this node asks for 'hash-" +
-                                std::to_string(params.embed_dim) + "'");
+  if (memory->opened_with != embedder_key(params))
+    throw std::invalid_argument("memory_dir '" + params.memory_dir + "': opened with embedder " + memory->opened_with +
+                                " by another node, this node asks for " + embedder_key(params));
   return memory;
 }
 

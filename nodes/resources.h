@@ -21,9 +21,9 @@ namespace sinkflow {
 // the first node built opens the directory; the others must name the same embedder.
 struct MemoryParams {
   std::string memory_dir = "out/memory";  // chunk store directory (created)
-  std::string embedder = "hash";          // hash | bert
+  std::string embedder = "hash";          // hash | bert | lm
   int64_t embed_dim = 384;                // hash vector length, >= 1
-  std::string embedder_model;             // bert: encoder folder
+  std::string embedder_model;             // bert: encoder folder; lm: decoder folder (its own copy, on the CPU)
   bool reset = false;                     // delete the directory before opening it (a fresh memory)
 
   void read(ParamReader& r);
@@ -35,6 +35,7 @@ struct MemoryParams {
 struct SharedMemory {
   std::unique_ptr<Embedder> embedder;
   std::unique_ptr<ChunkStore> store;
+  std::string opened_with;  // "kind dim model" of the params that opened it
 
   void mark_indexed(int64_t batch_step);
   int64_t indexed() const { return indexed_.load(); }
@@ -44,7 +45,7 @@ struct SharedMemory {
 };
 
 // The shared memory of `params.memory_dir` (opened on first use). Throws std::invalid_argument when another
-// node opened it with another embedder.
+// node opened it with another embedder (kind, dim or model).
 std::shared_ptr<SharedMemory> shared_memory(RunContext& run, const MemoryParams& params);
 
 // The tokenizer of a model folder, loaded once per run.

@@ -14,6 +14,7 @@
 
 #include "graph/graph.h"
 #include "graph/yaml_spec.h"
+#include "models/checkpoint.h"
 #include "models/chunk_store.h"
 #include "models/config.h"
 #include "models/decoder.h"
@@ -284,4 +285,40 @@ TEST_CASE("the cluster policy runs in a pipeline, and refuses a memory region th
   CHECK(stats.tokens_evicted > 0);
   RunSpec bad = stream_spec({"model.memory=true", "model.policy=cluster"}, mem.string());
   REQUIRE_THROWS_WITH(Pipeline(bad.pipeline, builtin()), Catch::Contains("not 'cluster' while retrieved chunks need the memory region"));
+}
+
+TEST_CASE("the lm embedder fills the memory from a pipeline; nodes that disagree on the embedder are refused", "[pipeline]") {
+  const fs::path mem = temp_dir("lm");
+  std::vector<std::string> lm;
+  for (const char* node : {"model", "embed", "index"}) {
+    lm.push_back(std::string(node) + ".embedder=lm");
+    lm.push_back(std::string(node) + ".embedder_model=" + tiny_model());
+  }
+  int64_t indexed = 0;
+  {
+    Pipeline pipeline(ingest_spec(lm, mem.string()).pipeline, builtin());
+    pipeline.run_for(300s);
+    indexed = pipeline.summary().chunks_indexed;
+  }
+  REQUIRE(indexed > 0);
+  // The store remembers the lm embedder (named after the model folder and its width) and refuses to reopen
+  // under another one.
+  const std::string name = "lm:" + fs::path(tiny_model()).filename().string() + "-" +
+                           std::to_string(load_model_config(tiny_model()).d_model);
+  StoreOptions so;
+  so.embedder_name = name;
+  so.dim = load_model_config(tiny_model()).d_model;
+  CHECK(ChunkStore::open(mem.string(), so)->size() == indexed);
+  so.embedder_name = HashEmbedder(64).name();
+  so.dim = 64;
+  REQUIRE_THROWS_WITH(ChunkStore::open(mem.string(), so), Catch::Contains("embedder is '" + name + "'"));
+
+  // lm without a model folder names the parameter.
+  REQUIRE_THROWS_WITH(Pipeline(ingest_spec({"embed.embedder=lm"}, (mem / "x").string()).pipeline, builtin()),
+                      Catch::Contains("embedder_model") && Catch::Contains("a decoder folder for embedder lm"));
+  // Two nodes sharing a memory directory with different embedders.
+  std::vector<std::string> mixed(lm.begin(), lm.begin() + 4);  // model and embed: lm; index: hash
+  REQUIRE_THROWS_WITH(Pipeline(ingest_spec(mixed, (mem / "y").string()).pipeline, builtin()),
+                      Catch::Contains("opened with embedder lm (embedder_model " + tiny_model() + ")") &&
+                          Catch::Contains("asks for hash (embed_dim 64)"));
 }
