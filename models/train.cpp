@@ -130,6 +130,8 @@ json config_to_json(const TrainConfig& c) {
           {"prepend_bos", c.prepend_bos},
           {"copy_fraction", c.copy_fraction},
           {"copy_random", c.copy_random},
+          {"copy_min_len", c.copy_min_len},
+          {"copy_max_len", c.copy_max_len},
           {"threads", c.threads},
           {"max_minutes", c.max_minutes},
           {"device", c.device},
@@ -240,6 +242,8 @@ void fill_sequence(const std::vector<int32_t>& ids, int64_t offset, const TrainC
 
 int64_t text_tokens_per_sequence(const TrainConfig& c) { return c.seq_len + 1 - (c.prepend_bos ? 1 : 0); }
 
+}  // namespace
+
 // The batch of `step`: offsets and copy-task choices from a generator seeded by (seed, step) alone, so that a
 // resumed run draws exactly the batches of an uninterrupted one.
 at::Tensor training_batch(const std::vector<int32_t>& ids, const TrainConfig& c, int64_t bos, int64_t step) {
@@ -258,21 +262,22 @@ at::Tensor training_batch(const std::vector<int32_t>& ids, const TrainConfig& c,
     fill_sequence(ids, off, c, bos, row);
     // Copy task: a span [a, a+L) of the text is written again at [d, d+L), later in the same sequence.
     if (c.copy_fraction > 0 && u01(rng) < c.copy_fraction) {
-      const int64_t len = 8 + static_cast<int64_t>(rng() % 33);
       const int64_t room = c.seq_len + 1 - first;
-      if (room >= 2 * len + 2) {
-        const int64_t a = first + static_cast<int64_t>(rng() % static_cast<uint64_t>(room - 2 * len - 1));
-        const int64_t lo = a + len + 1, hi = c.seq_len + 1 - len;  // d in [lo, hi]
-        const int64_t d = lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1));
-        if (c.copy_random > 0 && u01(rng) < c.copy_random) {
-          for (int64_t i = 0; i < len; ++i) row[a + i] = ids[rng() % ids.size()];
-        }
-        std::memmove(row + d, row + a, static_cast<size_t>(len) * sizeof(int64_t));
+      const int64_t max_len = std::min(c.copy_max_len, (room - 2) / 2);
+      const int64_t len = c.copy_min_len + static_cast<int64_t>(rng() % static_cast<uint64_t>(max_len - c.copy_min_len + 1));
+      const int64_t a = first + static_cast<int64_t>(rng() % static_cast<uint64_t>(room - 2 * len - 1));
+      const int64_t lo = a + len + 1, hi = c.seq_len + 1 - len;  // d in [lo, hi]
+      const int64_t d = lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1));
+      if (c.copy_random > 0 && u01(rng) < c.copy_random) {
+        for (int64_t i = 0; i < len; ++i) row[a + i] = ids[rng() % ids.size()];
       }
+      std::memmove(row + d, row + a, static_cast<size_t>(len) * sizeof(int64_t));
     }
   }
   return batch;
 }
+
+namespace {
 
 // Fixed held-out batches: eval_batches * batch sequences at evenly spaced offsets.
 std::vector<at::Tensor> heldout_batches(const std::vector<int32_t>& ids, const TrainConfig& c, int64_t bos) {
@@ -383,7 +388,8 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   Fields f{j, source_name, ""};
   f.only({"model", "tokenizer", "train_text", "heldout_text", "train_ids", "heldout_ids", "seq_len", "batch", "steps",
           "warmup", "lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "clip", "seed", "eval_interval",
-          "eval_batches", "checkpoint_interval", "log_interval", "prepend_bos", "copy_fraction", "copy_random", "threads",
+          "eval_batches", "checkpoint_interval", "log_interval", "prepend_bos", "copy_fraction", "copy_random", "copy_min_len",
+          "copy_max_len", "threads",
           "max_minutes", "device", "comment", "bos_id", "eos_id"});
   TrainConfig c;
   if (!j.contains("model") || !j.at("model").is_object()) {
@@ -465,6 +471,18 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   c.prepend_bos = f.boolean("prepend_bos", c.prepend_bos);
   c.copy_fraction = f.number("copy_fraction", c.copy_fraction, 0.0, 1.0);
   c.copy_random = f.number("copy_random", c.copy_random, 0.0, 1.0);
+  c.copy_min_len = f.integer("copy_min_len", c.copy_min_len, 1);
+  c.copy_max_len = f.integer("copy_max_len", c.copy_max_len, 1);
+  if (c.copy_max_len < c.copy_min_len) {
+    throw std::invalid_argument(source_name + ": field 'copy_max_len' must be >= copy_min_len (" +
+                                std::to_string(c.copy_min_len) + "), found " + std::to_string(c.copy_max_len));
+  }
+  const int64_t copy_room = (c.seq_len + 1 - (c.prepend_bos ? 1 : 0) - 2) / 2;  // longest span that fits twice
+  if (c.copy_fraction > 0 && c.copy_min_len > copy_room) {
+    throw std::invalid_argument(source_name + ": field 'copy_min_len' must be <= " + std::to_string(copy_room) +
+                                " (a span and its repeat fit in seq_len " + std::to_string(c.seq_len) + "), found " +
+                                std::to_string(c.copy_min_len));
+  }
   c.threads = static_cast<int>(f.integer("threads", c.threads, 0));
   c.max_minutes = f.number("max_minutes", c.max_minutes, 0.0, 1e7);
   c.device = f.string("device", c.device);

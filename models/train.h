@@ -7,6 +7,8 @@
 // token (the attention sink StreamingLLM relies on) and sees text as `sinkflow ppl` feeds it.
 #pragma once
 
+#include <ATen/ATen.h>
+
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -42,7 +44,10 @@ struct TrainConfig {
   int64_t checkpoint_interval = 200;  // checkpoint every N steps; 0 = none
   int64_t log_interval = 10;
   bool prepend_bos = true;
-  double copy_fraction = 0.0;    // fraction of sequences where a span of 8-40 tokens is repeated later (copy task)
+  double copy_fraction = 0.0;    // fraction of sequences where a span of copy_min_len-copy_max_len tokens is repeated
+                                 // later in the sequence (copy task)
+  int64_t copy_min_len = 8;      // span lengths, drawn uniformly; a span never exceeds (seq_len - 1) / 2 - 1 tokens,
+  int64_t copy_max_len = 40;     // so that it and its repeat fit after BOS
   double copy_random = 0.0;      // fraction of those copy spans first filled with tokens drawn at random from the
                                  // corpus: only copying predicts their repeat (trains induction heads)
   int threads = 2;               // LibTorch intra-op threads on CPU
@@ -55,6 +60,11 @@ struct TrainConfig {
 // Parses a JSON training config for `family` ("llama" | "gpt2"). Throws std::invalid_argument naming
 // `source_name`, the field, what was expected and what was found.
 TrainConfig parse_train_config(const std::string& json_text, const std::string& source_name, Family family);
+
+// Training batch number `step` from the corpus `ids`: [batch, seq_len + 1] token ids, BOS first when
+// prepend_bos, and with probability copy_fraction a span of the row written again later in the same row
+// (copy_random of those spans first filled with random corpus tokens). Depends on (ids, config, step) only.
+at::Tensor training_batch(const std::vector<int32_t>& ids, const TrainConfig& c, int64_t bos, int64_t step);
 TrainConfig load_train_config(const std::string& path, Family family);
 
 // Learning rate at `step` (0-based): lr * (step + 1) / warmup during warm-up, then cosine from lr down to min_lr

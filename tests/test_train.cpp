@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <string>
 
 #include "models/checkpoint.h"
@@ -157,6 +158,13 @@ TEST_CASE("bad training configs name the field", "[train]") {
                       Catch::Contains("field 'warmup' must be < steps (4), found 5"));
   REQUIRE_THROWS_WITH(parse_train_config(config_json(d, 10, ", \"seq_len\": 4096"), "cfg.json", Family::llama),
                       Catch::Contains("field 'seq_len' must be <= model.max_positions (128), found 4096"));
+  REQUIRE_THROWS_WITH(parse_train_config(config_json(d, 10, ", \"copy_min_len\": 9, \"copy_max_len\": 8"), "cfg.json",
+                                         Family::llama),
+                      Catch::Contains("field 'copy_max_len' must be >= copy_min_len (9), found 8"));
+  // seq_len 32 after BOS leaves 32 tokens: a span and its repeat (one token apart at least) fit up to 15.
+  REQUIRE_THROWS_WITH(parse_train_config(config_json(d, 10, ", \"copy_fraction\": 0.5, \"copy_min_len\": 16"), "cfg.json",
+                                         Family::llama),
+                      Catch::Contains("field 'copy_min_len' must be <= 15 (a span and its repeat fit in seq_len 32), found 16"));
   REQUIRE_THROWS_WITH(parse_train_config("{\"tokenizer\": \"t\", \"train_text\": \"a\", \"heldout_text\": \"b\"}", "cfg.json",
                                          Family::llama),
                       Catch::Contains("cfg.json: field 'model' must be an object"));
@@ -174,4 +182,40 @@ TEST_CASE("bad training configs name the field", "[train]") {
                       Catch::Contains("exactly one of the fields 'train_text' and 'train_ids' must be given, found neither"));
   REQUIRE_THROWS_WITH(parse_train_config("[1, 2]", "cfg.json", Family::llama), Catch::Contains("cfg.json: expected a JSON object"));
   REQUIRE_THROWS_WITH(parse_train_config("{", "cfg.json", Family::llama), Catch::Contains("cfg.json: not valid JSON"));
+}
+
+TEST_CASE("copy task: every row repeats one span of the configured length later in the row", "[train]") {
+  const fs::path d = "/nonexistent";
+  TrainConfig c = parse_train_config(config_json(d, 10, ", \"copy_fraction\": 1.0, \"copy_min_len\": 6, \"copy_max_len\": 9"),
+                                     "cfg.json", Family::llama);
+  c.batch = 64;
+  std::vector<int32_t> ids(5000);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(3 + i % 4000);  // no natural repeats
+  const at::Tensor batch = training_batch(ids, c, 1, 17);
+  REQUIRE(batch.sizes() == at::IntArrayRef({64, 33}));
+  REQUIRE(at::equal(batch, training_batch(ids, c, 1, 17)));  // a function of the step alone
+  std::set<int64_t> lengths;
+  for (int64_t b = 0; b < c.batch; ++b) {
+    const at::Tensor row = batch[b];
+    REQUIRE(row[0].item<int64_t>() == 1);  // BOS
+    // The longest run of tokens equal to an earlier run, at its start: the copy.
+    int64_t best = 0;
+    for (int64_t i = 1; i < 33; ++i) {
+      for (int64_t j = i + 1; j < 33; ++j) {
+        int64_t n = 0;
+        while (j + n < 33 && i + n < j && row[i + n].item<int64_t>() == row[j + n].item<int64_t>()) ++n;
+        best = std::max(best, n);
+      }
+    }
+    INFO("row " << b);
+    REQUIRE(best >= 6);
+    REQUIRE(best <= 9);  // the corpus never repeats itself: the longest repeat is the copy
+    lengths.insert(best);
+  }
+  CHECK(lengths.size() >= 3);  // lengths are drawn, not fixed
+
+  // copy_random: the repeated span is drawn from the corpus, not taken from the row's own text.
+  c.copy_random = 1.0;
+  const at::Tensor random_batch = training_batch(ids, c, 1, 17);
+  CHECK_FALSE(at::equal(random_batch, batch));
 }
