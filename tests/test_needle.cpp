@@ -3,6 +3,8 @@
 #include <c10/core/InferenceMode.h>
 #include <catch2/catch.hpp>
 
+#include "models/copy_check.h"
+#include "models/decoder.h"
 #include "models/memory_path.h"
 #include "models/needle.h"
 #include "models/sentencepiece.h"
@@ -22,7 +24,122 @@ std::string haystack() {
   return s;
 }
 
+// A decoder without weights for the copy check: `oracle` predicts, after a token seen before, the token that
+// followed its last earlier occurrence (a perfect induction head), with logit 10; otherwise, and always when
+// not oracle, it predicts nothing (all logits 0).
+class FakeDecoder final : public Decoder {
+ public:
+  FakeDecoder(int64_t vocab, bool oracle) : Decoder(config_of(vocab), at::kCPU, at::kFloat), oracle_(oracle) {}
+  const Rope* rope() const override { return nullptr; }
+  at::Tensor forward(const StepPlan&, KvCache&, bool, at::Tensor*) const override { throw std::logic_error("unused"); }
+  at::Tensor forward_full(const at::Tensor& tokens, int64_t) const override {
+    const int64_t b = tokens.size(0), t = tokens.size(1);
+    at::Tensor logits = at::zeros({b, t, config_.vocab_size});
+    for (int64_t i = 0; i < b && oracle_; ++i) {
+      for (int64_t j = 1; j < t; ++j) {
+        for (int64_t k = j - 1; k >= 0; --k) {
+          if (tokens[i][k].item<int64_t>() == tokens[i][j].item<int64_t>()) {
+            logits[i][j][tokens[i][k + 1].item<int64_t>()] = 10.0;
+            break;
+          }
+        }
+      }
+    }
+    return logits;
+  }
+  std::vector<std::pair<std::string, at::Tensor>> named_parameters() const override { return {}; }
+
+ private:
+  static ModelConfig config_of(int64_t vocab) {
+    ModelConfig c;
+    c.vocab_size = vocab;
+    c.max_positions = 128;
+    return c;
+  }
+  bool oracle_;
+};
+
+std::vector<int64_t> counting_corpus(int64_t n) {  // no token twice
+  std::vector<int64_t> ids(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = 3 + i;
+  return ids;
+}
+
 }  // namespace
+
+TEST_CASE("copy cases: the span is written again after the gap, at evenly spaced corpus offsets", "[needle][copy]") {
+  CopyCheckOptions o;
+  o.cases = 5;
+  o.before = 6;
+  o.span = 8;
+  o.gap = 10;
+  o.prefix = 2;
+  o.bos = 1;
+  const auto ids = counting_corpus(400);
+  const auto cases = copy_cases(ids, o);
+  REQUIRE(cases.size() == 5);
+  for (const auto& c : cases) {
+    REQUIRE(static_cast<int64_t>(c.tokens.size()) == o.sequence_length());
+    CHECK(c.tokens[0] == 1);
+    CHECK(c.first == 7);
+    CHECK(c.repeat == 7 + 8 + 10);
+    for (int64_t j = 0; j < o.span; ++j) CHECK(c.tokens[c.repeat + j] == c.tokens[c.first + j]);
+    CHECK(c.tokens[c.first] == c.tokens[1] + o.before);  // the text's own span
+  }
+  CHECK(cases[0].tokens[1] == 3);                        // offset 0
+  CHECK(cases[4].tokens[1] == 3 + 400 - (6 + 8 + 10));   // the last full window
+  o.random = true;
+  const auto random = copy_cases(ids, o);
+  int64_t replaced = 0;
+  for (size_t i = 0; i < random.size(); ++i) {
+    for (int64_t j = 0; j < o.span; ++j) {
+      CHECK(random[i].tokens[random[i].repeat + j] == random[i].tokens[random[i].first + j]);
+      replaced += random[i].tokens[random[i].first + j] != cases[i].tokens[cases[i].first + j];
+    }
+  }
+  CHECK(replaced > 5 * 8 / 2);  // random corpus tokens, not the text's own
+}
+
+TEST_CASE("copy check: a perfect induction head copies every cued span, a blank model none", "[needle][copy]") {
+  CopyCheckOptions o;
+  o.cases = 6;
+  o.before = 5;
+  o.span = 10;
+  o.gap = 20;
+  o.prefix = 3;
+  o.bos = 1;
+  o.batch = 4;  // two forwards, the second partial
+  const auto cases = copy_cases(counting_corpus(300), o);
+  const int64_t vocab = 500;
+  const CopyReport oracle = copy_check(FakeDecoder(vocab, true), cases, o);
+  CHECK(oracle.cases == 6);
+  CHECK(oracle.scored == 6 * 7);
+  CHECK(oracle.top1_repeat == 1.0);
+  CHECK(oracle.exact_repeat == 1.0);
+  CHECK(oracle.top1_first == 0.0);  // nothing earlier to copy: argmax is token 0
+  CHECK(oracle.nll_first == Approx(std::log(static_cast<double>(vocab))));
+  CHECK(oracle.nll_repeat == Approx(std::log(1.0 + (vocab - 1) * std::exp(-10.0))).epsilon(1e-3));  // float32 softmax
+  const CopyReport blank = copy_check(FakeDecoder(vocab, false), cases, o);
+  CHECK(blank.top1_repeat == 0.0);
+  CHECK(blank.exact_repeat == 0.0);
+  CHECK(blank.nll_repeat == Approx(std::log(static_cast<double>(vocab))));
+}
+
+TEST_CASE("copy check bad input: messages name the field and what was expected", "[needle][copy]") {
+  CopyCheckOptions o;
+  o.span = 8;
+  o.prefix = 8;
+  REQUIRE_THROWS_WITH(copy_cases(counting_corpus(500), o), Catch::Contains("copy check: prefix must be in [0, span) with span 8, found 8"));
+  o.prefix = 2;
+  REQUIRE_THROWS_WITH(copy_cases(counting_corpus(50), o),
+                      Catch::Contains("the corpus has 50 tokens, expected at least 136 (before + span + gap)"));
+  const auto cases = copy_cases(counting_corpus(500), o);  // 32 + 2 x 8 + 96 = 144 tokens
+  REQUIRE_THROWS_WITH(copy_check(FakeDecoder(1000, true), cases, o),
+                      Catch::Contains("sequences of 144 tokens exceed the model's 128 positions"));
+  o.gap = 60;
+  REQUIRE_THROWS_WITH(copy_check(FakeDecoder(100, true), copy_cases(counting_corpus(500), o), o),
+                      Catch::Contains("is outside the model's vocabulary (100)"));
+}
 
 TEST_CASE("needle case: the needle sits at a sentence boundary, past the sinks, at the requested depth", "[needle]") {
   auto tok = spm();

@@ -16,6 +16,7 @@
 
 #include "graph/progress.h"
 #include "models/chunk_store.h"
+#include "models/copy_check.h"
 #include "models/embedder.h"
 #include "models/memory_path.h"
 #include "models/needle.h"
@@ -294,6 +295,57 @@ void run_needle(const NeedleArgs& a) {
 
 }  // namespace
 
+struct CopyArgs {
+  std::string model, text, kinds = "natural,random";
+  CopyCheckOptions options;
+  int64_t tokens = 200000;
+  bool json = false;
+  RuntimeOptions rt;
+};
+
+void run_copy(const CopyArgs& a) {
+  a.rt.apply();
+  c10::InferenceMode guard;
+  LoadedModel m = load_model(a.model, a.rt);
+  std::string text = read_file(a.text, "--text");
+  if (a.tokens > 0 && static_cast<int64_t>(text.size()) > 8 * a.tokens) text.resize(static_cast<size_t>(8 * a.tokens));
+  std::vector<int64_t> ids = m.tokenizer->encode(text);
+  if (a.tokens > 0 && static_cast<int64_t>(ids.size()) > a.tokens) ids.resize(static_cast<size_t>(a.tokens));
+  nlohmann::json kinds = nlohmann::json::object();
+  std::fprintf(stderr, "copy check: %s, %lld cases per kind, %lld-token span (%lld cued, %lld scored), %lld tokens between\n",
+               a.model.c_str(), static_cast<long long>(a.options.cases), static_cast<long long>(a.options.span),
+               static_cast<long long>(a.options.prefix), static_cast<long long>(a.options.span - a.options.prefix),
+               static_cast<long long>(a.options.gap));
+  std::fprintf(stderr, "%-8s %10s %11s %10s %11s %12s\n", "span", "nll first", "nll repeat", "top1 first", "top1 repeat",
+               "exact repeat");
+  std::stringstream ss(a.kinds);
+  std::string kind;
+  while (std::getline(ss, kind, ',')) {
+    if (kind != "natural" && kind != "random") {
+      throw std::invalid_argument("--kinds: expected natural and/or random, found '" + kind + "'");
+    }
+    CopyCheckOptions o = a.options;
+    o.random = kind == "random";
+    o.bos = m.decoder->config().family == Family::llama ? m.tokenizer->bos_id() : -1;  // as encode_prompt
+    const CopyReport r = copy_check(*m.decoder, copy_cases(ids, o), o);
+    std::fprintf(stderr, "%-8s %10.3f %11.3f %10.3f %11.3f %12.3f\n", kind.c_str(), r.nll_first, r.nll_repeat, r.top1_first,
+                 r.top1_repeat, r.exact_repeat);
+    kinds[kind] = {{"cases", r.cases},           {"scored_tokens", r.scored},   {"nll_first", r.nll_first},
+                   {"nll_repeat", r.nll_repeat}, {"top1_first", r.top1_first}, {"top1_repeat", r.top1_repeat},
+                   {"exact_repeat", r.exact_repeat}};
+  }
+  if (a.json) {
+    print_json({{"command", "copy"},
+                {"model", a.model},
+                {"text", a.text},
+                {"span", a.options.span},
+                {"prefix", a.options.prefix},
+                {"gap", a.options.gap},
+                {"before", a.options.before},
+                {"kinds", kinds}});
+  }
+}
+
 void add_needle_commands(CLI::App& app) {
   auto a = std::make_shared<NeedleArgs>();
   CLI::App* n = app.add_subcommand("needle", "Needle-in-a-haystack grid through the streaming cache and memory");
@@ -320,6 +372,22 @@ void add_needle_commands(CLI::App& app) {
   n->add_flag("--json", a->json, "print a JSON summary line");
   a->rt.add_to(*n);
   n->callback([a] { run_needle(*a); });
+
+  auto c = std::make_shared<CopyArgs>();
+  CLI::App* cp = app.add_subcommand("copy", "Copy check: does the model repeat a span it has seen in its context?");
+  cp->add_option("--model", c->model, "model folder")->required();
+  cp->add_option("--text", c->text, "text file the cases are cut from (held-out text)")->required();
+  cp->add_option("--kinds", c->kinds, "natural (the text's own span) and/or random (random corpus tokens)")->capture_default_str();
+  cp->add_option("--cases", c->options.cases, "cases per kind")->capture_default_str();
+  cp->add_option("--before", c->options.before, "text tokens before the span")->capture_default_str();
+  cp->add_option("--span", c->options.span, "tokens written twice")->capture_default_str();
+  cp->add_option("--gap", c->options.gap, "text tokens between the span and its repeat")->capture_default_str();
+  cp->add_option("--prefix", c->options.prefix, "tokens of the repeat given as the cue (not scored)")->capture_default_str();
+  cp->add_option("--tokens", c->tokens, "text tokens read (0 = all)")->capture_default_str();
+  cp->add_option("--seed", c->options.seed, "seed of the random spans")->capture_default_str();
+  cp->add_flag("--json", c->json, "print a JSON summary line");
+  c->rt.add_to(*cp);
+  cp->callback([c] { run_copy(*c); });
 }
 
 }  // namespace sinkflow::cli
