@@ -365,11 +365,27 @@ void apply_set_override(PipelineSpec& pipeline, const std::string& assignment) {
   }
   if (eq == std::string::npos || path.size() < 2 ||
       std::any_of(path.begin(), path.end(), [](const std::string& p) { return !is_name(p); }))
-    throw std::invalid_argument(where + ": expected NODE.PARAM=VALUE (e.g. model.n_sink=4)");
+    throw std::invalid_argument(where + ": expected NODE.PARAM=VALUE (e.g. model.n_sink=4) or NODE.concurrency=N");
   NodeSpec* node = pipeline.find_node(path[0]);
   if (!node)
     throw std::invalid_argument(where + ": pipeline '" + pipeline.name + "' has no node '" + path[0] +
                                 "'; its nodes: " + node_names(pipeline));
+  // Node settings (not parameters): NODE.concurrency and NODE.max_in_flight. No node kind has a parameter of
+  // either name, so the two cannot be confused; their ranges are checked by validate_pipeline.
+  if (path.size() == 2 && (path[1] == "concurrency" || path[1] == "max_in_flight")) {
+    const std::string text = trim(assignment.substr(eq + 1));
+    int64_t v = 0;
+    size_t used = 0;
+    try {
+      v = std::stoll(text, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (text.empty() || used != text.size() || v < INT32_MIN || v > INT32_MAX)
+      throw std::invalid_argument(where + ": node setting '" + path[1] + "' expects an integer, found '" + text + "'");
+    (path[1] == "concurrency" ? node->concurrency : node->max_in_flight) = static_cast<int>(v);
+    return;
+  }
   ParamValue value = parse_param_value(assignment.substr(eq + 1), where);
   for (size_t i = path.size() - 1; i >= 2; --i) {
     ParamMap m(where);

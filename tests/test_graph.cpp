@@ -427,6 +427,15 @@ TEST_CASE("a config overrides parameters, then --set overrides the config", "[gr
   RunSpec direct = load_run_spec(kData + "/pipelines/count.yaml", {"src.count=3"});
   CHECK(direct.config.source_file.empty());
   CHECK(direct.pipeline.find_node("src")->params.find("count")->as_int() == 3);
+
+  // Node settings, too: concurrency, and a source's backpressure bound.
+  RunSpec settings = load_run_spec(kData + "/pipelines/count.yaml", {"triple.concurrency=3", "src.max_in_flight=7"});
+  CHECK(settings.pipeline.find_node("triple")->concurrency == 3);
+  CHECK(settings.pipeline.find_node("src")->max_in_flight == 7);
+  CHECK(settings.pipeline.find_node("triple")->params.find("concurrency") == nullptr);
+  RunSpec serial = load_run_spec(kData + "/pipelines/count.yaml", {"src.concurrency=2"});
+  REQUIRE_THROWS_WITH(validate_pipeline(serial.pipeline, test_registry(probe)),
+                      Catch::Contains("node 'src' (count-source) 'concurrency': expected 1 (sources run serially), found 2"));
 }
 
 TEST_CASE("YAML scalars become typed parameters", "[graph]") {
@@ -642,9 +651,13 @@ TEST_CASE("validation errors name the file, the line and the field", "[graph]") 
   }
   SECTION("--set errors") {
     PipelineSpec spec = load_pipeline(kData + "/pipelines/count.yaml");
-    REQUIRE_THROWS_WITH(apply_set_override(spec, "srccount=3"), "--set srccount=3: expected NODE.PARAM=VALUE (e.g. model.n_sink=4)");
+    REQUIRE_THROWS_WITH(apply_set_override(spec, "srccount=3"), "--set srccount=3: expected NODE.PARAM=VALUE (e.g. model.n_sink=4) or NODE.concurrency=N");
     REQUIRE_THROWS_WITH(apply_set_override(spec, "nope.count=3"),
                         "--set nope.count=3: pipeline 'count' has no node 'nope'; its nodes: src, triple, sink");
+    REQUIRE_THROWS_WITH(apply_set_override(spec, "triple.concurrency=two"),
+                        "--set triple.concurrency=two: node setting 'concurrency' expects an integer, found 'two'");
+    REQUIRE_THROWS_WITH(apply_set_override(spec, "src.max_in_flight=1.5"),
+                        "--set src.max_in_flight=1.5: node setting 'max_in_flight' expects an integer, found '1.5'");
     apply_set_override(spec, "src.extra.depth=3");
     CHECK(spec.find_node("src")->params.find("extra")->to_string() == "{depth: 3}");
     auto probe = std::make_shared<Probe>();
