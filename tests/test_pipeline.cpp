@@ -25,6 +25,7 @@
 #include "nodes/model_step.h"
 #include "nodes/nodes.h"
 #include "nodes/text_out.h"
+#include "tests/test_util.h"
 
 // ATen pulls in glog, whose one-argument CHECK macro would replace Catch's: include Catch last.
 #undef CHECK
@@ -38,12 +39,7 @@ namespace {
 
 const std::string kSource = SINKFLOW_SOURCE_DIR;
 
-fs::path temp_dir(const std::string& name) {
-  auto dir = fs::temp_directory_path() / ("sinkflow_test_pipeline_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir;
-}
+fs::path temp_dir(const std::string& name) { return test::temp_dir("pipeline_" + name); }
 
 // A tiny random Llama, written once per test process.
 const std::string& tiny_model() {
