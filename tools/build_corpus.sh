@@ -28,6 +28,7 @@ command -v mod2imp >/dev/null || need_apt+=(libsword-utils)
 [ -f /usr/share/doc/jargon-text/jargon.txt.gz ] || need_apt+=(jargon-text)
 command -v spm_train >/dev/null || need_apt+=(sentencepiece)
 /usr/bin/python3 -c "import sentencepiece" 2>/dev/null || need_apt+=(python3-sentencepiece)
+/usr/bin/python3 -c "import numpy" 2>/dev/null || need_apt+=(python3-numpy)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing: ${need_apt[*]}" >&2
   apt-get update -qq
@@ -214,5 +215,9 @@ print(f"{sys.argv[2]}: {len(ids)} tokens -> {sys.argv[3]}", file=sys.stderr)
 PY
   fi
 done
+# The copy curriculum (first phase of sinkflow-llama's training: configs/train/llama-phase1.json).
+if [ ! -s "$OUT/copy_curriculum.train.ids.bin" ] || [ "$OUT/copy_curriculum.train.ids.bin" -ot "$OUT/train.ids.bin" ]; then
+  /usr/bin/python3 "$(dirname "$0")/make_copy_corpus.py" "$OUT"
+fi
 echo "corpus: $(wc -w < "$OUT/train.txt") train words, $(wc -w < "$OUT/heldout.txt") held-out words" >&2
 ls -la "$OUT" >&2

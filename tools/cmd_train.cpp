@@ -22,6 +22,7 @@ struct TrainArgs {
   bool resume = false;
   int threads = -1;
   int64_t steps = 0;
+  int64_t stop_after = -1;
   std::string command_line;
 };
 
@@ -39,6 +40,10 @@ void run_train(const TrainArgs& a) {
   TrainOptions options;
   options.out_dir = a.out;
   options.resume = a.resume;
+  if (a.stop_after == 0 || a.stop_after < -1) {
+    throw std::invalid_argument("--stop-after must be >= 1, found " + std::to_string(a.stop_after));
+  }
+  options.stop_after = a.stop_after;
   options.command_line = a.command_line;
   ProgressOptions popts;
   popts.unit = "step";
@@ -143,6 +148,9 @@ void add_train_commands(CLI::App& app) {
   t->add_option("--device", a->device, "cpu or cuda (overrides the config)");
   t->add_option("--threads", a->threads, "LibTorch threads on CPU (overrides the config)");
   t->add_option("--steps", a->steps, "optimizer steps (overrides the config)");
+  t->add_option("--stop-after", a->stop_after,
+                "stop at this step with a checkpoint, keeping the config's schedule (a curriculum phase; --resume continues, "
+                "possibly with other data)");
   t->callback([a, t] {
     a->command_line = "sinkflow train";
     for (const auto& o : t->get_options()) {
