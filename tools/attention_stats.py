@@ -11,28 +11,12 @@ Usage: /usr/bin/python3 tools/attention_stats.py MODEL_DIR [IDS_FILE] [TOKENS]
 """
 import json
 import os
-import struct
 import sys
 
 import numpy as np
 import torch
 
-
-def load_safetensors(path):
-    data = open(path, "rb").read()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
-    types = {"F32": np.float32, "F16": np.float16}
-    out = {}
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        if e["dtype"] not in types:
-            sys.exit(f"{path}: tensor '{name}' has dtype {e['dtype']}, expected F32 or F16")
-        s, t = e["data_offsets"]
-        arr = np.frombuffer(data[8 + n + s:8 + n + t], dtype=types[e["dtype"]]).reshape(e["shape"])
-        out[name] = torch.tensor(arr.astype(np.float32))
-    return out
+from reference_forward import load_safetensors
 
 
 def main():
