@@ -399,7 +399,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   const json& mj = j.at("model");
   Fields m{mj, source_name, "model."};
   m.only({"d_model", "n_layer", "n_head", "n_kv_head", "d_ff", "max_positions", "rope_theta", "tie_word_embeddings",
-          "norm_eps", "vocab_size"});
+          "norm_eps", "vocab_size", "attention_bias"});
   ModelConfig& mc = c.model;
   mc.family = family;
   mc.model_type = family == Family::llama ? "llama" : "gpt2";
@@ -425,6 +425,12 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   mc.rope_theta = m.number("rope_theta", 10000.0, 1.0, 1e9);
   mc.norm_eps = m.number("norm_eps", 1e-5, 0.0, 1.0);
   mc.tie_word_embeddings = family == Family::gpt2 ? true : m.boolean("tie_word_embeddings", true);
+  if (family == Family::gpt2 && mj.contains("attention_bias")) {
+    throw std::invalid_argument(source_name + ": field 'model.attention_bias' is for the llama family (gpt2 always has biases), found " +
+                                mj.at("attention_bias").dump());
+  }
+  // Llama's attention_bias (q/k/v and o_proj): with RoPE, q and k biases give attention by relative position alone.
+  if (family == Family::llama) mc.attention_bias = mc.attention_out_bias = m.boolean("attention_bias", false);
   mc.vocab_size = m.integer("vocab_size", 0, 0);  // 0 = from the tokenizer
   mc.torch_dtype = "float32";
 

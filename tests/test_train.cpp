@@ -104,6 +104,26 @@ TEST_CASE("gpt2 family trains too", "[train]") {
   fs::remove_all(d);
 }
 
+TEST_CASE("a llama with attention biases trains and saves them (Hugging Face attention_bias)", "[train]") {
+  fs::path d = make_corpus("bias");
+  std::string js = config_json(d, 12);
+  js.replace(js.find("\"max_positions\": 128}"), std::string("\"max_positions\": 128}").size(),
+             "\"max_positions\": 128, \"attention_bias\": true}");
+  TrainConfig c = parse_train_config(js, "test.json", Family::llama);
+  REQUIRE(c.model.attention_bias);
+  REQUIRE(c.model.attention_out_bias);
+  TrainOptions o;
+  o.out_dir = (d / "out").string();
+  TrainResult r = train_model(c, o);
+  REQUIRE(r.final_loss < r.initial_loss);
+  auto dec = load_decoder((d / "out").string(), at::Device(at::kCPU), at::kFloat);
+  REQUIRE(dec->config().attention_bias);
+  int64_t biases = 0;
+  for (const auto& [name, p] : dec->named_parameters()) biases += name.find("_proj.bias") != std::string::npos;
+  REQUIRE(biases == 2 * 4);  // q, k, v, o per layer
+  fs::remove_all(d);
+}
+
 TEST_CASE("checkpoint and resume give the weights of an uninterrupted run", "[train]") {
   fs::path d = make_corpus("resume");
   TrainConfig c = parse_train_config(config_json(d, 12, ", \"copy_fraction\": 0.5"), "test.json", Family::llama);
@@ -158,6 +178,12 @@ TEST_CASE("bad training configs name the field", "[train]") {
                       Catch::Contains("field 'warmup' must be < steps (4), found 5"));
   REQUIRE_THROWS_WITH(parse_train_config(config_json(d, 10, ", \"seq_len\": 4096"), "cfg.json", Family::llama),
                       Catch::Contains("field 'seq_len' must be <= model.max_positions (128), found 4096"));
+  {
+    std::string js = config_json(d, 10);
+    js.replace(js.find("\"n_kv_head\": 2, "), std::string("\"n_kv_head\": 2, ").size(), "\"attention_bias\": false, ");
+    REQUIRE_THROWS_WITH(parse_train_config(js, "cfg.json", Family::gpt2),
+                        Catch::Contains("field 'model.attention_bias' is for the llama family (gpt2 always has biases), found false"));
+  }
   REQUIRE_THROWS_WITH(parse_train_config(config_json(d, 10, ", \"copy_min_len\": 9, \"copy_max_len\": 8"), "cfg.json",
                                          Family::llama),
                       Catch::Contains("field 'copy_max_len' must be >= copy_min_len (9), found 8"));
