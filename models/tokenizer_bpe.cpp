@@ -218,12 +218,7 @@ class ByteLevelBpe final : public TokenizerBase {
     return id >= 0 && id < vocab_size() ? id_bytes_[id] : std::string();
   }
   int64_t vocab_size() const override { return static_cast<int64_t>(id_bytes_.size()); }
-  int64_t token_id(std::string_view token) const override {
-    const std::string key(token);
-    if (auto it = added_ids_.find(key); it != added_ids_.end()) return it->second;
-    if (auto it = vocab_.find(key); it != vocab_.end()) return it->second;
-    return -1;
-  }
+  int64_t token_id(std::string_view token) const override { return lookup_token_id(added_ids_, vocab_, token); }
   bool is_special(int64_t id) const override { return id >= 0 && id < vocab_size() && special_[id]; }
 
  private:

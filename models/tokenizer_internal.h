@@ -20,6 +20,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -122,6 +123,16 @@ class AddedTokenSplitter {
   std::vector<AddedToken> tokens_;
   std::array<std::vector<int32_t>, 256> by_first_byte_[2];  // per pass, longest first
 };
+
+// The id of a token string in the tokenizer.json kinds: an added token first, then the model's vocabulary; -1
+// when neither has it.
+inline int64_t lookup_token_id(const std::unordered_map<std::string, int64_t>& added,
+                               const std::unordered_map<std::string, int64_t>& vocab, std::string_view token) {
+  const std::string key(token);
+  if (auto it = added.find(key); it != added.end()) return it->second;
+  if (auto it = vocab.find(key); it != vocab.end()) return it->second;
+  return -1;
+}
 
 // ---- Concrete tokenizers (constructors throw std::invalid_argument naming `source`) ----
 // Base of the three kinds: bos/eos are set by load_tokenizer once the tokenizer exists.

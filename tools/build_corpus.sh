@@ -215,7 +215,7 @@ print(f"{sys.argv[2]}: {len(ids)} tokens -> {sys.argv[3]}", file=sys.stderr)
 PY
   fi
 done
-# The copy curriculum (first phase of sinkflow-llama's training: configs/train/llama-phase1.json).
+# The copy curriculum (the experiment configs/train/llama-copy-curriculum.json trains on it).
 if [ ! -s "$OUT/copy_curriculum.train.ids.bin" ] || [ "$OUT/copy_curriculum.train.ids.bin" -ot "$OUT/train.ids.bin" ]; then
   /usr/bin/python3 "$(dirname "$0")/make_copy_corpus.py" "$OUT"
 fi

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Copy-curriculum corpus: the first phase of sinkflow-llama's training (see configs/train/llama-phase1.json).
+"""Copy-curriculum corpus: a first training phase meant to form induction heads (configs/train/llama-copy-curriculum.json).
 
 A token stream of segments, each: 0-48 tokens of corpus text, a span of 4-80 tokens, 0-64 tokens of corpus text,
 the same span again. Half of the spans are tokens drawn uniformly from the vocabulary (only copying predicts
