@@ -79,3 +79,50 @@ TEST_CASE("gpt2 rejects positions beyond its learned table", "[decoder]") {
   REQUIRE_THROWS_WITH(d->forward_full(at::zeros({1, 300}, at::kLong)),
                       Catch::Contains("exceed the model's 256 learned positions"));
 }
+
+TEST_CASE("full-forward gradients equal central finite differences for every weight tensor (what training relies on)",
+          "[decoder][train]") {
+  for (const ModelConfig& config : {test::tiny_llama_config(), test::tiny_gpt2_config()}) {
+    INFO(config.model_type);
+    auto d = make_decoder(config, at::Device(at::kCPU), at::kDouble);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+    d->load_weights([&](const std::string& name, const std::vector<int64_t>& shape) {
+      const at::Tensor noise = at::normal(0.0, 1.0, shape, gen).to(at::kDouble);
+      const bool norm = name.find("norm") != std::string::npos || name.find("ln_") != std::string::npos;
+      if (norm && name.find("bias") == std::string::npos) return 1.0 + 0.1 * noise;
+      return (name.find("bias") != std::string::npos ? 0.05 : 0.2) * noise;
+    });
+    auto params = d->named_parameters();
+    for (auto& [name, p] : params) p.set_requires_grad(true);
+    const auto ids = test::random_tokens(24, config.vocab_size, 5);
+    const at::Tensor tokens = at::tensor(ids, at::kLong).unsqueeze(0);
+    auto loss_of = [&] {
+      const at::Tensor logits = d->forward_full(tokens, 0)[0];
+      return at::cross_entropy_loss(logits.narrow(0, 0, 23), tokens[0].narrow(0, 1, 23));
+    };
+    loss_of().backward();
+    REQUIRE(params.size() >= 10);
+    for (auto& [name, p] : params) {
+      INFO(name);
+      REQUIRE(p.grad().defined());
+      // The entry with the largest gradient: finite differences are then far above the float32 softmax noise.
+      const int64_t i = p.grad().abs().flatten().argmax().item<int64_t>();
+      const double g = p.grad().flatten()[i].item<double>();
+      REQUIRE(std::abs(g) > 1e-4);
+      const double eps = 1e-3;
+      double l[2];
+      {
+        at::NoGradGuard no_grad;
+        const double orig = p.flatten()[i].item<double>();
+        p.view(-1)[i].fill_(orig + eps);
+        l[0] = loss_of().item<double>();
+        p.view(-1)[i].fill_(orig - eps);
+        l[1] = loss_of().item<double>();
+        p.view(-1)[i].fill_(orig);
+      }
+      const double fd = (l[0] - l[1]) / (2 * eps);
+      INFO("autograd " << g << ", finite difference " << fd);
+      CHECK(std::abs(fd - g) <= 0.02 * std::abs(g) + 1e-4);
+    }
+  }
+}
