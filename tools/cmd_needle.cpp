@@ -304,6 +304,15 @@ struct CopyArgs {
 };
 
 void run_copy(const CopyArgs& a) {
+  std::vector<std::string> kind_list;
+  std::stringstream kinds_in(a.kinds);
+  for (std::string kind; std::getline(kinds_in, kind, ',');) {
+    if (kind != "natural" && kind != "random") {
+      throw std::invalid_argument("--kinds: expected natural and/or random, found '" + kind + "'");
+    }
+    kind_list.push_back(kind);
+  }
+  a.options.validate();
   a.rt.apply();
   c10::InferenceMode guard;
   LoadedModel m = load_model(a.model, a.rt);
@@ -318,12 +327,7 @@ void run_copy(const CopyArgs& a) {
                static_cast<long long>(a.options.gap));
   std::fprintf(stderr, "%-8s %10s %11s %10s %11s %12s\n", "span", "nll first", "nll repeat", "top1 first", "top1 repeat",
                "exact repeat");
-  std::stringstream ss(a.kinds);
-  std::string kind;
-  while (std::getline(ss, kind, ',')) {
-    if (kind != "natural" && kind != "random") {
-      throw std::invalid_argument("--kinds: expected natural and/or random, found '" + kind + "'");
-    }
+  for (const std::string& kind : kind_list) {
     CopyCheckOptions o = a.options;
     o.random = kind == "random";
     o.bos = m.decoder->config().family == Family::llama ? m.tokenizer->bos_id() : -1;  // as encode_prompt
