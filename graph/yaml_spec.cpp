@@ -374,16 +374,10 @@ void apply_set_override(PipelineSpec& pipeline, const std::string& assignment) {
   // either name, so the two cannot be confused; their ranges are checked by validate_pipeline.
   if (path.size() == 2 && (path[1] == "concurrency" || path[1] == "max_in_flight")) {
     const std::string text = trim(assignment.substr(eq + 1));
-    int64_t v = 0;
-    size_t used = 0;
-    try {
-      v = std::stoll(text, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (text.empty() || used != text.size() || v < INT32_MIN || v > INT32_MAX)
+    const ParamValue v = typed_scalar(text, true, where);  // as get_int reads the YAML keys
+    if (v.type() != ParamValue::Type::integer || v.as_int() < INT32_MIN || v.as_int() > INT32_MAX)
       throw std::invalid_argument(where + ": node setting '" + path[1] + "' expects an integer, found '" + text + "'");
-    (path[1] == "concurrency" ? node->concurrency : node->max_in_flight) = static_cast<int>(v);
+    (path[1] == "concurrency" ? node->concurrency : node->max_in_flight) = static_cast<int>(v.as_int());
     return;
   }
   ParamValue value = parse_param_value(assignment.substr(eq + 1), where);

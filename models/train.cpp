@@ -242,6 +242,9 @@ void fill_sequence(const std::vector<int32_t>& ids, int64_t offset, const TrainC
 
 int64_t text_tokens_per_sequence(const TrainConfig& c) { return c.seq_len + 1 - (c.prepend_bos ? 1 : 0); }
 
+// The longest copy span that fits twice in a row after BOS, at least one token apart.
+int64_t longest_copy_span(const TrainConfig& c) { return (text_tokens_per_sequence(c) - 2) / 2; }
+
 }  // namespace
 
 // The batch of `step`: offsets and copy-task choices from a generator seeded by (seed, step) alone, so that a
@@ -263,7 +266,7 @@ at::Tensor training_batch(const std::vector<int32_t>& ids, const TrainConfig& c,
     // Copy task: a span [a, a+L) of the text is written again at [d, d+L), later in the same sequence.
     if (c.copy_fraction > 0 && u01(rng) < c.copy_fraction) {
       const int64_t room = c.seq_len + 1 - first;
-      const int64_t max_len = std::min(c.copy_max_len, (room - 2) / 2);
+      const int64_t max_len = std::min(c.copy_max_len, longest_copy_span(c));
       const int64_t len = c.copy_min_len + static_cast<int64_t>(rng() % static_cast<uint64_t>(max_len - c.copy_min_len + 1));
       const int64_t a = first + static_cast<int64_t>(rng() % static_cast<uint64_t>(room - 2 * len - 1));
       const int64_t lo = a + len + 1, hi = c.seq_len + 1 - len;  // d in [lo, hi]
@@ -483,7 +486,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
     throw std::invalid_argument(source_name + ": field 'copy_max_len' must be >= copy_min_len (" +
                                 std::to_string(c.copy_min_len) + "), found " + std::to_string(c.copy_max_len));
   }
-  const int64_t copy_room = (c.seq_len + 1 - (c.prepend_bos ? 1 : 0) - 2) / 2;  // longest span that fits twice
+  const int64_t copy_room = longest_copy_span(c);
   if (c.copy_fraction > 0 && c.copy_min_len > copy_room) {
     throw std::invalid_argument(source_name + ": field 'copy_min_len' must be <= " + std::to_string(copy_room) +
                                 " (a span and its repeat fit in seq_len " + std::to_string(c.seq_len) + "), found " +

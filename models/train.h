@@ -46,8 +46,8 @@ struct TrainConfig {
   bool prepend_bos = true;
   double copy_fraction = 0.0;    // fraction of sequences where a span of copy_min_len-copy_max_len tokens is repeated
                                  // later in the sequence (copy task)
-  int64_t copy_min_len = 8;      // span lengths, drawn uniformly; a span never exceeds (seq_len - 1) / 2 - 1 tokens,
-  int64_t copy_max_len = 40;     // so that it and its repeat fit after BOS
+  int64_t copy_min_len = 8;      // span lengths, drawn uniformly; a span never exceeds (T - 2) / 2 tokens, T the
+  int64_t copy_max_len = 40;     // row's text tokens (seq_len + 1, less BOS), so that it and its repeat fit
   double copy_random = 0.0;      // fraction of those copy spans first filled with tokens drawn at random from the
                                  // corpus: only copying predicts their repeat (trains induction heads)
   int threads = 2;               // LibTorch intra-op threads on CPU

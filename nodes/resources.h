@@ -35,7 +35,7 @@ struct MemoryParams {
 struct SharedMemory {
   std::unique_ptr<Embedder> embedder;
   std::unique_ptr<ChunkStore> store;
-  std::string opened_with;  // "kind dim model" of the params that opened it
+  std::string opened_with;  // the embedder (kind with its dim or model) of the node that opened it
 
   void mark_indexed(int64_t batch_step);
   int64_t indexed() const { return indexed_.load(); }

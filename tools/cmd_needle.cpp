@@ -237,7 +237,7 @@ void run_needle(const NeedleArgs& a) {
       modes.push_back(m2);
     }
   }
-  const int64_t bos = m.decoder->config().family == Family::llama ? m.tokenizer->bos_id() : -1;
+  const int64_t bos = prompt_bos(m);
   std::vector<NeedleCase> cases;
   for (int64_t len : lengths) {
     for (double d : depths) cases.push_back(build_needle_case(*m.tokenizer, bos, haystack, a.spec, len, d, a.sinks, a.window));
@@ -330,7 +330,7 @@ void run_copy(const CopyArgs& a) {
   for (const std::string& kind : kind_list) {
     CopyCheckOptions o = a.options;
     o.random = kind == "random";
-    o.bos = m.decoder->config().family == Family::llama ? m.tokenizer->bos_id() : -1;  // as encode_prompt
+    o.bos = prompt_bos(m);
     const CopyReport r = copy_check(*m.decoder, copy_cases(ids, o), o);
     std::fprintf(stderr, "%-8s %10.3f %11.3f %10.3f %11.3f %12.3f\n", kind.c_str(), r.nll_first, r.nll_repeat, r.top1_first,
                  r.top1_repeat, r.exact_repeat);

@@ -27,11 +27,13 @@ LoadedModel load_model(const std::string& dir, const RuntimeOptions& rt) {
   return m;
 }
 
+int64_t prompt_bos(const LoadedModel& model) {
+  return model.decoder->config().family == Family::llama ? model.tokenizer->bos_id() : -1;
+}
+
 std::vector<int64_t> encode_prompt(const LoadedModel& model, const std::string& text) {
   std::vector<int64_t> ids;
-  if (model.decoder->config().family == Family::llama && model.tokenizer->bos_id() >= 0) {
-    ids.push_back(model.tokenizer->bos_id());
-  }
+  if (prompt_bos(model) >= 0) ids.push_back(prompt_bos(model));
   auto body = model.tokenizer->encode(text);
   ids.insert(ids.end(), body.begin(), body.end());
   if (ids.empty() && model.tokenizer->bos_id() >= 0) ids.push_back(model.tokenizer->bos_id());

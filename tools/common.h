@@ -26,7 +26,9 @@ struct LoadedModel {
 };
 LoadedModel load_model(const std::string& dir, const RuntimeOptions& rt);
 
-// Encodes a prompt as the model family expects it (a BOS first for Llama-family tokenizers that have one).
+// The token a prompt starts with: the tokenizer's BOS for Llama-family models, -1 (none) otherwise.
+int64_t prompt_bos(const LoadedModel& model);
+// Encodes a prompt as the model family expects it (prompt_bos first when there is one).
 std::vector<int64_t> encode_prompt(const LoadedModel& model, const std::string& text);
 
 // The recent window when the user gave none (<= 0): 1020 slots, or fewer so that sinks + window fit a
