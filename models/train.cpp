@@ -535,6 +535,15 @@ TrainResult train_model(const TrainConfig& config_in, const TrainOptions& option
   // Tokenizer: vocabulary size and BOS/EOS ids. With pre-encoded ids the tokenizer is optional when the config
   // gives model.vocab_size, bos_id and eos_id (a tokenizer.model that this build cannot read is still copied).
   const std::string tok_file = tokenizer_file(c.tokenizer);
+  // The tokenizer is read from its folder and copied into the output under its own name, so a file must bear one
+  // of the names a model folder's loader reads (else another file of that folder is read, and the output
+  // folder holds a tokenizer no loader finds).
+  if (const std::string name = fs::path(tok_file).filename().string();
+      !fs::is_directory(c.tokenizer) && name != "tokenizer.model" && name != "tokenizer.json" && name != "vocab.txt") {
+    throw std::invalid_argument("field 'tokenizer': '" + c.tokenizer +
+                                "' must be a folder or a file named tokenizer.model, tokenizer.json or vocab.txt, "
+                                "found a file named '" + name + "'");
+  }
   std::unique_ptr<Tokenizer> tok;
   int64_t vocab = c.model.vocab_size, bos_id = c.bos_id, eos_id = c.eos_id;
   try {

@@ -166,6 +166,21 @@ TEST_CASE("resume without a checkpoint is an error", "[train]") {
   fs::remove_all(d);
 }
 
+TEST_CASE("a tokenizer file must bear a name the model folder's loader reads", "[train]") {
+  fs::path d = make_corpus("tokname");
+  fs::copy_file(d / "tokenizer.json", d / "tok300.json");
+  std::string text = config_json(d, 10);
+  text.replace(text.find("tokenizer.json"), 14, "tok300.json");
+  TrainConfig c = parse_train_config(text, "test.json", Family::llama);
+  TrainOptions o;
+  o.out_dir = (d / "out").string();
+  REQUIRE_THROWS_WITH(train_model(c, o), Catch::Contains("field 'tokenizer': '" + (d / "tok300.json").string() +
+                                                         "' must be a folder or a file named tokenizer.model") &&
+                                             Catch::Contains("found a file named 'tok300.json'"));
+  REQUIRE_FALSE(fs::exists(d / "out"));
+  fs::remove_all(d);
+}
+
 TEST_CASE("bad training configs name the field", "[train]") {
   const fs::path d = "/nonexistent";
   REQUIRE_THROWS_WITH(parse_train_config(config_json(d, 10, ", \"batch\": 0"), "cfg.json", Family::llama),

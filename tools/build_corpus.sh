@@ -193,6 +193,14 @@ if [ ! -s "$OUT/tokenizer.model" ]; then
     --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1 --random_seed=1234 --input_sentence_size=2000000 \
     --shuffle_input_sentence=true --max_sentence_length=16384 --num_threads=2 --minloglevel=1 >/dev/null 2>&1
 fi
+# A 300-piece tokenizer for the 2-layer induction toy (configs/train/toy-induction.json): the trainer needs one
+# whose vocabulary fits the toy's 512 ids; the toy's stream (copy_toy) is not text.
+if [ ! -s "$OUT/toy/tokenizer.model" ]; then
+  mkdir -p "$OUT/toy"
+  spm_train --input="$OUT/train.txt" --model_prefix="$OUT/toy/tokenizer" --vocab_size=300 --model_type=bpe \
+    --unk_id=0 --bos_id=1 --eos_id=2 --pad_id=-1 --random_seed=1234 --input_sentence_size=20000 \
+    --shuffle_input_sentence=true --max_sentence_length=16384 --num_threads=2 --minloglevel=1 >/dev/null 2>&1
+fi
 # Token ids (raw little-endian int32) of the whole text as libsentencepiece encodes it in one piece ("\n" is not
 # in the vocabulary: byte fallback <0x0A>; no dummy prefix, so chunks cut after blank lines encode the same).
 for part in train heldout; do
@@ -215,8 +223,9 @@ print(f"{sys.argv[2]}: {len(ids)} tokens -> {sys.argv[3]}", file=sys.stderr)
 PY
   fi
 done
-# The copy curriculum (the experiment configs/train/llama-copy-curriculum.json trains on it).
-if [ ! -s "$OUT/copy_curriculum.train.ids.bin" ] || [ "$OUT/copy_curriculum.train.ids.bin" -ot "$OUT/train.ids.bin" ]; then
+# The copy streams: copy_dense (the induction phase of sinkflow-llama, configs/train/llama-induction.json) and the
+# copy curriculum (the experiment configs/train/llama-copy-curriculum.json trains on it).
+if [ ! -s "$OUT/copy_toy.heldout.ids.bin" ] || [ "$OUT/copy_toy.heldout.ids.bin" -ot "$OUT/train.ids.bin" ]; then
   /usr/bin/python3 "$(dirname "$0")/make_copy_corpus.py" "$OUT"
 fi
 echo "corpus: $(wc -w < "$OUT/train.txt") train words, $(wc -w < "$OUT/heldout.txt") held-out words" >&2

@@ -1,5 +1,17 @@
 #!/usr/bin/python3
-"""Copy-curriculum corpus: a first training phase meant to form induction heads (configs/train/llama-copy-curriculum.json).
+"""Copy corpora: training streams meant to form induction heads.
+
+copy_dense (the induction phase of the shipped sinkflow-llama, configs/train/llama-induction.json): segments of
+random tokens, each a span of 8-40 tokens drawn uniformly from the vocabulary followed by one or two repeats, each
+repeat after a gap of 0-32 random tokens, then 0-8 random tokens; one segment in 12.5 (about 23% of the tokens) is
+300 tokens of corpus text instead. About a third of the tokens are predictable, and only by copying: the first
+occurrence sits at a varying distance, so the model has to match content, not a fixed offset (induction heads).
+
+copy_toy (configs/train/toy-induction.json, a 2-layer model that forms induction heads in minutes): the same
+segments without text, on a 512-token alphabet (ids 3-511), a span of 8-40 tokens, a gap of 0-32 tokens, one
+repeat, 0-8 tokens.
+
+copy_curriculum (an earlier experiment, configs/train/llama-copy-curriculum.json; it did not form induction heads):
 
 A token stream of segments, each: 0-48 tokens of corpus text, a span of 4-80 tokens, 0-64 tokens of corpus text,
 the same span again. Half of the spans are tokens drawn uniformly from the vocabulary (only copying predicts
@@ -17,6 +29,10 @@ import numpy as np
 
 VOCAB = 4096     # tokenizer.model's size; ids 0-2 are <unk>, <s>, </s>
 SEED = 2026
+DENSE_SEED = 7
+TOY_SEED = 3
+TOY_VOCAB = 512
+DENSE_TEXT_FRACTION = 0.08   # of the segments; text segments are longer, so about 23% of the tokens
 
 
 def build(corpus, segments, rng):
@@ -36,22 +52,63 @@ def build(corpus, segments, rng):
     return np.array(out, dtype=np.int32)
 
 
+def build_dense(corpus, n_tokens, rng):
+    out = []
+    n = 0
+    while n < n_tokens:
+        if rng.random() < DENSE_TEXT_FRACTION:
+            o = rng.integers(0, len(corpus) - 300)
+            seg = list(corpus[o:o + 300])
+        else:
+            span = list(rng.integers(3, VOCAB, int(rng.integers(8, 41))))
+            seg = span[:]
+            for _ in range(int(rng.integers(1, 3))):
+                seg += list(rng.integers(3, VOCAB, int(rng.integers(0, 33))))
+                seg += span
+            seg += list(rng.integers(3, VOCAB, int(rng.integers(0, 9))))
+        out += seg
+        n += len(seg)
+    return np.array(out, dtype=np.int32)
+
+
+def build_toy(n_tokens, rng):
+    out = []
+    while len(out) < n_tokens:
+        span = list(rng.integers(3, TOY_VOCAB, int(rng.integers(8, 41))))
+        out += span + list(rng.integers(3, TOY_VOCAB, int(rng.integers(0, 33)))) + span
+        out += list(rng.integers(3, TOY_VOCAB, int(rng.integers(0, 9))))
+    return np.array(out, dtype=np.int32)
+
+
+def read_corpus(path):
+    if not os.path.exists(path):
+        sys.exit(f"{path}: not found (run tools/build_corpus.sh first)")
+    corpus = np.fromfile(path, dtype=np.int32)
+    if len(corpus) < 1000 or corpus.min() < 0 or corpus.max() >= VOCAB:
+        sys.exit(f"{path}: expected int32 token ids in [0, {VOCAB}), at least 1000 of them; "
+                 f"found {len(corpus)} ids in [{corpus.min()}, {corpus.max()}]")
+    return corpus
+
+
+def write(ids, dst, what):
+    ids.tofile(dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+    print(f"{dst}: {len(ids)} tokens, {what}")
+
+
 def main():
     d = sys.argv[1] if len(sys.argv) > 1 else "data/corpus"
     rng = np.random.default_rng(SEED)
     for name, src, segments in (("train", "train.ids.bin", 60000), ("heldout", "heldout.ids.bin", 600)):
-        path = os.path.join(d, src)
-        if not os.path.exists(path):
-            sys.exit(f"{path}: not found (run tools/build_corpus.sh first)")
-        corpus = np.fromfile(path, dtype=np.int32)
-        if len(corpus) < 1000 or corpus.min() < 0 or corpus.max() >= VOCAB:
-            sys.exit(f"{path}: expected int32 token ids in [0, {VOCAB}), at least 1000 of them; "
-                     f"found {len(corpus)} ids in [{corpus.min()}, {corpus.max()}]")
-        ids = build(corpus, segments, rng)
-        dst = os.path.join(d, f"copy_curriculum.{name}.ids.bin")
-        ids.tofile(dst + ".tmp")
-        os.replace(dst + ".tmp", dst)
-        print(f"{dst}: {len(ids)} tokens, {segments} segments")
+        ids = build(read_corpus(os.path.join(d, src)), segments, rng)
+        write(ids, os.path.join(d, f"copy_curriculum.{name}.ids.bin"), f"{segments} segments")
+    rng = np.random.default_rng(DENSE_SEED)
+    for name, src, n_tokens in (("train", "train.ids.bin", 12_000_000), ("heldout", "heldout.ids.bin", 200_000)):
+        ids = build_dense(read_corpus(os.path.join(d, src)), n_tokens, rng)
+        write(ids, os.path.join(d, f"copy_dense.{name}.ids.bin"), "dense copy segments")
+    rng = np.random.default_rng(TOY_SEED)
+    for name, n_tokens in (("train", 8_000_000), ("heldout", 100_000)):
+        write(build_toy(n_tokens, rng), os.path.join(d, f"copy_toy.{name}.ids.bin"), f"toy copy segments, ids < {TOY_VOCAB}")
 
 
 if __name__ == "__main__":
