@@ -223,8 +223,8 @@ print(f"{sys.argv[2]}: {len(ids)} tokens -> {sys.argv[3]}", file=sys.stderr)
 PY
   fi
 done
-# The copy streams: copy_dense (the induction phase of sinkflow-llama, configs/train/llama-induction.json) and the
-# copy curriculum (the experiment configs/train/llama-copy-curriculum.json trains on it).
+# The copy streams of tools/make_copy_corpus.py (copy_curriculum, copy_dense, copy_toy: the experiments
+# configs/train/llama-copy-curriculum.json, llama-induction.json and toy-induction.json); copy_toy is written last.
 if [ ! -s "$OUT/copy_toy.heldout.ids.bin" ] || [ "$OUT/copy_toy.heldout.ids.bin" -ot "$OUT/train.ids.bin" ]; then
   /usr/bin/python3 "$(dirname "$0")/make_copy_corpus.py" "$OUT"
 fi

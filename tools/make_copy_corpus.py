@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Copy corpora: training streams meant to form induction heads.
 
-copy_dense (the induction phase of the shipped sinkflow-llama, configs/train/llama-induction.json): segments of
+copy_dense (the induction phase tried on a copy of the shipped sinkflow-llama, configs/train/llama-induction.json): segments of
 random tokens, each a span of 8-40 tokens drawn uniformly from the vocabulary followed by one or two repeats, each
 repeat after a gap of 0-32 random tokens, then 0-8 random tokens; one segment in 12.5 (about 23% of the tokens) is
 300 tokens of corpus text instead. About a third of the tokens are predictable, and only by copying: the first
@@ -52,31 +52,32 @@ def build(corpus, segments, rng):
     return np.array(out, dtype=np.int32)
 
 
+def random_segment(rng, vocab, one_repeat):
+    """A span of 8-40 random ids, one repeat (or one or two, drawn) each after 0-32 random ids, then 0-8 more."""
+    span = list(rng.integers(3, vocab, int(rng.integers(8, 41))))
+    seg = span[:]
+    for _ in range(1 if one_repeat else int(rng.integers(1, 3))):
+        seg += list(rng.integers(3, vocab, int(rng.integers(0, 33))))
+        seg += span
+    seg += list(rng.integers(3, vocab, int(rng.integers(0, 9))))
+    return seg
+
+
 def build_dense(corpus, n_tokens, rng):
     out = []
-    n = 0
-    while n < n_tokens:
+    while len(out) < n_tokens:
         if rng.random() < DENSE_TEXT_FRACTION:
             o = rng.integers(0, len(corpus) - 300)
-            seg = list(corpus[o:o + 300])
+            out += list(corpus[o:o + 300])
         else:
-            span = list(rng.integers(3, VOCAB, int(rng.integers(8, 41))))
-            seg = span[:]
-            for _ in range(int(rng.integers(1, 3))):
-                seg += list(rng.integers(3, VOCAB, int(rng.integers(0, 33))))
-                seg += span
-            seg += list(rng.integers(3, VOCAB, int(rng.integers(0, 9))))
-        out += seg
-        n += len(seg)
+            out += random_segment(rng, VOCAB, one_repeat=False)
     return np.array(out, dtype=np.int32)
 
 
 def build_toy(n_tokens, rng):
     out = []
     while len(out) < n_tokens:
-        span = list(rng.integers(3, TOY_VOCAB, int(rng.integers(8, 41))))
-        out += span + list(rng.integers(3, TOY_VOCAB, int(rng.integers(0, 33)))) + span
-        out += list(rng.integers(3, TOY_VOCAB, int(rng.integers(0, 9))))
+        out += random_segment(rng, TOY_VOCAB, one_repeat=True)
     return np.array(out, dtype=np.int32)
 
 
