@@ -20,6 +20,10 @@ void Decoder::load_weights(
   fill_parameters(named_parameters(), fetch);
 }
 
+at::Tensor Decoder::forward_full(const at::Tensor& tokens, int64_t start_position) const {
+  return at::matmul(hidden_full(tokens, start_position), head_weight().t());
+}
+
 at::Tensor Decoder::first_layer_kv(const std::vector<int64_t>&, const std::vector<int64_t>&) const {
   throw std::logic_error("first_layer_kv: model_type '" + config_.model_type + "' has no learned absolute positions");
 }

@@ -39,7 +39,12 @@ class Decoder {
 
   // Full causal forward without a cache (training, oracles): tokens [B, T] int64 at positions
   // start .. start+T-1 -> logits [B, T, vocab] in the model dtype. Autograd-capable outside InferenceMode.
-  virtual at::Tensor forward_full(const at::Tensor& tokens, int64_t start_position = 0) const = 0;
+  at::Tensor forward_full(const at::Tensor& tokens, int64_t start_position = 0) const;
+  // The same forward up to the final (normed) hidden states [B, T, d_model]: forward_full is
+  // hidden_full @ head_weight()^T (the trainer's fused loss never forms the logits whole).
+  virtual at::Tensor hidden_full(const at::Tensor& tokens, int64_t start_position = 0) const = 0;
+  // The output projection [vocab, d_model]: the tied token embedding, or lm_head.
+  virtual at::Tensor head_weight() const = 0;
 
   // Learned absolute positions only (GPT-2 family): the first layer's K and V of `tokens` at `positions`,
   // [2, n_kv_head, n, d_head]; they depend on nothing else (KV-Align computes them exactly). Other families

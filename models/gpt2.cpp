@@ -130,7 +130,7 @@ class Gpt2 final : public Decoder {
     return torch::matmul(x, tr.wte->weight.t()).to(torch::kFloat);
   }
 
-  at::Tensor forward_full(const at::Tensor& tokens, int64_t start_position) const override {
+  at::Tensor hidden_full(const at::Tensor& tokens, int64_t start_position) const override {
     const int64_t b = tokens.size(0), t = tokens.size(1);
     const int64_t n_head = config_.n_head, d_head = config_.d_head, d = config_.d_model;
     if (start_position + t > config_.max_positions) {
@@ -149,8 +149,10 @@ class Gpt2 final : public Decoder {
       x = x + block.attn->c_proj(attend_causal(q, k, v, scale_));
       x = x + block.mlp(block.ln_2(x));
     }
-    return torch::matmul(tr.ln_f(x), tr.wte->weight.t());
+    return tr.ln_f(x);
   }
+
+  at::Tensor head_weight() const override { return net_->transformer->wte->weight; }
 
   at::Tensor first_layer_kv(const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions) const override {
     const int64_t n = static_cast<int64_t>(tokens.size()), d = config_.d_model;

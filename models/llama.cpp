@@ -133,7 +133,7 @@ class Llama final : public Decoder {
     return net_->logits(x).to(torch::kFloat);
   }
 
-  at::Tensor forward_full(const at::Tensor& tokens, int64_t start_position) const override {
+  at::Tensor hidden_full(const at::Tensor& tokens, int64_t start_position) const override {
     const int64_t b = tokens.size(0), t = tokens.size(1);
     std::vector<int64_t> positions(t);
     for (int64_t j = 0; j < t; ++j) positions[j] = start_position + j;
@@ -151,7 +151,11 @@ class Llama final : public Decoder {
       x = x + attn.o_proj(attend_causal(q, k, v, scale_));
       x = x + layer.mlp(layer.post_attention_layernorm(x));
     }
-    return net_->logits(net_->model->norm(x));
+    return net_->model->norm(x);
+  }
+
+  at::Tensor head_weight() const override {
+    return net_->lm_head ? net_->lm_head->weight : net_->model->embed_tokens->weight;
   }
 
   std::vector<std::pair<std::string, at::Tensor>> named_parameters() const override {

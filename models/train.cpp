@@ -21,6 +21,7 @@
 
 #include "models/checkpoint.h"
 #include "models/decoder.h"
+#include "models/message_text.h"
 #include "models/runtime.h"
 #include "models/tokenizer.h"
 
@@ -305,9 +306,8 @@ at::Tensor lm_loss(const Decoder& model, const at::Tensor& batch, at::Device dev
   const int64_t t = tokens.size(1) - 1;
   at::Tensor inputs = tokens.narrow(1, 0, t);
   at::Tensor targets = tokens.narrow(1, 1, t);
-  at::Tensor logits = model.forward_full(inputs, 0);
-  const int64_t v = logits.size(-1);
-  return torch::nn::functional::cross_entropy(logits.reshape({-1, v}).to(at::kFloat), targets.reshape({-1}));
+  at::Tensor hidden = model.hidden_full(inputs, 0);
+  return linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), model.head_weight(), targets.reshape({-1}));
 }
 
 double heldout_loss(const Decoder& model, const std::vector<at::Tensor>& batches, at::Device device) {
@@ -374,6 +374,70 @@ void copy_weights_from(const std::string& dir, Decoder& model) {
 }
 
 }  // namespace
+
+// ---- loss ---------------------------------------------------------------------------------------------------
+
+namespace {
+
+// The chunked loss of linear_cross_entropy. forward returns the mean loss and keeps, when with_grad, the
+// gradients of the mean; backward scales them by the incoming gradient.
+struct LinearCrossEntropy : torch::autograd::Function<LinearCrossEntropy> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& hidden, const at::Tensor& weight,
+                            const at::Tensor& targets, int64_t chunk_rows, bool with_grad) {
+    const int64_t n = hidden.size(0);
+    const at::Tensor w = weight.to(at::kFloat);
+    at::Tensor grad_hidden, grad_weight;
+    if (with_grad) {
+      grad_hidden = at::empty({n, hidden.size(1)}, w.options());
+      grad_weight = at::zeros_like(w);
+    }
+    at::Tensor total = at::zeros({}, w.options());
+    for (int64_t s = 0; s < n; s += chunk_rows) {
+      const int64_t m = std::min(chunk_rows, n - s);
+      const at::Tensor h = hidden.narrow(0, s, m).to(at::kFloat);
+      const at::Tensor y = targets.narrow(0, s, m).unsqueeze(1);
+      at::Tensor z = at::matmul(h, w.t());  // [m, vocab]: the only logits ever held
+      const at::Tensor lse = at::logsumexp(z, 1, true);
+      total += (lse - z.gather(1, y)).sum();
+      if (!with_grad) continue;
+      // d(mean loss)/d(logits) = (softmax - onehot) / n, formed in place.
+      z.sub_(lse).exp_().scatter_add_(1, y, at::full({m, 1}, -1.0, z.options())).mul_(1.0 / static_cast<double>(n));
+      grad_hidden.narrow(0, s, m).copy_(at::matmul(z, w));
+      grad_weight.addmm_(z.t(), h);
+    }
+    if (with_grad) ctx->save_for_backward({grad_hidden.to(hidden.scalar_type()), grad_weight.to(weight.scalar_type())});
+    return total / static_cast<double>(n);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& g = grad_out[0];
+    return {saved[0] * g.to(saved[0].scalar_type()), saved[1] * g.to(saved[1].scalar_type()), at::Tensor(),
+            at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
+                                int64_t chunk_rows) {
+  const bool shapes_ok = hidden.dim() == 2 && weight.dim() == 2 && targets.dim() == 1 && hidden.size(0) >= 1 &&
+                         hidden.size(1) == weight.size(1) && targets.size(0) == hidden.size(0);
+  if (!shapes_ok || targets.scalar_type() != at::kLong) {
+    throw std::invalid_argument("linear_cross_entropy: expected hidden [N, D], weight [V, D] and int64 targets [N] "
+                                "(N >= 1); found " + shape_text(hidden.sizes().vec()) + ", " +
+                                shape_text(weight.sizes().vec()) + " and " + std::string(c10::toString(targets.scalar_type())) +
+                                " " + shape_text(targets.sizes().vec()));
+  }
+  if (chunk_rows <= 0) {
+    // A chunk of logits of about 2 MB stays in cache on CPU; on a GPU, bigger chunks keep the kernels busy.
+    const int64_t elems = hidden.device().is_cpu() ? (int64_t{1} << 19) : (int64_t{1} << 26);
+    chunk_rows = std::max<int64_t>(16, elems / weight.size(0));
+  }
+  const bool with_grad = torch::GradMode::is_enabled() && (hidden.requires_grad() || weight.requires_grad());
+  return LinearCrossEntropy::apply(hidden, weight, targets, chunk_rows, with_grad);
+}
 
 // ---- config -------------------------------------------------------------------------------------------------
 

@@ -71,6 +71,15 @@ TrainConfig load_train_config(const std::string& path, Family family);
 // at step == steps - 1 ... min_lr afterwards.
 double scheduled_lr(const TrainConfig& config, int64_t step);
 
+// Mean cross-entropy of the logits hidden @ weight^T against targets, computed chunk_rows rows at a time
+// (0 = sized for the device) without ever holding the [N, vocab] logits: with autograd on, the gradients of
+// hidden and weight are computed chunk by chunk in the forward pass and returned, scaled, by the backward.
+// hidden [N, D] and weight [vocab, D] of one floating dtype (computed in float32), targets [N] int64 in
+// [0, vocab). Equal to cross_entropy(hidden @ weight^T, targets) up to float rounding; faster on CPU, where
+// the whole logits matrix does not fit in cache (sinkflow bench loss).
+at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weight, const at::Tensor& targets,
+                                int64_t chunk_rows = 0);
+
 struct TrainStatus {
   int64_t step = 0;          // steps done
   int64_t total_steps = 0;

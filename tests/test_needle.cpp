@@ -26,13 +26,13 @@ std::string haystack() {
 
 // A decoder without weights for the copy check: `oracle` predicts, after a token seen before, the token that
 // followed its last earlier occurrence (a perfect induction head), with logit 10; otherwise, and always when
-// not oracle, it predicts nothing (all logits 0).
+// not oracle, it predicts nothing (all logits 0). Its hidden states are those logits and its head the identity.
 class FakeDecoder final : public Decoder {
  public:
   FakeDecoder(int64_t vocab, bool oracle) : Decoder(config_of(vocab), at::kCPU, at::kFloat), oracle_(oracle) {}
   const Rope* rope() const override { return nullptr; }
   at::Tensor forward(const StepPlan&, KvCache&, bool, at::Tensor*) const override { throw std::logic_error("unused"); }
-  at::Tensor forward_full(const at::Tensor& tokens, int64_t) const override {
+  at::Tensor hidden_full(const at::Tensor& tokens, int64_t) const override {
     const int64_t b = tokens.size(0), t = tokens.size(1);
     at::Tensor logits = at::zeros({b, t, config_.vocab_size});
     for (int64_t i = 0; i < b && oracle_; ++i) {
@@ -47,6 +47,7 @@ class FakeDecoder final : public Decoder {
     }
     return logits;
   }
+  at::Tensor head_weight() const override { return at::eye(config_.vocab_size); }
   std::vector<std::pair<std::string, at::Tensor>> named_parameters() const override { return {}; }
 
  private:

@@ -1,5 +1,6 @@
 // Training loop: loss goes down, the schedule, exact resume, config errors.
 #include <catch2/catch.hpp>
+#include <torch/torch.h>
 
 #include <cmath>
 #include <filesystem>
@@ -67,6 +68,74 @@ TEST_CASE("cosine schedule with linear warm-up", "[train]") {
   REQUIRE(scheduled_lr(c, 43) == Approx(1e-4 + 0.5 * 9e-4 * 1.5));
   // step 76: progress 2/3, cos(2pi/3) = -0.5 -> 1e-4 + 0.5 * 9e-4 * 0.5
   REQUIRE(scheduled_lr(c, 76) == Approx(1e-4 + 0.5 * 9e-4 * 0.5));
+}
+
+TEST_CASE("the chunked loss equals cross_entropy of the whole logits, value and gradients", "[train]") {
+  at::manual_seed(3);
+  const at::Tensor h0 = at::randn({37, 12}, at::kDouble);
+  const at::Tensor w0 = at::randn({50, 12}, at::kDouble);
+  const at::Tensor y = at::randint(0, 50, {37}, at::kLong);
+  auto reference = [&](at::Tensor* gh, at::Tensor* gw) {
+    at::Tensor h = h0.clone().requires_grad_(), w = w0.clone().requires_grad_();
+    at::Tensor l = torch::nn::functional::cross_entropy(at::matmul(h, w.t()), y);
+    (3.0 * l).backward();  // a scaled incoming gradient reaches both inputs
+    *gh = h.grad();
+    *gw = w.grad();
+    return l.item<double>();
+  };
+  at::Tensor rh, rw;
+  const double want = reference(&rh, &rw);
+  for (int64_t chunk : {1, 8, 37, 100, 0}) {
+    INFO("chunk_rows " << chunk);
+    at::Tensor h = h0.to(at::kFloat).requires_grad_(), w = w0.to(at::kFloat).requires_grad_();
+    at::Tensor l = linear_cross_entropy(h, w, y, chunk);
+    REQUIRE(l.item<double>() == Approx(want).epsilon(1e-6));
+    (3.0 * l).backward();
+    REQUIRE(test::max_abs_diff(h.grad().to(at::kDouble), rh) < 1e-6);
+    REQUIRE(test::max_abs_diff(w.grad().to(at::kDouble), rw) < 1e-6);
+  }
+  {
+    torch::NoGradGuard no_grad;  // the held-out loss: no gradients kept
+    REQUIRE(linear_cross_entropy(h0.to(at::kFloat), w0.to(at::kFloat), y, 8).item<double>() == Approx(want).epsilon(1e-6));
+  }
+  REQUIRE_THROWS_WITH(linear_cross_entropy(h0, w0.narrow(1, 0, 11), y),
+                      Catch::Contains("expected hidden [N, D], weight [V, D] and int64 targets [N] (N >= 1); found "
+                                      "[37, 12], [50, 11] and Long [37]"));
+}
+
+TEST_CASE("a tied model's gradients through the chunked loss are those of its full logits", "[train]") {
+  // The tied embedding is both the lookup table and the output projection: its gradient sums both paths.
+  for (const ModelConfig& config : {test::tiny_llama_config(), test::tiny_gpt2_config()}) {
+    INFO(config.model_type);
+    auto d = test::random_decoder(config, 11, 0.1);
+    for (auto& [name, p] : d->named_parameters()) p.set_requires_grad(true);
+    const at::Tensor tokens = at::tensor(test::random_tokens(2 * 17, config.vocab_size, 5)).view({2, 17});
+    const at::Tensor inputs = tokens.narrow(1, 0, 16), targets = tokens.narrow(1, 1, 16).reshape({-1});
+    auto grads = [&](bool fused) {
+      for (auto& [name, p] : d->named_parameters()) p.mutable_grad() = at::Tensor();
+      at::Tensor l;
+      if (fused) {
+        const at::Tensor hd = d->hidden_full(inputs);
+        l = linear_cross_entropy(hd.reshape({-1, hd.size(-1)}), d->head_weight(), targets, 5);
+      } else {
+        const at::Tensor logits = d->forward_full(inputs);
+        l = torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}), targets);
+      }
+      l.backward();
+      std::vector<at::Tensor> out{l.detach()};
+      for (auto& [name, p] : d->named_parameters()) out.push_back(p.grad().clone());
+      return out;
+    };
+    const auto a = grads(true), b = grads(false);
+    REQUIRE(a.size() == b.size());
+    REQUIRE(a[0].item<double>() == Approx(b[0].item<double>()).epsilon(1e-5));
+    for (size_t i = 1; i < a.size(); ++i) {
+      INFO(d->named_parameters()[i - 1].first);
+      REQUIRE(b[i].abs().max().item<double>() > 0);
+      REQUIRE(test::max_abs_diff(a[i], b[i]) < 1e-5 * (1 + b[i].abs().max().item<double>()));
+    }
+    for (auto& [name, p] : d->named_parameters()) p.set_requires_grad(false);
+  }
 }
 
 TEST_CASE("training a tiny llama on repeated text lowers the loss", "[train]") {

@@ -183,13 +183,7 @@ void add_run_commands(CLI::App& app) {
   run->add_option("--profile", a->profile, "write a Chrome/Perfetto trace here and print the per-node table");
   run->callback([a] { run_command(*a); });
 
-  CLI::App* bench = nullptr;
-  try {
-    bench = app.get_subcommand("bench");
-  } catch (const CLI::OptionNotFound&) {
-    bench = app.add_subcommand("bench", "Benchmarks (ratios measured side by side in one run)");
-    bench->require_subcommand(1);
-  }
+  CLI::App* bench = bench_command(app);
   auto b = std::make_shared<RunArgs>();
   CLI::App* pipe = bench->add_subcommand("pipeline", "Pipeline throughput with the memory path on vs off (alternating)");
   add_common(*pipe, *b);

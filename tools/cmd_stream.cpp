@@ -302,8 +302,7 @@ void add_stream_commands(CLI::App& app) {
   p->rt.add_to(*ppl);
   ppl->callback([p] { run_ppl(*p); });
 
-  CLI::App* bench = app.add_subcommand("bench", "Benchmarks (ratios measured side by side in one run)");
-  bench->require_subcommand(1);
+  CLI::App* bench = bench_command(app);
   auto l = std::make_shared<LatencyArgs>();
   CLI::App* lat = bench->add_subcommand("latency", "Per-token decode latency vs cache size and policy");
   lat->add_option("--model", l->model, "model folder")->required();

@@ -1,9 +1,14 @@
 // train: trains one of sinkflow's own small models (Llama or GPT-2 family) from a JSON config.
+// bench loss: a training step with the whole-logits loss vs the chunked one, side by side.
 //   sinkflow train --family llama --config configs/train/llama.json --out data/models/sinkflow-llama [--resume]
 #include <spdlog/spdlog.h>
+#include <torch/torch.h>
 
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
 #include <memory>
 #include <string>
 
@@ -117,9 +122,85 @@ void run_train_kv_align(const KvAlignArgs& a) {
   }
 }
 
+struct LossBenchArgs {
+  std::string model;
+  int64_t batch = 8, seq = 256, reps = 5;
+  bool json = false;
+  RuntimeOptions rt;
+};
+
+// One training step's forward and backward (no optimizer) on `tokens` with the whole-logits loss (cross_entropy
+// of forward_full) or the chunked one (linear_cross_entropy); returns {seconds, loss}.
+std::pair<double, double> timed_step(const Decoder& d, const at::Tensor& tokens, bool chunked) {
+  const int64_t t = tokens.size(1) - 1;
+  const at::Tensor inputs = tokens.narrow(1, 0, t), targets = tokens.narrow(1, 1, t).reshape({-1});
+  for (auto& [name, p] : d.named_parameters()) p.mutable_grad() = at::Tensor();
+  const auto t0 = std::chrono::steady_clock::now();
+  at::Tensor loss;
+  if (chunked) {
+    const at::Tensor h = d.hidden_full(inputs);
+    loss = linear_cross_entropy(h.reshape({-1, h.size(-1)}), d.head_weight(), targets);
+  } else {
+    const at::Tensor logits = d.forward_full(inputs);
+    loss = torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(at::kFloat), targets);
+  }
+  loss.backward();
+  const double l = loss.item<double>();  // waits for the device
+  return {std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), l};
+}
+
+void run_bench_loss(const LossBenchArgs& a) {
+  a.rt.apply();
+  LoadedModel m = load_model(a.model, a.rt);
+  const Decoder& d = *m.decoder;
+  for (auto& [name, p] : d.named_parameters()) p.set_requires_grad(true);
+  at::manual_seed(1);
+  const at::Tensor tokens = at::randint(3, d.config().vocab_size, {a.batch, a.seq + 1}, at::kLong).to(d.device());
+  timed_step(d, tokens, false);  // warm-up: allocator, BLAS buffers
+  timed_step(d, tokens, true);
+  std::vector<double> whole, chunked;
+  double loss_whole = 0, loss_chunked = 0;
+  for (int64_t r = 0; r < a.reps; ++r) {  // alternating, so that drift in machine speed hits both alike
+    auto [s1, l1] = timed_step(d, tokens, false);
+    auto [s2, l2] = timed_step(d, tokens, true);
+    whole.push_back(s1);
+    chunked.push_back(s2);
+    loss_whole = l1;
+    loss_chunked = l2;
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  const double mw = median(whole), mc = median(chunked), n = static_cast<double>(a.batch * a.seq);
+  std::printf("training step (forward + backward) of %s, %lld x %lld tokens, vocab %lld, %s; median of %lld\n",
+              a.model.c_str(), static_cast<long long>(a.batch), static_cast<long long>(a.seq),
+              static_cast<long long>(d.config().vocab_size), a.rt.device.c_str(), static_cast<long long>(a.reps));
+  std::printf("  %-31s %8.3f s  %8.0f tok/s  loss %.6f\n", "whole logits (cross_entropy)", mw, n / mw, loss_whole);
+  std::printf("  %-31s %8.3f s  %8.0f tok/s  loss %.6f\n", "chunked (linear_cross_entropy)", mc, n / mc, loss_chunked);
+  std::printf("  speed-up %.2fx\n", mw / mc);
+  if (a.json) {
+    print_json({{"command", "bench loss"}, {"model", a.model}, {"device", a.rt.device}, {"batch", a.batch},
+                {"seq", a.seq}, {"reps", a.reps}, {"whole_s", mw}, {"chunked_s", mc}, {"speedup", mw / mc},
+                {"loss_whole", loss_whole}, {"loss_chunked", loss_chunked}});
+  }
+}
+
 }  // namespace
 
 void add_train_commands(CLI::App& app) {
+  {
+    CLI::App* bench = bench_command(app);
+    auto b = std::make_shared<LossBenchArgs>();
+    CLI::App* l = bench->add_subcommand("loss", "Training step with the whole-logits loss vs the chunked one (alternating)");
+    l->add_option("--model", b->model, "model folder (its shape and vocabulary; weights as loaded)")->required();
+    l->add_option("--batch", b->batch, "sequences per step")->capture_default_str()->check(CLI::PositiveNumber);
+    l->add_option("--seq", b->seq, "tokens per sequence")->capture_default_str()->check(CLI::PositiveNumber);
+    l->add_option("--reps", b->reps, "alternating pairs of steps")->capture_default_str()->check(CLI::PositiveNumber);
+    l->add_flag("--json", b->json, "print a JSON summary on stdout");
+    b->rt.add_to(*l);
+    l->callback([b] { run_bench_loss(*b); });
+  }
   {
     auto k = std::make_shared<KvAlignArgs>();
     CLI::App* t = app.add_subcommand("train-kv-align", "Train KV-Align networks for a GPT-2-family model");

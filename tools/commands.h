@@ -8,7 +8,7 @@ namespace sinkflow::cli {
 void add_model_commands(CLI::App& app);   // make-model, generate      (cmd_model.cpp)
 void add_stream_commands(CLI::App& app);  // ppl, bench latency/stream (cmd_stream.cpp)
 void add_needle_commands(CLI::App& app);  // needle, copy              (cmd_needle.cpp)
-void add_train_commands(CLI::App& app);   // train                     (cmd_train.cpp)
+void add_train_commands(CLI::App& app);   // train, bench loss         (cmd_train.cpp)
 void add_run_commands(CLI::App& app);     // run, bench pipeline       (cmd_run.cpp)
 
 inline void register_commands(CLI::App& app) {

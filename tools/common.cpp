@@ -11,6 +11,16 @@
 
 namespace sinkflow::cli {
 
+CLI::App* bench_command(CLI::App& app) {
+  try {
+    return app.get_subcommand("bench");
+  } catch (const CLI::OptionNotFound&) {
+    CLI::App* bench = app.add_subcommand("bench", "Benchmarks (ratios measured side by side in one run)");
+    bench->require_subcommand(1);
+    return bench;
+  }
+}
+
 void RuntimeOptions::add_to(CLI::App& app) {
   app.add_option("--device", device, "cpu, cuda, cuda:N or mps")->capture_default_str();
   app.add_option("--dtype", dtype, "auto, float32, float16 or bfloat16")->capture_default_str();

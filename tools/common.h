@@ -35,6 +35,9 @@ std::vector<int64_t> encode_prompt(const LoadedModel& model, const std::string& 
 // model with learned absolute positions.
 int64_t resolve_window(int64_t window, int64_t sinks, const ModelConfig& model);
 
+// The `bench` command that several files add subcommands to (created by the first caller).
+CLI::App* bench_command(CLI::App& app);
+
 // Prints one line of JSON on stdout (the final summary of a run with --json).
 void print_json(const nlohmann::json& j);
 
