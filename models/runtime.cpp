@@ -2,7 +2,11 @@
 
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
+#include <climits>
 #include <cstdlib>
 #include <fstream>
 #include <stdexcept>
@@ -49,6 +53,24 @@ void configure_threads(int intra_op_threads) {
   // LibTorch does not forward its thread count to OpenBLAS; ask OpenBLAS directly when it is the BLAS.
   using SetThreads = void (*)(int);
   if (auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) fn(intra_op_threads);
+}
+
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  // Blocks above the mmap threshold (32 MB at most) are otherwise mapped per allocation and unmapped on free,
+  // and the heap's top is trimmed back to the OS; both make the next step fault its pages in again.
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, INT_MAX);
+#endif
+}
+
+void return_freed_memory() {
+#if defined(__GLIBC__)
+  // glibc's defaults raise the mmap threshold, as mapped blocks are freed, up to 32 MB and trim at twice it.
+  mallopt(M_MMAP_MAX, 65536);
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
+#endif
 }
 
 namespace {

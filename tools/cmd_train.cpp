@@ -1,5 +1,6 @@
 // train: trains one of sinkflow's own small models (Llama or GPT-2 family) from a JSON config.
-// bench loss: a training step with the whole-logits loss vs the chunked one, side by side.
+// bench loss: a training step with the whole-logits loss vs the chunked one, and with freed memory given back
+// to the system vs kept, side by side.
 //   sinkflow train --family llama --config configs/train/llama.json --out data/models/sinkflow-llama [--resume]
 #include <spdlog/spdlog.h>
 #include <torch/torch.h>
@@ -14,6 +15,7 @@
 
 #include "graph/progress.h"
 #include "models/kv_align.h"
+#include "models/runtime.h"
 #include "models/train.h"
 #include "tools/commands.h"
 #include "tools/common.h"
@@ -156,33 +158,46 @@ void run_bench_loss(const LossBenchArgs& a) {
   for (auto& [name, p] : d.named_parameters()) p.set_requires_grad(true);
   at::manual_seed(1);
   const at::Tensor tokens = at::randint(3, d.config().vocab_size, {a.batch, a.seq + 1}, at::kLong).to(d.device());
-  timed_step(d, tokens, false);  // warm-up: allocator, BLAS buffers
-  timed_step(d, tokens, true);
-  std::vector<double> whole, chunked;
-  double loss_whole = 0, loss_chunked = 0;
-  for (int64_t r = 0; r < a.reps; ++r) {  // alternating, so that drift in machine speed hits both alike
-    auto [s1, l1] = timed_step(d, tokens, false);
-    auto [s2, l2] = timed_step(d, tokens, true);
-    whole.push_back(s1);
-    chunked.push_back(s2);
-    loss_whole = l1;
-    loss_chunked = l2;
+  // Four arms, alternating so that drift in machine speed hits all alike: the whole-logits loss or the chunked
+  // one, with freed memory kept by the process (as every sinkflow command runs) or given back as glibc does.
+  struct Arm {
+    const char* name;
+    bool chunked, keep;
+    std::vector<double> seconds;
+    double loss = 0;
+  };
+  std::vector<Arm> arms = {{"whole logits, memory given back", false, false, {}},
+                           {"chunked, memory given back", true, false, {}},
+                           {"whole logits, memory kept", false, true, {}},
+                           {"chunked, memory kept", true, true, {}}};
+  for (int64_t r = -1; r < a.reps; ++r) {  // r = -1: warm-up
+    for (auto& arm : arms) {
+      arm.keep ? keep_freed_memory() : return_freed_memory();
+      auto [s, l] = timed_step(d, tokens, arm.chunked);
+      if (r < 0) continue;
+      arm.seconds.push_back(s);
+      arm.loss = l;
+    }
   }
+  keep_freed_memory();
   auto median = [](std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
   };
-  const double mw = median(whole), mc = median(chunked), n = static_cast<double>(a.batch * a.seq);
+  const double n = static_cast<double>(a.batch * a.seq), base = median(arms[0].seconds);
   std::printf("training step (forward + backward) of %s, %lld x %lld tokens, vocab %lld, %s; median of %lld\n",
               a.model.c_str(), static_cast<long long>(a.batch), static_cast<long long>(a.seq),
               static_cast<long long>(d.config().vocab_size), a.rt.device.c_str(), static_cast<long long>(a.reps));
-  std::printf("  %-31s %8.3f s  %8.0f tok/s  loss %.6f\n", "whole logits (cross_entropy)", mw, n / mw, loss_whole);
-  std::printf("  %-31s %8.3f s  %8.0f tok/s  loss %.6f\n", "chunked (linear_cross_entropy)", mc, n / mc, loss_chunked);
-  std::printf("  speed-up %.2fx\n", mw / mc);
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& arm : arms) {
+    const double s = median(arm.seconds);
+    std::printf("  %-32s %8.3f s  %8.0f tok/s  %5.2fx  loss %.6f\n", arm.name, s, n / s, base / s, arm.loss);
+    rows.push_back({{"arm", arm.name}, {"chunked", arm.chunked}, {"memory_kept", arm.keep}, {"seconds", s},
+                    {"tokens_per_s", n / s}, {"speedup", base / s}, {"loss", arm.loss}});
+  }
   if (a.json) {
     print_json({{"command", "bench loss"}, {"model", a.model}, {"device", a.rt.device}, {"batch", a.batch},
-                {"seq", a.seq}, {"reps", a.reps}, {"whole_s", mw}, {"chunked_s", mc}, {"speedup", mw / mc},
-                {"loss_whole", loss_whole}, {"loss_chunked", loss_chunked}});
+                {"seq", a.seq}, {"reps", a.reps}, {"rows", rows}});
   }
 }
 
@@ -192,7 +207,7 @@ void add_train_commands(CLI::App& app) {
   {
     CLI::App* bench = bench_command(app);
     auto b = std::make_shared<LossBenchArgs>();
-    CLI::App* l = bench->add_subcommand("loss", "Training step with the whole-logits loss vs the chunked one (alternating)");
+    CLI::App* l = bench->add_subcommand("loss", "Training step: whole-logits vs chunked loss, freed memory given back vs kept (alternating)");
     l->add_option("--model", b->model, "model folder (its shape and vocabulary; weights as loaded)")->required();
     l->add_option("--batch", b->batch, "sequences per step")->capture_default_str()->check(CLI::PositiveNumber);
     l->add_option("--seq", b->seq, "tokens per sequence")->capture_default_str()->check(CLI::PositiveNumber);

@@ -6,9 +6,11 @@
 #include <iostream>
 #include <stdexcept>
 
+#include "models/runtime.h"
 #include "tools/commands.h"
 
 int main(int argc, char** argv) {
+  sinkflow::keep_freed_memory();
   CLI::App app{"sinkflow: streaming LLM inference with attention sinks and a memory of evicted text"};
   app.require_subcommand(1);
   std::string log_level = "warn";

@@ -1,0 +1,17 @@
+// Linked into every test binary: the process set-up of sinkflow's launcher (tools/main.cpp), so that tests run
+// with the allocator setting the commands use.
+#define CATCH_CONFIG_EXTERNAL_INTERFACES
+#include <catch2/catch.hpp>
+
+#include "models/runtime.h"
+
+namespace {
+
+struct ProcessSetup : Catch::TestEventListenerBase {
+  using TestEventListenerBase::TestEventListenerBase;
+  void testRunStarting(const Catch::TestRunInfo&) override { sinkflow::keep_freed_memory(); }
+};
+
+}  // namespace
+
+CATCH_REGISTER_LISTENER(ProcessSetup)
