@@ -18,6 +18,7 @@
 #include <set>
 #include <sstream>
 #include <stdexcept>
+#include <tuple>
 
 #include "models/checkpoint.h"
 #include "models/decoder.h"
@@ -112,6 +113,7 @@ json config_to_json(const TrainConfig& c) {
           {"heldout_text", c.heldout_text},
           {"train_ids", c.train_ids},
           {"heldout_ids", c.heldout_ids},
+          {"init_from", c.init_from},
           {"seq_len", c.seq_len},
           {"batch", c.batch},
           {"steps", c.steps},
@@ -365,6 +367,64 @@ void save_training_checkpoint(const fs::path& out_dir, const TrainConfig& c, con
   fs::remove_all(old);
 }
 
+// The MLP's output side: its columns (llama down_proj) or rows (gpt2 mlp.c_proj) of new units start at zero.
+bool mlp_output_side(const std::string& name) {
+  return name.find("mlp.down_proj") != std::string::npos || name.find("mlp.c_proj") != std::string::npos;
+}
+
+}  // namespace
+
+void init_from_model(const std::string& dir, const ModelConfig& target, Decoder& model) {
+  const std::string what = "field 'init_from': '" + dir + "'";
+  const ModelConfig src = load_model_config(dir);
+  const std::vector<std::tuple<const char*, int64_t, int64_t>> dims = {
+      {"vocab_size", src.vocab_size, target.vocab_size}, {"d_model", src.d_model, target.d_model},
+      {"n_layer", src.n_layer, target.n_layer},          {"n_head", src.n_head, target.n_head},
+      {"n_kv_head", src.n_kv_head, target.n_kv_head},    {"d_head", src.d_head, target.d_head}};
+  if (src.family != target.family) {
+    throw std::invalid_argument(what + " is a " + src.model_type + " model, expected the config's family (" +
+                                target.model_type + ")");
+  }
+  for (const auto& [field, found, expected] : dims) {
+    if (found != expected) {
+      throw std::invalid_argument(what + " has " + field + " " + std::to_string(found) + ", expected the config's " +
+                                  std::to_string(expected) + " (only the MLP width d_ff may grow)");
+    }
+  }
+  if (src.d_ff > target.d_ff) {
+    throw std::invalid_argument(what + " has d_ff " + std::to_string(src.d_ff) + ", expected at most the config's " +
+                                std::to_string(target.d_ff) + " (the MLP may grow, not shrink)");
+  }
+  CheckpointTensors t(dir);
+  torch::NoGradGuard no_grad;
+  for (auto& [name, p] : model.named_parameters()) {
+    const std::vector<int64_t> have = t.shape(name), want = p.sizes().vec();
+    const at::Tensor w = t.load(name, have, at::kFloat, at::kCPU).to(p.device());
+    if (have == want) {
+      p.copy_(w);
+      continue;
+    }
+    // A grown MLP: the old units are copied, the new ones keep the run's random init on the input side and
+    // start at zero on the output side, so that the model computes what the source computed.
+    at::Tensor dst = p;
+    if (mlp_output_side(name)) p.zero_();
+    for (size_t i = 0; i < want.size() && have.size() == want.size(); ++i) {
+      if (have[i] != want[i]) {
+        if (have[i] != src.d_ff || want[i] != target.d_ff) break;
+        dst = dst.narrow(static_cast<int64_t>(i), 0, have[i]);
+      }
+    }
+    if (dst.sizes().vec() != have) {
+      throw std::invalid_argument(what + ": tensor '" + name + "' has shape " + shape_text(have) + ", expected " +
+                                  shape_text(want) + " (only the MLP width d_ff may differ, " +
+                                  std::to_string(src.d_ff) + " -> " + std::to_string(target.d_ff) + ")");
+    }
+    dst.copy_(w);
+  }
+}
+
+namespace {
+
 void copy_weights_from(const std::string& dir, Decoder& model) {
   CheckpointTensors t(dir);
   torch::NoGradGuard no_grad;
@@ -453,7 +513,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   }
   if (!j.is_object()) throw std::invalid_argument(source_name + ": expected a JSON object at the top, found " + type_of(j));
   Fields f{j, source_name, ""};
-  f.only({"model", "tokenizer", "train_text", "heldout_text", "train_ids", "heldout_ids", "seq_len", "batch", "steps",
+  f.only({"model", "tokenizer", "train_text", "heldout_text", "train_ids", "heldout_ids", "init_from", "seq_len", "batch", "steps",
           "warmup", "lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "clip", "seed", "eval_interval",
           "eval_batches", "checkpoint_interval", "log_interval", "prepend_bos", "copy_fraction", "copy_random", "copy_min_len",
           "copy_max_len", "threads",
@@ -506,6 +566,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   c.heldout_text = f.string("heldout_text", "");
   c.train_ids = f.string("train_ids", "");
   c.heldout_ids = f.string("heldout_ids", "");
+  c.init_from = f.string("init_from", "");
   if (c.tokenizer.empty()) {
     throw std::invalid_argument(source_name + ": field 'tokenizer' is required (path of tokenizer.model), found none");
   }
@@ -655,6 +716,10 @@ TrainResult train_model(const TrainConfig& config_in, const TrainOptions& option
     auto init = random_tensors(c.model, c.seed);
     std::map<std::string, at::Tensor> by_name(init.begin(), init.end());
     model->load_weights([&](const std::string& name, const std::vector<int64_t>&) { return by_name.at(name); });
+  }
+  if (!c.init_from.empty() && !options.resume) {
+    init_from_model(c.init_from, c.model, *model);
+    spdlog::info("weights from {} (MLP width {} -> {})", c.init_from, load_model_config(c.init_from).d_ff, c.model.d_ff);
   }
   auto named = model->named_parameters();
   std::vector<at::Tensor> decay, no_decay, all;

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "models/config.h"
+#include "models/decoder.h"
 
 namespace sinkflow {
 
@@ -29,6 +30,8 @@ struct TrainConfig {
   std::string heldout_text;
   std::string train_ids;     // ... or pre-encoded: raw little-endian int32 ids (.bin), e.g. from spm_encode
   std::string heldout_ids;
+  std::string init_from;     // a model folder to start from instead of random weights (not on --resume): the same
+                             // shape, except that the MLP may be wider (d_ff), its new units contributing zero at first
   int64_t seq_len = 256;     // tokens per training sequence, BOS included
   int64_t batch = 16;        // sequences per step
   int64_t steps = 1000;      // optimizer steps (the schedule's length)
@@ -109,6 +112,12 @@ struct TrainOptions {
   std::string command_line;   // recorded in train_log.json
   std::function<void(const TrainStatus&)> on_step;  // called after every step (progress display)
 };
+
+// Fills `model` (of config `target`, holding the run's random init) with the weights of the model folder `dir`
+// (init_from): same family and shape, except that target's MLP may be wider; the new units keep their random
+// input weights and get zero output weights, so that the model computes what the source computes. Throws
+// std::invalid_argument naming the folder and the field or tensor that differs.
+void init_from_model(const std::string& dir, const ModelConfig& target, Decoder& model);
 
 // Runs (or resumes) a training. Throws std::invalid_argument for bad inputs and std::runtime_error
 // when files cannot be read or written.

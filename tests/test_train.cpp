@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <set>
 #include <string>
 
@@ -222,6 +223,63 @@ TEST_CASE("checkpoint and resume give the weights of an uninterrupted run", "[tr
     REQUIRE(a[i].first == b[i].first);
     REQUIRE(a[i].second == b[i].second);  // bit-identical
   }
+  fs::remove_all(d);
+}
+
+TEST_CASE("init_from starts from a model's weights, its MLP grown without changing what it computes", "[train]") {
+  fs::path d = make_corpus("grow");
+  TrainConfig c = parse_train_config(config_json(d, 12), "test.json", Family::llama);
+  TrainOptions o;
+  o.out_dir = (d / "src").string();
+  train_model(c, o);
+  const std::string src = o.out_dir;
+  auto source = load_decoder(src, at::Device(at::kCPU), at::kFloat);
+  const at::Tensor tokens = at::tensor(test::random_tokens(24, source->config().vocab_size, 3)).view({1, -1});
+  const at::Tensor want = source->forward_full(tokens);
+
+  ModelConfig wide = source->config();
+  wide.d_ff = 96;  // from 64
+  auto grown = make_decoder(wide, at::Device(at::kCPU), at::kFloat);
+  {
+    auto init = random_tensors(wide, 5);
+    std::map<std::string, at::Tensor> by_name(init.begin(), init.end());
+    grown->load_weights([&](const std::string& name, const std::vector<int64_t>&) { return by_name.at(name); });
+  }
+  init_from_model(src, wide, *grown);
+  REQUIRE(test::max_abs_diff(grown->forward_full(tokens), want) < 1e-5);
+  for (const auto& [name, p] : grown->named_parameters()) {
+    if (name == "model.layers.0.mlp.down_proj.weight") {
+      REQUIRE(p.sizes().vec() == std::vector<int64_t>{32, 96});
+      REQUIRE(p.narrow(1, 64, 32).abs().max().item<double>() == 0);  // new units write nothing yet
+    }
+    if (name == "model.layers.0.mlp.gate_proj.weight") REQUIRE(p.narrow(0, 64, 32).abs().max().item<double>() > 0);
+  }
+
+  // Through the trainer: the first step's loss is the source's loss on that batch, grown or not.
+  auto first_loss = [&](int64_t d_ff, const std::string& out) {
+    TrainConfig g = parse_train_config(config_json(d, 6, ", \"init_from\": \"" + src + "\""), "grow.json", Family::llama);
+    g.model.d_ff = d_ff;
+    TrainOptions go;
+    go.out_dir = (d / out).string();
+    go.write_model = false;
+    return train_model(g, go).initial_loss;
+  };
+  const double same = first_loss(64, "same"), wider = first_loss(96, "wider");
+  REQUIRE(same < std::log(static_cast<double>(source->config().vocab_size)) - 1);  // trained, not random (ln V)
+  REQUIRE(wider == Approx(same).epsilon(1e-5));
+
+  ModelConfig other = wide;
+  other.d_model = 48;
+  other.d_head = 12;
+  auto bad = make_decoder(other, at::Device(at::kCPU), at::kFloat);
+  REQUIRE_THROWS_WITH(init_from_model(src, other, *bad),
+                      Catch::Contains("field 'init_from': '" + src + "' has d_model 32, expected the config's 48 "
+                                      "(only the MLP width d_ff may grow)"));
+  ModelConfig narrow = source->config();
+  narrow.d_ff = 32;
+  auto small = make_decoder(narrow, at::Device(at::kCPU), at::kFloat);
+  REQUIRE_THROWS_WITH(init_from_model(src, narrow, *small),
+                      Catch::Contains("has d_ff 64, expected at most the config's 32 (the MLP may grow, not shrink)"));
   fs::remove_all(d);
 }
 

@@ -223,9 +223,11 @@ print(f"{sys.argv[2]}: {len(ids)} tokens -> {sys.argv[3]}", file=sys.stderr)
 PY
   fi
 done
-# The copy streams of tools/make_copy_corpus.py (copy_curriculum, copy_dense, copy_toy: the experiments
-# configs/train/llama-copy-curriculum.json, llama-induction.json and toy-induction.json); copy_toy is written last.
-if [ ! -s "$OUT/copy_toy.heldout.ids.bin" ] || [ "$OUT/copy_toy.heldout.ids.bin" -ot "$OUT/train.ids.bin" ]; then
+# The copy streams of tools/make_copy_corpus.py (copy_curriculum, copy_dense, copy_text, copy_toy: the experiments
+# configs/train/llama-copy-curriculum.json, llama-induction.json, llama-narrow-copy.json and toy-induction.json);
+# copy_toy is written last.
+if [ ! -s "$OUT/copy_toy.heldout.ids.bin" ] || [ ! -s "$OUT/copy_text.heldout.ids.bin" ] ||
+   [ "$OUT/copy_toy.heldout.ids.bin" -ot "$OUT/train.ids.bin" ]; then
   /usr/bin/python3 "$(dirname "$0")/make_copy_corpus.py" "$OUT"
 fi
 echo "corpus: $(wc -w < "$OUT/train.txt") train words, $(wc -w < "$OUT/heldout.txt") held-out words" >&2

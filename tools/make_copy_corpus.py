@@ -11,6 +11,12 @@ copy_toy (configs/train/toy-induction.json, a 2-layer model that forms induction
 segments without text, on a 512-token alphabet (ids 3-511), a span of 8-40 tokens, a gap of 0-32 tokens, one
 repeat, 0-8 tokens.
 
+copy_text (configs/train/llama-narrow-copy.json, the copy phase of a Llama grown afterwards): corpus text with
+copies over the whole training context. Each segment: 0-32 tokens of text, a span of 8-40 tokens (half drawn
+uniformly from the vocabulary, half corpus text), a gap of 0-220 tokens of text (log-uniform, so that short and
+long distances are both common), the span again. The needle benchmark asks for copies across most of a
+256-token cache, and the toy showed that a model copies only over the distances its stream held.
+
 copy_curriculum (an earlier experiment, configs/train/llama-copy-curriculum.json; it did not form induction heads):
 
 A token stream of segments, each: 0-48 tokens of corpus text, a span of 4-80 tokens, 0-64 tokens of corpus text,
@@ -31,6 +37,7 @@ VOCAB = 4096     # tokenizer.model's size; ids 0-2 are <unk>, <s>, </s>
 SEED = 2026
 DENSE_SEED = 7
 TOY_SEED = 3
+TEXT_SEED = 21
 TOY_VOCAB = 512
 DENSE_TEXT_FRACTION = 0.08   # of the segments; text segments are longer, so about 23% of the tokens
 
@@ -81,6 +88,21 @@ def build_toy(n_tokens, rng):
     return np.array(out, dtype=np.int32)
 
 
+def build_text(corpus, n_tokens, rng):
+    out = []
+
+    def text(n):
+        o = int(rng.integers(0, len(corpus) - n - 1))
+        return list(corpus[o:o + n])
+
+    while len(out) < n_tokens:
+        length = int(rng.integers(8, 41))
+        span = list(rng.integers(3, VOCAB, length)) if rng.random() < 0.5 else text(length)
+        gap = int(np.exp(rng.uniform(0, np.log(221)))) - 1   # 0-220, log-uniform
+        out += text(int(rng.integers(0, 33))) + span + text(gap) + span
+    return np.array(out, dtype=np.int32)
+
+
 def read_corpus(path):
     if not os.path.exists(path):
         sys.exit(f"{path}: not found (run tools/build_corpus.sh first)")
@@ -107,6 +129,10 @@ def main():
     for name, src, n_tokens in (("train", "train.ids.bin", 12_000_000), ("heldout", "heldout.ids.bin", 200_000)):
         ids = build_dense(read_corpus(os.path.join(d, src)), n_tokens, rng)
         write(ids, os.path.join(d, f"copy_dense.{name}.ids.bin"), "dense copy segments")
+    for name, src, n_tokens, seed in (("train", "train.ids.bin", 12_000_000, TEXT_SEED),
+                                      ("heldout", "heldout.ids.bin", 200_000, TEXT_SEED + 1)):
+        ids = build_text(read_corpus(os.path.join(d, src)), n_tokens, np.random.default_rng(seed))
+        write(ids, os.path.join(d, f"copy_text.{name}.ids.bin"), "text with copies over 0-220 tokens")
     rng = np.random.default_rng(TOY_SEED)
     for name, n_tokens in (("train", 8_000_000), ("heldout", 100_000)):
         write(build_toy(n_tokens, rng), os.path.join(d, f"copy_toy.{name}.ids.bin"), f"toy copy segments, ids < {TOY_VOCAB}")
