@@ -303,14 +303,6 @@ std::vector<at::Tensor> heldout_batches(const std::vector<int32_t>& ids, const T
   return out;
 }
 
-at::Tensor lm_loss(const Decoder& model, const at::Tensor& batch, at::Device device) {
-  at::Tensor tokens = batch.to(device);
-  const int64_t t = tokens.size(1) - 1;
-  at::Tensor inputs = tokens.narrow(1, 0, t);
-  at::Tensor targets = tokens.narrow(1, 1, t);
-  at::Tensor hidden = model.hidden_full(inputs, 0);
-  return linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), model.head_weight(), targets.reshape({-1}));
-}
 
 double heldout_loss(const Decoder& model, const std::vector<at::Tensor>& batches, at::Device device) {
   torch::NoGradGuard no_grad;
@@ -374,7 +366,7 @@ bool mlp_output_side(const std::string& name) {
 
 }  // namespace
 
-void init_from_model(const std::string& dir, const ModelConfig& target, Decoder& model) {
+ModelConfig init_from_model(const std::string& dir, const ModelConfig& target, Decoder& model) {
   const std::string what = "field 'init_from': '" + dir + "'";
   const ModelConfig src = load_model_config(dir);
   const std::vector<std::tuple<const char*, int64_t, int64_t>> dims = {
@@ -421,6 +413,7 @@ void init_from_model(const std::string& dir, const ModelConfig& target, Decoder&
     }
     dst.copy_(w);
   }
+  return src;
 }
 
 namespace {
@@ -497,6 +490,15 @@ at::Tensor linear_cross_entropy(const at::Tensor& hidden, const at::Tensor& weig
   }
   const bool with_grad = torch::GradMode::is_enabled() && (hidden.requires_grad() || weight.requires_grad());
   return LinearCrossEntropy::apply(hidden, weight, targets, chunk_rows, with_grad);
+}
+
+at::Tensor lm_loss(const Decoder& model, const at::Tensor& batch, at::Device device) {
+  at::Tensor tokens = batch.to(device);
+  const int64_t t = tokens.size(1) - 1;
+  at::Tensor inputs = tokens.narrow(1, 0, t);
+  at::Tensor targets = tokens.narrow(1, 1, t);
+  at::Tensor hidden = model.hidden_full(inputs, 0);
+  return linear_cross_entropy(hidden.reshape({-1, hidden.size(-1)}), model.head_weight(), targets.reshape({-1}));
 }
 
 // ---- config -------------------------------------------------------------------------------------------------
@@ -718,8 +720,8 @@ TrainResult train_model(const TrainConfig& config_in, const TrainOptions& option
     model->load_weights([&](const std::string& name, const std::vector<int64_t>&) { return by_name.at(name); });
   }
   if (!c.init_from.empty() && !options.resume) {
-    init_from_model(c.init_from, c.model, *model);
-    spdlog::info("weights from {} (MLP width {} -> {})", c.init_from, load_model_config(c.init_from).d_ff, c.model.d_ff);
+    const ModelConfig src = init_from_model(c.init_from, c.model, *model);
+    spdlog::info("weights from {} (MLP width {} -> {})", c.init_from, src.d_ff, c.model.d_ff);
   }
   auto named = model->named_parameters();
   std::vector<at::Tensor> decay, no_decay, all;

@@ -74,6 +74,10 @@ TrainConfig load_train_config(const std::string& path, Family family);
 // at step == steps - 1 ... min_lr afterwards.
 double scheduled_lr(const TrainConfig& config, int64_t step);
 
+// The training loss of `batch` ([B, T + 1] token ids; inputs are the first T, targets the last T):
+// linear_cross_entropy of the model's final hidden states and output projection.
+at::Tensor lm_loss(const Decoder& model, const at::Tensor& batch, at::Device device);
+
 // Mean cross-entropy of the logits hidden @ weight^T against targets, computed chunk_rows rows at a time
 // (0 = sized for the device) without ever holding the [N, vocab] logits: with autograd on, the gradients of
 // hidden and weight are computed chunk by chunk in the forward pass and returned, scaled, by the backward.
@@ -116,8 +120,8 @@ struct TrainOptions {
 // Fills `model` (of config `target`, holding the run's random init) with the weights of the model folder `dir`
 // (init_from): same family and shape, except that target's MLP may be wider; the new units keep their random
 // input weights and get zero output weights, so that the model computes what the source computes. Throws
-// std::invalid_argument naming the folder and the field or tensor that differs.
-void init_from_model(const std::string& dir, const ModelConfig& target, Decoder& model);
+// std::invalid_argument naming the folder and the field or tensor that differs. Returns the source's config.
+ModelConfig init_from_model(const std::string& dir, const ModelConfig& target, Decoder& model);
 
 // Runs (or resumes) a training. Throws std::invalid_argument for bad inputs and std::runtime_error
 // when files cannot be read or written.

@@ -134,17 +134,16 @@ struct LossBenchArgs {
 // One training step's forward and backward (no optimizer) on `tokens` with the whole-logits loss (cross_entropy
 // of forward_full) or the chunked one (linear_cross_entropy); returns {seconds, loss}.
 std::pair<double, double> timed_step(const Decoder& d, const at::Tensor& tokens, bool chunked) {
-  const int64_t t = tokens.size(1) - 1;
-  const at::Tensor inputs = tokens.narrow(1, 0, t), targets = tokens.narrow(1, 1, t).reshape({-1});
   for (auto& [name, p] : d.named_parameters()) p.mutable_grad() = at::Tensor();
   const auto t0 = std::chrono::steady_clock::now();
   at::Tensor loss;
   if (chunked) {
-    const at::Tensor h = d.hidden_full(inputs);
-    loss = linear_cross_entropy(h.reshape({-1, h.size(-1)}), d.head_weight(), targets);
+    loss = lm_loss(d, tokens, d.device());  // the trainer's loss
   } else {
-    const at::Tensor logits = d.forward_full(inputs);
-    loss = torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(at::kFloat), targets);
+    const int64_t t = tokens.size(1) - 1;
+    const at::Tensor logits = d.forward_full(tokens.narrow(1, 0, t));
+    loss = torch::nn::functional::cross_entropy(logits.reshape({-1, logits.size(-1)}).to(at::kFloat),
+                                                tokens.narrow(1, 1, t).reshape({-1}));
   }
   loss.backward();
   const double l = loss.item<double>();  // waits for the device
