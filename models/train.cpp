@@ -133,6 +133,8 @@ json config_to_json(const TrainConfig& c) {
           {"prepend_bos", c.prepend_bos},
           {"copy_fraction", c.copy_fraction},
           {"copy_random", c.copy_random},
+          {"copy_substitute", c.copy_substitute},
+          {"copy_min_gap", c.copy_min_gap},
           {"copy_min_len", c.copy_min_len},
           {"copy_max_len", c.copy_max_len},
           {"threads", c.threads},
@@ -245,8 +247,8 @@ void fill_sequence(const std::vector<int32_t>& ids, int64_t offset, const TrainC
 
 int64_t text_tokens_per_sequence(const TrainConfig& c) { return c.seq_len + 1 - (c.prepend_bos ? 1 : 0); }
 
-// The longest copy span that fits twice in a row after BOS, at least one token apart.
-int64_t longest_copy_span(const TrainConfig& c) { return (text_tokens_per_sequence(c) - 2) / 2; }
+// The longest copy span that fits twice in a row after BOS, at least copy_min_gap + 1 tokens apart.
+int64_t longest_copy_span(const TrainConfig& c) { return (text_tokens_per_sequence(c) - 2 - c.copy_min_gap) / 2; }
 
 }  // namespace
 
@@ -271,11 +273,15 @@ at::Tensor training_batch(const std::vector<int32_t>& ids, const TrainConfig& c,
       const int64_t room = c.seq_len + 1 - first;
       const int64_t max_len = std::min(c.copy_max_len, longest_copy_span(c));
       const int64_t len = c.copy_min_len + static_cast<int64_t>(rng() % static_cast<uint64_t>(max_len - c.copy_min_len + 1));
-      const int64_t a = first + static_cast<int64_t>(rng() % static_cast<uint64_t>(room - 2 * len - 1));
-      const int64_t lo = a + len + 1, hi = c.seq_len + 1 - len;  // d in [lo, hi]
+      const int64_t a = first + static_cast<int64_t>(rng() % static_cast<uint64_t>(room - 2 * len - 1 - c.copy_min_gap));
+      const int64_t lo = a + len + 1 + c.copy_min_gap, hi = c.seq_len + 1 - len;  // d in [lo, hi]
       const int64_t d = lo + static_cast<int64_t>(rng() % static_cast<uint64_t>(hi - lo + 1));
       if (c.copy_random > 0 && u01(rng) < c.copy_random) {
         for (int64_t i = 0; i < len; ++i) row[a + i] = ids[rng() % ids.size()];
+      } else if (c.copy_substitute > 0) {
+        for (int64_t i = 0; i < len; ++i) {
+          if (u01(rng) < c.copy_substitute) row[a + i] = ids[rng() % ids.size()];
+        }
       }
       std::memmove(row + d, row + a, static_cast<size_t>(len) * sizeof(int64_t));
     }
@@ -517,7 +523,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   Fields f{j, source_name, ""};
   f.only({"model", "tokenizer", "train_text", "heldout_text", "train_ids", "heldout_ids", "init_from", "seq_len", "batch", "steps",
           "warmup", "lr", "min_lr", "weight_decay", "beta1", "beta2", "eps", "clip", "seed", "eval_interval",
-          "eval_batches", "checkpoint_interval", "log_interval", "prepend_bos", "copy_fraction", "copy_random", "copy_min_len",
+          "eval_batches", "checkpoint_interval", "log_interval", "prepend_bos", "copy_fraction", "copy_random", "copy_substitute", "copy_min_gap", "copy_min_len",
           "copy_max_len", "threads",
           "max_minutes", "device", "comment", "bos_id", "eos_id"});
   TrainConfig c;
@@ -607,6 +613,8 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   c.prepend_bos = f.boolean("prepend_bos", c.prepend_bos);
   c.copy_fraction = f.number("copy_fraction", c.copy_fraction, 0.0, 1.0);
   c.copy_random = f.number("copy_random", c.copy_random, 0.0, 1.0);
+  c.copy_substitute = f.number("copy_substitute", c.copy_substitute, 0.0, 1.0);
+  c.copy_min_gap = f.integer("copy_min_gap", c.copy_min_gap, 0);
   c.copy_min_len = f.integer("copy_min_len", c.copy_min_len, 1);
   c.copy_max_len = f.integer("copy_max_len", c.copy_max_len, 1);
   if (c.copy_max_len < c.copy_min_len) {
@@ -616,7 +624,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   const int64_t copy_room = longest_copy_span(c);
   if (c.copy_fraction > 0 && c.copy_min_len > copy_room) {
     throw std::invalid_argument(source_name + ": field 'copy_min_len' must be <= " + std::to_string(copy_room) +
-                                " (a span and its repeat fit in seq_len " + std::to_string(c.seq_len) + "), found " +
+                                " (a span and its repeat fit in seq_len " + std::to_string(c.seq_len) + ", copy_min_gap apart), found " +
                                 std::to_string(c.copy_min_len));
   }
   c.threads = static_cast<int>(f.integer("threads", c.threads, 0));

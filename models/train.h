@@ -53,6 +53,11 @@ struct TrainConfig {
   int64_t copy_max_len = 40;     // row's text tokens (seq_len + 1, less BOS), so that it and its repeat fit
   double copy_random = 0.0;      // fraction of those copy spans first filled with tokens drawn at random from the
                                  // corpus: only copying predicts their repeat (trains induction heads)
+  int64_t copy_min_gap = 0;      // tokens between a span's end and its repeat, at least (the repeat is placed
+                                 // uniformly in the room left); trains copying over long distances
+  double copy_substitute = 0.0;  // in the other (text) spans, each token is replaced by a random corpus token with
+                                 // this probability before the span is repeated: copies that go against the
+                                 // language prior ("... San Francisco is eat a sandwich"), in natural context
   int threads = 2;               // LibTorch intra-op threads on CPU
   double max_minutes = 0;        // stop early (and still write the model) after this wall time; 0 = no limit
   std::string device = "cpu";
@@ -66,7 +71,8 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
 
 // Training batch number `step` from the corpus `ids`: [batch, seq_len + 1] token ids, BOS first when
 // prepend_bos, and with probability copy_fraction a span of the row written again later in the same row
-// (copy_random of those spans first filled with random corpus tokens). Depends on (ids, config, step) only.
+// (copy_random of those spans first filled with random corpus tokens, the others with copy_substitute of their
+// tokens replaced by random ones). Depends on (ids, config, step) only.
 at::Tensor training_batch(const std::vector<int32_t>& ids, const TrainConfig& c, int64_t bos, int64_t step);
 TrainConfig load_train_config(const std::string& path, Family family);
 

@@ -386,4 +386,59 @@ TEST_CASE("copy task: every row repeats one span of the configured length later 
   c.copy_random = 1.0;
   const at::Tensor random_batch = training_batch(ids, c, 1, 17);
   CHECK_FALSE(at::equal(random_batch, batch));
+
+  // copy_substitute: some tokens of a text span are replaced (breaking the corpus's run of consecutive ids)
+  // before the span is repeated, and the repeat still equals the altered span.
+  c.copy_random = 0.0;
+  c.copy_substitute = 0.5;
+  const at::Tensor sub_batch = training_batch(ids, c, 1, 17);
+  int64_t substituted = 0;
+  for (int64_t b = 0; b < c.batch; ++b) {
+    const at::Tensor row_t = sub_batch[b];
+    const auto row = row_t.accessor<int64_t, 1>();
+    // The repeat: the last run that differs from the row's own (consecutive) text is where the span was written.
+    int64_t breaks = 0;
+    for (int64_t i = 2; i < 33; ++i) breaks += row[i] != row[i - 1] + 1 && !(row[i - 1] == 4002 && row[i] == 3);
+    substituted += breaks;
+    int64_t best = 0;
+    for (int64_t i = 1; i < 33; ++i) {
+      for (int64_t j = i + 1; j < 33; ++j) {
+        int64_t n = 0;
+        while (j + n < 33 && i + n < j && row[i + n] == row[j + n]) ++n;
+        best = std::max(best, n);
+      }
+    }
+    INFO("row " << b);
+    CHECK(best >= 6);  // the altered span is repeated whole
+  }
+  // A plain copy breaks the consecutive run at most 2 times (into and out of the repeat), plus the span's own
+  // substitutions, twice each where the span and its repeat are; half of 6-9 tokens per row are substituted.
+  CHECK(substituted > 4 * c.batch);
+
+  // copy_min_gap: the repeat starts at least copy_min_gap + 1 tokens after the span's end.
+  c.copy_substitute = 0.0;
+  c.copy_min_gap = 10;
+  const at::Tensor far_batch = training_batch(ids, c, 1, 17);
+  std::set<int64_t> gaps;
+  for (int64_t b = 0; b < c.batch; ++b) {
+    const at::Tensor row_t = far_batch[b];
+    const auto row = row_t.accessor<int64_t, 1>();
+    int64_t best = 0, gap = -1;
+    for (int64_t i = 1; i < 33; ++i) {
+      for (int64_t j = i + 1; j < 33; ++j) {
+        int64_t n = 0;
+        while (j + n < 33 && i + n < j && row[i + n] == row[j + n]) ++n;
+        if (n > best) best = n, gap = j - i - n;
+      }
+    }
+    INFO("row " << b << ": span " << best << ", gap " << gap);
+    REQUIRE(best >= 6);
+    CHECK(gap >= 11);
+    gaps.insert(gap);
+  }
+  CHECK(gaps.size() >= 3);  // still drawn, not fixed
+  REQUIRE_THROWS_WITH(parse_train_config(config_json(d, 10, ", \"copy_fraction\": 1.0, \"copy_min_len\": 6, \"copy_min_gap\": 20"),
+                                         "cfg.json", Family::llama),
+                      Catch::Contains("cfg.json: field 'copy_min_len' must be <= 5 (a span and its repeat fit in seq_len 32, "
+                                      "copy_min_gap apart), found 6"));
 }
