@@ -624,7 +624,8 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   const int64_t copy_room = longest_copy_span(c);
   if (c.copy_fraction > 0 && c.copy_min_len > copy_room) {
     throw std::invalid_argument(source_name + ": field 'copy_min_len' must be <= " + std::to_string(copy_room) +
-                                " (a span and its repeat fit in seq_len " + std::to_string(c.seq_len) + ", copy_min_gap apart), found " +
+                                " (a span and its repeat fit in seq_len " + std::to_string(c.seq_len) + " with copy_min_gap " +
+                                std::to_string(c.copy_min_gap) + " between them), found " +
                                 std::to_string(c.copy_min_len));
   }
   c.threads = static_cast<int>(f.integer("threads", c.threads, 0));

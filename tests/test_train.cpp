@@ -332,7 +332,7 @@ TEST_CASE("bad training configs name the field", "[train]") {
   // seq_len 32 after BOS leaves 32 tokens: a span and its repeat (one token apart at least) fit up to 15.
   REQUIRE_THROWS_WITH(parse_train_config(config_json(d, 10, ", \"copy_fraction\": 0.5, \"copy_min_len\": 16"), "cfg.json",
                                          Family::llama),
-                      Catch::Contains("field 'copy_min_len' must be <= 15 (a span and its repeat fit in seq_len 32), found 16"));
+                      Catch::Contains("field 'copy_min_len' must be <= 15 (a span and its repeat fit in seq_len 32 with copy_min_gap 0 between them), found 16"));
   REQUIRE_THROWS_WITH(parse_train_config("{\"tokenizer\": \"t\", \"train_text\": \"a\", \"heldout_text\": \"b\"}", "cfg.json",
                                          Family::llama),
                       Catch::Contains("cfg.json: field 'model' must be an object"));
@@ -439,6 +439,6 @@ TEST_CASE("copy task: every row repeats one span of the configured length later 
   CHECK(gaps.size() >= 3);  // still drawn, not fixed
   REQUIRE_THROWS_WITH(parse_train_config(config_json(d, 10, ", \"copy_fraction\": 1.0, \"copy_min_len\": 6, \"copy_min_gap\": 20"),
                                          "cfg.json", Family::llama),
-                      Catch::Contains("cfg.json: field 'copy_min_len' must be <= 5 (a span and its repeat fit in seq_len 32, "
-                                      "copy_min_gap apart), found 6"));
+                      Catch::Contains("cfg.json: field 'copy_min_len' must be <= 5 (a span and its repeat fit in seq_len 32 "
+                                      "with copy_min_gap 20 between them), found 6"));
 }
