@@ -21,7 +21,8 @@ void configure_threads(int intra_op_threads);
 // Keeps freed memory in the process (glibc: no mmap'ed blocks, no trimming) so that tensors of the next step
 // reuse pages already mapped. Where page faults are slow (this project's sandbox: a fresh 33 MB tensor cost
 // 110 ms of faults for 2 ms of arithmetic), a training step of the shipped Llama ran 1.44x faster with it
-// (sinkflow bench loss, whole-logits arms); the price is that the process keeps its peak heap. Call once, first thing in main(). No-op without glibc.
+// (sinkflow bench loss, whole-logits arms); the price is that the process keeps its peak heap. Call once, first
+// thing in main(). No-op without glibc.
 void keep_freed_memory();
 // Back to glibc's behaviour at its steady state (blocks above 32 MB mapped per allocation, the heap's top
 // trimmed above 64 MB): the other arm of `sinkflow bench loss`.

@@ -309,7 +309,6 @@ std::vector<at::Tensor> heldout_batches(const std::vector<int32_t>& ids, const T
   return out;
 }
 
-
 double heldout_loss(const Decoder& model, const std::vector<at::Tensor>& batches, at::Device device) {
   torch::NoGradGuard no_grad;
   double sum = 0;

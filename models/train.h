@@ -53,8 +53,8 @@ struct TrainConfig {
   int64_t copy_max_len = 40;     // row's text tokens (seq_len + 1, less BOS), so that it and its repeat fit
   double copy_random = 0.0;      // fraction of those copy spans first filled with tokens drawn at random from the
                                  // corpus: only copying predicts their repeat (trains induction heads)
-  int64_t copy_min_gap = 0;      // tokens between a span's end and its repeat, at least (the repeat is placed
-                                 // uniformly in the room left); trains copying over long distances
+  int64_t copy_min_gap = 0;      // the repeat starts more than this many tokens after the span's end (placed
+                                 // uniformly in the room left): copying over long distances
   double copy_substitute = 0.0;  // in the other (text) spans, each token is replaced by a random corpus token with
                                  // this probability before the span is repeated: copies that go against the
                                  // language prior ("... San Francisco is eat a sandwich"), in natural context

@@ -352,6 +352,29 @@ TEST_CASE("bad training configs name the field", "[train]") {
   REQUIRE_THROWS_WITH(parse_train_config("{", "cfg.json", Family::llama), Catch::Contains("cfg.json: not valid JSON"));
 }
 
+namespace {
+
+// The longest run of tokens in `row` equal to an earlier run (the copy: the corpus below never repeats itself),
+// and the number of tokens between that earlier run's end and the repeat's start.
+struct Repeat {
+  int64_t length = 0, gap = -1;
+};
+Repeat longest_repeat(const at::Tensor& row_tensor) {
+  const auto row = row_tensor.accessor<int64_t, 1>();
+  const int64_t n_tok = row_tensor.size(0);
+  Repeat best;
+  for (int64_t i = 1; i < n_tok; ++i) {
+    for (int64_t j = i + 1; j < n_tok; ++j) {
+      int64_t n = 0;
+      while (j + n < n_tok && i + n < j && row[i + n] == row[j + n]) ++n;
+      if (n > best.length) best = {n, j - i - n};
+    }
+  }
+  return best;
+}
+
+}  // namespace
+
 TEST_CASE("copy task: every row repeats one span of the configured length later in the row", "[train]") {
   const fs::path d = "/nonexistent";
   TrainConfig c = parse_train_config(config_json(d, 10, ", \"copy_fraction\": 1.0, \"copy_min_len\": 6, \"copy_max_len\": 9"),
@@ -366,15 +389,7 @@ TEST_CASE("copy task: every row repeats one span of the configured length later 
   for (int64_t b = 0; b < c.batch; ++b) {
     const at::Tensor row = batch[b];
     REQUIRE(row[0].item<int64_t>() == 1);  // BOS
-    // The longest run of tokens equal to an earlier run, at its start: the copy.
-    int64_t best = 0;
-    for (int64_t i = 1; i < 33; ++i) {
-      for (int64_t j = i + 1; j < 33; ++j) {
-        int64_t n = 0;
-        while (j + n < 33 && i + n < j && row[i + n].item<int64_t>() == row[j + n].item<int64_t>()) ++n;
-        best = std::max(best, n);
-      }
-    }
+    const int64_t best = longest_repeat(row).length;
     INFO("row " << b);
     REQUIRE(best >= 6);
     REQUIRE(best <= 9);  // the corpus never repeats itself: the longest repeat is the copy
@@ -396,20 +411,10 @@ TEST_CASE("copy task: every row repeats one span of the configured length later 
   for (int64_t b = 0; b < c.batch; ++b) {
     const at::Tensor row_t = sub_batch[b];
     const auto row = row_t.accessor<int64_t, 1>();
-    // The repeat: the last run that differs from the row's own (consecutive) text is where the span was written.
-    int64_t breaks = 0;
-    for (int64_t i = 2; i < 33; ++i) breaks += row[i] != row[i - 1] + 1 && !(row[i - 1] == 4002 && row[i] == 3);
-    substituted += breaks;
-    int64_t best = 0;
-    for (int64_t i = 1; i < 33; ++i) {
-      for (int64_t j = i + 1; j < 33; ++j) {
-        int64_t n = 0;
-        while (j + n < 33 && i + n < j && row[i + n] == row[j + n]) ++n;
-        best = std::max(best, n);
-      }
-    }
+    // Places where the row's text stops running through consecutive ids (4002 -> 3 is the corpus wrapping).
+    for (int64_t i = 2; i < 33; ++i) substituted += row[i] != row[i - 1] + 1 && !(row[i - 1] == 4002 && row[i] == 3);
     INFO("row " << b);
-    CHECK(best >= 6);  // the altered span is repeated whole
+    CHECK(longest_repeat(row_t).length >= 6);  // the altered span is repeated whole
   }
   // A plain copy breaks the consecutive run at most 2 times (into and out of the repeat), plus the span's own
   // substitutions, twice each where the span and its repeat are; half of 6-9 tokens per row are substituted.
@@ -421,20 +426,11 @@ TEST_CASE("copy task: every row repeats one span of the configured length later 
   const at::Tensor far_batch = training_batch(ids, c, 1, 17);
   std::set<int64_t> gaps;
   for (int64_t b = 0; b < c.batch; ++b) {
-    const at::Tensor row_t = far_batch[b];
-    const auto row = row_t.accessor<int64_t, 1>();
-    int64_t best = 0, gap = -1;
-    for (int64_t i = 1; i < 33; ++i) {
-      for (int64_t j = i + 1; j < 33; ++j) {
-        int64_t n = 0;
-        while (j + n < 33 && i + n < j && row[i + n] == row[j + n]) ++n;
-        if (n > best) best = n, gap = j - i - n;
-      }
-    }
-    INFO("row " << b << ": span " << best << ", gap " << gap);
-    REQUIRE(best >= 6);
-    CHECK(gap >= 11);
-    gaps.insert(gap);
+    const Repeat r = longest_repeat(far_batch[b]);
+    INFO("row " << b << ": span " << r.length << ", gap " << r.gap);
+    REQUIRE(r.length >= 6);
+    CHECK(r.gap >= 11);
+    gaps.insert(r.gap);
   }
   CHECK(gaps.size() >= 3);  // still drawn, not fixed
   REQUIRE_THROWS_WITH(parse_train_config(config_json(d, 10, ", \"copy_fraction\": 1.0, \"copy_min_len\": 6, \"copy_min_gap\": 20"),
