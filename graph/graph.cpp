@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "graph/validate.h"
+#include "nodes/resources.h"
 
 namespace sinkflow {
 
@@ -33,6 +34,7 @@ struct Pipeline::State {
   ResolvedPipeline resolved;                   // its kinds point into `kinds`
   std::vector<std::unique_ptr<NodeKind>> kinds;  // copies: the registry need not outlive the pipeline
   RunContext run;
+  Resources resources;  // built before the nodes, destroyed after them
   std::unique_ptr<Profiler> profiler;
   // Destruction runs bottom-up: instances (their TBB nodes) before the runtimes and the graph.
   std::unique_ptr<tbb::flow::graph> graph;
@@ -55,6 +57,7 @@ struct Pipeline::State {
       if (same == kinds.end()) same = kinds.insert(kinds.end(), std::make_unique<NodeKind>(*kind));
       kind = same->get();
     }
+    build_resources();
     if (options.profile) profiler = std::make_unique<Profiler>();
     graph = std::make_unique<tbb::flow::graph>();
     const size_t n = spec.nodes.size();
@@ -68,6 +71,7 @@ struct Pipeline::State {
       runtimes.push_back(std::make_unique<NodeRuntime>(node.name, kind.name, static_cast<uint32_t>(i), *graph, run,
                                                        profiler.get()));
       runtimes[i]->destinations.resize(kind.outputs.size());
+      runtimes[i]->fail_at = node.fail_at;
       if (kind.is_source()) {
         gates.push_back(std::make_unique<SourceGate>(node.max_in_flight > 0 ? node.max_in_flight
                                                                             : options.default_max_in_flight));
@@ -97,7 +101,8 @@ struct Pipeline::State {
     for (size_t i = 0; i < n; ++i) {
       const NodeSpec& node = spec.nodes[i];
       const NodeKind& kind = *resolved.kinds[i];
-      NodeContext context{*graph, run, *runtimes[i], kind, node.name, node.params, wheres[i], node.concurrency};
+      NodeContext context{*graph, run, resources, *runtimes[i], kind, node.name, node.params, wheres[i],
+                          node.concurrency};
       const std::string head = spec.where(node.line) + ": node '" + node.name + "' (" + kind.name + "): ";
       try {
         instances.push_back(kind.build(context));
@@ -123,6 +128,31 @@ struct Pipeline::State {
 
     spdlog::info("pipeline '{}': {} nodes, {} edges, profiling {}", spec.name, n, spec.edges.size(),
                  options.profile ? "on" : "off");
+  }
+
+  // Every declared resource, models first (an lm embedder names one), each named in errors by its file:line.
+  void build_resources() {
+    auto build = [&](const ResourceSpec& r, const char* section, auto add) {
+      const std::string head = spec.where(r.line) + ": resource '" + section + "." + r.name + "': ";
+      try {
+        add(r);
+      } catch (const std::invalid_argument& e) {
+        const std::string what = e.what();
+        throw std::invalid_argument(what.rfind(spec.where(0), 0) == 0 ? what : head + what);
+      } catch (const std::logic_error&) {
+        throw;
+      } catch (const std::exception& e) {
+        throw std::runtime_error(head + e.what());
+      }
+    };
+    for (const ResourceSpec& r : spec.models)
+      build(r, "models", [&](const ResourceSpec& x) {
+        resources.add_model(x.name, ModelResourceConfig::from_params(x.params, resource_subject("models", x.name)));
+      });
+    for (const ResourceSpec& r : spec.memories)
+      build(r, "memories", [&](const ResourceSpec& x) {
+        resources.add_memory(x.name, MemoryResourceConfig::from_params(x.params, resource_subject("memories", x.name)));
+      });
   }
 
   void execute() {
@@ -176,6 +206,7 @@ Pipeline::~Pipeline() = default;
 
 const PipelineSpec& Pipeline::spec() const { return state_->spec; }
 RunContext& Pipeline::context() { return state_->run; }
+const Resources& Pipeline::resources() const { return state_->resources; }
 void Pipeline::request_stop() noexcept { state_->run.request_stop(); }
 
 void Pipeline::run() { state_->execute(); }

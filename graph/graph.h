@@ -69,7 +69,8 @@ class Pipeline {
   Pipeline& operator=(const Pipeline&) = delete;
 
   const PipelineSpec& spec() const;
-  RunContext& context();             // counters, stop flag, shared objects
+  RunContext& context();             // counters, stop flag
+  const Resources& resources() const;  // the models and memories built before the nodes
   void request_stop() noexcept;      // context().request_stop(): async-signal-safe
 
   // Runs to completion (see the top of this file). Once per Pipeline (std::logic_error otherwise).

@@ -2,6 +2,7 @@
 // graph/yaml_spec.h or in code; checked by graph/validate.h; built and run by graph/graph.h.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -16,12 +17,13 @@ struct NodeSpec {
   int concurrency = 1;    // bodies running at once: 1 = serial, 0 = unlimited
   int max_in_flight = 0;  // sources only: messages caused by this source queued or running downstream
                           // at most (the backpressure bound); 0 = RunOptions::default_max_in_flight
+  int64_t fail_at = 0;    // tests: the runner makes the node's n-th body run (1-based) throw; 0 = never
   int line = 0;           // line of the node's entry in source_file; 0 = built in code
 
   // Compares content (name, kind, params, concurrency, max_in_flight), not where it was written.
   bool operator==(const NodeSpec& o) const {
     return name == o.name && kind == o.kind && params == o.params && concurrency == o.concurrency &&
-           max_in_flight == o.max_in_flight;
+           max_in_flight == o.max_in_flight && fail_at == o.fail_at;
   }
 };
 
@@ -42,9 +44,20 @@ struct EdgeSpec {
   }
 };
 
+// A resource declared once under `resources:` (models: or memories:) and named by nodes; its parameters are
+// read by nodes/resources.h (ModelResourceConfig, MemoryResourceConfig).
+struct ResourceSpec {
+  std::string name;  // the key: letters, digits, '_' and '-'
+  ParamMap params;   // {path: ..., device: ...} or {dir: ..., embedder: {...}}
+  int line = 0;      // 0 = built in code
+  bool operator==(const ResourceSpec& o) const { return name == o.name && params == o.params; }
+};
+
 struct PipelineSpec {
   std::string name;
   std::string source_file;      // the YAML file it came from; empty = built in code
+  std::vector<ResourceSpec> models;    // resources.models, in file order
+  std::vector<ResourceSpec> memories;  // resources.memories, in file order
   std::vector<NodeSpec> nodes;  // in file order
   std::vector<EdgeSpec> edges;
 
@@ -65,7 +78,9 @@ struct PipelineSpec {
   }
 
   // Same name, nodes and edges (in order); source_file and lines are ignored.
-  bool operator==(const PipelineSpec& o) const { return name == o.name && nodes == o.nodes && edges == o.edges; }
+  bool operator==(const PipelineSpec& o) const {
+    return name == o.name && models == o.models && memories == o.memories && nodes == o.nodes && edges == o.edges;
+  }
 };
 
 }  // namespace sinkflow

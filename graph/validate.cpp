@@ -6,6 +6,8 @@
 #include <queue>
 #include <stdexcept>
 
+#include "nodes/resources.h"
+
 namespace sinkflow {
 
 namespace {
@@ -42,9 +44,19 @@ size_t resolve_port(const PipelineSpec& spec, const EdgeSpec& edge, const NodeSp
 
 }  // namespace
 
+std::string resource_subject(const std::string& section, const std::string& name) {
+  return "resource '" + section + "." + name + "'";
+}
+
 ResolvedPipeline validate_pipeline(const PipelineSpec& spec, const Registry& registry) {
   ResolvedPipeline out;
   std::map<std::string, size_t> index;
+
+  // Resources: parameters only (nothing is loaded here).
+  for (const ResourceSpec& r : spec.models)
+    ModelResourceConfig::from_params(r.params, resource_subject("models", r.name)).validate();
+  for (const ResourceSpec& r : spec.memories)
+    MemoryResourceConfig::from_params(r.params, resource_subject("memories", r.name)).validate();
 
   // Nodes: names, kinds, node-level settings, parameters.
   for (size_t i = 0; i < spec.nodes.size(); ++i) {
@@ -71,6 +83,9 @@ ResolvedPipeline validate_pipeline(const PipelineSpec& spec, const Registry& reg
       throw std::invalid_argument(where + ": " + subject + " 'concurrency': expected 1 (" +
                                   (kind->is_source() ? "sources run serially" : "this kind is serial only") +
                                   "), found " + std::to_string(node.concurrency));
+    if (node.fail_at < 0)
+      throw std::invalid_argument(where + ": " + subject + " 'fail_at': expected an integer >= 0 (0 = never), found " +
+                                  std::to_string(node.fail_at));
     if (node.max_in_flight < 0 || (node.max_in_flight > 0 && !kind->is_source()))
       throw std::invalid_argument(where + ": " + subject + " 'max_in_flight': expected " +
                                   (kind->is_source() ? "an integer >= 1 (0 = default)" : "nothing (sources only)") +

@@ -29,6 +29,10 @@ struct ResolvedPipeline {
 // max_in_flight, a parameter the kind rejects (unknown, missing, wrong type, out of range), an edge
 // endpoint that names no node (dangling), an unknown or ambiguous port, ports of different message
 // types (both named), a duplicate edge, and a cycle that enters no step-boundary input port.
+// Resources are checked too (their parameters, without loading anything).
 ResolvedPipeline validate_pipeline(const PipelineSpec& spec, const Registry& registry);
+
+// "resource 'models.lm'": how messages name a resource (ParamOrigin subject).
+std::string resource_subject(const std::string& section, const std::string& name);
 
 }  // namespace sinkflow

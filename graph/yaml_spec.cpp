@@ -186,19 +186,57 @@ EdgeSpec parse_edge(const YAML::Node& n, const std::string& file) {
   return edge;
 }
 
+// `resources: {models: {NAME: {...}}, memories: {NAME: {...}}}` into the two lists (a name already there has its
+// parameters merged: a config's resources refine its pipeline's).
+void parse_resources(const YAML::Node& n, const std::string& file, std::vector<ResourceSpec>& models,
+                     std::vector<ResourceSpec>& memories) {
+  if (n.IsNull()) return;
+  if (!n.IsMap()) fail(file, n, "'resources': expected a map with models: and memories:, found " + describe(n));
+  check_keys(n, file, "resources", {"models", "memories"});
+  for (const char* section : {"models", "memories"}) {
+    const YAML::Node list = n[section];
+    if (!list || list.IsNull()) continue;
+    if (!list.IsMap())
+      fail(file, list, std::string("'resources.") + section + "': expected a map NAME -> {...}, found " + describe(list));
+    std::vector<ResourceSpec>& out = std::string(section) == "models" ? models : memories;
+    std::vector<std::string> seen;
+    for (auto it = list.begin(); it != list.end(); ++it) {
+      const std::string name = get_string(it->first, file, std::string("'resources.") + section + "' key");
+      if (!is_name(name))
+        fail(file, it->first, "resource name '" + name + "': expected letters, digits, '_' and '-' only");
+      if (std::find(seen.begin(), seen.end(), name) != seen.end())
+        fail(file, it->first, std::string("duplicate resource 'resources.") + section + "." + name + "'");
+      seen.push_back(name);
+      const std::string what = std::string("resource '") + section + "." + name + "'";
+      if (!it->second.IsMap())
+        fail(file, it->second.IsNull() ? it->first : it->second, what + ": expected a map {param: value}, found " +
+                                                                     describe(it->second));
+      ParamMap params = to_param_map(it->second, file, what);
+      params.set_where(at(file, it->first));
+      auto same = std::find_if(out.begin(), out.end(), [&](const ResourceSpec& r) { return r.name == name; });
+      if (same != out.end()) {
+        same->params.merge(params);
+      } else {
+        out.push_back(ResourceSpec{name, std::move(params), line_of(it->first)});
+      }
+    }
+  }
+}
+
 PipelineSpec pipeline_from_yaml(const YAML::Node& root, const std::string& file) {
   if (!root.IsMap()) fail(file, root, "expected a pipeline (a map with 'nodes:'), found " + describe(root));
-  check_keys(root, file, "pipeline", {"name", "description", "nodes", "edges"});
+  check_keys(root, file, "pipeline", {"name", "description", "resources", "nodes", "edges"});
   PipelineSpec spec;
   spec.source_file = file;
   spec.name = root["name"] ? get_string(root["name"], file, "pipeline 'name'") : fs::path(file).stem().string();
+  if (const YAML::Node resources = root["resources"]) parse_resources(resources, file, spec.models, spec.memories);
 
   const YAML::Node nodes = root["nodes"];
   if (!nodes) fail(file, root, "pipeline '" + spec.name + "' has no 'nodes:' list");
   if (!nodes.IsSequence()) fail(file, nodes, "'nodes': expected a list of nodes, found " + describe(nodes));
   for (const auto& n : nodes) {
     if (!n.IsMap()) fail(file, n, "node: expected a map with name:, kind: and params:, found " + describe(n));
-    check_keys(n, file, "node", {"name", "kind", "concurrency", "max_in_flight", "params", "description"});
+    check_keys(n, file, "node", {"name", "kind", "concurrency", "max_in_flight", "fail_at", "params", "description"});
     NodeSpec node;
     node.line = line_of(n);
     if (!n["name"]) fail(file, n, "node: missing 'name:'");
@@ -210,6 +248,7 @@ PipelineSpec pipeline_from_yaml(const YAML::Node& root, const std::string& file)
     node.kind = get_string(n["kind"], file, what + " 'kind'");
     if (n["concurrency"]) node.concurrency = get_int(n["concurrency"], file, what + " 'concurrency'");
     if (n["max_in_flight"]) node.max_in_flight = get_int(n["max_in_flight"], file, what + " 'max_in_flight'");
+    if (n["fail_at"]) node.fail_at = get_int(n["fail_at"], file, what + " 'fail_at'");
     node.params = ParamMap(at(file, n));
     if (const YAML::Node params = n["params"]) {
       if (params.IsMap()) {
@@ -233,12 +272,13 @@ PipelineSpec pipeline_from_yaml(const YAML::Node& root, const std::string& file)
 
 ConfigSpec config_from_yaml(const YAML::Node& root, const std::string& file) {
   if (!root.IsMap()) fail(file, root, "expected a config (a map with 'pipeline:'), found " + describe(root));
-  check_keys(root, file, "config", {"pipeline", "description", "params", "run"});
+  check_keys(root, file, "config", {"pipeline", "description", "resources", "params", "run"});
   ConfigSpec config;
   config.source_file = file;
   if (!root["pipeline"]) fail(file, root, "config has no 'pipeline:' (the name of a pipeline in pipelines/)");
   config.pipeline = get_string(root["pipeline"], file, "'pipeline'");
   config.pipeline_line = line_of(root["pipeline"]);
+  if (const YAML::Node resources = root["resources"]) parse_resources(resources, file, config.models, config.memories);
   if (const YAML::Node params = root["params"]) {
     if (!params.IsMap() && !params.IsNull())
       fail(file, params, "'params': expected a map node name -> {param: value}, found " + describe(params));
@@ -309,6 +349,18 @@ ConfigSpec load_config(const std::string& path, const std::vector<fs::path>& pip
 }
 
 void apply_config_params(PipelineSpec& pipeline, const ConfigSpec& config) {
+  auto merge = [](std::vector<ResourceSpec>& into, const std::vector<ResourceSpec>& over) {
+    for (const ResourceSpec& r : over) {
+      auto same = std::find_if(into.begin(), into.end(), [&](const ResourceSpec& x) { return x.name == r.name; });
+      if (same != into.end()) {
+        same->params.merge(r.params);
+      } else {
+        into.push_back(r);
+      }
+    }
+  };
+  merge(pipeline.models, config.models);
+  merge(pipeline.memories, config.memories);
   for (const auto& [node_name, over] : config.params) {
     NodeSpec* node = pipeline.find_node(node_name);
     if (!node)
@@ -365,30 +417,50 @@ void apply_set_override(PipelineSpec& pipeline, const std::string& assignment) {
   }
   if (eq == std::string::npos || path.size() < 2 ||
       std::any_of(path.begin(), path.end(), [](const std::string& p) { return !is_name(p); }))
-    throw std::invalid_argument(where + ": expected NODE.PARAM=VALUE (e.g. model.n_sink=4) or NODE.concurrency=N");
+    throw std::invalid_argument(where + ": expected NODE.PARAM=VALUE (e.g. model.cache.n_sink=4), NODE.concurrency=N "
+                                "or resources.models|memories.NAME.PARAM=VALUE");
+  auto nest = [&](size_t first) {  // path[first..] = value, as a map
+    ParamValue value = parse_param_value(assignment.substr(eq + 1), where);
+    for (size_t i = path.size() - 1; i > first; --i) {
+      ParamMap m(where);
+      m.set(path[i], std::move(value));
+      value = ParamValue(std::move(m), where);
+    }
+    ParamMap over(where);
+    over.set(path[first], std::move(value));
+    return over;
+  };
+  if (path[0] == "resources") {
+    if (path.size() < 4 || (path[1] != "models" && path[1] != "memories"))
+      throw std::invalid_argument(where + ": expected resources.models.NAME.PARAM=VALUE or "
+                                  "resources.memories.NAME.PARAM=VALUE");
+    std::vector<ResourceSpec>& list = path[1] == "models" ? pipeline.models : pipeline.memories;
+    auto it = std::find_if(list.begin(), list.end(), [&](const ResourceSpec& r) { return r.name == path[2]; });
+    if (it == list.end()) {
+      std::vector<std::string> names;
+      for (const ResourceSpec& r : list) names.push_back(r.name);
+      throw std::invalid_argument(where + ": pipeline '" + pipeline.name + "' declares no resource '" + path[1] + "." +
+                                  path[2] + "'; its " + path[1] + ": " + (names.empty() ? "none" : join(names, ", ")));
+    }
+    it->params.merge(nest(3));
+    return;
+  }
   NodeSpec* node = pipeline.find_node(path[0]);
   if (!node)
     throw std::invalid_argument(where + ": pipeline '" + pipeline.name + "' has no node '" + path[0] +
                                 "'; its nodes: " + node_names(pipeline));
-  // Node settings (not parameters): NODE.concurrency and NODE.max_in_flight. No node kind has a parameter of
-  // either name, so the two cannot be confused; their ranges are checked by validate_pipeline.
-  if (path.size() == 2 && (path[1] == "concurrency" || path[1] == "max_in_flight")) {
+  // Node settings (not parameters): NODE.concurrency, NODE.max_in_flight and NODE.fail_at. No node kind has a
+  // parameter of those names, so they cannot be confused; their ranges are checked by validate_pipeline.
+  if (path.size() == 2 && (path[1] == "concurrency" || path[1] == "max_in_flight" || path[1] == "fail_at")) {
     const std::string text = trim(assignment.substr(eq + 1));
     const ParamValue v = typed_scalar(text, true, where);  // as get_int reads the YAML keys
     if (v.type() != ParamValue::Type::integer || v.as_int() < INT32_MIN || v.as_int() > INT32_MAX)
       throw std::invalid_argument(where + ": node setting '" + path[1] + "' expects an integer, found '" + text + "'");
-    (path[1] == "concurrency" ? node->concurrency : node->max_in_flight) = static_cast<int>(v.as_int());
+    if (path[1] == "fail_at") node->fail_at = v.as_int();
+    else (path[1] == "concurrency" ? node->concurrency : node->max_in_flight) = static_cast<int>(v.as_int());
     return;
   }
-  ParamValue value = parse_param_value(assignment.substr(eq + 1), where);
-  for (size_t i = path.size() - 1; i >= 2; --i) {
-    ParamMap m(where);
-    m.set(path[i], std::move(value));
-    value = ParamValue(std::move(m), where);
-  }
-  ParamMap over(where);
-  over.set(path[1], std::move(value));
-  node->params.merge(over);
+  node->params.merge(nest(1));
 }
 
 RunSpec load_run_spec(const std::string& path, const std::vector<std::string>& set_overrides,

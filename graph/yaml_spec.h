@@ -5,11 +5,15 @@
 // A pipeline file (pipelines/NAME.yaml):
 //   name: stream                      # defaults to the file's stem
 //   description: ...                  # optional, ignored
+//   resources:                        # optional: what nodes share, declared once (nodes/resources.h)
+//     models:   {lm: {path: data/models/sinkflow-llama}}
+//     memories: {mem: {dir: out/memory/stream, embedder: {kind: hash, dim: 384}}}
 //   nodes:
 //     - name: src                     # required, unique; letters, digits, '_' and '-'
 //       kind: token-source            # required, a registered kind
 //       concurrency: 1                # optional: 1 = serial (default), 0 = unlimited
 //       max_in_flight: 16             # optional, sources only: the backpressure bound
+//       fail_at: 0                    # optional, tests: the node's n-th body run throws (0 = never)
 //       params: {path: data/x.txt}    # optional, the kind's parameters
 //   edges:
 //     - src.tokens -> model.tokens    # "node.port -> node.port"; ".port" may be left out when the node
@@ -18,6 +22,7 @@
 // A config file (configs/NAME.yaml):
 //   pipeline: stream                  # pipelines/stream.yaml, looked up next to the config
 //                                     # (<config dir>/../pipelines), then in the given pipeline dirs
+//   resources: {models: {lm: {path: DIR}}}  # merged into the pipeline's resources of the same name (or added)
 //   params:                           # overrides, per node name: merged into the pipeline's params
 //     model: {n_sink: 4}
 //   run: {json: true}                 # optional run settings for the launcher, as a ParamMap
@@ -45,6 +50,8 @@ struct ConfigSpec {
   std::string pipeline;       // as written
   std::string pipeline_file;  // resolved path (load_config); empty from parse_config
   int pipeline_line = 0;
+  std::vector<ResourceSpec> models;    // resources: added to the pipeline's, or merged into those of the same name
+  std::vector<ResourceSpec> memories;
   std::vector<std::pair<std::string, ParamMap>> params;  // node name -> overrides; ParamMap::where() = its line
   ParamMap run;               // run settings (empty when absent)
 };
@@ -60,9 +67,11 @@ ConfigSpec parse_config(const std::string& yaml_text, const std::string& source_
 // config's line.
 void apply_config_params(PipelineSpec& pipeline, const ConfigSpec& config);
 
-// Applies one launcher override "node.param=value" (or "node.map.key=value" into a nested map); the value
-// is parsed as a YAML scalar or flow collection ("4", "true", "[1, 2]", "{a: 1}"). Its location in messages
-// is "--set node.param=value".
+// Applies one launcher override "node.param=value" (or "node.map.key=value" into a nested map), a node setting
+// "node.concurrency=N" / "node.max_in_flight=N" / "node.fail_at=N", or a resource parameter
+// "resources.models.NAME.param=value" / "resources.memories.NAME.param=value" (the resource must be declared);
+// the value is parsed as a YAML scalar or flow collection ("4", "true", "[1, 2]", "{a: 1}"). Its location in
+// messages is "--set node.param=value".
 void apply_set_override(PipelineSpec& pipeline, const std::string& assignment);
 
 // Parses `text` as a YAML value (scalar or flow collection) into a ParamValue located at `where`.

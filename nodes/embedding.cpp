@@ -3,6 +3,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "nodes/messages.h"
+#include "nodes/resources.h"
 #include "nodes/stage.h"
 
 namespace sinkflow {
@@ -10,15 +11,12 @@ namespace sinkflow {
 EmbeddingConfig EmbeddingConfig::from_params(const ParamMap& params, const std::string& where) {
   EmbeddingConfig c;
   ParamReader r(params, where, c.origin);
-  c.memory_params.read(r);
-  r.read("fail_at", c.fail_at);
+  r.require("memory", c.memory);
   r.done();
   return c;
 }
 
 void EmbeddingConfig::validate() const {
-  memory_params.validate(origin);
-  origin.require(fail_at >= 0, "fail_at", "an integer >= 0", fail_at);
 }
 
 namespace {
@@ -28,13 +26,12 @@ class Embedding : public NodeInstance {
   Embedding(const NodeContext& context, EmbeddingConfig config)
       : NodeInstance(context),
         config_(std::move(config)),
-        memory_(shared_memory(context.run, config_.memory_params)),
+        memory_(context.resources.memory(config_.memory, config_.origin, "memory")),
         stage_(*this, [this](const ChunkBatch& b, Emitter<ChunkBatch>& out) { on_batch(b, out); }) {}
 
  private:
   void on_batch(const ChunkBatch& b, Emitter<ChunkBatch>& out) {
     c10::InferenceMode guard;
-    check_fail_at(config_.fail_at, ++messages_);
     ChunkBatch c = b;
     std::vector<std::string> texts;
     for (const Chunk& chunk : c.chunks) texts.push_back(chunk.text);
@@ -43,8 +40,7 @@ class Embedding : public NodeInstance {
   }
 
   EmbeddingConfig config_;
-  std::shared_ptr<SharedMemory> memory_;
-  std::atomic<int64_t> messages_{0};
+  std::shared_ptr<MemoryResource> memory_;
   Stage<In<ChunkBatch>, Out<ChunkBatch>> stage_;
 };
 

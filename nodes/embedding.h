@@ -8,13 +8,11 @@
 
 #include "nodes/node_kind.h"
 #include "nodes/param_map.h"
-#include "nodes/resources.h"
 
 namespace sinkflow {
 
 struct EmbeddingConfig {
-  MemoryParams memory_params;  // memory_dir, embedder, embed_dim, embedder_model, reset
-  int64_t fail_at = 0;         // tests: throw at this message (1-based); 0 = never
+  std::string memory;          // memory resource (required)
   ParamOrigin origin;
 
   static EmbeddingConfig from_params(const ParamMap& params, const std::string& where);

@@ -3,7 +3,7 @@
 #include <c10/core/InferenceMode.h>
 #include <spdlog/spdlog.h>
 
-#include "models/memory_path.h"
+#include "models/memory/memory_path.h"
 #include "nodes/messages.h"
 #include "nodes/resources.h"
 #include "nodes/stage.h"
@@ -16,7 +16,6 @@ EvictionConfig EvictionConfig::from_params(const ParamMap& params, const std::st
   r.require("model", c.model);
   r.read("chunk_size", c.chunk_size);
   r.read("overlap", c.overlap);
-  r.read("fail_at", c.fail_at);
   r.done();
   return c;
 }
@@ -24,7 +23,6 @@ EvictionConfig EvictionConfig::from_params(const ParamMap& params, const std::st
 void EvictionConfig::validate() const {
   origin.require(chunk_size >= 1, "chunk_size", "an integer >= 1", chunk_size);
   origin.require(overlap >= 0 && overlap < chunk_size, "overlap", "an integer in [0, chunk_size)", overlap);
-  origin.require(fail_at >= 0, "fail_at", "an integer >= 0", fail_at);
 }
 
 namespace {
@@ -34,7 +32,7 @@ class Eviction : public NodeInstance {
   Eviction(const NodeContext& context, EvictionConfig config)
       : NodeInstance(context),
         config_(std::move(config)),
-        tokenizer_(shared_tokenizer(context.run, config_.model)),
+        tokenizer_(context.resources.model(config_.model, config_.origin, "model")->tokenizer),
         chunker_(config_.chunk_size, config_.overlap),
         stage_(*this, [this](const EvictedBatch& b, Emitter<ChunkBatch>& out) { on_batch(b, out); }) {
     spdlog::info("eviction '{}': chunk_size={} overlap={}", name(), config_.chunk_size, config_.overlap);
@@ -43,7 +41,6 @@ class Eviction : public NodeInstance {
  private:
   void on_batch(const EvictedBatch& b, Emitter<ChunkBatch>& out) {
     c10::InferenceMode guard;
-    check_fail_at(config_.fail_at, ++messages_);
     ChunkBatch c;
     c.seq = b.seq;
     c.step = b.step;
@@ -61,7 +58,6 @@ class Eviction : public NodeInstance {
   EvictionConfig config_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   Chunker chunker_;
-  int64_t messages_ = 0;
   Stage<In<EvictedBatch>, Out<ChunkBatch>> stage_;
 };
 

@@ -15,10 +15,9 @@
 namespace sinkflow {
 
 struct EvictionConfig {
-  std::string model;        // model folder whose tokenizer decodes the chunks (required)
+  std::string model;        // model resource whose tokenizer decodes the chunks (required)
   int64_t chunk_size = 32;  // tokens per chunk, >= 1
   int64_t overlap = 0;      // tokens repeated from the previous chunk, in [0, chunk_size)
-  int64_t fail_at = 0;      // tests: throw at this message (1-based); 0 = never
   ParamOrigin origin;
 
   static EvictionConfig from_params(const ParamMap& params, const std::string& where);

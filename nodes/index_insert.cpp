@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "nodes/messages.h"
+#include "nodes/resources.h"
 #include "nodes/stage.h"
 
 namespace sinkflow {
@@ -10,17 +11,14 @@ namespace sinkflow {
 IndexInsertConfig IndexInsertConfig::from_params(const ParamMap& params, const std::string& where) {
   IndexInsertConfig c;
   ParamReader r(params, where, c.origin);
-  c.memory_params.read(r);
+  r.require("memory", c.memory);
   r.read("flush_every", c.flush_every);
-  r.read("fail_at", c.fail_at);
   r.done();
   return c;
 }
 
 void IndexInsertConfig::validate() const {
-  memory_params.validate(origin);
   origin.require(flush_every >= 0, "flush_every", "an integer >= 0", flush_every);
-  origin.require(fail_at >= 0, "fail_at", "an integer >= 0", fail_at);
 }
 
 namespace {
@@ -30,7 +28,7 @@ class IndexInsert : public NodeInstance {
   IndexInsert(const NodeContext& context, IndexInsertConfig config)
       : NodeInstance(context),
         config_(std::move(config)),
-        memory_(shared_memory(context.run, config_.memory_params)),
+        memory_(context.resources.memory(config_.memory, config_.origin, "memory")),
         stage_(*this, [this](const ChunkBatch& b, Emitter<int64_t>& out) { on_batch(b, out); }) {}
 
   void finish() override {
@@ -40,7 +38,6 @@ class IndexInsert : public NodeInstance {
 
  private:
   void on_batch(const ChunkBatch& b, Emitter<int64_t>& out) {
-    check_fail_at(config_.fail_at, ++messages_);
     if (b.embeddings.size() != b.chunks.size())
       throw std::invalid_argument("chunk batch " + std::to_string(b.step) + ": expected one embedding per chunk (" +
                                   std::to_string(b.chunks.size()) + "), found " + std::to_string(b.embeddings.size()) +
@@ -56,8 +53,7 @@ class IndexInsert : public NodeInstance {
   }
 
   IndexInsertConfig config_;
-  std::shared_ptr<SharedMemory> memory_;
-  int64_t messages_ = 0;
+  std::shared_ptr<MemoryResource> memory_;
   int64_t added_ = 0;
   Stage<In<ChunkBatch>, Out<int64_t>> stage_;
 };

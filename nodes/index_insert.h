@@ -11,14 +11,12 @@
 
 #include "nodes/node_kind.h"
 #include "nodes/param_map.h"
-#include "nodes/resources.h"
 
 namespace sinkflow {
 
 struct IndexInsertConfig {
-  MemoryParams memory_params;  // memory_dir, embedder, embed_dim, embedder_model, reset
+  std::string memory;          // memory resource (required)
   int64_t flush_every = 0;     // also flush the store every this many chunks; 0 = only at the end
-  int64_t fail_at = 0;         // tests: throw at this message (1-based); 0 = never
   ParamOrigin origin;
 
   static IndexInsertConfig from_params(const ParamMap& params, const std::string& where);

@@ -5,6 +5,7 @@
 //   token-source --TokenBlock--> model-step --StepResult--> text-out, metrics
 //                                model-step --EvictedBatch--> eviction --ChunkBatch--> embedding --ChunkBatch-->
 //                                  index-insert
+//                                index-insert --int64 (indexed)--> retrieve.indexed
 //                                model-step --Query--> retrieve --Retrieval--> re-inject --Retrieval-->
 //                                  model-step.inject (step boundary)
 #pragma once
@@ -14,9 +15,9 @@
 #include <string>
 #include <vector>
 
-#include "models/chunk_store.h"
-#include "models/kv_cache.h"
-#include "models/memory_path.h"
+#include "models/memory/chunk_store.h"
+#include "models/cache/kv_cache.h"
+#include "models/memory/memory_path.h"
 
 namespace sinkflow {
 
@@ -60,8 +61,12 @@ struct ChunkBatch {
 // A retrieval request (model-step -> retrieve).
 struct Query {
   int64_t seq = 0;
-  int64_t step = 0;   // stream position when the query was made
-  std::string text;   // the query text: a user turn (trigger `turn`) or recent text (trigger `always`)
+  int64_t step = 0;       // stream position when the query was made
+  std::string text;       // the query text: a user turn (trigger `turn`) or recent text (trigger `always`)
+  int64_t id = 0;         // model-step's query counter, 0, 1, 2, ...
+  bool sync = false;      // a turn waits for the answer: retrieve replies even with no hits
+  int64_t wait_for = -1;  // sync: retrieve first waits until index-insert has stored this EvictedBatch step
+  bool load_kv = false;   // the chunks' stored K/V are wanted (model-step injects kv)
 };
 
 // Retrieved chunks for a query (retrieve -> re-inject -> model-step.inject).
@@ -69,6 +74,8 @@ struct Retrieval {
   int64_t seq = 0;
   int64_t step = 0;              // the Query's step
   std::vector<Retrieved> hits;   // best first: score, chunk id, tokens, text, kv (kv mode only)
+  int64_t query_id = 0;          // the Query's id
+  bool sync = false;             // the answer to a sync Query (always delivered, maybe without hits)
 };
 
 }  // namespace sinkflow

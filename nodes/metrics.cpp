@@ -14,12 +14,11 @@ MetricsConfig MetricsConfig::from_params(const ParamMap& params, const std::stri
   MetricsConfig c;
   ParamReader r(params, where, c.origin);
   r.read("log", c.log);
-  r.read("fail_at", c.fail_at);
   r.done();
   return c;
 }
 
-void MetricsConfig::validate() const { origin.require(fail_at >= 0, "fail_at", "an integer >= 0", fail_at); }
+void MetricsConfig::validate() const {}
 
 namespace {
 
@@ -46,7 +45,6 @@ class Metrics : public NodeInstance {
 
  private:
   void on_step(const StepResult& r) {
-    check_fail_at(config_.fail_at, ++messages_);
     if (r.end_of_turn) ++answers_;
     if (r.tokens.empty()) return;
     const Clock::time_point now = r.produced == Clock::time_point{} ? Clock::now() : r.produced;
@@ -57,7 +55,7 @@ class Metrics : public NodeInstance {
 
   MetricsConfig config_;
   Clock::time_point created_, first_, last_;
-  int64_t messages_ = 0, tokens_ = 0, answers_ = 0;
+  int64_t tokens_ = 0, answers_ = 0;
   Stage<In<StepResult>, Out<>> stage_;
 };
 

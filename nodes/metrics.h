@@ -14,7 +14,6 @@ namespace sinkflow {
 
 struct MetricsConfig {
   bool log = true;        // log the summary line at the end of the run
-  int64_t fail_at = 0;    // tests: throw at this message (1-based); 0 = never
   ParamOrigin origin;
 
   static MetricsConfig from_params(const ParamMap& params, const std::string& where);

@@ -135,6 +135,7 @@ class NodeRuntime {
   tbb::flow::graph& graph;
   RunContext& run;
   Profiler* const profiler;  // nullptr = profiling off
+  int64_t fail_at = 0;       // tests (NodeSpec::fail_at): the fail_at-th body run throws instead; 0 = never
 
   // Wiring, set by the builder before the run.
   std::vector<std::vector<Destination>> destinations;  // per output port: who receives its messages
@@ -172,7 +173,12 @@ class NodeRuntime {
   void execute(F& body) noexcept {
     if (run.failed()) return;  // the graph is being cancelled: drain without work
     const int32_t depth = static_cast<int32_t>(in_flight_.load(std::memory_order_relaxed));
-    executions_.fetch_add(1, std::memory_order_relaxed);
+    const int64_t n = executions_.fetch_add(1, std::memory_order_relaxed) + 1;
+    if (fail_at > 0 && n == fail_at) {
+      fail(std::make_exception_ptr(
+          std::runtime_error("fail_at: injected failure at message " + std::to_string(n))));
+      return;
+    }
     if (profiler) {
       const int64_t t0 = profiler->now_ns();
       invoke(body);
@@ -200,11 +206,13 @@ class NodeRuntime {
 // ------------------------------------------------------------------------------------ kinds and instances
 
 struct NodeKind;
+class Resources;  // nodes/resources.h
 
 // Everything a factory gets to build one node.
 struct NodeContext {
   tbb::flow::graph& graph;
   RunContext& run;
+  const Resources& resources;  // built before any node: the models and memories nodes name
   NodeRuntime& runtime;
   const NodeKind& kind;
   const std::string& name;    // node name

@@ -1,5 +1,7 @@
 #include "nodes/param_map.h"
 
+#include "models/io/field_error.h"
+
 #include <algorithm>
 #include <charconv>
 #include <cmath>
@@ -216,6 +218,17 @@ std::string ParamOrigin::at(std::string_view field) const {
   return prefix(where) + subject + "parameter '" + std::string(field) + "'";
 }
 
+void ParamOrigin::check(std::string_view field, const std::function<void()>& check) const {
+  try {
+    check();
+  } catch (const FieldError& e) {
+    const std::string full = field.empty() ? e.field() : std::string(field) + "." + e.field();
+    throw std::invalid_argument(at(full) + ": " + e.what());
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(at(field) + ": " + e.what());
+  }
+}
+
 void ParamOrigin::fail(std::string_view field, std::string_view expected, std::string_view found) const {
   throw std::invalid_argument(at(field) + ": expected " + std::string(expected) + ", found " + std::string(found));
 }
@@ -227,25 +240,40 @@ ParamReader::ParamReader(const ParamMap& params, std::string where, ParamOrigin&
   origin_ = ParamOrigin(where_, params.where());
 }
 
+ParamReader::ParamReader(const ParamMap& params, std::string where, ParamOrigin& origin, std::string prefix,
+                         std::vector<ParamInfo>* probe)
+    : params_(params), where_(std::move(where)), origin_(origin), prefix_(std::move(prefix)), probe_(probe) {}
+
 const ParamValue* ParamReader::take(std::string_view name, const std::string& type,
                                     const std::string& default_value) {
   known_.emplace_back(name);
   if (probe_) {
-    probe_->push_back({std::string(name), type, default_value});
+    probe_->push_back({prefix_ + std::string(name), type, default_value});
     return nullptr;
   }
   const ParamValue* v = params_.find(name);
-  if (v) origin_.set_field(std::string(name), v->where());
+  if (v) origin_.set_field(prefix_ + std::string(name), v->where());
   return v;
 }
 
 void ParamReader::wrong_type(std::string_view name, const ParamValue& v, std::string_view expected) const {
-  origin_.fail(name, expected, v.describe());
+  origin_.fail(prefix_ + std::string(name), expected, v.describe());
 }
 
 void ParamReader::missing(std::string_view name) const {
-  throw std::invalid_argument(prefix(params_.where()) + where_ + " is missing required parameter '" +
+  throw std::invalid_argument(prefix(params_.where()) + where_ + " is missing required parameter '" + prefix_ +
                               std::string(name) + "'");
+}
+
+void ParamReader::nested(std::string_view name, const std::function<void(ParamReader&)>& fields) {
+  known_.emplace_back(name);
+  const ParamValue* v = probe_ ? nullptr : params_.find(name);
+  if (v && v->type() != ParamValue::Type::map) wrong_type(name, *v, "a map of options");
+  if (v) origin_.set_field(prefix_ + std::string(name), v->where());
+  const ParamMap empty(params_.where());
+  ParamReader sub(v ? v->as_map() : empty, where_, origin_, prefix_ + std::string(name) + ".", probe_);
+  fields(sub);
+  sub.done();
 }
 
 void ParamReader::read(std::string_view name, bool& field) {
@@ -356,7 +384,7 @@ void ParamReader::done() {
   for (const auto& [key, value] : params_) {
     if (std::find(known_.begin(), known_.end(), key) != known_.end()) continue;
     std::string where = value.where().empty() ? params_.where() : value.where();
-    throw std::invalid_argument(prefix(where) + where_ + " has unknown parameter '" + key + "'; known: " +
+    throw std::invalid_argument(prefix(where) + where_ + " has unknown parameter '" + prefix_ + key + "'; known: " +
                                 (known_.empty() ? std::string("none") : join(known_, ", ")));
   }
 }

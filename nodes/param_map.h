@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <map>
 #include <memory>
@@ -14,6 +15,8 @@
 #include <type_traits>
 #include <utility>
 #include <vector>
+
+#include "models/io/names.h"
 
 namespace sinkflow {
 
@@ -146,6 +149,11 @@ class ParamOrigin {
     fail(field, expected, s.str());
   }
 
+  // Runs `check` (a models/ struct's own validate()) and turns its std::invalid_argument into one naming the
+  // file:line of the value: a FieldError names "<field>.<its field>" ("<file:line>: node 'model' parameter
+  // 'cache.n_recent': n_recent (the window) must be > 0, found 0"), any other names `field`.
+  void check(std::string_view field, const std::function<void()>& check) const;
+
   void set_field(std::string field, std::string where) { fields_[std::move(field)] = std::move(where); }
   const std::string& subject() const { return subject_; }
 
@@ -186,6 +194,16 @@ class ParamReader {
   void read(std::string_view name, ParamMap& field);
   // A string restricted to `choices`; the error lists them.
   void read_choice(std::string_view name, std::string& field, const std::vector<std::string>& choices);
+  // An enum by the names of its table (models/io/names.h); the error lists them.
+  template <class E, size_t N>
+  void read_enum(std::string_view name, E& field, const NameTable<E, N>& table) {
+    std::string text = enum_name(table, field);
+    read_choice(name, text, enum_names(table));
+    enum_lookup(table, text, field);
+  }
+  // A nested map of options (`cache: {n_sink: 4}`), read by `fields` with a reader whose messages name
+  // "cache.n_sink" and which rejects unknown keys; absent = every field keeps its default.
+  void nested(std::string_view name, const std::function<void(ParamReader&)>& fields);
   // As read(), but a missing parameter is an error ("<node line>: node 'x' is missing required parameter 'path'").
   template <class T>
   void require(std::string_view name, T& field) {
@@ -197,6 +215,8 @@ class ParamReader {
   void done();
 
  private:
+  ParamReader(const ParamMap& params, std::string where, ParamOrigin& origin, std::string prefix,
+              std::vector<ParamInfo>* probe);
   const ParamValue* take(std::string_view name, const std::string& type, const std::string& default_value);
   [[noreturn]] void wrong_type(std::string_view name, const ParamValue& v, std::string_view expected) const;
   [[noreturn]] void missing(std::string_view name) const;
@@ -204,6 +224,7 @@ class ParamReader {
   const ParamMap& params_;
   std::string where_;
   ParamOrigin& origin_;
+  std::string prefix_;  // "cache." inside a nested map
   std::vector<std::string> known_;
   std::vector<ParamInfo>* probe_ = nullptr;
 };

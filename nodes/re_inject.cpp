@@ -14,7 +14,6 @@ ReInjectConfig ReInjectConfig::from_params(const ParamMap& params, const std::st
   r.read("min_score", c.min_score);
   r.read("max_chunks", c.max_chunks);
   r.read("max_age", c.max_age);
-  r.read("fail_at", c.fail_at);
   r.done();
   return c;
 }
@@ -23,7 +22,6 @@ void ReInjectConfig::validate() const {
   origin.require(min_score >= -1 && min_score <= 1, "min_score", "a number in [-1, 1]", min_score);
   origin.require(max_chunks >= 0, "max_chunks", "an integer >= 0", max_chunks);
   origin.require(max_age >= 0, "max_age", "an integer >= 0", max_age);
-  origin.require(fail_at >= 0, "fail_at", "an integer >= 0", fail_at);
 }
 
 namespace {
@@ -37,22 +35,23 @@ class ReInject : public NodeInstance {
 
  private:
   void on_hits(const Retrieval& r, Emitter<Retrieval>& out) {
-    check_fail_at(config_.fail_at, ++messages_);
     newest_ = std::max(newest_, r.step);
-    if (config_.max_age > 0 && newest_ - r.step > config_.max_age) return;
+    // A sync answer always goes on: a turn waits for it.
+    if (!r.sync && config_.max_age > 0 && newest_ - r.step > config_.max_age) return;
     Retrieval kept;
     kept.seq = r.seq;
     kept.step = r.step;
+    kept.query_id = r.query_id;
+    kept.sync = r.sync;
     for (const Retrieved& h : r.hits) {
       if (h.score < config_.min_score) continue;
       if (config_.max_chunks > 0 && static_cast<int64_t>(kept.hits.size()) >= config_.max_chunks) break;
       kept.hits.push_back(h);
     }
-    if (!kept.hits.empty()) out.put<0>(kept);
+    if (!kept.hits.empty() || kept.sync) out.put<0>(kept);
   }
 
   ReInjectConfig config_;
-  int64_t messages_ = 0;
   int64_t newest_ = 0;
   Stage<In<Retrieval>, Out<Retrieval>> stage_;
 };

@@ -1,7 +1,7 @@
 // re-inject  in: hits: Retrieval  out: inject: Retrieval (to model-step's step-boundary port `inject`)
 // Chooses what enters the memory region: drops hits below min_score, keeps at most max_chunks, and drops a
-// retrieval that is stale (made more than max_age tokens before the newest one seen). model-step applies
-// what arrives between two of its steps.
+// retrieval that is stale (made more than max_age tokens before the newest one seen; never the answer to a sync
+// query, which a turn waits for). model-step applies what arrives between two of its steps.
 #pragma once
 
 #include <cstdint>
@@ -16,7 +16,6 @@ struct ReInjectConfig {
   double min_score = -1.0;   // hits less similar than this are not injected, [-1, 1]
   int64_t max_chunks = 0;    // most chunks injected per retrieval; 0 = all
   int64_t max_age = 0;       // drop a retrieval older than this many tokens behind the newest; 0 = never
-  int64_t fail_at = 0;       // tests: throw at this message (1-based); 0 = never
   ParamOrigin origin;
 
   static ReInjectConfig from_params(const ParamMap& params, const std::string& where);

@@ -1,81 +1,163 @@
 #include "nodes/resources.h"
 
+#include <c10/core/InferenceMode.h>
 #include <spdlog/spdlog.h>
 
-#include <chrono>
 #include <filesystem>
 #include <stdexcept>
 
-#include "models/embedder_factory.h"
+#include "models/memory/embedder_factory.h"
+#include "models/nn/runtime.h"
 
 namespace sinkflow {
 
-void MemoryParams::read(ParamReader& r) {
-  r.read("memory_dir", memory_dir);
-  r.read_choice("embedder", embedder, {"hash", "bert", "lm"});
-  r.read("embed_dim", embed_dim);
-  r.read("embedder_model", embedder_model);
-  r.read("reset", reset);
+namespace {
+
+std::string join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& n : names) out += (out.empty() ? "" : ", ") + n;
+  return out.empty() ? std::string("none") : out;
 }
 
-void MemoryParams::validate(const ParamOrigin& origin) const {
-  origin.require(!memory_dir.empty(), "memory_dir", "a directory path", memory_dir);
-  origin.require(embed_dim >= 1, "embed_dim", "an integer >= 1", embed_dim);
-  origin.require(embedder != "bert" || !embedder_model.empty(), "embedder_model", "an encoder folder for embedder bert",
-                 embedder_model);
-  origin.require(embedder != "lm" || !embedder_model.empty(), "embedder_model", "a decoder folder for embedder lm",
-                 embedder_model);
+const std::vector<std::string> kDevices = {"cpu", "cuda", "mps"};
+
+}  // namespace
+
+ModelResourceConfig ModelResourceConfig::from_params(const ParamMap& params, const std::string& where) {
+  ModelResourceConfig c;
+  ParamReader r(params, where, c.origin);
+  r.require("path", c.path);
+  r.read("device", c.device);
+  r.read_choice("dtype", c.dtype, {"auto", "float32", "float16", "bfloat16"});
+  r.done();
+  return c;
 }
 
-void SharedMemory::mark_indexed(int64_t batch_step) {
+void ModelResourceConfig::validate() const {
+  origin.require(!path.empty(), "path", "a model folder", path);
+  origin.require(device == "cpu" || device == "mps" || device.rfind("cuda", 0) == 0, "device",
+                 "cpu, cuda, cuda:N or mps", device);
+}
+
+EmbedderParams EmbedderParams::from_params(const ParamMap& params, const std::string& where) {
+  EmbedderParams c;
+  ParamReader r(params, where, c.origin);
+  r.read_choice("kind", c.kind, {"hash", "lm", "bert"});
+  r.read("dim", c.dim);
+  r.read("model", c.model);
+  r.read("path", c.path);
+  r.done();
+  return c;
+}
+
+void EmbedderParams::validate() const {
+  origin.require(dim >= 1 && dim <= 65536, "dim", "an integer in [1, 65536]", dim);
+  origin.require(kind != "lm" || !model.empty(), "model", "a model resource for embedder kind lm", model);
+  origin.require(kind != "bert" || !path.empty(), "path", "an encoder folder for embedder kind bert", path);
+  origin.require(kind == "lm" || model.empty(), "model", "nothing unless kind is lm", model);
+  origin.require(kind == "bert" || path.empty(), "path", "nothing unless kind is bert", path);
+}
+
+MemoryResourceConfig MemoryResourceConfig::from_params(const ParamMap& params, const std::string& where) {
+  MemoryResourceConfig c;
+  ParamReader r(params, where, c.origin);
+  r.require("dir", c.dir);
+  r.read("reset", c.reset);
+  ParamMap embedder;
+  r.read("embedder", embedder);
+  r.done();
+  c.embedder = EmbedderParams::from_params(embedder, where + " embedder");
+  return c;
+}
+
+void MemoryResourceConfig::validate() const {
+  origin.require(!dir.empty(), "dir", "a directory path", dir);
+  embedder.validate();
+}
+
+void MemoryResource::mark_indexed(int64_t batch_step) {
   int64_t seen = indexed_.load();
   while (batch_step > seen && !indexed_.compare_exchange_weak(seen, batch_step)) {
   }
 }
 
-namespace {
-
-std::string embedder_key(const MemoryParams& p) {
-  if (p.embedder == "hash") return "hash (embed_dim " + std::to_string(p.embed_dim) + ")";
-  return p.embedder + " (embedder_model " + p.embedder_model + ")";
+void Resources::add_model(const std::string& name, const ModelResourceConfig& config) {
+  config.validate();
+  if (models_.count(name)) throw std::invalid_argument("model resource '" + name + "' is declared twice");
+  auto m = std::make_shared<ModelResource>();
+  m->name = name;
+  m->config = config;
+  {
+    c10::InferenceMode guard;
+    const at::Device device = parse_device(config.device);
+    m->decoder = load_decoder(config.path, device, parse_dtype(config.dtype, device));
+  }
+  m->tokenizer = load_tokenizer(config.path);
+  spdlog::info("resource models.{}: path={} device={} dtype={}", name, config.path, config.device,
+               dtype_name(m->decoder->dtype()));
+  models_.emplace(name, std::move(m));
 }
 
-}  // namespace
-
-std::shared_ptr<SharedMemory> shared_memory(RunContext& run, const MemoryParams& params) {
-  auto memory = run.shared<SharedMemory>("memory:" + params.memory_dir, [&] {
-    auto m = std::make_shared<SharedMemory>();
-    EmbedderConfig ec;
-    ec.kind = params.embedder;
-    ec.dim = params.embed_dim;
-    ec.model = params.embedder_model;
-    m->embedder = make_embedder(ec);
-    m->opened_with = embedder_key(params);
-    if (params.reset) std::filesystem::remove_all(params.memory_dir);
-    StoreOptions so;
-    so.embedder_name = m->embedder->name();
-    so.dim = m->embedder->dim();
-    m->store = ChunkStore::open(params.memory_dir, so);
-    spdlog::info("memory: dir={} embedder={} dim={} chunks={}{}", params.memory_dir, so.embedder_name, so.dim,
-                 m->store->size(), params.reset ? " (reset)" : "");
-    return m;
-  });
-  if (memory->opened_with != embedder_key(params))
-    throw std::invalid_argument("memory_dir '" + params.memory_dir + "': opened with embedder " + memory->opened_with +
-                                " by another node, this node asks for " + embedder_key(params));
-  return memory;
+void Resources::add_memory(const std::string& name, const MemoryResourceConfig& config) {
+  config.validate();
+  if (memories_.count(name)) throw std::invalid_argument("memory resource '" + name + "' is declared twice");
+  auto m = std::make_shared<MemoryResource>();
+  m->name = name;
+  m->config = config;
+  const EmbedderParams& e = config.embedder;
+  EmbedderConfig ec;
+  ec.kind = e.kind;
+  ec.dim = e.dim;
+  std::shared_ptr<const ModelResource> lm;
+  if (e.kind == "lm") {
+    lm = model(e.model, e.origin, "model");
+    ec.model = lm->config.path;
+    ec.device = lm->config.device;
+  } else if (e.kind == "bert") {
+    ec.model = e.path;
+  }
+  // Lock before anything in the directory changes: a second run on it is refused, never wiped.
+  m->lock = std::make_unique<MemoryDirLock>(config.dir);
+  std::vector<std::string> deleted;
+  if (config.reset) deleted = m->lock->reset();
+  m->embedder = lm ? make_embedder(ec, lm->decoder, lm->tokenizer) : make_embedder(ec);
+  StoreOptions so;
+  so.embedder_name = m->embedder->name();
+  so.dim = m->embedder->dim();
+  m->store = ChunkStore::open(config.dir, so);
+  spdlog::info("resource memories.{}: dir={} embedder={} dim={} chunks={}{}", name, config.dir, so.embedder_name, so.dim,
+               m->store->size(), config.reset ? " (reset: " + std::to_string(deleted.size()) + " files deleted)" : "");
+  memories_.emplace(name, std::move(m));
 }
 
-std::shared_ptr<const Tokenizer> shared_tokenizer(RunContext& run, const std::string& model_dir) {
-  auto holder = run.shared<std::shared_ptr<const Tokenizer>>("tokenizer:" + model_dir, [&] {
-    return std::make_shared<std::shared_ptr<const Tokenizer>>(load_tokenizer(model_dir));
-  });
-  return *holder;
+std::shared_ptr<const ModelResource> Resources::model(const std::string& name, const ParamOrigin& origin,
+                                                      std::string_view field) const {
+  auto it = models_.find(name);
+  if (it == models_.end())
+    origin.fail(field, "a model resource (declared under resources.models: " + join(model_names()) + ")",
+                "'" + name + "'");
+  return it->second;
 }
 
-void check_fail_at(int64_t fail_at, int64_t n) {
-  if (fail_at > 0 && n == fail_at)
-    throw std::runtime_error("fail_at: injected failure at message " + std::to_string(n));
+std::shared_ptr<MemoryResource> Resources::memory(const std::string& name, const ParamOrigin& origin,
+                                                  std::string_view field) const {
+  auto it = memories_.find(name);
+  if (it == memories_.end())
+    origin.fail(field, "a memory resource (declared under resources.memories: " + join(memory_names()) + ")",
+                "'" + name + "'");
+  return it->second;
+}
+
+std::vector<std::string> Resources::model_names() const {
+  std::vector<std::string> out;
+  for (const auto& [n, m] : models_) out.push_back(n);
+  return out;
+}
+
+std::vector<std::string> Resources::memory_names() const {
+  std::vector<std::string> out;
+  for (const auto& [n, m] : memories_) out.push_back(n);
+  return out;
 }
 
 }  // namespace sinkflow

@@ -1,41 +1,82 @@
-// What several nodes of one run share through RunContext::shared: a tokenizer per model folder and the
-// memory (embedder + chunk store) per memory directory; plus the `fail_at` test hook every kind has.
+// The heavy things a pipeline declares once, in its top-level `resources:` section, and nodes name:
+//
+//   resources:
+//     models:   {lm: {path: data/models/sinkflow-llama, device: cpu, dtype: auto}}
+//     memories: {mem: {dir: out/memory/stream, reset: false, embedder: {kind: hash, dim: 384}}}
+//
+// The graph builds every resource before any node (graph/graph.h) and hands the set to each node's factory
+// (NodeContext::resources); a node resolves the names it was given once, when it is built, and keeps the
+// shared pointers. A model resource is one decoder and its tokenizer, shared read-only by every node that
+// names it (the lm embedder included). A memory resource is one memory directory, locked for the run, reset only
+// when asked and only if it is a sinkflow memory directory, with its embedder and chunk store.
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
-#include <mutex>
 #include <string>
+#include <string_view>
+#include <vector>
 
-#include "models/chunk_store.h"
-#include "models/embedder.h"
-#include "models/tokenizer.h"
+#include "models/memory/chunk_store.h"
+#include "models/memory/embedder.h"
+#include "models/memory/memory_dir.h"
+#include "models/nn/decoder.h"
+#include "models/text/tokenizer.h"
 #include "nodes/param_map.h"
-#include "nodes/run_context.h"
 
 namespace sinkflow {
 
-// The memory parameters of the nodes that touch the store (embedding, index-insert, retrieve, model-step):
-// the first node built opens the directory; the others must name the same embedder.
-struct MemoryParams {
-  std::string memory_dir = "out/memory";  // chunk store directory (created)
-  std::string embedder = "hash";          // hash | bert | lm
-  int64_t embed_dim = 384;                // hash vector length, >= 1
-  std::string embedder_model;             // bert: encoder folder; lm: decoder folder (its own copy, on the CPU)
-  bool reset = false;                     // delete the directory before opening it (a fresh memory)
+struct ModelResourceConfig {
+  std::string path;            // Hugging Face model folder (required)
+  std::string device = "cpu";  // cpu | cuda | cuda:N | mps
+  std::string dtype = "auto";  // auto | float32 | float16 | bfloat16
+  ParamOrigin origin;
 
-  void read(ParamReader& r);
-  void validate(const ParamOrigin& origin) const;
+  static ModelResourceConfig from_params(const ParamMap& params, const std::string& where);
+  void validate() const;
 };
 
-// One memory directory of a run: the embedder, the store, and how far index-insert has got (the last
-// EvictedBatch step whose chunks are all in the store).
-struct SharedMemory {
+// One loaded decoder with its tokenizer. Read-only once built.
+struct ModelResource {
+  std::string name;                            // the key under resources.models
+  ModelResourceConfig config;
+  std::shared_ptr<const Decoder> decoder;
+  std::shared_ptr<const Tokenizer> tokenizer;  // the folder's own tokenizer: text and model always agree
+};
+
+// The embedder of a memory resource: `{kind: hash, dim: 384}`, `{kind: lm, model: lm}` (a model resource) or
+// `{kind: bert, path: DIR}` (an encoder folder).
+struct EmbedderParams {
+  std::string kind = "hash";  // hash | lm | bert
+  int64_t dim = 384;          // hash: vector length, in [1, 65536]
+  std::string model;          // lm: the model resource whose hidden states are pooled
+  std::string path;           // bert: BERT/MiniLM folder
+  ParamOrigin origin;
+
+  static EmbedderParams from_params(const ParamMap& params, const std::string& where);
+  void validate() const;
+};
+
+struct MemoryResourceConfig {
+  std::string dir;          // memory directory (required; created if missing)
+  bool reset = false;       // empty it first: only a sinkflow memory directory, and only under the run's lock
+  EmbedderParams embedder;  // how chunks and queries become vectors
+  ParamOrigin origin;
+
+  static MemoryResourceConfig from_params(const ParamMap& params, const std::string& where);
+  void validate() const;
+};
+
+// One opened memory directory: its lock (held for the run), embedder and chunk store, and how far index-insert
+// has got (the last EvictedBatch step whose chunks are all stored).
+struct MemoryResource {
+  std::string name;  // the key under resources.memories
+  MemoryResourceConfig config;
+  std::unique_ptr<MemoryDirLock> lock;
   std::unique_ptr<Embedder> embedder;
   std::unique_ptr<ChunkStore> store;
-  std::string opened_with;  // the embedder (kind with its dim or model) of the node that opened it
 
   void mark_indexed(int64_t batch_step);
   int64_t indexed() const { return indexed_.load(); }
@@ -44,14 +85,29 @@ struct SharedMemory {
   std::atomic<int64_t> indexed_{-1};
 };
 
-// The shared memory of `params.memory_dir` (opened on first use). Throws std::invalid_argument when another
-// node opened it with another embedder (kind, dim or model).
-std::shared_ptr<SharedMemory> shared_memory(RunContext& run, const MemoryParams& params);
+// The resources of one run, built before any node.
+class Resources {
+ public:
+  // Loads the decoder and tokenizer of `config.path`. std::invalid_argument (naming config.origin) for a bad
+  // config or folder; a repeated name is std::invalid_argument.
+  void add_model(const std::string& name, const ModelResourceConfig& config);
+  // Opens a memory directory: lock first, then (if asked) reset, then the embedder and the store. An lm embedder
+  // must name a model added before. Errors as MemoryDirLock and ChunkStore::open, prefixed with the resource.
+  void add_memory(const std::string& name, const MemoryResourceConfig& config);
 
-// The tokenizer of a model folder, loaded once per run.
-std::shared_ptr<const Tokenizer> shared_tokenizer(RunContext& run, const std::string& model_dir);
+  // The resource a node's parameter `field` names; std::invalid_argument through origin.fail() when there is
+  // none ("expected a model resource (declared: lm), found 'x'").
+  std::shared_ptr<const ModelResource> model(const std::string& name, const ParamOrigin& origin,
+                                             std::string_view field) const;
+  std::shared_ptr<MemoryResource> memory(const std::string& name, const ParamOrigin& origin,
+                                         std::string_view field) const;
 
-// Test hook: throws std::runtime_error("fail_at: injected failure at message <n>") when n == fail_at > 0.
-void check_fail_at(int64_t fail_at, int64_t n);
+  std::vector<std::string> model_names() const;
+  std::vector<std::string> memory_names() const;
+
+ private:
+  std::map<std::string, std::shared_ptr<const ModelResource>> models_;
+  std::map<std::string, std::shared_ptr<MemoryResource>> memories_;
+};
 
 }  // namespace sinkflow

@@ -1,35 +1,41 @@
 #include "nodes/retrieve.h"
 
 #include <c10/core/InferenceMode.h>
+#include <spdlog/spdlog.h>
 
-#include "models/memory_path.h"
+#include <deque>
+
+#include "models/memory/memory_path.h"
 #include "nodes/messages.h"
+#include "nodes/resources.h"
 #include "nodes/stage.h"
 
 namespace sinkflow {
 
+// The fields of SelectOptions a pipeline sets (`select:`); exclude is per query.
+void read_select(ParamReader& r, SelectOptions& s) {
+  r.read("k", s.k);
+  r.read_enum("mode", s.mode, kSelectModeNames);
+  double lambda = s.mmr_lambda, min_score = s.min_score;
+  r.read("mmr_lambda", lambda);
+  r.read("candidates", s.candidates);
+  r.read("min_score", min_score);
+  s.mmr_lambda = static_cast<float>(lambda);
+  s.min_score = static_cast<float>(min_score);
+}
+
 RetrieveConfig RetrieveConfig::from_params(const ParamMap& params, const std::string& where) {
   RetrieveConfig c;
   ParamReader r(params, where, c.origin);
-  c.memory_params.read(r);
-  r.read("k", c.k);
-  r.read_choice("select", c.select, {"topk", "mmr", "farthest"});
-  r.read("mmr_lambda", c.mmr_lambda);
-  r.read("candidates", c.candidates);
-  r.read("min_score", c.min_score);
+  r.require("memory", c.memory);
+  r.nested("select", [&](ParamReader& s) { read_select(s, c.select); });
   r.read("load_kv", c.load_kv);
-  r.read("fail_at", c.fail_at);
   r.done();
   return c;
 }
 
 void RetrieveConfig::validate() const {
-  memory_params.validate(origin);
-  origin.require(k >= 0, "k", "an integer >= 0", k);
-  origin.require(mmr_lambda >= 0 && mmr_lambda <= 1, "mmr_lambda", "a number in [0, 1]", mmr_lambda);
-  origin.require(candidates >= 0, "candidates", "an integer >= 0", candidates);
-  origin.require(min_score >= -1 && min_score <= 1, "min_score", "a number in [-1, 1]", min_score);
-  origin.require(fail_at >= 0, "fail_at", "an integer >= 0", fail_at);
+  origin.check("select", [&] { select.validate(); });
 }
 
 namespace {
@@ -39,42 +45,65 @@ class RetrieveNode : public NodeInstance {
   RetrieveNode(const NodeContext& context, RetrieveConfig config)
       : NodeInstance(context),
         config_(std::move(config)),
-        memory_(shared_memory(context.run, config_.memory_params)),
-        stage_(*this, [this](const Query& q, Emitter<Retrieval>& out) { on_query(q, out); }) {
-    select_.k = static_cast<int>(config_.k);
-    select_.mode = config_.select == "mmr" ? SelectOptions::Mode::mmr
-                   : config_.select == "farthest" ? SelectOptions::Mode::farthest
-                                                   : SelectOptions::Mode::topk;
-    select_.mmr_lambda = static_cast<float>(config_.mmr_lambda);
-    select_.candidates = static_cast<int>(config_.candidates);
-    select_.min_score = static_cast<float>(config_.min_score);
-    select_.validate();
+        memory_(context.resources.memory(config_.memory, config_.origin, "memory")),
+        stage_(*this, [this](const Query& q, Emitter<Retrieval>& out) { on_query(q, out); },
+               [this](const int64_t& step, Emitter<Retrieval>& out) { on_indexed(step, out); }) {
+    spdlog::info("retrieve '{}': memory={} k={} mode={}", name(), config_.memory, config_.select.k,
+                 enum_name(kSelectModeNames, config_.select.mode));
+  }
+
+  void finish() override {
+    if (!waiting_.empty() && !context().run.failed() && !context().run.stop_requested())
+      throw std::runtime_error("sync retrieval: a query waited for index-insert, which never reported (connect "
+                               "index.indexed -> " + name() + ".indexed)");
   }
 
  private:
   void on_query(const Query& q, Emitter<Retrieval>& out) {
+    if (q.sync && memory_->indexed() < q.wait_for) {
+      waiting_.push_back(q);
+      return;
+    }
+    answer(q, out);
+  }
+
+  // index-insert stored everything up to `step` (MemoryResource::indexed() already says so): answer the
+  // queries that waited for it, in order.
+  void on_indexed(const int64_t&, Emitter<Retrieval>& out) {
+    while (!waiting_.empty() && memory_->indexed() >= waiting_.front().wait_for) {
+      const Query q = std::move(waiting_.front());
+      waiting_.pop_front();
+      answer(q, out);
+    }
+  }
+
+  void answer(const Query& q, Emitter<Retrieval>& out) {
     c10::InferenceMode guard;
-    check_fail_at(config_.fail_at, ++messages_);
     Retrieval r;
     r.seq = q.seq;
     r.step = q.step;
-    if (memory_->store->size() > 0) r.hits = retrieve(*memory_->store, *memory_->embedder, q.text, select_, config_.load_kv);
+    r.query_id = q.id;
+    r.sync = q.sync;
+    if (memory_->store->size() > 0)
+      r.hits = retrieve(*memory_->store, *memory_->embedder, q.text, config_.select, config_.load_kv || q.load_kv);
     context().run.counters.retrievals.fetch_add(1, std::memory_order_relaxed);
-    if (!r.hits.empty()) out.put<0>(r);
+    if (!r.hits.empty() || r.sync) out.put<0>(r);
   }
 
   RetrieveConfig config_;
-  std::shared_ptr<SharedMemory> memory_;
-  SelectOptions select_;
-  std::atomic<int64_t> messages_{0};
-  Stage<In<Query>, Out<Retrieval>> stage_;
+  std::shared_ptr<MemoryResource> memory_;
+  std::deque<Query> waiting_;  // sync queries waiting for index-insert
+  Stage<In<Query, int64_t>, Out<Retrieval>> stage_;
 };
 
 }  // namespace
 
 NodeKind retrieve_kind() {
-  return make_node_kind<RetrieveNode, RetrieveConfig>("retrieve", "query -> top-k / MMR chunks from the memory store",
-                                                      {in_port<Query>("query")}, {out_port<Retrieval>("hits")});
+  NodeKind kind = make_node_kind<RetrieveNode, RetrieveConfig>(
+      "retrieve", "query -> top-k / MMR chunks from the memory store (sync queries wait for index-insert)",
+      {in_port<Query>("query"), in_port<int64_t>("indexed")}, {out_port<Retrieval>("hits")});
+  kind.serial_only = true;
+  return kind;
 }
 
 }  // namespace sinkflow

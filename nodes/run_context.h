@@ -1,5 +1,5 @@
-// What every node of one run shares: the stop flag (SIGINT), the first failure, the run counters
-// that make the RunSummary, and named shared objects (a model, a memory store).
+// What every node of one run shares: the stop flag (SIGINT), the first failure and the run counters that
+// make the RunSummary. Models and memories are resources (nodes/resources.h), built before the nodes.
 #pragma once
 
 #include <atomic>
@@ -46,32 +46,11 @@ class RunContext {
 
   RunCounters counters;
 
-  // The object stored under `key`, made by `make()` (returning std::shared_ptr<T>) on first use.
-  // Thread-safe. Throws std::logic_error if `key` already holds another type.
-  template <class T, class Make>
-  std::shared_ptr<T> shared(const std::string& key, Make make) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = shared_.find(key);
-    if (it != shared_.end()) {
-      if (it->second.type != std::type_index(typeid(T)))
-        throw std::logic_error("RunContext::shared: '" + key + "' holds another type");
-      return std::static_pointer_cast<T>(it->second.object);
-    }
-    std::shared_ptr<T> object = make();
-    shared_.emplace(key, Shared{std::type_index(typeid(T)), object});
-    return object;
-  }
-
  private:
-  struct Shared {
-    std::type_index type;
-    std::shared_ptr<void> object;
-  };
   std::atomic<bool> stop_{false};
   std::atomic<bool> failed_{false};
   mutable std::mutex mutex_;
   std::optional<Failure> failure_;
-  std::map<std::string, Shared> shared_;
 };
 
 }  // namespace sinkflow

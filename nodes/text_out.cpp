@@ -14,12 +14,11 @@ TextOutConfig TextOutConfig::from_params(const ParamMap& params, const std::stri
   ParamReader r(params, where, c.origin);
   r.read("path", c.path);
   r.read("quiet", c.quiet);
-  r.read("fail_at", c.fail_at);
   r.done();
   return c;
 }
 
-void TextOutConfig::validate() const { origin.require(fail_at >= 0, "fail_at", "an integer >= 0", fail_at); }
+void TextOutConfig::validate() const {}
 
 namespace {
 
@@ -48,7 +47,6 @@ class TextOut : public NodeInstance {
 
  private:
   void on_step(const StepResult& r) {
-    check_fail_at(config_.fail_at, ++messages_);
     const std::string piece = r.text + (r.end_of_turn ? "\n" : "");
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -62,7 +60,6 @@ class TextOut : public NodeInstance {
 
   TextOutConfig config_;
   FILE* file_ = nullptr;
-  int64_t messages_ = 0;
   mutable std::mutex mutex_;
   std::string text_;
   Stage<In<StepResult>, Out<>> stage_;

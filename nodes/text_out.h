@@ -14,7 +14,6 @@ namespace sinkflow {
 struct TextOutConfig {
   std::string path;        // "" = stdout; else a file (truncated)
   bool quiet = false;      // write nothing (keep the text for text() only)
-  int64_t fail_at = 0;     // tests: throw at this message (1-based); 0 = never
   ParamOrigin origin;
 
   static TextOutConfig from_params(const ParamMap& params, const std::string& where);

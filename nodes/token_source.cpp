@@ -9,8 +9,8 @@
 #include <iterator>
 #include <memory>
 
-#include "models/config.h"
-#include "models/tokenizer.h"
+#include "models/io/config.h"
+#include "models/text/tokenizer.h"
 #include "nodes/messages.h"
 #include "nodes/resources.h"
 #include "nodes/stage.h"
@@ -31,7 +31,6 @@ TokenSourceConfig TokenSourceConfig::from_params(const ParamMap& params, const s
   r.read("bos", c.bos);
   r.read("turn_template", c.turn_template);
   r.read("seq", c.seq);
-  r.read("fail_at", c.fail_at);
   r.done();
   return c;
 }
@@ -43,7 +42,6 @@ void TokenSourceConfig::validate() const {
   origin.require(!path.empty() || !prompt.empty(), "path", "an input file (or a prompt)", path);
   origin.require(turn_template.find("{content}") != std::string::npos, "turn_template",
                  "a template containing {content}", turn_template);
-  origin.require(fail_at >= 0, "fail_at", "an integer >= 0", fail_at);
 }
 
 namespace {
@@ -55,7 +53,8 @@ class TokenSource : public NodeInstance {
   TokenSource(const NodeContext& context, TokenSourceConfig config)
       : NodeInstance(context),
         config_(std::move(config)),
-        tokenizer_(shared_tokenizer(context.run, config_.model)),
+        model_(context.resources.model(config_.model, config_.origin, "model")),
+        tokenizer_(model_->tokenizer),
         source_(*this, [this](Emitter<TokenBlock>& out) { return produce(out); }) {
     if (config_.path == "-") {
       in_ = &std::cin;
@@ -66,13 +65,7 @@ class TokenSource : public NodeInstance {
     } else {
       eof_ = true;
     }
-    bool llama = true;
-    try {
-      std::ifstream f(config_.model + "/config.json");
-      const std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-      llama = ModelConfig::from_json_text(text, config_.model + "/config.json").family == Family::llama;
-    } catch (const std::exception&) {
-    }
+    const bool llama = model_->decoder->config().family == Family::llama;
     if (config_.bos && llama && tokenizer_->bos_id() >= 0) pending_.push_back(tokenizer_->bos_id());
     spdlog::info("token-source '{}': path={} format={} block={} prompt={}", name(), config_.path.empty() ? "-" : config_.path,
                  config_.format, config_.block, config_.prompt.empty() ? "none" : "'" + config_.prompt + "'");
@@ -80,7 +73,6 @@ class TokenSource : public NodeInstance {
 
  private:
   bool produce(Emitter<TokenBlock>& out) {
-    check_fail_at(config_.fail_at, ++produced_);
     if (config_.format == "jsonl") return produce_jsonl(out);
     // Refill until a full block is pending (strictly more than a block while input remains, so that the
     // last block of the input is always known to be the last).
@@ -202,6 +194,7 @@ class TokenSource : public NodeInstance {
   }
 
   TokenSourceConfig config_;
+  std::shared_ptr<const ModelResource> model_;
   std::shared_ptr<const Tokenizer> tokenizer_;
   std::ifstream file_;
   std::istream* in_ = nullptr;
@@ -210,7 +203,6 @@ class TokenSource : public NodeInstance {
   std::string input_text_;           // answer_input: the input's text (first 4 KiB), the turn's query
   std::vector<int64_t> pending_;     // tokenized, not yet emitted (< 2 blocks + one refill)
   int64_t step_ = 0;
-  int64_t produced_ = 0;
   int64_t line_no_ = 0;
   bool have_next_ = false;
   std::string next_role_, next_content_;

@@ -15,7 +15,7 @@
 namespace sinkflow {
 
 struct TokenSourceConfig {
-  std::string model;                  // model folder whose tokenizer is used (required)
+  std::string model;                  // model resource whose tokenizer is used (required)
   std::string path;                   // input file; "-" = stdin; "" = no input (only the prompt)
   std::string format = "text";        // text | jsonl (dialogue turns, one JSON object per line)
   int64_t block = 256;                // tokens per TokenBlock, >= 1
@@ -26,7 +26,6 @@ struct TokenSourceConfig {
   bool bos = true;                    // prepend the tokenizer's BOS (Llama family) at the start of the stream
   std::string turn_template = "{content}";  // jsonl: how a turn's text is written into the stream
   int64_t seq = 0;                    // sequence id of the blocks, >= 0
-  int64_t fail_at = 0;                // tests: throw at this production step (1-based); 0 = never
   ParamOrigin origin;
 
   static TokenSourceConfig from_params(const ParamMap& params, const std::string& where);

@@ -12,9 +12,9 @@
 
 #include <nlohmann/json.hpp>
 
-#include "models/checkpoint.h"
-#include "models/config.h"
-#include "models/safetensors.h"
+#include "models/io/checkpoint.h"
+#include "models/io/config.h"
+#include "models/io/safetensors.h"
 
 // ATen pulls in glog, whose one-argument CHECK macro would replace Catch's: include Catch last.
 #undef CHECK

@@ -9,9 +9,9 @@
 #include <tuple>
 #include <vector>
 
-#include "models/cluster.h"
-#include "models/kv_cache.h"
-#include "models/stream.h"
+#include "models/stream/cluster.h"
+#include "models/cache/kv_cache.h"
+#include "models/stream/stream.h"
 #include "tests/test_util.h"
 
 using namespace sinkflow;

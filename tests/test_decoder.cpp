@@ -3,7 +3,7 @@
 #include <c10/core/InferenceMode.h>
 #include <catch2/catch.hpp>
 
-#include "models/stream.h"
+#include "models/stream/stream.h"
 #include "tests/test_util.h"
 
 using namespace sinkflow;

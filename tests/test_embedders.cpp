@@ -18,14 +18,14 @@
 #include <unistd.h>
 #include <vector>
 
-#include "models/bert.h"
-#include "models/checkpoint.h"
-#include "models/decoder.h"
-#include "models/embedder_factory.h"
-#include "models/make_model.h"
-#include "models/runtime.h"
-#include "models/safetensors.h"
-#include "models/tokenizer.h"
+#include "models/memory/model_embedders.h"
+#include "models/io/checkpoint.h"
+#include "models/nn/decoder.h"
+#include "models/memory/embedder_factory.h"
+#include "models/lab/make_model.h"
+#include "models/nn/runtime.h"
+#include "models/io/safetensors.h"
+#include "models/text/tokenizer.h"
 #include "tests/test_util.h"
 
 using namespace sinkflow;

@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "models/decoder.h"
-#include "models/safetensors.h"
-#include "models/stream.h"
+#include "models/nn/decoder.h"
+#include "models/io/safetensors.h"
+#include "models/stream/stream.h"
 
 using namespace sinkflow;
 

@@ -627,7 +627,13 @@ TEST_CASE("validation errors name the file, the line and the field", "[graph]") 
   SECTION("YAML structure") {
     REQUIRE_THROWS_WITH(validate_text("nodes:\n  - name: src\n    kind: count-source\n    param: {count: 1}\n"),
                         "pipelines/bad.yaml:4: unknown key 'param' in node; known keys: name, kind, concurrency, "
-                        "max_in_flight, params, description");
+                        "max_in_flight, fail_at, params, description");
+    REQUIRE_THROWS_WITH(validate_text("resources:\n  gpus: {g: {}}\nnodes:\n  - {name: src, kind: count-source}\n"),
+                        "pipelines/bad.yaml:2: unknown key 'gpus' in resources; known keys: models, memories");
+    REQUIRE_THROWS_WITH(validate_text("resources:\n  models: {lm: {device: cpu}}\nnodes:\n  - {name: src, kind: count-source}\n"),
+                        Catch::Contains("resource 'models.lm' is missing required parameter 'path'"));
+    REQUIRE_THROWS_WITH(validate_text("nodes:\n  - {name: src, kind: count-source, fail_at: -1}\n"),
+                        Catch::Contains("node 'src' (count-source) 'fail_at': expected an integer >= 0 (0 = never), found -1"));
     REQUIRE_THROWS_WITH(validate_text("nodes:\n  - {name: src, kind: count-source}\nedges:\n  - src.out => x\n"),
                         "pipelines/bad.yaml:4: edge 'src.out => x': expected 'node.port -> node.port'");
     REQUIRE_THROWS_WITH(validate_text("name: x\nnodes: [\n"), Catch::StartsWith("pipelines/bad.yaml:3:1: YAML syntax error"));
@@ -642,7 +648,7 @@ TEST_CASE("validation errors name the file, the line and the field", "[graph]") 
                         "configs/c.yaml:4: params for node 'nope', which pipeline 'count' does not have; its nodes: "
                         "src, triple, sink");
     REQUIRE_THROWS_WITH(parse_config("pipeline: count\nextra: 1\n", "configs/c.yaml"),
-                        "configs/c.yaml:2: unknown key 'extra' in config; known keys: pipeline, description, params, run");
+                        "configs/c.yaml:2: unknown key 'extra' in config; known keys: pipeline, description, resources, params, run");
     REQUIRE_THROWS_WITH(load_config(kData + "/configs/missing.yaml"),
                         Catch::Contains("cannot open config file"));
     const std::string bad = (temp_dir("config") / "c.yaml").string();
@@ -651,7 +657,17 @@ TEST_CASE("validation errors name the file, the line and the field", "[graph]") 
   }
   SECTION("--set errors") {
     PipelineSpec spec = load_pipeline(kData + "/pipelines/count.yaml");
-    REQUIRE_THROWS_WITH(apply_set_override(spec, "srccount=3"), "--set srccount=3: expected NODE.PARAM=VALUE (e.g. model.n_sink=4) or NODE.concurrency=N");
+    REQUIRE_THROWS_WITH(apply_set_override(spec, "srccount=3"),
+                        "--set srccount=3: expected NODE.PARAM=VALUE (e.g. model.cache.n_sink=4), NODE.concurrency=N or "
+                        "resources.models|memories.NAME.PARAM=VALUE");
+    REQUIRE_THROWS_WITH(apply_set_override(spec, "resources.models.lm.path=x"),
+                        "--set resources.models.lm.path=x: pipeline 'count' declares no resource 'models.lm'; its models: none");
+    REQUIRE_THROWS_WITH(apply_set_override(spec, "resources.gpus.g.path=x"),
+                        Catch::Contains("expected resources.models.NAME.PARAM=VALUE"));
+    REQUIRE_THROWS_WITH(apply_set_override(spec, "triple.fail_at=x"),
+                        "--set triple.fail_at=x: node setting 'fail_at' expects an integer, found 'x'");
+    apply_set_override(spec, "triple.fail_at=3");
+    CHECK(spec.find_node("triple")->fail_at == 3);
     REQUIRE_THROWS_WITH(apply_set_override(spec, "nope.count=3"),
                         "--set nope.count=3: pipeline 'count' has no node 'nope'; its nodes: src, triple, sink");
     REQUIRE_THROWS_WITH(apply_set_override(spec, "triple.concurrency=two"),

@@ -7,9 +7,9 @@
 #include <filesystem>
 #include <fstream>
 
-#include "models/kv_align.h"
-#include "models/kv_cache.h"
-#include "models/stream.h"
+#include "models/stream/kv_align.h"
+#include "models/cache/kv_cache.h"
+#include "models/stream/stream.h"
 #include "tests/test_util.h"
 
 using namespace sinkflow;

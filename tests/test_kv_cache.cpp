@@ -3,8 +3,8 @@
 #include <c10/core/InferenceMode.h>
 #include <catch2/catch.hpp>
 
-#include "models/kv_cache.h"
-#include "models/stream.h"
+#include "models/cache/kv_cache.h"
+#include "models/stream/stream.h"
 #include "tests/test_util.h"
 
 using namespace sinkflow;

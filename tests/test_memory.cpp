@@ -17,9 +17,9 @@
 #include <thread>
 #include <unistd.h>
 
-#include "models/chunk_store.h"
-#include "models/embedder.h"
-#include "models/vector_index.h"
+#include "models/memory/chunk_store.h"
+#include "models/memory/embedder.h"
+#include "models/memory/vector_index.h"
 
 using namespace sinkflow;
 namespace fs = std::filesystem;

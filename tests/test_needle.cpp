@@ -3,11 +3,11 @@
 #include <c10/core/InferenceMode.h>
 #include <catch2/catch.hpp>
 
-#include "models/copy_check.h"
-#include "models/decoder.h"
-#include "models/memory_path.h"
-#include "models/needle.h"
-#include "models/sentencepiece.h"
+#include "models/lab/copy_check.h"
+#include "models/nn/decoder.h"
+#include "models/memory/memory_path.h"
+#include "models/lab/needle.h"
+#include "models/text/sentencepiece.h"
 #include "tests/test_util.h"
 
 using namespace sinkflow;

@@ -14,16 +14,18 @@
 
 #include "graph/graph.h"
 #include "graph/yaml_spec.h"
-#include "models/checkpoint.h"
-#include "models/chunk_store.h"
-#include "models/config.h"
-#include "models/decoder.h"
-#include "models/embedder.h"
-#include "models/make_model.h"
-#include "models/stream.h"
-#include "models/tokenizer.h"
+#include "models/io/checkpoint.h"
+#include "models/memory/chunk_store.h"
+#include "models/io/config.h"
+#include "models/nn/decoder.h"
+#include "models/memory/embedder.h"
+#include "models/memory/model_embedders.h"
+#include "models/lab/make_model.h"
+#include "models/stream/stream.h"
+#include "models/text/tokenizer.h"
 #include "nodes/model_step.h"
 #include "nodes/nodes.h"
+#include "nodes/resources.h"
 #include "nodes/text_out.h"
 #include "tests/test_util.h"
 
@@ -65,15 +67,13 @@ const std::string& long_document() {
   return path;
 }
 
+// The model and the memory directory are each written once, in the pipeline's resources.
 std::vector<std::string> model_sets(const std::string& memory_dir) {
-  const std::string& m = tiny_model();
-  return {"src.model=" + m, "model.model=" + m, "eviction.model=" + m, "model.memory_dir=" + memory_dir,
-          "embed.memory_dir=" + memory_dir, "index.memory_dir=" + memory_dir};
+  return {"resources.models.lm.path=" + tiny_model(), "resources.memories.mem.dir=" + memory_dir};
 }
 
 RunSpec stream_spec(const std::vector<std::string>& extra, const std::string& memory_dir) {
   std::vector<std::string> sets = model_sets(memory_dir);
-  sets.push_back("retrieve.memory_dir=" + memory_dir);
   sets.push_back("out.quiet=true");
   sets.insert(sets.end(), extra.begin(), extra.end());
   return load_run_spec(kSource + "/configs/stream-tiny.yaml", sets);
@@ -93,33 +93,14 @@ Registry builtin() {
   return r;
 }
 
-// The bare loop: StreamSession fed in the source's blocks, then greedy decoding (argmax until EOS).
+// The bare loop through the stream-tiny cache (4 + 32 + 28 slots).
 std::vector<int64_t> bare_loop(const std::string& prompt, int64_t block, int64_t max_new) {
   c10::InferenceMode guard;
-  auto decoder = load_decoder(tiny_model(), at::kCPU, at::kFloat);
-  auto tokenizer = load_tokenizer(tiny_model());
-  StreamConfig sc;
-  sc.policy = Policy::sink;
-  sc.cache.n_sink = 4;
-  sc.cache.n_memory = 32;
-  sc.cache.n_recent = 28;
-  sc.prefill_block = 16;
-  StreamSession session(decoder, sc);
-  std::vector<int64_t> ids;
-  if (tokenizer->bos_id() >= 0) ids.push_back(tokenizer->bos_id());
-  const auto body = tokenizer->encode(prompt);
-  ids.insert(ids.end(), body.begin(), body.end());
-  at::Tensor logits;
-  for (size_t b = 0; b < ids.size(); b += static_cast<size_t>(block))
-    logits = session.feed({ids.begin() + static_cast<long>(b), ids.begin() + static_cast<long>(std::min(ids.size(), b + block))});
-  std::vector<int64_t> out;
-  for (int64_t i = 0; i < max_new; ++i) {
-    const int64_t next = logits.argmax(-1).item<int64_t>();
-    if (next == tokenizer->eos_id()) break;
-    out.push_back(next);
-    logits = session.feed({next});
-  }
-  return out;
+  CacheConfig cache;
+  cache.n_sink = 4;
+  cache.n_memory = 32;
+  cache.n_recent = 28;
+  return test::bare_greedy_loop(tiny_model(), prompt, cache, block, max_new);
 }
 
 }  // namespace
@@ -183,7 +164,7 @@ TEST_CASE("an exception in any node kind ends the run naming that node", "[pipel
     SECTION(kind) {
       const fs::path mem = temp_dir("c_" + node);
       // The stream pipeline over a document with retrieval every 16 tokens: every node gets messages.
-      RunSpec spec = stream_spec({"src.path=" + long_document(), "model.retrieve=always", "model.retrieve_every=16",
+      RunSpec spec = stream_spec({"src.path=" + long_document(), "model.retrieval.trigger=always", "model.retrieval.every=16",
                                   "model.max_new_tokens=4", node + ".fail_at=2"},
                                  mem.string());
       Pipeline pipeline(spec.pipeline, builtin());
@@ -241,15 +222,24 @@ TEST_CASE("an unknown model-step parameter names its file and line", "[pipeline]
   REQUIRE_THROWS_WITH(Pipeline(load_run_spec(path.string()).pipeline, builtin()),
                       Catch::Contains(path.string() + ":10") && Catch::Contains("n_sinks"));
   // A value out of range names the parameter and what was expected.
-  REQUIRE_THROWS_WITH(Pipeline(stream_spec({"model.n_sink=-3"}, (dir / "mem").string()).pipeline, builtin()),
-                      Catch::Contains("--set model.n_sink=-3") && Catch::Contains("expected an integer >= 0, found -3"));
+  // A value out of range names the nested parameter, where it was written and what was expected.
+  REQUIRE_THROWS_WITH(Pipeline(stream_spec({"model.cache.n_sink=-3"}, (dir / "mem").string()).pipeline, builtin()),
+                      Catch::Contains("--set model.cache.n_sink=-3") && Catch::Contains("parameter 'cache.n_sink'") &&
+                          Catch::Contains("n_sink must be >= 0, found -3"));
+  // An unknown nested key names its full path.
+  REQUIRE_THROWS_WITH(Pipeline(stream_spec({"model.sampler.top_q=0.5"}, (dir / "mem").string()).pipeline, builtin()),
+                      Catch::Contains("--set model.sampler.top_q=0.5") && Catch::Contains("unknown parameter 'sampler.top_q'"));
+  // An enum lists its names (one table: parsing, printing and this message).
+  REQUIRE_THROWS_WITH(Pipeline(stream_spec({"model.policy=streaming"}, (dir / "mem").string()).pipeline, builtin()),
+                      Catch::Contains("parameter 'policy'") &&
+                          Catch::Contains("one of dense, window, sink, recompute, kv-align, cluster"));
 }
 
 TEST_CASE("kv re-injection through the graph: retrieved chunks enter the memory region with their stored K/V", "[pipeline]") {
   int64_t injected[2] = {0, 0};
   for (const bool kv : {false, true}) {
     const fs::path mem = temp_dir(kv ? "kv_on" : "kv_off");
-    RunSpec spec = ingest_spec({"model.inject=" + std::string(kv ? "kv" : "text")}, mem.string());
+    RunSpec spec = ingest_spec({"model.retrieval.inject=" + std::string(kv ? "kv" : "text")}, mem.string());
     {
       Pipeline pipeline(spec.pipeline, builtin());
       pipeline.run_for(300s);
@@ -283,16 +273,19 @@ TEST_CASE("the cluster policy runs in a pipeline, and refuses a memory region th
   REQUIRE_THROWS_WITH(Pipeline(bad.pipeline, builtin()), Catch::Contains("not 'cluster' while retrieved chunks need the memory region"));
 }
 
-TEST_CASE("the lm embedder fills the memory from a pipeline; nodes that disagree on the embedder are refused", "[pipeline]") {
+TEST_CASE("the lm embedder fills the memory from a pipeline, with the model resource's own decoder", "[pipeline]") {
   const fs::path mem = temp_dir("lm");
-  std::vector<std::string> lm;
-  for (const char* node : {"model", "embed", "index"}) {
-    lm.push_back(std::string(node) + ".embedder=lm");
-    lm.push_back(std::string(node) + ".embedder_model=" + tiny_model());
-  }
+  const std::vector<std::string> lm = {"resources.memories.mem.embedder={kind: lm, model: lm}"};
   int64_t indexed = 0;
   {
     Pipeline pipeline(ingest_spec(lm, mem.string()).pipeline, builtin());
+    // One decoder: the model resource's, used by model-step and by the lm embedder (no second copy).
+    const auto model = pipeline.resources().model("lm", {}, "model");
+    const auto memory = pipeline.resources().memory("mem", {}, "memory");
+    const auto* embedder = dynamic_cast<const LmEmbedder*>(memory->embedder.get());
+    REQUIRE(embedder != nullptr);
+    CHECK(&embedder->decoder() == model->decoder.get());
+    CHECK(model_step_decoder(pipeline.node("model")).get() == model->decoder.get());
     pipeline.run_for(300s);
     indexed = pipeline.summary().chunks_indexed;
   }
@@ -309,12 +302,14 @@ TEST_CASE("the lm embedder fills the memory from a pipeline; nodes that disagree
   so.dim = 64;
   REQUIRE_THROWS_WITH(ChunkStore::open(mem.string(), so), Catch::Contains("embedder is '" + name + "'"));
 
-  // lm without a model folder names the parameter.
-  REQUIRE_THROWS_WITH(Pipeline(ingest_spec({"embed.embedder=lm"}, (mem / "x").string()).pipeline, builtin()),
-                      Catch::Contains("embedder_model") && Catch::Contains("a decoder folder for embedder lm"));
-  // Two nodes sharing a memory directory with different embedders.
-  std::vector<std::string> mixed(lm.begin(), lm.begin() + 4);  // model and embed: lm; index: hash
-  REQUIRE_THROWS_WITH(Pipeline(ingest_spec(mixed, (mem / "y").string()).pipeline, builtin()),
-                      Catch::Contains("opened with embedder lm (embedder_model " + tiny_model() + ")") &&
-                          Catch::Contains("asks for hash (embed_dim 64)"));
+  // lm without a model resource names the parameter; a model resource that is not declared is listed.
+  REQUIRE_THROWS_WITH(Pipeline(ingest_spec({"resources.memories.mem.embedder={kind: lm}"}, (mem / "x").string()).pipeline,
+                               builtin()),
+                      Catch::Contains("resource 'memories.mem' embedder parameter 'model'") &&
+                          Catch::Contains("a model resource for embedder kind lm"));
+  REQUIRE_THROWS_WITH(
+      Pipeline(ingest_spec({"resources.memories.mem.embedder={kind: lm, model: other}"}, (mem / "y").string()).pipeline,
+               builtin()),
+      Catch::Contains("parameter 'model'") && Catch::Contains("declared under resources.models: lm") &&
+          Catch::Contains("found 'other'"));
 }

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "models/safetensors.h"
+#include "models/io/safetensors.h"
 
 // ATen pulls in glog, whose one-argument CHECK macro would replace Catch's: include Catch last.
 #undef CHECK

@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "models/sentencepiece.h"
-#include "models/tokenizer.h"
+#include "models/text/sentencepiece.h"
+#include "models/text/tokenizer.h"
 
 using sinkflow::SentencePieceModel;
 using Ids = std::vector<int64_t>;

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "models/tokenizer.h"
-#include "models/tokenizer_internal.h"
+#include "models/text/tokenizer.h"
+#include "models/text/tokenizer_internal.h"
 
 namespace {
 namespace fs = std::filesystem;

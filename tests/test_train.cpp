@@ -9,9 +9,9 @@
 #include <set>
 #include <string>
 
-#include "models/checkpoint.h"
-#include "models/tokenizer.h"
-#include "models/train.h"
+#include "models/io/checkpoint.h"
+#include "models/text/tokenizer.h"
+#include "models/lab/train.h"
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;

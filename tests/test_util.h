@@ -3,14 +3,18 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <vector>
 #include <memory>
 #include <random>
 #include <string>
 #include <unistd.h>
 
-#include "models/config.h"
-#include "models/decoder.h"
+#include "models/io/config.h"
+#include "models/nn/decoder.h"
+#include "models/stream/stream.h"
+#include "models/text/tokenizer.h"
 
 namespace sinkflow::test {
 
@@ -79,6 +83,35 @@ inline std::filesystem::path temp_dir(const std::string& name) {
 
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+}
+
+// The bare loop the graph must equal: BOS + the prompt fed to a StreamSession of `cache` in blocks of `block`
+// tokens, then greedy decoding (argmax until EOS or max_new tokens). The model folder's own tokenizer.
+inline std::vector<int64_t> bare_greedy_loop(const std::string& model_dir, const std::string& prompt,
+                                             const CacheConfig& cache, int64_t block, int64_t max_new) {
+  auto decoder = load_decoder(model_dir, at::kCPU, at::kFloat);
+  auto tokenizer = load_tokenizer(model_dir);
+  StreamConfig sc;
+  sc.policy = Policy::sink;
+  sc.cache = cache;
+  sc.prefill_block = block;
+  StreamSession session(decoder, sc);
+  std::vector<int64_t> ids;
+  if (tokenizer->bos_id() >= 0) ids.push_back(tokenizer->bos_id());
+  const auto body = tokenizer->encode(prompt);
+  ids.insert(ids.end(), body.begin(), body.end());
+  at::Tensor logits;
+  for (size_t b = 0; b < ids.size(); b += static_cast<size_t>(block))
+    logits = session.feed({ids.begin() + static_cast<long>(b),
+                           ids.begin() + static_cast<long>(std::min(ids.size(), b + static_cast<size_t>(block)))});
+  std::vector<int64_t> out;
+  for (int64_t i = 0; i < max_new; ++i) {
+    const int64_t next = logits.argmax(-1).item<int64_t>();
+    if (next == tokenizer->eos_id()) break;
+    out.push_back(next);
+    logits = session.feed({next});
+  }
+  return out;
 }
 
 }  // namespace sinkflow::test

@@ -6,10 +6,10 @@
 #include <iostream>
 #include <memory>
 
-#include "models/make_model.h"
-#include "models/runtime.h"
-#include "models/sampler.h"
-#include "models/stream.h"
+#include "models/lab/make_model.h"
+#include "models/nn/runtime.h"
+#include "models/nn/sampler.h"
+#include "models/stream/stream.h"
 #include "tools/commands.h"
 #include "tools/common.h"
 

@@ -15,13 +15,14 @@
 #include <sstream>
 
 #include "graph/progress.h"
-#include "models/chunk_store.h"
-#include "models/copy_check.h"
-#include "models/embedder.h"
-#include "models/memory_path.h"
-#include "models/needle.h"
-#include "models/runtime.h"
-#include "models/stream.h"
+#include "models/memory/chunk_store.h"
+#include "models/lab/copy_check.h"
+#include "models/memory/embedder.h"
+#include "models/memory/memory_dir.h"
+#include "models/memory/memory_path.h"
+#include "models/lab/needle.h"
+#include "models/nn/runtime.h"
+#include "models/stream/stream.h"
 #include "tools/commands.h"
 #include "tools/common.h"
 
@@ -100,7 +101,8 @@ Cell run_cell(const LoadedModel& m, const NeedleArgs& a, const NeedleCase& nc, c
   sc.prefill_block = 32;
   StreamSession session(m.decoder, sc);
   HashEmbedder embedder(384);
-  fs::remove_all(store_dir);
+  MemoryDirLock store_lock(store_dir);  // a sinkflow memory directory only, then emptied: never anything else
+  store_lock.reset();
   StoreOptions so;
   so.embedder_name = embedder.name();
   so.dim = embedder.dim();
@@ -109,8 +111,7 @@ Cell run_cell(const LoadedModel& m, const NeedleArgs& a, const NeedleCase& nc, c
   MemoryRegion region(ReplacePolicy::score);
   SelectOptions sel;
   sel.k = static_cast<int>(a.top_k);
-  sel.mode = a.select == "mmr" ? SelectOptions::Mode::mmr : a.select == "farthest" ? SelectOptions::Mode::farthest
-                                                                                    : SelectOptions::Mode::topk;
+  sel.mode = enum_from_name(kSelectModeNames, a.select, "--select");
   const InjectMode inject = parse_inject_mode(a.inject);
   auto retrieve_into_cache = [&](const std::string& query, int64_t step) {
     // Resident chunks stay eligible: MemoryRegion refreshes one that is retrieved again instead of

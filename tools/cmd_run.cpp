@@ -14,7 +14,7 @@
 #include "graph/graph.h"
 #include "graph/progress.h"
 #include "graph/yaml_spec.h"
-#include "models/runtime.h"
+#include "models/nn/runtime.h"
 #include "nodes/model_step.h"
 #include "nodes/nodes.h"
 #include "tools/commands.h"

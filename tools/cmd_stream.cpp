@@ -15,9 +15,9 @@
 #include <sstream>
 
 #include "graph/progress.h"
-#include "models/kv_align.h"
-#include "models/runtime.h"
-#include "models/stream.h"
+#include "models/stream/kv_align.h"
+#include "models/nn/runtime.h"
+#include "models/stream/stream.h"
 #include "tools/commands.h"
 #include "tools/common.h"
 

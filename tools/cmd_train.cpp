@@ -14,9 +14,9 @@
 #include <string>
 
 #include "graph/progress.h"
-#include "models/kv_align.h"
-#include "models/runtime.h"
-#include "models/train.h"
+#include "models/stream/kv_align.h"
+#include "models/nn/runtime.h"
+#include "models/lab/train.h"
 #include "tools/commands.h"
 #include "tools/common.h"
 

@@ -7,7 +7,7 @@
 #include <sstream>
 #include <stdexcept>
 
-#include "models/runtime.h"
+#include "models/nn/runtime.h"
 
 namespace sinkflow::cli {
 

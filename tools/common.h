@@ -7,8 +7,8 @@
 #include <memory>
 #include <string>
 
-#include "models/decoder.h"
-#include "models/tokenizer.h"
+#include "models/nn/decoder.h"
+#include "models/text/tokenizer.h"
 
 namespace sinkflow::cli {
 

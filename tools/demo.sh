@@ -4,5 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/build.sh
 export OPENBLAS_NUM_THREADS=1
-rm -rf /tmp/sinkflow-memory/ingest  # a fresh memory directory: a reopened one resumes with what it had
 exec build/tools/sinkflow run configs/ingest.yaml --json "$@"

@@ -6,7 +6,7 @@
 #include <iostream>
 #include <stdexcept>
 
-#include "models/runtime.h"
+#include "models/nn/runtime.h"
 #include "tools/commands.h"
 
 int main(int argc, char** argv) {

@@ -1,0 +1,612 @@
+#include "models/io/message_text.h"
+#include "models/io/config.h"
+
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+
+#include <nlohmann/json.hpp>
+
+namespace sinkflow {
+namespace {
+
+using nlohmann::json;
+using ordered_json = nlohmann::ordered_json;
+
+const std::vector<std::string> kModelTypes = {"llama", "mistral", "qwen2", "gpt2", "bert"};
+const std::vector<std::string> kTorchDtypes = {"float32", "float16", "bfloat16"};
+
+std::string join(const std::vector<std::string>& items, const std::string& separator = ", ") {
+  std::string out;
+  for (size_t i = 0; i < items.size(); ++i) out += (i ? separator : "") + items[i];
+  return out;
+}
+
+std::string show(const json& value) { return json_preview(value); }
+
+[[noreturn]] void fail(const std::string& source, const std::string& message) {
+  throw std::invalid_argument(source + ": " + message);
+}
+
+// Typed access to the fields of one config.json object; every error names the file and the field.
+class Fields {
+ public:
+  Fields(const json& object, std::string source) : object_(object), source_(std::move(source)) {}
+
+  bool has(const std::string& field) const { return object_.contains(field) && !object_.at(field).is_null(); }
+
+  const json& require(const std::string& field, const std::string& expected) const {
+    if (!object_.contains(field)) fail(source_, "field '" + field + "' is missing (expected " + expected + ")");
+    return object_.at(field);
+  }
+
+  int64_t positive_int(const std::string& field) const {
+    return check_positive(field, require(field, "a positive integer"));
+  }
+  int64_t positive_int(const std::string& field, int64_t fallback) const {
+    return has(field) ? check_positive(field, object_.at(field)) : fallback;
+  }
+
+  double positive_number(const std::string& field, double fallback) const {
+    if (!has(field)) return fallback;
+    const json& value = object_.at(field);
+    if (!value.is_number() || !(value.get<double>() > 0.0) || !std::isfinite(value.get<double>()))
+      fail(source_, "field '" + field + "' must be a positive number, found " + show(value));
+    return value.get<double>();
+  }
+
+  bool boolean(const std::string& field, bool fallback) const {
+    if (!has(field)) return fallback;
+    const json& value = object_.at(field);
+    if (!value.is_boolean()) fail(source_, "field '" + field + "' must be true or false, found " + show(value));
+    return value.get<bool>();
+  }
+
+  std::string string(const std::string& field, const std::string& fallback) const {
+    if (!has(field)) return fallback;
+    const json& value = object_.at(field);
+    if (!value.is_string()) fail(source_, "field '" + field + "' must be a string, found " + show(value));
+    return value.get<std::string>();
+  }
+
+  // A string that must be one of `accepted` when present.
+  std::string one_of(const std::string& field, const std::vector<std::string>& accepted,
+                     const std::string& fallback) const {
+    std::string value = string(field, fallback);
+    for (const auto& item : accepted)
+      if (item == value) return value;
+    fail(source_, "field '" + field + "' is \"" + value + "\", expected one of " + join(accepted));
+  }
+
+  // bos/eos ids: an integer >= 0, null (-1), or a list of them (the first counts; [] -> -1).
+  int64_t token_id(const std::string& field) const {
+    if (!has(field)) return -1;
+    const json& value = object_.at(field);
+    const json* id = &value;
+    if (value.is_array()) {
+      if (value.empty()) return -1;
+      id = &value.at(0);
+    }
+    if (id->is_null()) return -1;
+    if (!id->is_number_integer() || id->get<int64_t>() < 0 ||
+        (id->is_number_unsigned() && id->get<uint64_t>() > uint64_t(std::numeric_limits<int64_t>::max())))
+      fail(source_, "field '" + field + "' must be a token id (an integer >= 0, a list of them, or null), found " +
+                        show(value));
+    return id->get<int64_t>();
+  }
+
+ private:
+  int64_t check_positive(const std::string& field, const json& value) const {
+    bool ok = value.is_number_integer();
+    if (ok && value.is_number_unsigned()) ok = value.get<uint64_t>() <= uint64_t(std::numeric_limits<int64_t>::max());
+    if (ok) ok = value.get<int64_t>() > 0;
+    if (!ok) fail(source_, "field '" + field + "' must be a positive integer, found " + show(value));
+    return value.get<int64_t>();
+  }
+
+  const json& object_;
+  std::string source_;
+};
+
+std::string read_dtype(const Fields& fields) {
+  // transformers >= 4.56 writes "dtype"; older versions "torch_dtype".
+  const std::string field = fields.has("torch_dtype") || !fields.has("dtype") ? "torch_dtype" : "dtype";
+  return fields.one_of(field, kTorchDtypes, "float32");
+}
+
+void parse_llama(const Fields& f, const json& root, const std::string& source, ModelConfig& c) {
+  c.family = Family::llama;
+  c.vocab_size = f.positive_int("vocab_size");
+  c.d_model = f.positive_int("hidden_size");
+  c.d_ff = f.positive_int("intermediate_size");
+  c.n_layer = f.positive_int("num_hidden_layers");
+  c.n_head = f.positive_int("num_attention_heads");
+  c.n_kv_head = f.positive_int("num_key_value_heads", c.n_head);
+  if (f.has("head_dim")) {
+    c.d_head = f.positive_int("head_dim");
+  } else {
+    if (c.d_model % c.n_head != 0)
+      fail(source, "field 'hidden_size' (" + std::to_string(c.d_model) +
+                       ") must be divisible by field 'num_attention_heads' (" + std::to_string(c.n_head) + ")");
+    c.d_head = c.d_model / c.n_head;
+  }
+  c.max_positions = f.positive_int("max_position_embeddings");
+  c.norm_eps = f.positive_number("rms_norm_eps", 1e-6);
+  c.rope_theta = f.positive_number("rope_theta", 10000.0);
+  c.partial_rotary_factor = f.positive_number("partial_rotary_factor", 1.0);
+  c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
+  if (c.model_type == "qwen2") {
+    c.attention_bias = true;  // Qwen2Attention: q/k/v with bias, o_proj without
+    c.attention_out_bias = false;
+    c.mlp_bias = false;
+  } else if (c.model_type == "llama") {
+    c.attention_bias = c.attention_out_bias = f.boolean("attention_bias", false);
+    c.mlp_bias = f.boolean("mlp_bias", false);
+  }  // mistral: never biases
+  f.one_of("hidden_act", {"silu"}, "silu");
+  if (root.contains("rope_scaling") && !root.at("rope_scaling").is_null()) {
+    const json& scaling = root.at("rope_scaling");
+    if (!scaling.is_object())
+      fail(source, "field 'rope_scaling' must be an object or null, found " + show(scaling));
+    std::string type = "unknown";
+    for (const char* key : {"rope_type", "type"})
+      if (scaling.contains(key) && scaling.at(key).is_string()) {
+        type = scaling.at(key).get<std::string>();
+        break;
+      }
+    fail(source, "field 'rope_scaling' of type '" + type + "' is not supported (expected null: plain RoPE)");
+  }
+}
+
+void parse_gpt2(const Fields& f, const std::string& source, ModelConfig& c) {
+  c.family = Family::gpt2;
+  c.vocab_size = f.positive_int("vocab_size");
+  c.d_model = f.positive_int("n_embd");
+  c.n_layer = f.positive_int("n_layer");
+  c.n_head = f.positive_int("n_head");
+  c.n_kv_head = c.n_head;
+  c.max_positions = f.positive_int("n_positions");
+  c.d_ff = f.positive_int("n_inner", 4 * c.d_model);
+  c.norm_eps = f.positive_number("layer_norm_epsilon", 1e-5);
+  f.one_of("activation_function", {"gelu_new", "gelu_pytorch_tanh"}, "gelu_new");
+  if (!f.boolean("tie_word_embeddings", true))
+    fail(source, "field 'tie_word_embeddings' is false, expected true (gpt2 ties lm_head to transformer.wte)");
+  if (f.boolean("scale_attn_by_inverse_layer_idx", false))
+    fail(source, "field 'scale_attn_by_inverse_layer_idx' is true, expected false (not supported)");
+  if (!f.boolean("scale_attn_weights", true))
+    fail(source, "field 'scale_attn_weights' is false, expected true (not supported)");
+  c.tie_word_embeddings = true;
+  if (c.d_model % c.n_head != 0)
+    fail(source, "field 'n_embd' (" + std::to_string(c.d_model) + ") must be divisible by field 'n_head' (" +
+                     std::to_string(c.n_head) + ")");
+  c.d_head = c.d_model / c.n_head;
+}
+
+void parse_bert(const Fields& f, const std::string& source, ModelConfig& c) {
+  c.family = Family::bert;
+  c.vocab_size = f.positive_int("vocab_size");
+  c.d_model = f.positive_int("hidden_size");
+  c.n_layer = f.positive_int("num_hidden_layers");
+  c.n_head = f.positive_int("num_attention_heads");
+  c.n_kv_head = c.n_head;
+  c.d_ff = f.positive_int("intermediate_size");
+  c.max_positions = f.positive_int("max_position_embeddings");
+  c.type_vocab_size = f.positive_int("type_vocab_size", 2);
+  c.norm_eps = f.positive_number("layer_norm_eps", 1e-12);
+  c.tie_word_embeddings = false;
+  f.one_of("hidden_act", {"gelu"}, "gelu");
+  f.one_of("position_embedding_type", {"absolute"}, "absolute");
+  if (c.d_model % c.n_head != 0)
+    fail(source, "field 'hidden_size' (" + std::to_string(c.d_model) +
+                     ") must be divisible by field 'num_attention_heads' (" + std::to_string(c.n_head) + ")");
+  c.d_head = c.d_model / c.n_head;
+}
+
+// The config.json field that holds a ModelConfig member, for error messages.
+std::string field_name(const ModelConfig& c, const std::string& member) {
+  const bool gpt2 = c.family == Family::gpt2;
+  if (member == "d_model") return gpt2 ? "n_embd" : "hidden_size";
+  if (member == "n_layer") return gpt2 ? "n_layer" : "num_hidden_layers";
+  if (member == "n_head") return gpt2 ? "n_head" : "num_attention_heads";
+  if (member == "n_kv_head") return "num_key_value_heads";
+  if (member == "d_head") return "head_dim";
+  if (member == "d_ff") return gpt2 ? "n_inner" : "intermediate_size";
+  if (member == "max_positions") return gpt2 ? "n_positions" : "max_position_embeddings";
+  if (member == "norm_eps")
+    return gpt2 ? "layer_norm_epsilon" : c.family == Family::bert ? "layer_norm_eps" : "rms_norm_eps";
+  return member;
+}
+
+json token_json(int64_t id) { return id < 0 ? json(nullptr) : json(id); }
+
+}  // namespace
+
+const char* family_name(Family family) {
+  switch (family) {
+    case Family::llama: return "llama";
+    case Family::gpt2: return "gpt2";
+    case Family::bert: return "bert";
+  }
+  return "?";
+}
+
+Family parse_family(const std::string& name) {
+  if (name == "llama") return Family::llama;
+  if (name == "gpt2") return Family::gpt2;
+  if (name == "bert") return Family::bert;
+  throw std::invalid_argument("model family '" + name + "' is not known, expected one of llama, gpt2, bert");
+}
+
+int64_t ModelConfig::n_rot() const {
+  // As transformers: int(head_dim * partial_rotary_factor).
+  return static_cast<int64_t>(static_cast<double>(d_head) * partial_rotary_factor);
+}
+
+ModelConfig ModelConfig::from_json_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::invalid_argument(path + ": cannot open the file (expected a Hugging Face config.json)");
+  std::stringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw std::runtime_error(path + ": reading the file failed");
+  return from_json_text(text.str(), path);
+}
+
+ModelConfig ModelConfig::from_json_text(const std::string& text, const std::string& source_name) {
+  json root;
+  try {
+    root = json::parse(text);
+  } catch (const json::parse_error& e) {
+    fail(source_name, "malformed JSON at byte " + std::to_string(e.byte) + " (" + e.what() + ")");
+  }
+  if (!root.is_object()) fail(source_name, "expected a JSON object, found " + show(root));
+  Fields fields(root, source_name);
+
+  ModelConfig c;
+  const json& type = fields.require("model_type", "one of " + join(kModelTypes));
+  if (!type.is_string()) fail(source_name, "field 'model_type' must be a string, found " + show(type));
+  c.model_type = type.get<std::string>();
+  if (c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2") {
+    parse_llama(fields, root, source_name, c);
+  } else if (c.model_type == "gpt2") {
+    parse_gpt2(fields, source_name, c);
+  } else if (c.model_type == "bert") {
+    parse_bert(fields, source_name, c);
+  } else {
+    fail(source_name, "field 'model_type' is \"" + c.model_type + "\", expected one of " + join(kModelTypes));
+  }
+  c.bos_token_id = fields.token_id("bos_token_id");
+  c.eos_token_id = fields.token_id("eos_token_id");
+  c.torch_dtype = read_dtype(fields);
+  c.validate(source_name);
+  return c;
+}
+
+void ModelConfig::validate(const std::string& source_name) const {
+  const auto& s = source_name;
+  auto positive = [&](int64_t value, const std::string& member) {
+    if (value <= 0)
+      fail(s, "field '" + field_name(*this, member) + "' must be a positive integer, found " + std::to_string(value));
+  };
+  const Family expected_family =
+      model_type == "gpt2" ? Family::gpt2 : model_type == "bert" ? Family::bert : Family::llama;
+  bool known_type = false;
+  for (const auto& t : kModelTypes) known_type = known_type || t == model_type;
+  if (!known_type) fail(s, "field 'model_type' is \"" + model_type + "\", expected one of " + join(kModelTypes));
+  if (family != expected_family)
+    fail(s, "field 'model_type' is \"" + model_type + "\", which belongs to family " +
+                family_name(expected_family) + ", but the family is " + family_name(family));
+  positive(vocab_size, "vocab_size");
+  positive(d_model, "d_model");
+  positive(n_layer, "n_layer");
+  positive(n_head, "n_head");
+  positive(n_kv_head, "n_kv_head");
+  positive(d_head, "d_head");
+  positive(d_ff, "d_ff");
+  positive(max_positions, "max_positions");
+  if (!(norm_eps > 0.0) || !std::isfinite(norm_eps))
+    fail(s, "field '" + field_name(*this, "norm_eps") + "' must be a positive number, found " +
+                std::to_string(norm_eps));
+  if (n_head % n_kv_head != 0)
+    fail(s, "field 'num_attention_heads' (" + std::to_string(n_head) +
+                ") must be divisible by field 'num_key_value_heads' (" + std::to_string(n_kv_head) + ")");
+  bool known_dtype = false;
+  for (const auto& t : kTorchDtypes) known_dtype = known_dtype || t == torch_dtype;
+  if (!known_dtype) fail(s, "field 'torch_dtype' is \"" + torch_dtype + "\", expected one of " + join(kTorchDtypes));
+  if (bos_token_id < -1) fail(s, "field 'bos_token_id' must be >= 0 or null, found " + std::to_string(bos_token_id));
+  if (eos_token_id < -1) fail(s, "field 'eos_token_id' must be >= 0 or null, found " + std::to_string(eos_token_id));
+
+  if (family == Family::llama) {
+    if (!(rope_theta > 0.0) || !std::isfinite(rope_theta))
+      fail(s, "field 'rope_theta' must be a positive number, found " + std::to_string(rope_theta));
+    if (!(partial_rotary_factor > 0.0 && partial_rotary_factor <= 1.0))
+      fail(s, "field 'partial_rotary_factor' must be in (0, 1], found " + std::to_string(partial_rotary_factor));
+    const int64_t rot = n_rot();
+    if (rot <= 0 || rot % 2 != 0)
+      fail(s, "field 'partial_rotary_factor' (" + std::to_string(partial_rotary_factor) + ") times head_dim (" +
+                  std::to_string(d_head) + ") must give an even number of rotated dims, found " +
+                  std::to_string(rot));
+    if (model_type == "qwen2" && (!attention_bias || attention_out_bias || mlp_bias))
+      fail(s, "qwen2 has q/k/v biases only, found attention_bias=" + std::to_string(attention_bias) +
+                  " attention_out_bias=" + std::to_string(attention_out_bias) + " mlp_bias=" + std::to_string(mlp_bias));
+    if (model_type == "mistral" && (attention_bias || attention_out_bias || mlp_bias))
+      fail(s, "mistral has no biases, found attention_bias=" + std::to_string(attention_bias) +
+                  " attention_out_bias=" + std::to_string(attention_out_bias) + " mlp_bias=" + std::to_string(mlp_bias));
+    if (model_type == "llama" && attention_bias != attention_out_bias)
+      fail(s, "field 'attention_bias' of llama covers q/k/v and o_proj alike, found attention_bias=" +
+                  std::to_string(attention_bias) + " attention_out_bias=" + std::to_string(attention_out_bias));
+  } else {
+    if (n_kv_head != n_head)
+      fail(s, "field 'num_key_value_heads' is not supported for " + model_type + ": expected " +
+                  std::to_string(n_head) + " (= heads), found " + std::to_string(n_kv_head));
+    if (d_head * n_head != d_model)
+      fail(s, "field '" + field_name(*this, "d_model") + "' (" + std::to_string(d_model) +
+                  ") must equal heads times head size (" + std::to_string(n_head) + " x " + std::to_string(d_head) +
+                  ")");
+    if (attention_bias || attention_out_bias || mlp_bias)
+      fail(s, model_type + " has fixed biases: attention_bias, attention_out_bias and mlp_bias must stay false");
+    if (family == Family::gpt2 && !tie_word_embeddings)
+      fail(s, "field 'tie_word_embeddings' is false, expected true (gpt2 ties lm_head to transformer.wte)");
+    if (family == Family::bert) positive(type_vocab_size, "type_vocab_size");
+  }
+}
+
+std::string ModelConfig::to_json_text() const {
+  ordered_json j;
+  if (family == Family::llama) {
+    const char* arch = model_type == "qwen2"     ? "Qwen2ForCausalLM"
+                       : model_type == "mistral" ? "MistralForCausalLM"
+                                                 : "LlamaForCausalLM";
+    j["architectures"] = {arch};
+    j["model_type"] = model_type;
+    j["vocab_size"] = vocab_size;
+    j["hidden_size"] = d_model;
+    j["intermediate_size"] = d_ff;
+    j["num_hidden_layers"] = n_layer;
+    j["num_attention_heads"] = n_head;
+    j["num_key_value_heads"] = n_kv_head;
+    j["head_dim"] = d_head;
+    j["max_position_embeddings"] = max_positions;
+    j["hidden_act"] = "silu";
+    j["rms_norm_eps"] = norm_eps;
+    j["rope_theta"] = rope_theta;
+    j["rope_scaling"] = nullptr;
+    if (partial_rotary_factor != 1.0) j["partial_rotary_factor"] = partial_rotary_factor;
+    j["tie_word_embeddings"] = tie_word_embeddings;
+    if (model_type == "llama") {
+      j["attention_bias"] = attention_bias;
+      j["mlp_bias"] = mlp_bias;
+    }
+    if (model_type == "qwen2" || model_type == "mistral") {
+      j["use_sliding_window"] = false;
+      j["sliding_window"] = nullptr;
+    }
+    j["attention_dropout"] = 0.0;
+    j["initializer_range"] = 0.02;
+    j["use_cache"] = true;
+  } else if (family == Family::gpt2) {
+    j["architectures"] = {"GPT2LMHeadModel"};
+    j["model_type"] = "gpt2";
+    j["vocab_size"] = vocab_size;
+    j["n_embd"] = d_model;
+    j["n_layer"] = n_layer;
+    j["n_head"] = n_head;
+    j["n_positions"] = max_positions;
+    j["n_ctx"] = max_positions;
+    j["n_inner"] = d_ff;
+    j["activation_function"] = "gelu_new";
+    j["layer_norm_epsilon"] = norm_eps;
+    j["resid_pdrop"] = 0.0;
+    j["embd_pdrop"] = 0.0;
+    j["attn_pdrop"] = 0.0;
+    j["initializer_range"] = 0.02;
+    j["tie_word_embeddings"] = true;
+    j["use_cache"] = true;
+  } else {
+    j["architectures"] = {"BertModel"};
+    j["model_type"] = "bert";
+    j["vocab_size"] = vocab_size;
+    j["hidden_size"] = d_model;
+    j["num_hidden_layers"] = n_layer;
+    j["num_attention_heads"] = n_head;
+    j["intermediate_size"] = d_ff;
+    j["max_position_embeddings"] = max_positions;
+    j["type_vocab_size"] = type_vocab_size;
+    j["layer_norm_eps"] = norm_eps;
+    j["hidden_act"] = "gelu";
+    j["position_embedding_type"] = "absolute";
+    j["hidden_dropout_prob"] = 0.0;
+    j["attention_probs_dropout_prob"] = 0.0;
+    j["initializer_range"] = 0.02;
+    j["pad_token_id"] = 0;
+  }
+  j["bos_token_id"] = token_json(bos_token_id);
+  j["eos_token_id"] = token_json(eos_token_id);
+  j["torch_dtype"] = torch_dtype;
+  return j.dump(2) + "\n";
+}
+
+std::vector<std::string> shape_preset_names() {
+  return {"tiny-llama",     "tiny-gpt2",  "tiny-bert",  "smollm2-135m", "smollm2-360m",  "tinyllama-1.1b",
+          "llama-2-7b",     "qwen2-0.5b", "gpt2",       "distilgpt2",   "gpt2-medium",   "minilm-l6"};
+}
+
+ModelConfig shape_preset(const std::string& name) {
+  ModelConfig c;
+  auto llama = [&](int64_t vocab, int64_t d, int64_t layers, int64_t heads, int64_t kv, int64_t ff,
+                   int64_t max_pos, double theta, double eps, bool tied) {
+    c.family = Family::llama;
+    c.model_type = "llama";
+    c.vocab_size = vocab;
+    c.d_model = d;
+    c.n_layer = layers;
+    c.n_head = heads;
+    c.n_kv_head = kv;
+    c.d_head = d / heads;
+    c.d_ff = ff;
+    c.max_positions = max_pos;
+    c.rope_theta = theta;
+    c.norm_eps = eps;
+    c.tie_word_embeddings = tied;
+  };
+  auto gpt2 = [&](int64_t vocab, int64_t d, int64_t layers, int64_t heads, int64_t max_pos) {
+    c.family = Family::gpt2;
+    c.model_type = "gpt2";
+    c.vocab_size = vocab;
+    c.d_model = d;
+    c.n_layer = layers;
+    c.n_head = heads;
+    c.n_kv_head = heads;
+    c.d_head = d / heads;
+    c.d_ff = 4 * d;
+    c.max_positions = max_pos;
+    c.norm_eps = 1e-5;
+    c.tie_word_embeddings = true;
+  };
+  auto bert = [&](int64_t vocab, int64_t d, int64_t layers, int64_t heads, int64_t ff, int64_t max_pos) {
+    c.family = Family::bert;
+    c.model_type = "bert";
+    c.vocab_size = vocab;
+    c.d_model = d;
+    c.n_layer = layers;
+    c.n_head = heads;
+    c.n_kv_head = heads;
+    c.d_head = d / heads;
+    c.d_ff = ff;
+    c.max_positions = max_pos;
+    c.type_vocab_size = 2;
+    c.norm_eps = 1e-12;
+  };
+
+  if (name == "tiny-llama") {
+    llama(512, 64, 2, 4, 2, 128, 2048, 10000.0, 1e-5, true);
+    c.bos_token_id = 1;  // sentencepiece's defaults: <unk>=0, <s>=1, </s>=2
+    c.eos_token_id = 2;
+  } else if (name == "tiny-gpt2") {
+    gpt2(512, 64, 2, 4, 512);
+  } else if (name == "tiny-bert") {
+    bert(1024, 64, 2, 4, 128, 512);
+  } else if (name == "smollm2-135m") {  // HuggingFaceTB/SmolLM2-135M
+    llama(49152, 576, 30, 9, 3, 1536, 8192, 100000.0, 1e-5, true);
+    c.bos_token_id = 0;
+    c.eos_token_id = 0;
+    c.torch_dtype = "bfloat16";
+  } else if (name == "smollm2-360m") {  // HuggingFaceTB/SmolLM2-360M
+    llama(49152, 960, 32, 15, 5, 2560, 8192, 100000.0, 1e-5, true);
+    c.bos_token_id = 0;
+    c.eos_token_id = 0;
+    c.torch_dtype = "bfloat16";
+  } else if (name == "tinyllama-1.1b") {  // TinyLlama/TinyLlama-1.1B-Chat-v1.0
+    llama(32000, 2048, 22, 32, 4, 5632, 2048, 10000.0, 1e-5, false);
+    c.bos_token_id = 1;
+    c.eos_token_id = 2;
+    c.torch_dtype = "bfloat16";
+  } else if (name == "llama-2-7b") {  // meta-llama/Llama-2-7b-hf
+    llama(32000, 4096, 32, 32, 32, 11008, 4096, 10000.0, 1e-5, false);
+    c.bos_token_id = 1;
+    c.eos_token_id = 2;
+    c.torch_dtype = "float16";
+  } else if (name == "qwen2-0.5b") {  // Qwen/Qwen2-0.5B-Instruct
+    llama(151936, 896, 24, 14, 2, 4864, 32768, 1000000.0, 1e-6, true);
+    c.model_type = "qwen2";
+    c.attention_bias = true;
+    c.bos_token_id = 151643;
+    c.eos_token_id = 151645;
+    c.torch_dtype = "bfloat16";
+  } else if (name == "gpt2") {  // openai-community/gpt2
+    gpt2(50257, 768, 12, 12, 1024);
+    c.bos_token_id = c.eos_token_id = 50256;
+  } else if (name == "distilgpt2") {  // distilbert/distilgpt2
+    gpt2(50257, 768, 6, 12, 1024);
+    c.bos_token_id = c.eos_token_id = 50256;
+  } else if (name == "gpt2-medium") {  // openai-community/gpt2-medium
+    gpt2(50257, 1024, 24, 16, 1024);
+    c.bos_token_id = c.eos_token_id = 50256;
+  } else if (name == "minilm-l6") {  // sentence-transformers/all-MiniLM-L6-v2
+    bert(30522, 384, 6, 12, 1536, 512);
+  } else {
+    throw std::invalid_argument("shape preset '" + name + "' is not known, expected one of " +
+                                join(shape_preset_names()));
+  }
+  c.validate("shape preset '" + name + "'");
+  return c;
+}
+
+std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const ModelConfig& c) {
+  std::vector<std::pair<std::string, std::vector<int64_t>>> out;
+  auto add = [&](std::string name, std::vector<int64_t> shape) { out.emplace_back(std::move(name), std::move(shape)); };
+  const int64_t D = c.d_model, F = c.d_ff, V = c.vocab_size;
+
+  if (c.family == Family::llama) {
+    const int64_t q_dim = c.n_head * c.d_head, kv_dim = c.n_kv_head * c.d_head;
+    add("model.embed_tokens.weight", {V, D});
+    for (int64_t n = 0; n < c.n_layer; ++n) {
+      const std::string p = "model.layers." + std::to_string(n) + ".";
+      add(p + "input_layernorm.weight", {D});
+      add(p + "self_attn.q_proj.weight", {q_dim, D});
+      if (c.attention_bias) add(p + "self_attn.q_proj.bias", {q_dim});
+      add(p + "self_attn.k_proj.weight", {kv_dim, D});
+      if (c.attention_bias) add(p + "self_attn.k_proj.bias", {kv_dim});
+      add(p + "self_attn.v_proj.weight", {kv_dim, D});
+      if (c.attention_bias) add(p + "self_attn.v_proj.bias", {kv_dim});
+      add(p + "self_attn.o_proj.weight", {D, q_dim});
+      if (c.attention_out_bias) add(p + "self_attn.o_proj.bias", {D});
+      add(p + "post_attention_layernorm.weight", {D});
+      add(p + "mlp.gate_proj.weight", {F, D});
+      if (c.mlp_bias) add(p + "mlp.gate_proj.bias", {F});
+      add(p + "mlp.up_proj.weight", {F, D});
+      if (c.mlp_bias) add(p + "mlp.up_proj.bias", {F});
+      add(p + "mlp.down_proj.weight", {D, F});
+      if (c.mlp_bias) add(p + "mlp.down_proj.bias", {D});
+    }
+    add("model.norm.weight", {D});
+    if (!c.tie_word_embeddings) add("lm_head.weight", {V, D});
+  } else if (c.family == Family::gpt2) {
+    add("transformer.wte.weight", {V, D});
+    add("transformer.wpe.weight", {c.max_positions, D});
+    for (int64_t n = 0; n < c.n_layer; ++n) {
+      const std::string p = "transformer.h." + std::to_string(n) + ".";
+      add(p + "ln_1.weight", {D});
+      add(p + "ln_1.bias", {D});
+      add(p + "attn.c_attn.weight", {D, 3 * D});  // Conv1D: [in, out]
+      add(p + "attn.c_attn.bias", {3 * D});
+      add(p + "attn.c_proj.weight", {D, D});
+      add(p + "attn.c_proj.bias", {D});
+      add(p + "ln_2.weight", {D});
+      add(p + "ln_2.bias", {D});
+      add(p + "mlp.c_fc.weight", {D, F});
+      add(p + "mlp.c_fc.bias", {F});
+      add(p + "mlp.c_proj.weight", {F, D});
+      add(p + "mlp.c_proj.bias", {D});
+    }
+    add("transformer.ln_f.weight", {D});
+    add("transformer.ln_f.bias", {D});
+  } else {
+    add("embeddings.word_embeddings.weight", {V, D});
+    add("embeddings.position_embeddings.weight", {c.max_positions, D});
+    add("embeddings.token_type_embeddings.weight", {c.type_vocab_size, D});
+    add("embeddings.LayerNorm.weight", {D});
+    add("embeddings.LayerNorm.bias", {D});
+    for (int64_t n = 0; n < c.n_layer; ++n) {
+      const std::string p = "encoder.layer." + std::to_string(n) + ".";
+      for (const char* proj : {"query", "key", "value"}) {
+        add(p + "attention.self." + proj + ".weight", {D, D});
+        add(p + "attention.self." + proj + ".bias", {D});
+      }
+      add(p + "attention.output.dense.weight", {D, D});
+      add(p + "attention.output.dense.bias", {D});
+      add(p + "attention.output.LayerNorm.weight", {D});
+      add(p + "attention.output.LayerNorm.bias", {D});
+      add(p + "intermediate.dense.weight", {F, D});
+      add(p + "intermediate.dense.bias", {F});
+      add(p + "output.dense.weight", {D, F});
+      add(p + "output.dense.bias", {D});
+      add(p + "output.LayerNorm.weight", {D});
+      add(p + "output.LayerNorm.bias", {D});
+    }
+  }
+  return out;
+}
+
+}  // namespace sinkflow

@@ -1,0 +1,797 @@
+#include "models/memory/chunk_store.h"
+
+#include "models/io/field_error.h"
+
+#include <ATen/ATen.h>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+namespace sinkflow {
+
+namespace fs = std::filesystem;
+static_assert(std::endian::native == std::endian::little, "chunks.log is written in native (little-endian) order");
+
+namespace {
+
+constexpr uint32_t kRecordMagic = 0x4B434653;  // bytes "SFCK"
+constexpr uint64_t kRecordHeader = 16;         // u32 magic | u32 crc | u64 payload length
+constexpr int kFormatVersion = 1;
+constexpr const char* kFormatName = "sinkflow-chunk-store";
+
+std::string errno_text() { return std::strerror(errno); }
+
+std::string hex32(uint32_t v) {
+  char b[16];
+  std::snprintf(b, sizeof b, "0x%08x", v);
+  return b;
+}
+
+// ----- payload encoding -----------------------------------------------------------------------------------------
+
+struct ParseError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+class Writer {
+ public:
+  std::string buf;
+  template <typename T>
+  void pod(const T& v) {
+    buf.append(reinterpret_cast<const char*>(&v), sizeof v);
+  }
+  void bytes(const void* p, size_t n) { buf.append(static_cast<const char*>(p), n); }
+};
+
+class Reader {
+ public:
+  Reader(const char* p, size_t n) : begin_(p), p_(p), left_(n) {}
+  void bytes(void* out, uint64_t n, const char* what) {
+    need(n, what);
+    if (n) std::memcpy(out, p_, size_t(n));
+    skip(n);
+  }
+  template <typename T>
+  T pod(const char* what) {
+    T v;
+    bytes(&v, sizeof v, what);
+    return v;
+  }
+  void need(uint64_t n, const char* what) const {
+    if (n > left_)
+      throw ParseError(std::string(what) + " needs " + std::to_string(n) + " bytes, " + std::to_string(left_) +
+                       " left in the record");
+  }
+  void skip(uint64_t n) {
+    p_ += n;
+    left_ -= n;
+  }
+  const char* here() const { return p_; }
+  uint64_t left() const { return left_; }
+  uint64_t offset() const { return uint64_t(p_ - begin_); }
+
+ private:
+  const char* begin_;
+  const char* p_;
+  uint64_t left_;
+};
+
+uint8_t dtype_code(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return 1;
+    case at::kHalf: return 2;
+    case at::kBFloat16: return 3;
+    case at::kDouble: return 4;
+    default: return 0;
+  }
+}
+
+at::ScalarType dtype_of_code(uint8_t c) {
+  switch (c) {
+    case 1: return at::kFloat;
+    case 2: return at::kHalf;
+    case 3: return at::kBFloat16;
+    default: return at::kDouble;
+  }
+}
+
+// `kv` is CPU, contiguous, supported dtype (checked by the caller).
+std::string encode(const Chunk& c, int64_t id, const std::vector<float>& embedding, const at::Tensor& kv,
+                   uint32_t* embedding_at) {
+  Writer w;
+  w.buf.resize(kRecordHeader);  // header filled in by the caller
+  w.pod(id);
+  w.pod(c.stream_id);
+  w.pod(c.n_overlap);
+  w.pod(uint64_t(c.tokens.size()));
+  w.bytes(c.tokens.data(), c.tokens.size() * 8);
+  w.bytes(c.positions.data(), c.positions.size() * 8);
+  w.pod(uint64_t(c.text.size()));
+  w.bytes(c.text.data(), c.text.size());
+  w.pod(uint64_t(embedding.size()));
+  *embedding_at = uint32_t(w.buf.size() - kRecordHeader);
+  w.bytes(embedding.data(), embedding.size() * 4);
+  if (!kv.defined()) {
+    w.pod(uint8_t(0));
+  } else {
+    w.pod(dtype_code(kv.scalar_type()));
+    w.pod(uint8_t(kv.dim()));
+    for (int64_t d = 0; d < kv.dim(); ++d) w.pod(int64_t(kv.size(d)));
+    w.bytes(kv.data_ptr(), kv.nbytes());
+  }
+  return std::move(w.buf);
+}
+
+// Decodes a payload whose CRC has been checked. Throws ParseError on inconsistent content.
+Chunk decode(const char* p, uint64_t n, int64_t dim, bool load_kv, uint32_t* embedding_at,
+             std::vector<float>* embedding = nullptr) {
+  Reader r(p, n);
+  Chunk c;
+  c.id = r.pod<int64_t>("id");
+  c.stream_id = r.pod<int64_t>("stream_id");
+  c.n_overlap = r.pod<int64_t>("n_overlap");
+  const auto n_tok = r.pod<uint64_t>("token count");
+  if (n_tok > r.left() / 16) throw ParseError("token count " + std::to_string(n_tok) + " exceeds the record");
+  if (c.n_overlap < 0 || uint64_t(c.n_overlap) > n_tok)
+    throw ParseError("n_overlap " + std::to_string(c.n_overlap) + " is outside [0, " + std::to_string(n_tok) + "]");
+  c.tokens.resize(n_tok);
+  c.positions.resize(n_tok);
+  r.bytes(c.tokens.data(), n_tok * 8, "tokens");
+  r.bytes(c.positions.data(), n_tok * 8, "positions");
+  const auto n_text = r.pod<uint64_t>("text length");
+  r.need(n_text, "text");
+  c.text.assign(r.here(), size_t(n_text));
+  r.skip(n_text);
+  const auto n_emb = r.pod<uint64_t>("embedding length");
+  if (n_emb != uint64_t(dim))
+    throw ParseError("embedding length " + std::to_string(n_emb) + ", expected " + std::to_string(dim));
+  if (embedding_at) *embedding_at = uint32_t(r.offset());
+  r.need(n_emb * 4, "embedding");
+  if (embedding) {
+    embedding->resize(n_emb);
+    std::memcpy(embedding->data(), r.here(), n_emb * 4);
+  }
+  for (uint64_t i = 0; i < n_emb; ++i) {
+    float x;
+    std::memcpy(&x, r.here() + 4 * i, 4);
+    if (!std::isfinite(x)) throw ParseError("embedding component " + std::to_string(i) + " is not finite");
+  }
+  r.skip(n_emb * 4);
+  const auto code = r.pod<uint8_t>("kv dtype");
+  if (code > 4) throw ParseError("kv dtype code " + std::to_string(code) + ", expected 0..4");
+  if (code != 0) {
+    const auto ndim = r.pod<uint8_t>("kv ndim");
+    if (ndim != 5) throw ParseError("kv has " + std::to_string(ndim) + " dims, expected 5");
+    std::vector<int64_t> shape(ndim);
+    uint64_t numel = 1;
+    for (auto& s : shape) {
+      s = r.pod<int64_t>("kv shape");
+      if (s < 0) throw ParseError("kv shape has a negative size " + std::to_string(s));
+      if (s != 0 && numel > r.left() / uint64_t(s)) throw ParseError("kv shape exceeds the record");
+      numel *= uint64_t(s);
+    }
+    if (uint64_t(shape[3]) != n_tok)
+      throw ParseError("kv token dim is " + std::to_string(shape[3]) + ", expected " + std::to_string(n_tok));
+    const uint64_t elem = code == 1 ? 4 : code == 4 ? 8 : 2;
+    if (numel > r.left() / elem) throw ParseError("kv data exceeds the record");
+    const uint64_t nbytes = numel * elem;
+    r.need(nbytes, "kv data");
+    if (load_kv) {
+      c.kv = at::empty(shape, at::TensorOptions().dtype(dtype_of_code(code)));
+      if (nbytes) std::memcpy(c.kv.data_ptr(), r.here(), size_t(nbytes));
+    }
+    r.skip(nbytes);
+  }
+  if (r.left() != 0) throw ParseError(std::to_string(r.left()) + " trailing bytes after the kv field");
+  return c;
+}
+
+uint32_t record_crc(uint64_t len, const char* payload) { return crc32(payload, size_t(len), crc32(&len, 8)); }
+
+void pread_all(int fd, void* buf, uint64_t n, uint64_t off, const std::string& path) {
+  auto* p = static_cast<char*>(buf);
+  while (n) {
+    ssize_t got = ::pread(fd, p, size_t(std::min<uint64_t>(n, 1u << 30)), off_t(off));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0)
+      throw std::runtime_error(path + ": read of " + std::to_string(n) + " bytes at byte offset " +
+                               std::to_string(off) + " failed (" + (got == 0 ? "end of file" : errno_text()) + ")");
+    p += got;
+    n -= uint64_t(got);
+    off += uint64_t(got);
+  }
+}
+
+void fsync_dir(const fs::path& dir) {
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+void write_file_atomic(const fs::path& path, const std::string& content) {
+  const fs::path tmp = path.string() + ".tmp";
+  {
+    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+    out << content;
+    out.flush();
+    if (!out) throw std::runtime_error(tmp.string() + ": cannot write (" + errno_text() + ")");
+  }
+  int fd = ::open(tmp.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) throw std::runtime_error(path.string() + ": cannot rename " + tmp.string() + " into place (" + ec.message() + ")");
+  fsync_dir(path.parent_path());
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// Chunker.
+
+Chunker::Chunker(int64_t chunk_size, int64_t overlap) : chunk_size_(chunk_size), overlap_(overlap) {
+  if (chunk_size < 1) throw std::invalid_argument("Chunker: chunk_size is " + std::to_string(chunk_size) + ", expected >= 1");
+  if (overlap < 0 || overlap >= chunk_size)
+    throw std::invalid_argument("Chunker: overlap is " + std::to_string(overlap) + ", expected [0, " +
+                                std::to_string(chunk_size - 1) + "] (below chunk_size " + std::to_string(chunk_size) + ")");
+}
+
+namespace {
+
+// Emits the chunks that the pending tokens of `s` complete (all of them, the last one short, when `final`).
+template <typename Stream>
+std::vector<Chunk> emit_ready(int64_t stream_id, Stream& s, int64_t chunk_size, int64_t overlap, bool final) {
+  std::vector<Chunk> out;
+  size_t head = 0;
+  at::Tensor all_kv;
+  while (true) {
+    const size_t avail = s.tokens.size() - head;
+    size_t need = size_t(chunk_size) - s.tail_tokens.size();
+    if (avail == 0) break;
+    if (avail < need) {
+      if (!final) break;
+      need = avail;
+    }
+    Chunk c;
+    c.stream_id = stream_id;
+    c.n_overlap = int64_t(s.tail_tokens.size());
+    c.tokens = s.tail_tokens;
+    c.positions = s.tail_positions;
+    c.tokens.insert(c.tokens.end(), s.tokens.begin() + std::ptrdiff_t(head), s.tokens.begin() + std::ptrdiff_t(head + need));
+    c.positions.insert(c.positions.end(), s.positions.begin() + std::ptrdiff_t(head),
+                       s.positions.begin() + std::ptrdiff_t(head + need));
+    if (s.kv_state == 1) {
+      if (!all_kv.defined()) all_kv = s.kv.size() == 1 ? s.kv[0] : at::cat(s.kv, 3);
+      at::Tensor part = all_kv.narrow(3, int64_t(head), int64_t(need));
+      c.kv = s.tail_kv.defined() ? at::cat({s.tail_kv, part}, 3) : part.clone(at::MemoryFormat::Contiguous);
+    }
+    const size_t len = c.tokens.size();
+    const size_t t = std::min(size_t(overlap), len);
+    s.tail_tokens.assign(c.tokens.end() - std::ptrdiff_t(t), c.tokens.end());
+    s.tail_positions.assign(c.positions.end() - std::ptrdiff_t(t), c.positions.end());
+    s.tail_kv = (s.kv_state == 1 && t > 0)
+                    ? c.kv.narrow(3, int64_t(len - t), int64_t(t)).clone(at::MemoryFormat::Contiguous)
+                    : at::Tensor();
+    head += need;
+    out.push_back(std::move(c));
+  }
+  if (head > 0) {
+    s.tokens.erase(s.tokens.begin(), s.tokens.begin() + std::ptrdiff_t(head));
+    s.positions.erase(s.positions.begin(), s.positions.begin() + std::ptrdiff_t(head));
+    if (s.kv_state == 1) {
+      const int64_t rest = int64_t(s.tokens.size());
+      at::Tensor remainder = rest > 0 ? all_kv.narrow(3, int64_t(head), rest).clone(at::MemoryFormat::Contiguous) : at::Tensor();
+      s.kv.clear();
+      if (remainder.defined()) s.kv.push_back(std::move(remainder));
+    }
+  }
+  return out;
+}
+
+std::string shape_str(const at::Tensor& t) {
+  std::ostringstream o;
+  o << t.sizes();
+  return o.str();
+}
+
+}  // namespace
+
+std::vector<Chunk> Chunker::feed(int64_t stream_id, const std::vector<int64_t>& tokens,
+                                 const std::vector<int64_t>& positions, const at::Tensor& kv) {
+  const std::string who = "Chunker::feed (stream " + std::to_string(stream_id) + "): ";
+  if (tokens.size() != positions.size())
+    throw std::invalid_argument(who + "positions has " + std::to_string(positions.size()) + " entries, expected " +
+                                std::to_string(tokens.size()) + " (one per token)");
+  Stream& s = streams_[stream_id];
+  const int64_t n = int64_t(tokens.size());
+  if (kv.defined()) {
+    if (kv.dim() != 5)
+      throw std::invalid_argument(who + "kv has shape " + shape_str(kv) +
+                                  ", expected 5 dims [n_layer, 2, n_kv_head, n_tok, d_head]");
+    if (kv.size(3) != n)
+      throw std::invalid_argument(who + "kv has shape " + shape_str(kv) + ", expected n_tok (dim 3) = " +
+                                  std::to_string(n) + " (the number of tokens)");
+    if (n > 0 && s.kv_state == 0)
+      throw std::invalid_argument(who + "kv given, expected none (the stream was fed without kv before)");
+    if (s.kv_like.defined()) {
+      const auto& r = s.kv_like;
+      if (kv.scalar_type() != r.scalar_type() || kv.device() != r.device() || kv.size(0) != r.size(0) ||
+          kv.size(1) != r.size(1) || kv.size(2) != r.size(2) || kv.size(4) != r.size(4))
+        throw std::invalid_argument(who + "kv has shape " + shape_str(kv) + " " + std::string(c10::toString(kv.scalar_type())) +
+                                    ", expected [" + std::to_string(r.size(0)) + ", " + std::to_string(r.size(1)) +
+                                    ", " + std::to_string(r.size(2)) + ", n_tok, " + std::to_string(r.size(4)) +
+                                    "] " + c10::toString(r.scalar_type()) + " on the same device as before");
+    }
+  } else if (n > 0 && s.kv_state == 1) {
+    throw std::invalid_argument(who + "kv missing, expected one (the stream was fed with kv before)");
+  }
+  if (n == 0) return {};
+  if (s.kv_state == -1) {
+    s.kv_state = kv.defined() ? 1 : 0;
+    if (kv.defined()) s.kv_like = kv.narrow(3, 0, 0).clone();  // dtype, device and dims, no data
+  }
+  s.tokens.insert(s.tokens.end(), tokens.begin(), tokens.end());
+  s.positions.insert(s.positions.end(), positions.begin(), positions.end());
+  if (kv.defined()) s.kv.push_back(kv.clone(at::MemoryFormat::Contiguous));  // never alias the caller's buffer
+  return emit_ready(stream_id, s, chunk_size_, overlap_, false);
+}
+
+std::vector<Chunk> Chunker::flush() {
+  std::vector<Chunk> out;
+  for (auto& [id, s] : streams_) {
+    auto c = emit_ready(id, s, chunk_size_, overlap_, true);
+    for (auto& x : c) out.push_back(std::move(x));
+  }
+  return out;
+}
+
+int64_t Chunker::pending() const {
+  int64_t n = 0;
+  for (const auto& [id, s] : streams_) n += int64_t(s.tokens.size());
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Selection.
+
+void SelectOptions::validate() const {
+  if (k < 0) throw FieldError("k", "SelectOptions: k is " + std::to_string(k) + ", expected >= 0");
+  if (candidates < 0)
+    throw FieldError("candidates", "SelectOptions: candidates is " + std::to_string(candidates) + ", expected >= 0");
+  if (!(mmr_lambda >= 0.0f && mmr_lambda <= 1.0f))
+    throw FieldError("mmr_lambda", "SelectOptions: mmr_lambda is " + std::to_string(mmr_lambda) + ", expected [0, 1]");
+  if (std::isnan(min_score) || min_score < -1.0f || min_score > 1.0f)
+    throw FieldError("min_score", "SelectOptions: min_score is " + std::to_string(min_score) + ", expected [-1, 1]");
+}
+
+std::vector<SearchHit> select(const VectorIndex& index, const float* query, const SelectOptions& o) {
+  o.validate();
+  if (o.k == 0) return {};
+  const int64_t pool = std::max(o.candidates, o.k);
+  const int64_t fetch = std::min<int64_t>(pool + int64_t(o.exclude.size()), std::numeric_limits<int>::max());
+  std::vector<SearchHit> cand;
+  for (const auto& h : index.search(query, int(fetch))) {
+    if (o.exclude.count(h.id) || h.score < o.min_score) continue;
+    cand.push_back(h);
+    if (int64_t(cand.size()) == pool) break;
+  }
+  const size_t k = std::min(cand.size(), size_t(o.k));
+  if (o.mode == SelectOptions::Mode::topk || k <= 1) {
+    cand.resize(k);
+    return cand;
+  }
+  // Pairwise similarities from the stored (unit) vectors.
+  const int64_t dim = index.dim();
+  std::vector<std::vector<float>> vec;
+  vec.reserve(cand.size());
+  for (const auto& h : cand) vec.push_back(index.vector(h.id));
+  auto sim = [&](size_t a, size_t b) {
+    double s = 0;
+    for (int64_t i = 0; i < dim; ++i) s += double(vec[a][size_t(i)]) * double(vec[b][size_t(i)]);
+    return s;
+  };
+  const size_t n = cand.size();
+  std::vector<bool> taken(n, false);
+  std::vector<double> closest(n, -std::numeric_limits<double>::infinity());  // max sim to the selected
+  std::vector<SearchHit> out;
+  out.reserve(k);
+  const bool mmr = o.mode == SelectOptions::Mode::mmr;
+  const double lambda = o.mmr_lambda;
+  size_t pick = 0;  // both modes start with the most similar candidate
+  while (true) {
+    taken[pick] = true;
+    out.push_back(cand[pick]);
+    if (out.size() == k) break;
+    for (size_t i = 0; i < n; ++i)
+      if (!taken[i]) closest[i] = std::max(closest[i], sim(i, pick));
+    double best = -std::numeric_limits<double>::infinity();
+    for (size_t i = 0; i < n; ++i) {
+      if (taken[i]) continue;
+      // farthest: maximize min distance = 1 - max sim, i.e. minimize max sim.
+      const double value = mmr ? lambda * double(cand[i].score) - (1.0 - lambda) * closest[i] : -closest[i];
+      if (value > best) {  // strict: ties keep the more similar candidate
+        best = value;
+        pick = i;
+      }
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// ChunkStore.
+
+void StoreOptions::validate() const {
+  if (embedder_name.empty()) throw std::invalid_argument("StoreOptions: embedder_name is empty, expected an Embedder::name()");
+  if (dim < 1) throw std::invalid_argument("StoreOptions: dim is " + std::to_string(dim) + ", expected >= 1");
+  hnsw.validate();
+}
+
+ChunkStore::ChunkStore(std::string dir, StoreOptions options) : dir_(std::move(dir)), options_(std::move(options)) {}
+
+std::string ChunkStore::log_path() const { return (fs::path(dir_) / "chunks.log").string(); }
+std::string ChunkStore::index_path() const { return (fs::path(dir_) / "index.bin").string(); }
+
+std::unique_ptr<ChunkStore> ChunkStore::open(const std::string& dir, const StoreOptions& options) {
+  options.validate();
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw std::runtime_error(dir + ": cannot create the memory directory (" + ec.message() + ")");
+  std::unique_ptr<ChunkStore> store(new ChunkStore(dir, options));
+
+  const fs::path meta = fs::path(dir) / "meta.json";
+  const std::string meta_s = meta.string();
+  if (fs::exists(meta)) {
+    const auto bytes = fs::file_size(meta, ec);
+    if (ec || bytes > (1u << 20))
+      throw std::invalid_argument(meta_s + ": size is " + (ec ? ec.message() : std::to_string(bytes) + " bytes") +
+                                  ", expected a small JSON object");
+    std::ifstream in(meta);
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(in);
+    } catch (const std::exception& e) {
+      throw std::invalid_argument(meta_s + ": not valid JSON (" + e.what() + ")");
+    }
+    auto field = [&](const char* name, nlohmann::json::value_t t1, nlohmann::json::value_t t2) -> const nlohmann::json& {
+      if (!j.is_object() || !j.contains(name) || (j[name].type() != t1 && j[name].type() != t2))
+        throw std::invalid_argument(meta_s + ": field '" + name + "' is " +
+                                    (j.is_object() && j.contains(name) ? j[name].dump() : std::string("missing")) +
+                                    ", expected a " + (t1 == nlohmann::json::value_t::string ? "string" : "number"));
+      return j[name];
+    };
+    using vt = nlohmann::json::value_t;
+    const auto format = field("format", vt::string, vt::string).get<std::string>();
+    if (format != kFormatName)
+      throw std::invalid_argument(meta_s + ": format is '" + format + "', expected '" + kFormatName + "'");
+    const auto version = field("version", vt::number_unsigned, vt::number_integer).get<int64_t>();
+    if (version != kFormatVersion)
+      throw std::invalid_argument(meta_s + ": version is " + std::to_string(version) + ", expected " +
+                                  std::to_string(kFormatVersion));
+    const auto embedder = field("embedder", vt::string, vt::string).get<std::string>();
+    if (embedder != options.embedder_name)
+      throw std::invalid_argument(meta_s + ": embedder is '" + embedder + "', expected '" + options.embedder_name +
+                                  "' (the embedder of this run)");
+    const auto dim = field("dim", vt::number_unsigned, vt::number_integer).get<int64_t>();
+    if (dim != options.dim)
+      throw std::invalid_argument(meta_s + ": dim is " + std::to_string(dim) + ", expected " + std::to_string(options.dim) +
+                                  " (the embedder of this run)");
+  } else {
+    const fs::path log = fs::path(dir) / "chunks.log";
+    if (fs::exists(log) && fs::file_size(log, ec) > 0)
+      throw std::invalid_argument(meta_s + ": missing, expected it beside a non-empty " + log.string() +
+                                  " (cannot check which embedder wrote it)");
+    nlohmann::json j = {{"format", kFormatName},
+                        {"version", kFormatVersion},
+                        {"embedder", options.embedder_name},
+                        {"dim", options.dim}};
+    write_file_atomic(meta, j.dump(2) + "\n");
+  }
+
+  store->scan_log();
+  store->open_index();
+  static const char* fsync_names[] = {"none", "flush", "every"};
+  spdlog::info("chunk_store: dir={} embedder={} dim={} records={} index={} fsync={}", dir, options.embedder_name,
+               options.dim, store->records_.size(), store->index_->name(), fsync_names[int(options.fsync)]);
+  return store;
+}
+
+namespace {
+
+// Checks the record at `pos`; returns an empty string and fills `payload`/`len`/`crc` if it is complete and its
+// CRC matches, else the reason.
+std::string check_record(int fd, const std::string& path, uint64_t pos, uint64_t size, std::string& payload,
+                         uint64_t& len, uint32_t& crc) {
+  if (size - pos < kRecordHeader)
+    return "header of " + std::to_string(size - pos) + " bytes, expected " + std::to_string(kRecordHeader);
+  char h[kRecordHeader];
+  pread_all(fd, h, kRecordHeader, pos, path);
+  uint32_t magic;
+  std::memcpy(&magic, h, 4);
+  std::memcpy(&crc, h + 4, 4);
+  std::memcpy(&len, h + 8, 8);
+  if (magic != kRecordMagic) return "magic " + hex32(magic) + ", expected " + hex32(kRecordMagic) + " (\"SFCK\")";
+  if (len > size - pos - kRecordHeader)
+    return "payload length " + std::to_string(len) + ", beyond the end of the file (" +
+           std::to_string(size - pos - kRecordHeader) + " bytes left)";
+  payload.resize(size_t(len));
+  pread_all(fd, payload.data(), len, pos + kRecordHeader, path);
+  const uint32_t got = record_crc(len, payload.data());
+  if (got != crc) return "CRC32 " + hex32(crc) + ", computed " + hex32(got);
+  return {};
+}
+
+// The offset of the first valid record that starts in [from, size), if any.
+std::optional<uint64_t> find_valid_record(int fd, const std::string& path, uint64_t from, uint64_t size) {
+  constexpr uint64_t kBlock = 1 << 20;
+  std::string block, payload;
+  uint64_t len;
+  uint32_t crc;
+  const char magic[4] = {'S', 'F', 'C', 'K'};
+  for (uint64_t at = from; at + 4 <= size;) {
+    const uint64_t n = std::min(kBlock, size - at);
+    block.resize(size_t(n));
+    pread_all(fd, block.data(), n, at, path);
+    for (size_t i = 0; i + 4 <= block.size(); ++i)
+      if (std::memcmp(block.data() + i, magic, 4) == 0 && check_record(fd, path, at + i, size, payload, len, crc).empty())
+        return at + i;
+    if (at + n >= size) break;
+    at += n - 3;  // a magic may straddle blocks
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+void ChunkStore::scan_log() {
+  const std::string path = log_path();
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd_ < 0) throw std::runtime_error(path + ": cannot open (" + errno_text() + ")");
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0)
+    throw std::runtime_error(path + ": locked (" + errno_text() + "), expected no other open ChunkStore on " + dir_);
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0) throw std::runtime_error(path + ": stat failed (" + errno_text() + ")");
+  const uint64_t size = uint64_t(st.st_size);
+  uint64_t pos = 0;
+  std::string payload;
+  while (pos < size) {
+    uint64_t len = 0;
+    uint32_t crc = 0;
+    const std::string bad = check_record(fd_, path, pos, size, payload, len, crc);
+    if (!bad.empty()) {
+      if (auto next = find_valid_record(fd_, path, pos + 1, size))
+        throw std::invalid_argument(path + ": record " + std::to_string(records_.size()) + " at byte offset " +
+                                    std::to_string(pos) + " is corrupt (" + bad + ") but a valid record follows at byte offset " +
+                                    std::to_string(*next) + "; expected corruption only at the tail (refusing to drop data)");
+      spdlog::warn("chunk_store: {}: dropping {} bytes at byte offset {}, a torn or corrupt last record ({}); keeping {} records",
+                   path, size - pos, pos, bad, records_.size());
+      if (::ftruncate(fd_, off_t(pos)) != 0 || ::fsync(fd_) != 0)
+        throw std::runtime_error(path + ": cannot truncate to " + std::to_string(pos) + " bytes (" + errno_text() + ")");
+      break;
+    }
+    uint32_t embedding_at = 0;
+    Chunk c;
+    try {
+      c = decode(payload.data(), len, options_.dim, false, &embedding_at);
+    } catch (const ParseError& e) {
+      throw std::invalid_argument(path + ": record " + std::to_string(records_.size()) + " at byte offset " +
+                                  std::to_string(pos) + " has a valid CRC32 but " + e.what());
+    }
+    if (c.id != int64_t(records_.size()))
+      throw std::invalid_argument(path + ": record at byte offset " + std::to_string(pos) + " has id " +
+                                  std::to_string(c.id) + ", expected " + std::to_string(records_.size()) +
+                                  " (its position in the log)");
+    records_.push_back({pos, len, crc, embedding_at});
+    digest_ = crc32(&crc, 4, digest_);
+    pos += kRecordHeader + len;
+  }
+  end_ = pos;
+}
+
+void ChunkStore::open_index() {
+  const std::string path = index_path();
+  const int64_t n = int64_t(records_.size());
+  std::string reason;
+  if (fs::exists(path)) {
+    try {
+      uint64_t tag = 0;
+      std::unique_ptr<VectorIndex> idx;
+      if (options_.index == StoreOptions::IndexKind::hnsw)
+        idx = HnswIndex::load(path, options_.dim, options_.hnsw, &tag);
+      else
+        idx = BruteForceIndex::load(path, options_.dim, &tag);
+      if (idx->size() == n && tag == digest_) {
+        index_ = std::move(idx);
+        return;
+      }
+      reason = "it covers " + std::to_string(idx->size()) + " records (digest " + hex32(uint32_t(tag)) +
+               "), the log holds " + std::to_string(n) + " (digest " + hex32(digest_) + ")";
+    } catch (const std::exception& e) {
+      reason = e.what();
+    }
+  } else {
+    reason = "missing";
+  }
+  if (n > 0) spdlog::info("chunk_store: rebuilding {} from {} records of the log ({})", path, n, reason);
+  if (options_.index == StoreOptions::IndexKind::hnsw) {
+    HnswParams p = options_.hnsw;
+    p.initial_capacity = std::max<int64_t>(p.initial_capacity, n);
+    index_ = std::make_unique<HnswIndex>(options_.dim, p);
+  } else {
+    index_ = std::make_unique<BruteForceIndex>(options_.dim);
+  }
+  std::vector<float> emb(size_t(options_.dim));
+  const std::string log = log_path();
+  for (int64_t i = 0; i < n; ++i) {
+    const Record& r = records_[size_t(i)];
+    pread_all(fd_, emb.data(), uint64_t(options_.dim) * 4, r.offset + kRecordHeader + r.embedding_at, log);
+    index_->add(i, emb.data());
+  }
+  index_dirty_ = true;
+}
+
+ChunkStore::~ChunkStore() {
+  if (index_) {
+    try {
+      flush();
+    } catch (const std::exception& e) {
+      spdlog::error("chunk_store: {}: flush on close failed: {}", dir_, e.what());
+    }
+  }
+  if (fd_ >= 0) ::close(fd_);
+}
+
+int64_t ChunkStore::add(const Chunk& chunk, const std::vector<float>& embedding) {
+  std::lock_guard writer(writer_);
+  const std::string who = "ChunkStore::add (" + log_path() + "): ";
+  if (int64_t(embedding.size()) != options_.dim)
+    throw std::invalid_argument(who + "embedding has " + std::to_string(embedding.size()) + " floats, expected dim " +
+                                std::to_string(options_.dim));
+  normalized(embedding.data(), options_.dim, (who + "embedding").c_str());  // throws on non-finite values
+  if (chunk.positions.size() != chunk.tokens.size())
+    throw std::invalid_argument(who + "chunk has " + std::to_string(chunk.positions.size()) + " positions, expected " +
+                                std::to_string(chunk.tokens.size()) + " (one per token)");
+  if (chunk.n_overlap < 0 || chunk.n_overlap > int64_t(chunk.tokens.size()))
+    throw std::invalid_argument(who + "chunk n_overlap is " + std::to_string(chunk.n_overlap) + ", expected [0, " +
+                                std::to_string(chunk.tokens.size()) + "]");
+  at::Tensor kv;
+  if (chunk.kv.defined()) {
+    if (chunk.kv.dim() != 5 || chunk.kv.size(3) != int64_t(chunk.tokens.size()))
+      throw std::invalid_argument(who + "chunk kv has shape " + shape_str(chunk.kv) + ", expected [n_layer, 2, n_kv_head, " +
+                                  std::to_string(chunk.tokens.size()) + ", d_head]");
+    if (dtype_code(chunk.kv.scalar_type()) == 0)
+      throw std::invalid_argument(who + "chunk kv has dtype " + std::string(c10::toString(chunk.kv.scalar_type())) +
+                                  ", expected Float, Half, BFloat16 or Double");
+    kv = chunk.kv.to(at::kCPU).contiguous();
+  }
+  const int64_t id = int64_t(records_.size());  // only this (writer) thread changes records_
+  uint32_t embedding_at = 0;
+  std::string buf = encode(chunk, id, embedding, kv, &embedding_at);
+  const uint64_t len = buf.size() - kRecordHeader;
+  const uint32_t crc = record_crc(len, buf.data() + kRecordHeader);
+  std::memcpy(buf.data(), &kRecordMagic, 4);
+  std::memcpy(buf.data() + 4, &crc, 4);
+  std::memcpy(buf.data() + 8, &len, 8);
+
+  const std::string path = log_path();
+  auto roll_back = [&](const char* op) {
+    const std::string err = errno_text();
+    if (::ftruncate(fd_, off_t(end_)) != 0)
+      spdlog::error("chunk_store: {}: cannot truncate back to {} bytes after a failed {}", path, end_, op);
+    throw std::runtime_error(path + ": " + op + " of record " + std::to_string(id) + " failed (" + err + ")");
+  };
+  const char* p = buf.data();
+  uint64_t left = buf.size(), at = end_;
+  while (left) {
+    ssize_t put = ::pwrite(fd_, p, size_t(std::min<uint64_t>(left, 1u << 30)), off_t(at));
+    if (put < 0 && errno == EINTR) continue;
+    if (put <= 0) roll_back("write");
+    p += put;
+    left -= uint64_t(put);
+    at += uint64_t(put);
+  }
+  if (options_.fsync == StoreOptions::Fsync::every && ::fsync(fd_) != 0) roll_back("fsync");
+  {
+    std::unique_lock lock(mutex_);
+    records_.push_back({end_, len, crc, embedding_at});
+    end_ += buf.size();
+    digest_ = crc32(&crc, 4, digest_);
+  }
+  index_->add(id, embedding.data());
+  index_dirty_ = true;
+  return id;
+}
+
+std::string ChunkStore::read_payload(const Record& r) const {
+  std::string payload(size_t(r.payload_len), '\0');
+  const std::string path = log_path();
+  pread_all(fd_, payload.data(), r.payload_len, r.offset + kRecordHeader, path);
+  const uint32_t got = record_crc(r.payload_len, payload.data());
+  if (got != r.crc)
+    throw std::runtime_error(path + ": record at byte offset " + std::to_string(r.offset) + " has CRC32 " + hex32(got) +
+                             ", expected " + hex32(r.crc) + " (the file changed after it was opened)");
+  return payload;
+}
+
+Chunk ChunkStore::get(int64_t id, bool load_kv) const {
+  Record r;
+  {
+    std::shared_lock lock(mutex_);
+    if (id < 0 || id >= int64_t(records_.size()))
+      throw std::invalid_argument("ChunkStore::get: id " + std::to_string(id) + " is not in " + log_path() + ", expected [0, " +
+                                  std::to_string(records_.size()) + ")");
+    r = records_[size_t(id)];
+  }
+  const std::string payload = read_payload(r);
+  try {
+    return decode(payload.data(), r.payload_len, options_.dim, load_kv, nullptr);
+  } catch (const ParseError& e) {
+    throw std::runtime_error(log_path() + ": record at byte offset " + std::to_string(r.offset) + ": " + e.what());
+  }
+}
+
+std::vector<float> ChunkStore::embedding(int64_t id) const {
+  Record r;
+  {
+    std::shared_lock lock(mutex_);
+    if (id < 0 || id >= int64_t(records_.size()))
+      throw std::invalid_argument("ChunkStore::embedding: id " + std::to_string(id) + " is not in " + log_path() +
+                                  ", expected [0, " + std::to_string(records_.size()) + ")");
+    r = records_[size_t(id)];
+  }
+  std::vector<float> emb(size_t(options_.dim));
+  pread_all(fd_, emb.data(), uint64_t(options_.dim) * 4, r.offset + kRecordHeader + r.embedding_at, log_path());
+  return emb;
+}
+
+std::vector<SearchHit> ChunkStore::search(const std::vector<float>& query, const SelectOptions& options) const {
+  if (int64_t(query.size()) != options_.dim)
+    throw std::invalid_argument("ChunkStore::search (" + dir_ + "): query has " + std::to_string(query.size()) +
+                                " floats, expected dim " + std::to_string(options_.dim));
+  return select(*index_, query.data(), options);
+}
+
+std::vector<SearchHit> ChunkStore::search(const std::vector<float>& query, int k) const {
+  SelectOptions o;
+  o.k = k;
+  o.candidates = k;
+  return search(query, o);
+}
+
+int64_t ChunkStore::size() const {
+  std::shared_lock lock(mutex_);
+  return int64_t(records_.size());
+}
+
+void ChunkStore::flush() {
+  std::lock_guard writer(writer_);
+  if (options_.fsync != StoreOptions::Fsync::none && ::fsync(fd_) != 0)
+    throw std::runtime_error(log_path() + ": fsync failed (" + errno_text() + ")");
+  if (index_dirty_) {
+    index_->save(index_path(), digest_);
+    index_dirty_ = false;
+  }
+}
+
+}  // namespace sinkflow

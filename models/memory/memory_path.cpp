@@ -1,0 +1,98 @@
+#include "models/memory/memory_path.h"
+
+#include "models/io/field_error.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace sinkflow {
+
+ReplacePolicy parse_replace_policy(const std::string& name) {
+  return enum_from_name(kReplacePolicyNames, name, "replacement policy");
+}
+
+void RetrievalOptions::validate() const {
+  if (every < 1) throw FieldError("every", "every must be >= 1 (tokens between two queries), found " + std::to_string(every));
+  if (query_tokens < 1) throw FieldError("query_tokens", "query_tokens must be >= 1, found " + std::to_string(query_tokens));
+  if (sync && trigger != RetrievalTrigger::turn)
+    throw FieldError("sync", std::string("sync must be false unless trigger is turn, found trigger ") +
+                                 enum_name(kRetrievalTriggerNames, trigger));
+}
+
+std::vector<Chunk> chunk_span(Chunker& chunker, int64_t stream_id, const EvictedSpan& span, const Tokenizer& tokenizer) {
+  std::vector<Chunk> chunks = chunker.feed(stream_id, span.tokens, span.positions, span.kv);
+  for (Chunk& c : chunks) c.text = tokenizer.decode(c.tokens);
+  return chunks;
+}
+
+int64_t store_chunk(ChunkStore& store, const Embedder& embedder, Chunk& chunk) {
+  chunk.id = store.add(chunk, embedder.embed(chunk.text));
+  return chunk.id;
+}
+
+std::vector<Retrieved> retrieve(const ChunkStore& store, const Embedder& embedder, const std::string& query,
+                                const SelectOptions& options, bool load_kv) {
+  std::vector<Retrieved> out;
+  for (const SearchHit& hit : store.search(embedder.embed(query), options)) {
+    out.push_back({hit.score, store.get(hit.id, load_kv)});
+  }
+  return out;
+}
+
+std::vector<int64_t> MemoryRegion::inject(StreamSession& session, const std::vector<Retrieved>& hits, InjectMode mode,
+                                          int64_t step) {
+  std::vector<int64_t> written;
+  const int64_t region = session.cache().config().n_memory;
+  std::vector<int64_t> wanted;
+  for (const Retrieved& r : hits) wanted.push_back(r.chunk.id);
+  for (const Retrieved& r : hits) {
+    auto it = std::find_if(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.chunk_id == r.chunk.id; });
+    if (it != entries_.end()) {
+      it->last_used = step;
+      it->score = r.score;
+      continue;
+    }
+    const int64_t n = static_cast<int64_t>(r.chunk.tokens.size());
+    if (n == 0 || n > region) continue;
+    while (static_cast<int64_t>(session.cache().free_memory_slots().size()) < n) {
+      // The resident chunk to give up: lowest score or least recently used, never one wanted now.
+      auto victim = entries_.end();
+      for (auto e = entries_.begin(); e != entries_.end(); ++e) {
+        if (std::find(wanted.begin(), wanted.end(), e->chunk_id) != wanted.end()) continue;
+        const bool better = victim == entries_.end() ||
+                            (policy_ == ReplacePolicy::score ? e->score < victim->score : e->last_used < victim->last_used);
+        if (better) victim = e;
+      }
+      if (victim == entries_.end()) break;
+      session.release(victim->chunk_id);
+      entries_.erase(victim);
+    }
+    if (static_cast<int64_t>(session.cache().free_memory_slots().size()) < n) continue;
+    if (mode == InjectMode::kv && !r.chunk.kv.defined()) {
+      throw std::invalid_argument("memory: chunk " + std::to_string(r.chunk.id) +
+                                  " has no stored K/V; kv injection needs the eviction node's keep_kv");
+    }
+    session.inject(MemoryChunk{r.chunk.id, r.chunk.tokens, r.chunk.kv}, mode);
+    entries_.push_back({r.chunk.id, r.score, step, r.chunk.positions});
+    written.push_back(r.chunk.id);
+  }
+  return written;
+}
+
+std::vector<int64_t> MemoryRegion::resident() const {
+  std::vector<int64_t> out;
+  for (const Entry& e : entries_) out.push_back(e.chunk_id);
+  return out;
+}
+
+bool MemoryRegion::contains(int64_t chunk_id) const {
+  return std::any_of(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.chunk_id == chunk_id; });
+}
+
+std::vector<int64_t> MemoryRegion::resident_positions() const {
+  std::vector<int64_t> out;
+  for (const Entry& e : entries_) out.insert(out.end(), e.positions.begin(), e.positions.end());
+  return out;
+}
+
+}  // namespace sinkflow

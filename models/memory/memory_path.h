@@ -1,0 +1,89 @@
+// The memory path as plain functions plus one small state holder: evicted spans -> chunks with text ->
+// embeddings -> chunk store; query -> retrieved chunks -> the cache's memory region. The flow-graph nodes
+// (embedding, index-insert, retrieve, re-inject) and `sinkflow needle` call these.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "models/io/names.h"
+#include "models/memory/chunk_store.h"
+#include "models/memory/embedder.h"
+#include "models/cache/kv_cache.h"
+#include "models/stream/stream.h"
+#include "models/text/tokenizer.h"
+
+namespace sinkflow {
+
+enum class ReplacePolicy { score, lru };
+inline constexpr NameTable<ReplacePolicy, 2> kReplacePolicyNames{{{{ReplacePolicy::score, "score"},
+                                                                   {ReplacePolicy::lru, "lru"}}}};
+ReplacePolicy parse_replace_policy(const std::string& name);  // "score" | "lru"
+
+// When model-step asks the memory for context: never, at each user turn (query = the turn), or every N tokens
+// (query = the recent text).
+enum class RetrievalTrigger { none, turn, always };
+inline constexpr NameTable<RetrievalTrigger, 3> kRetrievalTriggerNames{
+    {{{RetrievalTrigger::none, "none"}, {RetrievalTrigger::turn, "turn"}, {RetrievalTrigger::always, "always"}}}};
+
+// How a stream asks its memory for context and how what comes back enters the cache.
+struct RetrievalOptions {
+  RetrievalTrigger trigger = RetrievalTrigger::turn;  // none | turn | always
+  int64_t every = 128;         // always: tokens between two queries, >= 1
+  int64_t query_tokens = 64;   // always: recent tokens that make the query text, >= 1
+  bool sync = false;           // turn: the turn waits until everything evicted so far is indexed and its
+                               // retrieval is injected (deterministic; evaluation)
+  InjectMode inject = InjectMode::text;        // text (prefill the chunk) | kv (restore its stored K/V)
+  ReplacePolicy replace = ReplacePolicy::score;  // which resident chunk leaves the memory region when full
+  // FieldError (a std::invalid_argument) naming the field and its range.
+  void validate() const;
+};
+
+inline constexpr NameTable<SelectOptions::Mode, 3> kSelectModeNames{{{{SelectOptions::Mode::topk, "topk"},
+                                                                      {SelectOptions::Mode::mmr, "mmr"},
+                                                                      {SelectOptions::Mode::farthest, "farthest"}}}};
+
+// Groups an evicted span into chunks (through `chunker`, which keeps the partial tail) and decodes their text.
+std::vector<Chunk> chunk_span(Chunker& chunker, int64_t stream_id, const EvictedSpan& span, const Tokenizer& tokenizer);
+
+// Embeds `chunk.text` and appends it to the store; returns its id (also written into chunk.id).
+int64_t store_chunk(ChunkStore& store, const Embedder& embedder, Chunk& chunk);
+
+struct Retrieved {
+  float score = 0;  // cosine similarity to the query
+  Chunk chunk;      // with its id, tokens, text and (when stored) K/V
+};
+
+// The chunks `options` selects for `query` (top-k / MMR / farthest-point, excluding options.exclude).
+std::vector<Retrieved> retrieve(const ChunkStore& store, const Embedder& embedder, const std::string& query,
+                                const SelectOptions& options, bool load_kv);
+
+// Which chunks occupy a stream's memory region, and which leave when a new one needs room: the lowest
+// retrieval score (`score`) or the least recently retrieved (`lru`).
+class MemoryRegion {
+ public:
+  explicit MemoryRegion(ReplacePolicy policy = ReplacePolicy::score) : policy_(policy) {}
+
+  // Writes the retrieved chunks into the session's memory region, best first: a chunk already resident is
+  // only marked as used; others replace resident chunks (never one of `hits` itself) until they fit; a chunk
+  // longer than the whole region is skipped. Returns the ids written now.
+  std::vector<int64_t> inject(StreamSession& session, const std::vector<Retrieved>& hits, InjectMode mode, int64_t step);
+
+  std::vector<int64_t> resident() const;
+  bool contains(int64_t chunk_id) const;
+  // Absolute positions of the tokens of the resident chunks (the original ones, in the stream).
+  std::vector<int64_t> resident_positions() const;
+
+ private:
+  struct Entry {
+    int64_t chunk_id;
+    float score;
+    int64_t last_used;
+    std::vector<int64_t> positions;
+  };
+  ReplacePolicy policy_;
+  std::vector<Entry> entries_;
+};
+
+}  // namespace sinkflow

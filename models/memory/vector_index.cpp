@@ -1,0 +1,712 @@
+#include "models/memory/vector_index.h"
+
+// The only translation unit that includes hnswlib (its header defines non-inline functions).
+#include <hnswlib/hnswlib.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <limits>
+#include <mutex>
+#include <random>
+#include <shared_mutex>
+#include <sstream>
+#include <stdexcept>
+#include <unordered_map>
+
+#include <spdlog/spdlog.h>
+
+namespace sinkflow {
+
+static_assert(std::endian::native == std::endian::little, "index files are written in native (little-endian) order");
+
+// ---------------------------------------------------------------------------------------------------------------
+// CRC-32, slice-by-8.
+
+namespace {
+
+struct Crc32Tables {
+  uint32_t t[8][256];
+  Crc32Tables() {
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? (0xEDB88320u ^ (c >> 1)) : (c >> 1);
+      t[0][i] = c;
+    }
+    for (uint32_t i = 0; i < 256; ++i)
+      for (int s = 1; s < 8; ++s) t[s][i] = (t[s - 1][i] >> 8) ^ t[0][t[s - 1][i] & 0xFF];
+  }
+};
+
+const Crc32Tables& crc_tables() {
+  static const Crc32Tables tables;
+  return tables;
+}
+
+}  // namespace
+
+uint32_t crc32(const void* data, size_t n, uint32_t crc) {
+  const auto& t = crc_tables().t;
+  const auto* p = static_cast<const unsigned char*>(data);
+  uint32_t c = ~crc;
+  while (n >= 8) {
+    uint32_t lo, hi;
+    std::memcpy(&lo, p, 4);
+    std::memcpy(&hi, p + 4, 4);
+    lo ^= c;
+    c = t[7][lo & 0xFF] ^ t[6][(lo >> 8) & 0xFF] ^ t[5][(lo >> 16) & 0xFF] ^ t[4][lo >> 24] ^ t[3][hi & 0xFF] ^
+        t[2][(hi >> 8) & 0xFF] ^ t[1][(hi >> 16) & 0xFF] ^ t[0][hi >> 24];
+    p += 8;
+    n -= 8;
+  }
+  while (n--) c = t[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
+  return ~c;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Helpers.
+
+std::vector<float> normalized(const float* v, int64_t dim, const char* what, bool* nonzero) {
+  double ss = 0.0;
+  for (int64_t i = 0; i < dim; ++i) {
+    if (!std::isfinite(v[i])) {
+      std::ostringstream msg;
+      msg << what << ": component " << i << " is " << v[i] << ", expected a finite value";
+      throw std::invalid_argument(msg.str());
+    }
+    ss += double(v[i]) * double(v[i]);
+  }
+  std::vector<float> out(size_t(dim), 0.0f);
+  if (nonzero) *nonzero = ss > 0.0;
+  if (ss > 0.0) {
+    const double inv = 1.0 / std::sqrt(ss);
+    for (int64_t i = 0; i < dim; ++i) out[size_t(i)] = float(double(v[i]) * inv);
+  }
+  return out;
+}
+
+namespace {
+
+float dot(const float* a, const float* b, int64_t n) {
+  // Eight independent partial sums so that the compiler can vectorize without -ffast-math.
+  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int j = 0; j < 8; ++j) s[j] += a[i + j] * b[i + j];
+  float r = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  for (; i < n; ++i) r += a[i] * b[i];
+  return r;
+}
+
+void check_dim(int64_t dim, const char* who) {
+  if (dim < 1) throw std::invalid_argument(std::string(who) + ": dim is " + std::to_string(dim) + ", expected >= 1");
+}
+
+bool hit_before(const SearchHit& a, const SearchHit& b) {
+  return a.score != b.score ? a.score > b.score : a.id < b.id;
+}
+
+// ----- index file container -------------------------------------------------------------------------------------
+// header (48 bytes): magic[8] | u64 dim | u64 count | u64 tag | u64 payload_bytes | u32 payload_crc | u32 header_crc
+// then payload_bytes bytes of payload. header_crc covers the first 44 bytes.
+
+constexpr size_t kHeaderBytes = 48;
+constexpr char kHnswMagic[8] = {'S', 'F', 'H', 'N', 'S', 'W', '0', '1'};
+constexpr char kBruteMagic[8] = {'S', 'F', 'B', 'R', 'U', 'T', '0', '1'};
+
+struct FileHeader {
+  char magic[8];
+  uint64_t dim, count, tag, payload_bytes;
+  uint32_t payload_crc, header_crc;
+};
+static_assert(sizeof(FileHeader) == kHeaderBytes);
+
+// Streams a payload to path.tmp behind a placeholder header, then writes the header, fsyncs and renames.
+class IndexFileWriter {
+ public:
+  IndexFileWriter(const std::string& path) : path_(path), tmp_(path + ".tmp") {
+    f_ = std::fopen(tmp_.c_str(), "wb");
+    if (!f_) throw std::runtime_error(tmp_ + ": cannot open for writing (" + std::strerror(errno) + ")");
+    std::setvbuf(f_, nullptr, _IOFBF, 1 << 20);
+    FileHeader zero{};
+    raw(&zero, sizeof zero);
+  }
+  ~IndexFileWriter() {
+    if (f_) {
+      std::fclose(f_);
+      std::remove(tmp_.c_str());
+    }
+  }
+  template <typename T>
+  void pod(const T& v) {
+    write(&v, sizeof v);
+  }
+  void write(const void* p, size_t n) {
+    crc_ = crc32(p, n, crc_);
+    bytes_ += n;
+    raw(p, n);
+  }
+  void finish(const char* magic, uint64_t dim, uint64_t count, uint64_t tag) {
+    FileHeader h{};
+    std::memcpy(h.magic, magic, 8);
+    h.dim = dim;
+    h.count = count;
+    h.tag = tag;
+    h.payload_bytes = bytes_;
+    h.payload_crc = crc_;
+    h.header_crc = crc32(&h, offsetof(FileHeader, header_crc));
+    if (std::fseek(f_, 0, SEEK_SET) != 0) fail("seek");
+    raw(&h, sizeof h);
+    if (std::fflush(f_) != 0) fail("flush");
+    if (::fsync(::fileno(f_)) != 0) fail("fsync");
+    FILE* f = f_;
+    f_ = nullptr;
+    if (std::fclose(f) != 0) {
+      std::remove(tmp_.c_str());
+      throw std::runtime_error(tmp_ + ": close failed (" + std::strerror(errno) + ")");
+    }
+    std::error_code ec;
+    std::filesystem::rename(tmp_, path_, ec);
+    if (ec) {
+      std::remove(tmp_.c_str());
+      throw std::runtime_error(path_ + ": cannot rename " + tmp_ + " into place (" + ec.message() + ")");
+    }
+    // Make the rename durable.
+    auto parent = std::filesystem::path(path_).parent_path();
+    int dfd = ::open(parent.empty() ? "." : parent.c_str(), O_RDONLY);
+    if (dfd >= 0) {
+      ::fsync(dfd);
+      ::close(dfd);
+    }
+  }
+
+ private:
+  void raw(const void* p, size_t n) {
+    if (n && std::fwrite(p, 1, n, f_) != n) fail("write");
+  }
+  [[noreturn]] void fail(const char* op) {
+    throw std::runtime_error(tmp_ + ": " + op + " failed (" + std::strerror(errno) + ")");
+  }
+  std::string path_, tmp_;
+  FILE* f_ = nullptr;
+  uint32_t crc_ = 0;
+  uint64_t bytes_ = 0;
+};
+
+// Opens an index file, checks its header and the payload CRC (a first pass), and then reads the payload with
+// every read bounded by what is left of it.
+class IndexFileReader {
+ public:
+  IndexFileReader(const std::string& path, const char* magic, int64_t dim) : path_(path) {
+    f_ = std::fopen(path.c_str(), "rb");
+    if (!f_) throw std::runtime_error(path + ": cannot open index file (" + std::strerror(errno) + ")");
+    std::setvbuf(f_, nullptr, _IOFBF, 1 << 20);
+    if (std::fseek(f_, 0, SEEK_END) != 0) io_fail("seek");
+    long end = std::ftell(f_);
+    if (end < 0) io_fail("tell");
+    const uint64_t file_size = uint64_t(end);
+    std::rewind(f_);
+    if (file_size < kHeaderBytes) bad("file size", std::to_string(file_size) + " bytes", ">= 48 bytes (a header)");
+    if (std::fread(&header_, 1, sizeof header_, f_) != sizeof header_) io_fail("read");
+    if (std::memcmp(header_.magic, magic, 8) != 0)
+      bad("magic", std::string(header_.magic, 8), std::string(magic, 8));
+    const uint32_t hcrc = crc32(&header_, offsetof(FileHeader, header_crc));
+    if (hcrc != header_.header_crc) bad("header CRC32", hex(header_.header_crc), hex(hcrc) + " (computed)");
+    if (header_.dim != uint64_t(dim)) bad("dim", std::to_string(header_.dim), std::to_string(dim));
+    if (header_.payload_bytes != file_size - kHeaderBytes)
+      bad("payload size", std::to_string(header_.payload_bytes) + " bytes",
+          std::to_string(file_size - kHeaderBytes) + " (file size - header)");
+    // Pass 1: payload checksum.
+    std::vector<char> buf(1 << 20);
+    uint32_t crc = 0;
+    uint64_t left = header_.payload_bytes;
+    while (left) {
+      size_t n = size_t(std::min<uint64_t>(left, buf.size()));
+      if (std::fread(buf.data(), 1, n, f_) != n) io_fail("read");
+      crc = crc32(buf.data(), n, crc);
+      left -= n;
+    }
+    if (crc != header_.payload_crc) bad("payload CRC32", hex(header_.payload_crc), hex(crc) + " (computed)");
+    if (std::fseek(f_, long(kHeaderBytes), SEEK_SET) != 0) io_fail("seek");
+    left_ = header_.payload_bytes;
+  }
+  ~IndexFileReader() {
+    if (f_) std::fclose(f_);
+  }
+  const FileHeader& header() const { return header_; }
+  uint64_t left() const { return left_; }
+
+  void read(void* p, uint64_t n, const char* what) {
+    if (n > left_) bad(what, std::to_string(n) + " bytes", "at most the " + std::to_string(left_) + " bytes left");
+    if (n && std::fread(p, 1, size_t(n), f_) != n) io_fail("read");
+    left_ -= n;
+  }
+  template <typename T>
+  T pod(const char* what) {
+    T v;
+    read(&v, sizeof v, what);
+    return v;
+  }
+  [[noreturn]] void bad(const std::string& field, const std::string& found, const std::string& expected) const {
+    throw std::invalid_argument(path_ + ": " + field + " is " + found + ", expected " + expected);
+  }
+
+ private:
+  static std::string hex(uint32_t v) {
+    char b[16];
+    std::snprintf(b, sizeof b, "0x%08x", v);
+    return b;
+  }
+  [[noreturn]] void io_fail(const char* op) const {
+    throw std::runtime_error(path_ + ": " + op + " failed (" + std::strerror(errno) + ")");
+  }
+  std::string path_;
+  FILE* f_ = nullptr;
+  FileHeader header_{};
+  uint64_t left_ = 0;
+};
+
+}  // namespace
+
+void HnswParams::validate() const {
+  auto check = [](const char* field, int64_t v, int64_t lo, int64_t hi) {
+    if (v < lo || v > hi)
+      throw std::invalid_argument("HnswParams: " + std::string(field) + " is " + std::to_string(v) +
+                                  ", expected [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  };
+  check("M", M, 2, 2048);
+  check("ef_construction", ef_construction, 1, 1 << 20);
+  check("ef_search", ef_search, 1, 1 << 20);
+  check("initial_capacity", initial_capacity, 1, int64_t(1) << 32);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// HnswIndex.
+
+using Hnsw = hnswlib::HierarchicalNSW<float>;
+
+struct HnswIndex::Impl {
+  explicit Impl(int64_t d) : dim(d), space(size_t(d)) {}
+  int64_t dim;
+  hnswlib::InnerProductSpace space;  // must outlive `hnsw`
+  std::unique_ptr<Hnsw> hnsw;
+  // add() and resize exclusive; search/contains/vector/save shared (see the header).
+  mutable std::shared_mutex mutex;
+};
+
+HnswIndex::HnswIndex(int64_t dim, HnswParams params) : params_(params) {
+  check_dim(dim, "HnswIndex");
+  params_.validate();
+  impl_ = std::make_unique<Impl>(dim);
+  impl_->hnsw = std::make_unique<Hnsw>(&impl_->space, size_t(params_.initial_capacity), size_t(params_.M),
+                                       size_t(params_.ef_construction), size_t(params_.seed));
+  impl_->hnsw->setEf(size_t(params_.ef_search));
+}
+
+HnswIndex::HnswIndex(int64_t dim, HnswParams params, std::unique_ptr<Impl> impl)
+    : params_(params), impl_(std::move(impl)) {
+  (void)dim;
+}
+
+HnswIndex::~HnswIndex() = default;
+
+int64_t HnswIndex::dim() const { return impl_->dim; }
+
+int64_t HnswIndex::size() const {
+  std::shared_lock lock(impl_->mutex);
+  return int64_t(impl_->hnsw->cur_element_count);
+}
+
+int64_t HnswIndex::capacity() const {
+  std::shared_lock lock(impl_->mutex);
+  return int64_t(impl_->hnsw->max_elements_);
+}
+
+void HnswIndex::set_ef_search(int ef_search) {
+  HnswParams p = params_;
+  p.ef_search = ef_search;
+  p.validate();
+  std::unique_lock lock(impl_->mutex);
+  params_.ef_search = ef_search;
+  impl_->hnsw->setEf(size_t(ef_search));
+}
+
+void HnswIndex::add(int64_t id, const float* vector) {
+  const std::string what = "HnswIndex::add: vector of id " + std::to_string(id);
+  std::vector<float> v = normalized(vector, impl_->dim, what.c_str());
+  std::unique_lock lock(impl_->mutex);
+  Hnsw& h = *impl_->hnsw;
+  const auto label = hnswlib::labeltype(id);
+  if (h.label_lookup_.count(label))
+    throw std::invalid_argument("HnswIndex::add: id " + std::to_string(id) + " is already in the index, expected a new id");
+  if (h.cur_element_count >= size_t(std::numeric_limits<hnswlib::tableint>::max()) - 1)
+    throw std::invalid_argument("HnswIndex::add: index holds " + std::to_string(h.cur_element_count) +
+                                " vectors, the most hnswlib can address");
+  if (h.cur_element_count >= h.max_elements_) h.resizeIndex(std::max<size_t>(2 * h.max_elements_, 1));
+  h.addPoint(v.data(), label);
+}
+
+std::vector<SearchHit> HnswIndex::search(const float* query, int k) const {
+  if (k <= 0) return {};
+  bool nonzero = false;
+  std::vector<float> q = normalized(query, impl_->dim, "HnswIndex::search: query", &nonzero);
+  if (!nonzero) return {};
+  std::vector<SearchHit> hits;
+  {
+    std::shared_lock lock(impl_->mutex);
+    auto pq = impl_->hnsw->searchKnn(q.data(), size_t(k));
+    hits.reserve(pq.size());
+    while (!pq.empty()) {
+      hits.push_back({int64_t(pq.top().second), 1.0f - pq.top().first});
+      pq.pop();
+    }
+  }
+  std::sort(hits.begin(), hits.end(), hit_before);
+  return hits;
+}
+
+bool HnswIndex::contains(int64_t id) const {
+  std::shared_lock lock(impl_->mutex);
+  return impl_->hnsw->label_lookup_.count(hnswlib::labeltype(id)) > 0;
+}
+
+std::vector<float> HnswIndex::vector(int64_t id) const {
+  std::shared_lock lock(impl_->mutex);
+  const Hnsw& h = *impl_->hnsw;
+  auto it = h.label_lookup_.find(hnswlib::labeltype(id));
+  if (it == h.label_lookup_.end())
+    throw std::invalid_argument("HnswIndex::vector: id " + std::to_string(id) + " is not in the index");
+  const auto* p = reinterpret_cast<const float*>(h.getDataByInternalId(it->second));
+  return std::vector<float>(p, p + impl_->dim);
+}
+
+// Payload = hnswlib 0.6.2 saveIndex() layout (so that the payload alone is a file hnswlib can read):
+// offsetLevel0 maxElements curElementCount sizeDataPerElement labelOffset offsetData (size_t) | maxlevel (int) |
+// enterpoint (u32) | maxM maxM0 M (size_t) | mult (double) | efConstruction (size_t) | level-0 block
+// (count * sizeDataPerElement) | per element: u32 linkListSize + bytes.
+void HnswIndex::save(const std::string& path, uint64_t tag) const {
+  std::shared_lock lock(impl_->mutex);
+  const Hnsw& h = *impl_->hnsw;
+  IndexFileWriter w(path);
+  const size_t count = h.cur_element_count;
+  w.pod(h.offsetLevel0_);
+  w.pod(size_t(count));  // max_elements: the reader chooses its own capacity
+  w.pod(count);
+  w.pod(h.size_data_per_element_);
+  w.pod(h.label_offset_);
+  w.pod(h.offsetData_);
+  w.pod(h.maxlevel_);
+  w.pod(h.enterpoint_node_);
+  w.pod(h.maxM_);
+  w.pod(h.maxM0_);
+  w.pod(h.M_);
+  w.pod(h.mult_);
+  w.pod(h.ef_construction_);
+  w.write(h.data_level0_memory_, count * h.size_data_per_element_);
+  for (size_t i = 0; i < count; ++i) {
+    unsigned int n = h.element_levels_[i] > 0 ? unsigned(h.size_links_per_element_ * size_t(h.element_levels_[i])) : 0;
+    w.pod(n);
+    if (n) w.write(h.linkLists_[i], n);
+  }
+  w.finish(kHnswMagic, uint64_t(impl_->dim), count, tag);
+}
+
+std::unique_ptr<HnswIndex> HnswIndex::load(const std::string& path, int64_t dim, HnswParams params, uint64_t* tag) {
+  check_dim(dim, "HnswIndex::load");
+  params.validate();
+  IndexFileReader r(path, kHnswMagic, dim);
+  const auto offset_level0 = r.pod<size_t>("offsetLevel0");
+  (void)r.pod<size_t>("maxElements");
+  const auto count = r.pod<size_t>("curElementCount");
+  const auto size_data_per_element = r.pod<size_t>("sizeDataPerElement");
+  const auto label_offset = r.pod<size_t>("labelOffset");
+  const auto offset_data = r.pod<size_t>("offsetData");
+  const auto maxlevel = r.pod<int>("maxlevel");
+  const auto enterpoint = r.pod<hnswlib::tableint>("enterpoint");
+  const auto max_m = r.pod<size_t>("maxM");
+  const auto max_m0 = r.pod<size_t>("maxM0");
+  const auto m = r.pod<size_t>("M");
+  const auto mult = r.pod<double>("mult");
+  const auto ef_construction = r.pod<size_t>("efConstruction");
+
+  if (count != r.header().count)
+    r.bad("curElementCount", std::to_string(count), std::to_string(r.header().count) + " (header count)");
+  if (m < 2 || m > 2048) r.bad("M", std::to_string(m), "[2, 2048]");
+  if (ef_construction < 1 || ef_construction > (size_t(1) << 20))
+    r.bad("efConstruction", std::to_string(ef_construction), "[1, 1048576]");
+  if (count >= size_t(std::numeric_limits<hnswlib::tableint>::max()) - 1)
+    r.bad("curElementCount", std::to_string(count), "fewer than 2^32 - 1");
+  // Every element takes size_data_per_element bytes of level-0 block + a 4-byte link list size.
+  if (size_data_per_element == 0 || count > r.left() / (size_data_per_element + 4))
+    r.bad("curElementCount", std::to_string(count),
+          "at most " + std::to_string(r.left()) + " payload bytes / (sizeDataPerElement + 4)");
+
+  HnswParams p = params;
+  p.M = int(m);
+  p.ef_construction = int(ef_construction);
+  auto impl = std::make_unique<Impl>(dim);
+  impl->hnsw = std::make_unique<Hnsw>(&impl->space, std::max<size_t>(count, size_t(params.initial_capacity)), m,
+                                      ef_construction, size_t(params.seed));
+  Hnsw& h = *impl->hnsw;
+  auto expect_eq = [&](const char* field, size_t found, size_t expected) {
+    if (found != expected)
+      r.bad(field, std::to_string(found), std::to_string(expected) + " (for dim " + std::to_string(dim) + ", M " +
+                                              std::to_string(m) + ")");
+  };
+  expect_eq("offsetLevel0", offset_level0, h.offsetLevel0_);
+  expect_eq("sizeDataPerElement", size_data_per_element, h.size_data_per_element_);
+  expect_eq("labelOffset", label_offset, h.label_offset_);
+  expect_eq("offsetData", offset_data, h.offsetData_);
+  expect_eq("maxM", max_m, h.maxM_);
+  expect_eq("maxM0", max_m0, h.maxM0_);
+  if (!(std::abs(mult - h.mult_) <= 1e-12 * h.mult_)) r.bad("mult", std::to_string(mult), std::to_string(h.mult_));
+  if (count == 0) {
+    if (maxlevel != -1) r.bad("maxlevel", std::to_string(maxlevel), "-1 (empty index)");
+  } else {
+    if (maxlevel < 0 || maxlevel > 255) r.bad("maxlevel", std::to_string(maxlevel), "[0, 255]");
+    if (enterpoint >= count) r.bad("enterpoint", std::to_string(enterpoint), "< " + std::to_string(count));
+  }
+
+  r.read(h.data_level0_memory_, uint64_t(count) * size_data_per_element, "level-0 block");
+  // Link lists of the upper levels. cur_element_count grows with them so that the destructor frees what was
+  // allocated if a later check throws.
+  for (size_t i = 0; i < count; ++i) {
+    const auto n = r.pod<unsigned int>("linkListSize");
+    const std::string field = "linkListSize of element " + std::to_string(i);
+    if (n % h.size_links_per_element_ != 0)
+      r.bad(field, std::to_string(n), "a multiple of " + std::to_string(h.size_links_per_element_));
+    const size_t level = n / h.size_links_per_element_;
+    if (level > size_t(maxlevel)) r.bad(field, std::to_string(n), "at most maxlevel * " + std::to_string(h.size_links_per_element_));
+    if (n > r.left()) r.bad(field, std::to_string(n), "at most the " + std::to_string(r.left()) + " bytes left");
+    h.element_levels_[i] = int(level);
+    h.linkLists_[i] = nullptr;
+    if (n) {
+      h.linkLists_[i] = static_cast<char*>(std::malloc(n));
+      if (!h.linkLists_[i]) throw std::runtime_error(path + ": out of memory reading link lists");
+    }
+    h.cur_element_count = i + 1;
+    if (n) r.read(h.linkLists_[i], n, field.c_str());
+  }
+  if (r.left() != 0) r.bad("payload", std::to_string(r.left()) + " trailing bytes", "none");
+
+  // Graph checks: everything a search dereferences must be in range.
+  for (size_t i = 0; i < count; ++i) {
+    const auto id = hnswlib::tableint(i);
+    const std::string el = "element " + std::to_string(i);
+    if (h.isMarkedDeleted(id)) r.bad(el, "marked deleted", "no deleted elements");
+    const auto label = h.getExternalLabel(id);
+    if (!h.label_lookup_.emplace(label, id).second)
+      r.bad(el + " label", std::to_string(int64_t(label)), "a label not used by an earlier element");
+    const float* v = reinterpret_cast<const float*>(h.getDataByInternalId(id));
+    for (int64_t d = 0; d < dim; ++d)
+      if (!std::isfinite(v[d])) r.bad(el + " component " + std::to_string(d), std::to_string(v[d]), "a finite value");
+    for (int level = 0; level <= h.element_levels_[i]; ++level) {
+      auto* ll = level == 0 ? h.get_linklist0(id) : h.get_linklist(id, level);
+      const size_t n = h.getListCount(ll);
+      const size_t cap = level == 0 ? h.maxM0_ : h.maxM_;
+      if (n > cap) r.bad(el + " level " + std::to_string(level) + " neighbour count", std::to_string(n), "<= " + std::to_string(cap));
+      const auto* nb = reinterpret_cast<const hnswlib::tableint*>(ll + 1);
+      for (size_t j = 0; j < n; ++j)
+        if (nb[j] >= count || h.element_levels_[nb[j]] < level)
+          r.bad(el + " level " + std::to_string(level) + " neighbour", std::to_string(nb[j]),
+                "an element < " + std::to_string(count) + " present at that level");
+    }
+  }
+  if (count > 0) {
+    if (h.element_levels_[enterpoint] != maxlevel)
+      r.bad("level of the enterpoint", std::to_string(h.element_levels_[enterpoint]), std::to_string(maxlevel));
+    h.enterpoint_node_ = enterpoint;
+    h.maxlevel_ = maxlevel;
+  }
+  h.num_deleted_ = 0;
+  h.setEf(size_t(params.ef_search));
+  // One level draw per element inserted so far: a loaded index grows exactly like the one that was saved
+  // (same inserts + same seed = same graph, whether or not it went through a file).
+  for (size_t i = 0; i < count; ++i) (void)h.getRandomLevel(h.mult_);
+  if (tag) *tag = r.header().tag;
+  return std::unique_ptr<HnswIndex>(new HnswIndex(dim, p, std::move(impl)));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// BruteForceIndex.
+
+struct BruteForceIndex::Impl {
+  int64_t dim = 0;
+  std::vector<int64_t> ids;
+  std::vector<float> data;  // ids.size() * dim, unit (or zero) rows
+  std::unordered_map<int64_t, size_t> row;
+  mutable std::shared_mutex mutex;
+};
+
+BruteForceIndex::BruteForceIndex(int64_t dim) : impl_(std::make_unique<Impl>()) {
+  check_dim(dim, "BruteForceIndex");
+  impl_->dim = dim;
+}
+
+BruteForceIndex::~BruteForceIndex() = default;
+
+int64_t BruteForceIndex::dim() const { return impl_->dim; }
+
+int64_t BruteForceIndex::size() const {
+  std::shared_lock lock(impl_->mutex);
+  return int64_t(impl_->ids.size());
+}
+
+void BruteForceIndex::add(int64_t id, const float* vector) {
+  const std::string what = "BruteForceIndex::add: vector of id " + std::to_string(id);
+  std::vector<float> v = normalized(vector, impl_->dim, what.c_str());
+  std::unique_lock lock(impl_->mutex);
+  if (!impl_->row.emplace(id, impl_->ids.size()).second)
+    throw std::invalid_argument("BruteForceIndex::add: id " + std::to_string(id) + " is already in the index, expected a new id");
+  impl_->ids.push_back(id);
+  impl_->data.insert(impl_->data.end(), v.begin(), v.end());
+}
+
+std::vector<SearchHit> BruteForceIndex::search(const float* query, int k) const {
+  if (k <= 0) return {};
+  bool nonzero = false;
+  std::vector<float> q = normalized(query, impl_->dim, "BruteForceIndex::search: query", &nonzero);
+  if (!nonzero) return {};
+  std::shared_lock lock(impl_->mutex);
+  const size_t n = impl_->ids.size();
+  std::vector<SearchHit> all(n);
+  for (size_t i = 0; i < n; ++i)
+    all[i] = {impl_->ids[i], dot(q.data(), impl_->data.data() + i * size_t(impl_->dim), impl_->dim)};
+  const size_t kk = std::min(n, size_t(k));
+  std::partial_sort(all.begin(), all.begin() + std::ptrdiff_t(kk), all.end(), hit_before);
+  all.resize(kk);
+  return all;
+}
+
+bool BruteForceIndex::contains(int64_t id) const {
+  std::shared_lock lock(impl_->mutex);
+  return impl_->row.count(id) > 0;
+}
+
+std::vector<float> BruteForceIndex::vector(int64_t id) const {
+  std::shared_lock lock(impl_->mutex);
+  auto it = impl_->row.find(id);
+  if (it == impl_->row.end())
+    throw std::invalid_argument("BruteForceIndex::vector: id " + std::to_string(id) + " is not in the index");
+  const float* p = impl_->data.data() + it->second * size_t(impl_->dim);
+  return std::vector<float>(p, p + impl_->dim);
+}
+
+// Payload: count ids (i64) | count * dim floats.
+void BruteForceIndex::save(const std::string& path, uint64_t tag) const {
+  std::shared_lock lock(impl_->mutex);
+  IndexFileWriter w(path);
+  w.write(impl_->ids.data(), impl_->ids.size() * sizeof(int64_t));
+  w.write(impl_->data.data(), impl_->data.size() * sizeof(float));
+  w.finish(kBruteMagic, uint64_t(impl_->dim), impl_->ids.size(), tag);
+}
+
+std::unique_ptr<BruteForceIndex> BruteForceIndex::load(const std::string& path, int64_t dim, uint64_t* tag) {
+  check_dim(dim, "BruteForceIndex::load");
+  IndexFileReader r(path, kBruteMagic, dim);
+  const uint64_t count = r.header().count;
+  const uint64_t per = 8 + 4 * uint64_t(dim);
+  if (count > r.left() / per || count * per != r.left())
+    r.bad("count", std::to_string(count), std::to_string(r.left()) + " payload bytes / " + std::to_string(per));
+  auto index = std::make_unique<BruteForceIndex>(dim);
+  Impl& m = *index->impl_;
+  m.ids.resize(count);
+  m.data.resize(count * uint64_t(dim));
+  r.read(m.ids.data(), count * 8, "ids");
+  r.read(m.data.data(), count * uint64_t(dim) * 4, "vectors");
+  for (size_t i = 0; i < count; ++i)
+    if (!m.row.emplace(m.ids[i], i).second)
+      r.bad("id of row " + std::to_string(i), std::to_string(m.ids[i]), "an id not used by an earlier row");
+  for (size_t i = 0; i < m.data.size(); ++i)
+    if (!std::isfinite(m.data[i]))
+      r.bad("component " + std::to_string(i % size_t(dim)) + " of row " + std::to_string(i / size_t(dim)),
+            std::to_string(m.data[i]), "a finite value");
+  if (tag) *tag = r.header().tag;
+  return index;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Benchmark.
+
+BenchResult bench_index(int64_t n, int64_t dim, int64_t n_queries, uint64_t seed) {
+  using clock = std::chrono::steady_clock;
+  if (n < 1 || dim < 1 || n_queries < 1)
+    throw std::invalid_argument("bench_index: n, dim and n_queries must be >= 1, found n " + std::to_string(n) +
+                                ", dim " + std::to_string(dim) + ", n_queries " + std::to_string(n_queries));
+  BenchResult res;
+  res.n = n;
+  res.dim = dim;
+  res.n_queries = n_queries;
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> gauss(0.0f, 1.0f);
+  // Clustered data, as embeddings of text are: point = centre + 0.5 * noise, 100 points per centre; a query is a
+  // stored point + 0.5 * fresh noise, so that it has true near neighbours. (On isotropic Gaussian data nearest
+  // neighbours are nearly meaningless and HNSW recall at ef 64 collapses: 0.07 at 100k x 384.)
+  const int64_t n_centres = std::max<int64_t>(1, n / 100);
+  std::vector<float> centres(static_cast<size_t>(n_centres * dim));
+  for (auto& x : centres) x = gauss(rng);
+  std::vector<float> data(static_cast<size_t>(n * dim));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t d = 0; d < dim; ++d) data[size_t(i * dim + d)] = centres[size_t((i % n_centres) * dim + d)] + 0.5f * gauss(rng);
+  std::vector<float> queries(static_cast<size_t>(n_queries * dim));
+  std::uniform_int_distribution<int64_t> pick(0, n - 1);
+  for (int64_t q = 0; q < n_queries; ++q) {
+    const int64_t j = pick(rng);
+    for (int64_t d = 0; d < dim; ++d) queries[size_t(q * dim + d)] = data[size_t(j * dim + d)] + 0.5f * gauss(rng);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    auto u = normalized(data.data() + i * dim, dim);
+    std::copy(u.begin(), u.end(), data.begin() + i * dim);
+  }
+
+  HnswIndex index(dim);
+  auto t0 = clock::now();
+  for (int64_t i = 0; i < n; ++i) index.add(i, data.data() + i * dim);
+  res.build_s = std::chrono::duration<double>(clock::now() - t0).count();
+  res.insert_per_s = double(n) / res.build_s;
+
+  constexpr int k = 10;
+  std::vector<double> ms(static_cast<size_t>(n_queries));
+  std::vector<std::vector<SearchHit>> found(static_cast<size_t>(n_queries));
+  for (int64_t q = 0; q < n_queries; ++q) {
+    auto t = clock::now();
+    found[size_t(q)] = index.search(queries.data() + q * dim, k);
+    ms[size_t(q)] = std::chrono::duration<double, std::milli>(clock::now() - t).count();
+  }
+  double sum = 0;
+  for (double x : ms) sum += x;
+  res.query_mean_ms = sum / double(n_queries);
+  std::sort(ms.begin(), ms.end());
+  auto pct = [&](double p) { return ms[std::min(ms.size() - 1, size_t(p * double(ms.size() - 1) + 0.5))]; };
+  res.query_p50_ms = pct(0.50);
+  res.query_p99_ms = pct(0.99);
+
+  // Exact top-k over the normalized data for the first queries.
+  res.recall_queries = std::min<int64_t>(n_queries, 100);
+  double recall = 0;
+  for (int64_t q = 0; q < res.recall_queries; ++q) {
+    auto qv = normalized(queries.data() + q * dim, dim);
+    std::vector<SearchHit> all(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) all[size_t(i)] = {i, dot(qv.data(), data.data() + i * dim, dim)};
+    std::partial_sort(all.begin(), all.begin() + k, all.end(), hit_before);
+    int got = 0;
+    for (int j = 0; j < k && j < int(all.size()); ++j)
+      for (const auto& h : found[size_t(q)])
+        if (h.id == all[size_t(j)].id) ++got;
+    recall += double(got) / double(std::min<int64_t>(k, n));
+  }
+  res.recall_at_10 = recall / double(res.recall_queries);
+  spdlog::info("bench_index: n={} dim={} insert {:.0f}/s query p50 {:.3f} ms p99 {:.3f} ms recall@10 {:.3f}", n, dim,
+               res.insert_per_s, res.query_p50_ms, res.query_p99_ms, res.recall_at_10);
+  return res;
+}
+
+}  // namespace sinkflow

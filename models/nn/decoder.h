@@ -1,0 +1,83 @@
+// Decoder-only language models (Llama family, GPT-2 family) in LibTorch. Weights are shared and read-only
+// once loaded; all per-sequence state lives in a KvCache passed in explicitly.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "models/io/config.h"
+#include "models/cache/kv_cache.h"
+
+namespace sinkflow {
+
+class Rope;
+
+class Decoder {
+ public:
+  virtual ~Decoder() = default;
+
+  const ModelConfig& config() const { return config_; }
+  at::Device device() const { return device_; }
+  at::ScalarType dtype() const { return dtype_; }
+  // The rotary embedding (Llama family) or nullptr (learned absolute positions).
+  virtual const Rope* rope() const = 0;
+
+  // A cache shaped for this model, on its device and dtype.
+  std::unique_ptr<KvCache> make_cache(const CacheConfig& config) const;
+
+  // Streaming forward of one step that was planned and applied to `cache` (plan_step + KvCache::apply):
+  // computes the new tokens' K/V into the cache and attends over the cache. Returns float32 logits
+  // [T, vocab], or [1, vocab] for the last token when last_only. When hidden_out is given it receives the
+  // final (normed) hidden states [T, d_model] (the `lm` embedder pools them).
+  virtual at::Tensor forward(const StepPlan& plan, KvCache& cache, bool last_only,
+                             at::Tensor* hidden_out = nullptr) const = 0;
+
+  // Full causal forward without a cache (training, oracles): tokens [B, T] int64 at positions
+  // start .. start+T-1 -> logits [B, T, vocab] in the model dtype. Autograd-capable outside InferenceMode.
+  at::Tensor forward_full(const at::Tensor& tokens, int64_t start_position = 0) const;
+  // The same forward up to the final (normed) hidden states [B, T, d_model]: forward_full is
+  // hidden_full @ head_weight()^T (the trainer's fused loss never forms the logits whole).
+  virtual at::Tensor hidden_full(const at::Tensor& tokens, int64_t start_position = 0) const = 0;
+  // The output projection [vocab, d_model]: the tied token embedding, or lm_head.
+  virtual at::Tensor head_weight() const = 0;
+
+  // Learned absolute positions only (GPT-2 family): the first layer's K and V of `tokens` at `positions`,
+  // [2, n_kv_head, n, d_head]; they depend on nothing else (KV-Align computes them exactly). Other families
+  // throw std::logic_error.
+  virtual at::Tensor first_layer_kv(const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions) const;
+
+  // Parameters under their Hugging Face names (tied lm_head not listed).
+  virtual std::vector<std::pair<std::string, at::Tensor>> named_parameters() const = 0;
+
+  // Fills every parameter from `fetch(name, expected_shape)` (which must return a tensor of that shape).
+  void load_weights(const std::function<at::Tensor(const std::string&, const std::vector<int64_t>&)>& fetch);
+
+ protected:
+  Decoder(ModelConfig config, at::Device device, at::ScalarType dtype)
+      : config_(std::move(config)), device_(device), dtype_(dtype) {}
+  ModelConfig config_;
+  at::Device device_;
+  at::ScalarType dtype_;
+};
+
+// A model of `config` with zero weights (fill them with load_weights) on device/dtype.
+std::shared_ptr<Decoder> make_decoder(const ModelConfig& config, at::Device device, at::ScalarType dtype);
+
+// Loads a Hugging Face folder (config.json + model.safetensors or sharded index). dtype: the compute dtype
+// (float32 on CPU; float16/bfloat16 where the device supports them).
+std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device, at::ScalarType dtype);
+
+// Scaled dot-product attention over a cache. q: [H, T, dh]; k, v: [KV, E, dh] (H a multiple of KV, query
+// heads grouped per KV head as Hugging Face's repeat_kv); mask: [T, E] additive or undefined.
+// Returns [T, H * dh]. Softmax in float32.
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                  double scale);
+// Batched causal attention without cache. q: [B, H, T, dh]; k, v: [B, KV, T, dh]. Returns [B, T, H * dh].
+at::Tensor attend_causal(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
+
+}  // namespace sinkflow

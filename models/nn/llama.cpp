@@ -1,0 +1,180 @@
+// Llama family (Llama-2/3, TinyLlama, SmolLM2, Mistral, Qwen2): RoPE, RMSNorm, SwiGLU, grouped-query
+// attention, optional q/k/v and o_proj biases, tied or untied embeddings. Submodules carry Hugging Face
+// names, so that loading is a name lookup.
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "models/nn/decoder.h"
+#include "models/cache/rope.h"
+
+namespace sinkflow {
+namespace {
+
+namespace nn = torch::nn;
+
+nn::Linear linear(int64_t in, int64_t out, bool bias) {
+  return nn::Linear(nn::LinearOptions(in, out).bias(bias));
+}
+
+struct RmsNormImpl : nn::Module {
+  torch::Tensor weight;
+  double eps;
+  RmsNormImpl(int64_t d, double eps_) : eps(eps_) { weight = register_parameter("weight", torch::ones({d})); }
+  torch::Tensor forward(const torch::Tensor& x) {
+    torch::Tensor xf = x.to(torch::kFloat);
+    xf = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps);
+    return weight * xf.to(x.scalar_type());
+  }
+};
+TORCH_MODULE(RmsNorm);
+
+struct LlamaAttentionImpl : nn::Module {
+  nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  int64_t n_head, n_kv_head, d_head;
+  explicit LlamaAttentionImpl(const ModelConfig& c) : n_head(c.n_head), n_kv_head(c.n_kv_head), d_head(c.d_head) {
+    q_proj = register_module("q_proj", linear(c.d_model, c.n_head * c.d_head, c.attention_bias));
+    k_proj = register_module("k_proj", linear(c.d_model, c.n_kv_head * c.d_head, c.attention_bias));
+    v_proj = register_module("v_proj", linear(c.d_model, c.n_kv_head * c.d_head, c.attention_bias));
+    o_proj = register_module("o_proj", linear(c.n_head * c.d_head, c.d_model, c.attention_out_bias));
+  }
+};
+TORCH_MODULE(LlamaAttention);
+
+struct LlamaMlpImpl : nn::Module {
+  nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  explicit LlamaMlpImpl(const ModelConfig& c) {
+    gate_proj = register_module("gate_proj", linear(c.d_model, c.d_ff, c.mlp_bias));
+    up_proj = register_module("up_proj", linear(c.d_model, c.d_ff, c.mlp_bias));
+    down_proj = register_module("down_proj", linear(c.d_ff, c.d_model, c.mlp_bias));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+  }
+};
+TORCH_MODULE(LlamaMlp);
+
+struct LlamaLayerImpl : nn::Module {
+  RmsNorm input_layernorm{nullptr}, post_attention_layernorm{nullptr};
+  LlamaAttention self_attn{nullptr};
+  LlamaMlp mlp{nullptr};
+  explicit LlamaLayerImpl(const ModelConfig& c) {
+    input_layernorm = register_module("input_layernorm", RmsNorm(c.d_model, c.norm_eps));
+    self_attn = register_module("self_attn", LlamaAttention(c));
+    post_attention_layernorm = register_module("post_attention_layernorm", RmsNorm(c.d_model, c.norm_eps));
+    mlp = register_module("mlp", LlamaMlp(c));
+  }
+};
+TORCH_MODULE(LlamaLayer);
+
+struct LlamaModelImpl : nn::Module {
+  nn::Embedding embed_tokens{nullptr};
+  nn::ModuleList layers;
+  RmsNorm norm{nullptr};
+  explicit LlamaModelImpl(const ModelConfig& c) {
+    embed_tokens = register_module("embed_tokens", nn::Embedding(c.vocab_size, c.d_model));
+    for (int64_t i = 0; i < c.n_layer; ++i) layers->push_back(LlamaLayer(c));
+    register_module("layers", layers);
+    norm = register_module("norm", RmsNorm(c.d_model, c.norm_eps));
+  }
+};
+TORCH_MODULE(LlamaModel);
+
+struct LlamaForCausalLmImpl : nn::Module {
+  LlamaModel model{nullptr};
+  nn::Linear lm_head{nullptr};
+  explicit LlamaForCausalLmImpl(const ModelConfig& c) {
+    model = register_module("model", LlamaModel(c));
+    if (!c.tie_word_embeddings) lm_head = register_module("lm_head", linear(c.d_model, c.vocab_size, false));
+  }
+  torch::Tensor logits(const torch::Tensor& h) {
+    return lm_head ? lm_head(h) : torch::matmul(h, model->embed_tokens->weight.t());
+  }
+};
+TORCH_MODULE(LlamaForCausalLm);
+
+class Llama final : public Decoder {
+ public:
+  Llama(const ModelConfig& c, at::Device device, at::ScalarType dtype)
+      : Decoder(c, device, dtype), net_(c), rope_(c.n_rot(), c.d_head, c.rope_theta) {
+    net_->to(device, dtype);
+    net_->eval();
+    torch::NoGradGuard no_grad;
+    // Inference by default: the trainer turns gradients on for the parameters it optimizes.
+    for (auto& p : net_->parameters()) p.zero_().set_requires_grad(false);
+    for (auto& m : *net_->model->layers) layers_.push_back(m->as<LlamaLayerImpl>());
+    scale_ = 1.0 / std::sqrt(static_cast<double>(c.d_head));
+  }
+
+  const Rope* rope() const override { return &rope_; }
+
+  at::Tensor forward(const StepPlan& plan, KvCache& cache, bool last_only, at::Tensor* hidden_out) const override {
+    const int64_t t = static_cast<int64_t>(plan.tokens.size());
+    torch::Tensor ids = torch::from_blob(const_cast<int64_t*>(plan.tokens.data()), {t}, torch::kLong).to(device_);
+    torch::Tensor x = net_->model->embed_tokens(ids);  // [T, D]
+    auto [cos, sin] = rope_.tables(cache.input_positions(plan), device_);
+    const torch::Tensor mask = cache.attention_mask(plan);
+    for (int64_t l = 0; l < config_.n_layer; ++l) {
+      auto& layer = *layers_[l];
+      auto& attn = *layer.self_attn;
+      torch::Tensor h = layer.input_layernorm(x);
+      torch::Tensor q = attn.q_proj(h).view({t, attn.n_head, attn.d_head}).transpose(0, 1);
+      torch::Tensor k = attn.k_proj(h).view({t, attn.n_kv_head, attn.d_head}).transpose(0, 1);
+      torch::Tensor v = attn.v_proj(h).view({t, attn.n_kv_head, attn.d_head}).transpose(0, 1);
+      q = rope_.apply(q, cos, sin);
+      cache.store(l, plan, k, rope_.apply(k, cos, sin), v);
+      auto [kc, vc] = cache.layer_kv(l);
+      x = x + attn.o_proj(attend(q, kc, vc, mask, scale_));
+      x = x + layer.mlp(layer.post_attention_layernorm(x));
+    }
+    if (last_only) x = x.narrow(0, t - 1, 1);
+    x = net_->model->norm(x);
+    if (hidden_out) *hidden_out = x;
+    return net_->logits(x).to(torch::kFloat);
+  }
+
+  at::Tensor hidden_full(const at::Tensor& tokens, int64_t start_position) const override {
+    const int64_t b = tokens.size(0), t = tokens.size(1);
+    std::vector<int64_t> positions(t);
+    for (int64_t j = 0; j < t; ++j) positions[j] = start_position + j;
+    auto [cos, sin] = rope_.tables(positions, device_);
+    torch::Tensor x = net_->model->embed_tokens(tokens.to(device_));  // [B, T, D]
+    for (int64_t l = 0; l < config_.n_layer; ++l) {
+      auto& layer = *layers_[l];
+      auto& attn = *layer.self_attn;
+      torch::Tensor h = layer.input_layernorm(x);
+      torch::Tensor q = attn.q_proj(h).view({b, t, attn.n_head, attn.d_head}).transpose(1, 2);
+      torch::Tensor k = attn.k_proj(h).view({b, t, attn.n_kv_head, attn.d_head}).transpose(1, 2);
+      torch::Tensor v = attn.v_proj(h).view({b, t, attn.n_kv_head, attn.d_head}).transpose(1, 2);
+      q = rope_.apply(q, cos, sin);
+      k = rope_.apply(k, cos, sin);
+      x = x + attn.o_proj(attend_causal(q, k, v, scale_));
+      x = x + layer.mlp(layer.post_attention_layernorm(x));
+    }
+    return net_->model->norm(x);
+  }
+
+  at::Tensor head_weight() const override {
+    return net_->lm_head ? net_->lm_head->weight : net_->model->embed_tokens->weight;
+  }
+
+  std::vector<std::pair<std::string, at::Tensor>> named_parameters() const override {
+    std::vector<std::pair<std::string, at::Tensor>> out;
+    for (const auto& item : net_->named_parameters()) out.emplace_back(item.key(), item.value());
+    return out;
+  }
+
+ private:
+  mutable LlamaForCausalLm net_;  // module calls are non-const; the weights are never written after loading
+  std::vector<LlamaLayerImpl*> layers_;
+  Rope rope_;
+  double scale_;
+};
+
+}  // namespace
+
+std::shared_ptr<Decoder> make_llama(const ModelConfig& config, at::Device device, at::ScalarType dtype) {
+  return std::make_shared<Llama>(config, device, dtype);
+}
+
+}  // namespace sinkflow

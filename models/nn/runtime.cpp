@@ -1,0 +1,91 @@
+#include "models/nn/runtime.h"
+
+#include <ATen/Parallel.h>
+#include <dlfcn.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+#include <climits>
+#include <cstdlib>
+#include <fstream>
+#include <stdexcept>
+
+namespace sinkflow {
+
+at::Device parse_device(const std::string& name) {
+  if (name == "cpu") return at::Device(at::kCPU);
+  if (name == "cuda" || name.rfind("cuda:", 0) == 0) {
+    if (!at::hasCUDA()) {
+      throw std::runtime_error("device '" + name + "' is not available: this LibTorch has no CUDA support or no GPU is present (use --device cpu)");
+    }
+    return at::Device(name);
+  }
+  if (name == "mps") {
+    if (!at::hasMPS()) {
+      throw std::runtime_error("device 'mps' is not available: this LibTorch was built without MPS (Apple GPUs only; use --device cpu)");
+    }
+    return at::Device(at::kMPS);
+  }
+  throw std::invalid_argument("unknown device '" + name + "': expected cpu, cuda, cuda:N or mps");
+}
+
+at::ScalarType parse_dtype(const std::string& name, at::Device device) {
+  if (name == "auto") return device.is_cpu() ? at::kFloat : at::kHalf;
+  if (name == "float32" || name == "f32" || name == "fp32") return at::kFloat;
+  if (name == "float16" || name == "f16" || name == "fp16") return at::kHalf;
+  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
+  throw std::invalid_argument("unknown dtype '" + name + "': expected float32, float16, bfloat16 or auto");
+}
+
+std::string dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return "float32";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    default: return c10::toString(dtype);
+  }
+}
+
+void configure_threads(int intra_op_threads) {
+  if (intra_op_threads <= 0) return;
+  at::set_num_threads(intra_op_threads);
+  // LibTorch does not forward its thread count to OpenBLAS; ask OpenBLAS directly when it is the BLAS.
+  using SetThreads = void (*)(int);
+  if (auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) fn(intra_op_threads);
+}
+
+void keep_freed_memory() {
+#if defined(__GLIBC__)
+  // Blocks above the mmap threshold (32 MB at most) are otherwise mapped per allocation and unmapped on free,
+  // and the heap's top is trimmed back to the OS; both make the next step fault its pages in again.
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, INT_MAX);
+#endif
+}
+
+void return_freed_memory() {
+#if defined(__GLIBC__)
+  // glibc's defaults raise the mmap threshold, as mapped blocks are freed, up to 32 MB and trim at twice it.
+  mallopt(M_MMAP_MAX, 65536);
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 64 << 20);
+#endif
+}
+
+namespace {
+int64_t status_kb(const char* key) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  const std::string k(key);
+  while (std::getline(in, line)) {
+    if (line.rfind(k, 0) == 0) return std::atoll(line.c_str() + k.size()) * 1024;
+  }
+  return 0;
+}
+}  // namespace
+
+int64_t peak_rss_bytes() { return status_kb("VmHWM:"); }
+int64_t current_rss_bytes() { return status_kb("VmRSS:"); }
+
+}  // namespace sinkflow
