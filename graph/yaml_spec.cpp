@@ -99,7 +99,7 @@ ParamMap to_param_map(const YAML::Node& n, const std::string& file, const std::s
 }
 
 ParamValue to_param(const YAML::Node& n, const std::string& file, const std::string& what, const std::string& where) {
-  const std::string loc = line_of(n) > 0 ? at(file, n) : where;
+  const std::string loc = line_of(n) > 0 && !file.empty() ? at(file, n) : where;
   switch (n.Type()) {
     case YAML::NodeType::Scalar: return typed_scalar(n.Scalar(), is_plain(n), loc);
     case YAML::NodeType::Sequence: {

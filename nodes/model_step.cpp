@@ -281,6 +281,7 @@ class ModelStep : public NodeInstance {
         if (h.chunk.id == id) tokens += static_cast<int64_t>(h.chunk.tokens.size());
     if (mode == InjectMode::text) context().run.counters.tokens_in.fetch_add(tokens, std::memory_order_relaxed);
     if (config_.show_retrieval) {
+      context().run.before_output();
       for (const Retrieved& h : r.hits) {
         const bool now = std::find(written.begin(), written.end(), h.chunk.id) != written.end();
         std::string text = h.chunk.text.substr(0, 160);

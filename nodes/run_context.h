@@ -46,11 +46,23 @@ class RunContext {
 
   RunCounters counters;
 
+  // Output for a person (generated text on a terminal, shown retrievals): a node calls before_output() before
+  // it first writes such output; the launcher's hook (set before the run) ends its progress line there, so that
+  // the bar never draws over the answer. The hook runs once, on the first caller's thread.
+  void set_before_output(std::function<void()> hook) { before_output_hook_ = std::move(hook); }
+  void before_output() {
+    std::call_once(before_output_once_, [this] {
+      if (before_output_hook_) before_output_hook_();
+    });
+  }
+
  private:
   std::atomic<bool> stop_{false};
   std::atomic<bool> failed_{false};
   mutable std::mutex mutex_;
   std::optional<Failure> failure_;
+  std::function<void()> before_output_hook_;
+  std::once_flag before_output_once_;
 };
 
 }  // namespace sinkflow

@@ -28,7 +28,7 @@ class TextOut : public NodeInstance {
       : NodeInstance(context),
         config_(std::move(config)),
         stage_(*this, [this](const StepResult& r, Emitter<>&) { on_step(r); }) {
-    if (!config_.quiet && !config_.path.empty()) {
+    if (!config_.quiet && !config_.path.empty() && config_.path != "-") {
       file_ = std::fopen(config_.path.c_str(), "w");
       if (!file_) throw std::runtime_error("path '" + config_.path + "' cannot be written");
     }
@@ -53,7 +53,8 @@ class TextOut : public NodeInstance {
       text_ += piece;
     }
     if (config_.quiet || piece.empty()) return;
-    FILE* f = file_ ? file_ : stdout;
+    if (!file_) context().run.before_output();
+    FILE* f = file_ ? file_ : config_.path == "-" ? stderr : stdout;
     std::fwrite(piece.data(), 1, piece.size(), f);
     std::fflush(f);
   }

@@ -12,7 +12,7 @@
 namespace sinkflow {
 
 struct TextOutConfig {
-  std::string path;        // "" = stdout; else a file (truncated)
+  std::string path;        // "" = stdout; "-" = stderr (beside a JSON summary on stdout); else a file (truncated)
   bool quiet = false;      // write nothing (keep the text for text() only)
   ParamOrigin origin;
 

@@ -9,6 +9,7 @@
 #include "models/lab/make_model.h"
 #include "models/nn/runtime.h"
 #include "models/nn/sampler.h"
+#include "models/stream/kv_align.h"
 #include "models/stream/stream.h"
 #include "tools/commands.h"
 #include "tools/common.h"
@@ -62,6 +63,7 @@ struct GenerateArgs {
   int64_t max_new_tokens = 64;
   std::string policy = "sink";
   int64_t sinks = 4, window = 0;
+  std::string kv_align;  // kv-align networks folder ("" = MODEL/kv-align)
   SamplerConfig sampler;
   bool json = false;
   RuntimeOptions rt;
@@ -75,6 +77,8 @@ void run_generate(const GenerateArgs& a) {
   sc.policy = parse_policy(a.policy);
   sc.cache.n_sink = a.sinks;
   sc.cache.n_recent = resolve_window(a.window, a.sinks, m.decoder->config());
+  // kv-align realigns with the networks the model folder ships (MODEL/kv-align) unless --kv-align names others.
+  if (sc.policy == Policy::kv_align) sc.kv_align = KvAlign::load_for(a.model, a.kv_align);
   Sampler sampler(a.sampler);
   StreamSession session(m.decoder, sc);
   using clock = std::chrono::steady_clock;
@@ -83,6 +87,8 @@ void run_generate(const GenerateArgs& a) {
   at::Tensor logits = session.feed(prompt);
   const auto t1 = clock::now();
   TextStreamer streamer(*m.tokenizer);
+  std::FILE* text_out = table_stream(a.json);  // the text streams to stderr under --json (and into the JSON)
+  std::string text;
   int64_t produced = 0;
   std::string stop = "length";
   for (; produced < a.max_new_tokens; ++produced) {
@@ -91,10 +97,15 @@ void run_generate(const GenerateArgs& a) {
       stop = "eos";
       break;
     }
-    std::cout << streamer.feed(next) << std::flush;
+    const std::string piece = streamer.feed(next);
+    text += piece;
+    std::fputs(piece.c_str(), text_out);
+    std::fflush(text_out);
     if (produced + 1 < a.max_new_tokens) logits = session.feed({next});
   }
-  std::cout << streamer.flush() << std::endl;
+  const std::string tail = streamer.flush();
+  text += tail;
+  std::fprintf(text_out, "%s\n", tail.c_str());
   const auto t2 = clock::now();
   const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
   const double decode_s = std::chrono::duration<double>(t2 - t1).count();
@@ -105,6 +116,7 @@ void run_generate(const GenerateArgs& a) {
                 {"policy", a.policy},
                 {"prompt_tokens", prompt.size()},
                 {"generated_tokens", produced},
+                {"text", text},
                 {"stop", stop},
                 {"prefill_tokens_per_s", prompt.size() / std::max(prefill_s, 1e-9)},
                 {"decode_tokens_per_s", produced / std::max(decode_s, 1e-9)},
@@ -147,6 +159,7 @@ void add_model_commands(CLI::App& app) {
   gen->add_option("--policy", g->policy, "dense, window, sink or recompute")->capture_default_str();
   gen->add_option("--sinks", g->sinks, "attention sinks")->capture_default_str();
   gen->add_option("--window", g->window, "recent window (0 = 1020, or what fits a model with learned positions)")->capture_default_str();
+  gen->add_option("--kv-align", g->kv_align, "kv-align networks folder (default: MODEL/kv-align)");
   gen->add_option("--temperature", g->sampler.temperature, "0 = greedy")->capture_default_str();
   gen->add_option("--top-k", g->sampler.top_k, "0 = off")->capture_default_str();
   gen->add_option("--top-p", g->sampler.top_p, "1 = off")->capture_default_str();

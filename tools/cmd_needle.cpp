@@ -215,6 +215,7 @@ void write_heatmap(const std::string& path, const std::vector<Cell>& cells, cons
 }
 
 void run_needle(const NeedleArgs& a) {
+  FILE* table = table_stream(a.json);  // with --json, stdout carries the JSON line alone
   a.rt.apply();
   c10::InferenceMode guard;
   LoadedModel m = load_model(a.model, a.rt);
@@ -257,7 +258,7 @@ void run_needle(const NeedleArgs& a) {
   fs::remove_all(fs::path(a.out) / "memory");
   nlohmann::json results = nlohmann::json::array();
   nlohmann::json summary = nlohmann::json::object();
-  std::printf("%-8s %8s %8s %8s %10s %10s\n", "memory", "cells", "hit", "answer", "keywords", "hit>cache");
+  std::fprintf(table, "%-8s %8s %8s %8s %10s %10s\n", "memory", "cells", "hit", "answer", "keywords", "hit>cache");
   for (const std::string& mode : modes) {
     double hit = 0, ans = 0, kw = 0, far_hit = 0;
     int64_t n = 0, far = 0;
@@ -274,7 +275,7 @@ void run_needle(const NeedleArgs& a) {
     }
     summary[mode] = {{"cells", n}, {"hit_rate", hit / n}, {"answer_rate", ans / n}, {"keyword_score", kw / n},
                      {"hit_rate_beyond_cache", far ? far_hit / far : 0.0}};
-    std::printf("%-8s %8ld %8.3f %8.3f %10.3f %10.3f\n", mode.c_str(), static_cast<long>(n), hit / n, ans / n, kw / n,
+    std::fprintf(table, "%-8s %8ld %8.3f %8.3f %10.3f %10.3f\n", mode.c_str(), static_cast<long>(n), hit / n, ans / n, kw / n,
                 far ? far_hit / far : 0.0);
   }
   for (const Cell& c : cells) {

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -17,6 +18,7 @@
 #include "models/nn/runtime.h"
 #include "nodes/model_step.h"
 #include "nodes/nodes.h"
+#include "nodes/text_out.h"
 #include "tools/commands.h"
 #include "tools/common.h"
 
@@ -42,6 +44,7 @@ std::string model_node(const PipelineSpec& spec) {
 
 struct RunResult {
   RunSummary summary;
+  std::string text;  // what the text-out nodes received
   ModelStepStats model;
   bool has_model = false;
 };
@@ -57,16 +60,42 @@ RunResult run_once(const RunSpec& spec, const RunArgs& a, bool show_progress) {
   StopOnSignal stop(pipeline.context());
   std::atomic<bool> done{false};
   std::thread progress_thread;
+  std::mutex progress_mutex;
+  std::unique_ptr<Progress> progress;
   if (show_progress && ::isatty(::fileno(stderr))) {
+    // The question first, then the reading progress; the bar ends before the first answer text or shown
+    // retrieval is written (RunContext::before_output), so that it never draws over the answer.
+    for (const NodeSpec& n : spec.pipeline.nodes) {
+      if (n.kind != "token-source") continue;
+      for (const char* key : {"query", "prompt"}) {
+        const ParamValue* v = n.params.find(key);
+        if (!v || v->type() != ParamValue::Type::string) continue;
+        std::string text = v->as_string();
+        text.erase(0, text.find_first_not_of(" \n\t"));
+        if (!text.empty()) std::fprintf(stderr, "%s %s: %s\n", n.name.c_str(), key, text.c_str());
+      }
+    }
+    progress = std::make_unique<Progress>(spec.pipeline.name, 0, ProgressOptions{"tok"});
+    pipeline.context().set_before_output([&] {
+      std::lock_guard<std::mutex> lock(progress_mutex);
+      if (progress) progress->done();
+      progress.reset();
+    });
     progress_thread = std::thread([&] {
-      Progress progress(spec.pipeline.name, 0, ProgressOptions{"tok"});
       const RunCounters& c = pipeline.context().counters;
-      while (!done.load()) {
-        progress.set(c.tokens_in.load() + c.tokens_out.load());
+      for (;;) {
+        {
+          std::lock_guard<std::mutex> lock(progress_mutex);
+          if (!progress) return;
+          progress->set(c.tokens_in.load() + c.tokens_out.load());
+          if (done.load()) {
+            progress->done();
+            progress.reset();
+            return;
+          }
+        }
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
       }
-      progress.set(c.tokens_in.load() + c.tokens_out.load());
-      progress.done();
     });
   }
   try {
@@ -80,6 +109,8 @@ RunResult run_once(const RunSpec& spec, const RunArgs& a, bool show_progress) {
   if (progress_thread.joinable()) progress_thread.join();
   RunResult r;
   r.summary = pipeline.summary();
+  for (const NodeSpec& n : spec.pipeline.nodes)
+    if (n.kind == "text-out") r.text += text_out_text(pipeline.node(n.name));
   const std::string model = model_node(spec.pipeline);
   if (!model.empty()) {
     r.model = model_step_stats(pipeline.node(model));
@@ -96,7 +127,17 @@ RunResult run_once(const RunSpec& spec, const RunArgs& a, bool show_progress) {
 double rate(double n, double s) { return s > 0 ? n / s : 0.0; }
 
 void run_command(const RunArgs& a) {
-  const RunSpec spec = load_run_spec(a.config, a.sets);
+  std::vector<std::string> sets = a.sets;
+  if (a.json) {
+    // stdout carries the JSON line alone: generated text that would go there goes to stderr (and into the JSON).
+    const RunSpec probe = load_run_spec(a.config, a.sets);
+    for (const NodeSpec& n : probe.pipeline.nodes) {
+      const ParamValue* path = n.kind == "text-out" ? n.params.find("path") : nullptr;
+      if (n.kind == "text-out" && (!path || (path->type() == ParamValue::Type::string && path->as_string().empty())))
+        sets.push_back(n.name + ".path=\"-\"");
+    }
+  }
+  const RunSpec spec = load_run_spec(a.config, sets);
   const RunResult r = run_once(spec, a, true);
   const RunSummary& s = r.summary;
   const double ingest = rate(static_cast<double>(r.model.prefill_tokens), r.model.ingest_wall_s);
@@ -109,6 +150,7 @@ void run_command(const RunArgs& a) {
     j["decode_tokens_per_s"] = decode;
     j["tokens_evicted"] = r.model.tokens_evicted;
     j["injected_chunks"] = r.model.injected_chunks;
+    j["text"] = r.text;
     print_json(j);
   } else {
     std::fprintf(stderr,
@@ -151,13 +193,14 @@ void bench_pipeline(const RunArgs& a) {
   const double ingest_on = rate(on.prefill_tokens, on.ingest_s), ingest_off = rate(off.prefill_tokens, off.ingest_s);
   const double decode_on = rate(on.decode_tokens, on.decode_s), decode_off = rate(off.decode_tokens, off.decode_s);
   const double ingest_ratio = rate(ingest_on, ingest_off), decode_ratio = rate(decode_on, decode_off);
-  std::printf("%-10s %14s %14s %8s\n", "", "memory on", "memory off", "on/off");
-  std::printf("%-10s %10.1f tok/s %10.1f tok/s %8.3f\n", "ingest", ingest_on, ingest_off, ingest_ratio);
-  std::printf("%-10s %10.1f tok/s %10.1f tok/s %8.3f\n", "decode", decode_on, decode_off, decode_ratio);
+  FILE* table = table_stream(a.json);  // with --json, stdout carries the JSON line alone
+  std::fprintf(table, "%-10s %14s %14s %8s\n", "", "memory on", "memory off", "on/off");
+  std::fprintf(table, "%-10s %10.1f tok/s %10.1f tok/s %8.3f\n", "ingest", ingest_on, ingest_off, ingest_ratio);
+  std::fprintf(table, "%-10s %10.1f tok/s %10.1f tok/s %8.3f\n", "decode", decode_on, decode_off, decode_ratio);
   // A rate over a handful of tokens (a short prompt, a cloze answer) is noise: judge only the measured ones.
   const bool ingest_counts = on.prefill_tokens >= 1024.0 * a.reps, decode_counts = on.decode_tokens >= 256.0 * a.reps;
   const bool met = (!ingest_counts || ingest_ratio >= 0.95) && (!decode_counts || decode_ratio >= 0.95);
-  std::printf("goal: on/off >= 0.95 for %s%s%s: %s\n", ingest_counts ? "ingest" : "",
+  std::fprintf(table, "goal: on/off >= 0.95 for %s%s%s: %s\n", ingest_counts ? "ingest" : "",
               ingest_counts && decode_counts ? " and " : "", decode_counts ? "decode" : "",
               !ingest_counts && !decode_counts ? "nothing measured (too few tokens)" : met ? "met" : "not met");
   if (a.json)

@@ -169,12 +169,13 @@ double timed_step(StreamSession& s, int64_t token) {
 // For each cache size, one stream per policy, filled to the cache size, then single-token steps taken
 // in turn (policy A, B, C, A, B, C, ...) so that the machine's load drifts equally over all of them.
 void run_bench_latency(const LatencyArgs& a) {
+  FILE* table = table_stream(a.json);  // with --json, stdout carries the JSON line alone
   a.rt.apply();
   c10::InferenceMode guard;
   const at::Device device = parse_device(a.rt.device);
   auto d = load_decoder(a.model, device, parse_dtype(a.rt.dtype, device));
   nlohmann::json rows = nlohmann::json::array();
-  std::printf("%8s %10s %10s %10s %10s %6s\n", "cache", "policy", "p50 ms", "p90 ms", "mean ms", "steps");
+  std::fprintf(table, "%8s %10s %10s %10s %10s %6s\n", "cache", "policy", "p50 ms", "p90 ms", "mean ms", "steps");
   std::mt19937_64 rng(7);
   std::shared_ptr<const KvAlign> kv_align;
   const std::vector<std::string> policies = split(a.policies);
@@ -190,8 +191,16 @@ void run_bench_latency(const LatencyArgs& a) {
           cache + a.steps + a.warmup > d->config().max_positions) {
         continue;
       }
+      try {
+        sessions.push_back(filled_session(d, policy, cache, a, kv_align, rng));
+      } catch (const std::invalid_argument& e) {
+        // A size this model cannot hold under this policy (e.g. beyond its max positions): a note, and the rows
+        // already measured stay.
+        std::fprintf(stderr, "bench latency: cache %ld, policy %s skipped: %s\n", static_cast<long>(cache),
+                     pname.c_str(), e.what());
+        continue;
+      }
       names.push_back(pname);
-      sessions.push_back(filled_session(d, policy, cache, a, kv_align, rng));
     }
     std::vector<std::vector<double>> ms(names.size());
     for (int64_t i = 0; i < a.warmup + a.steps; ++i) {
@@ -212,20 +221,20 @@ void run_bench_latency(const LatencyArgs& a) {
       double sum = 0;
       for (double v : ms[p]) sum += v;
       mean[names[p]] = ms[p].empty() ? 0 : sum / static_cast<double>(ms[p].size());
-      std::printf("%8ld %10s %10.3f %10.3f %10.3f %6zu\n", static_cast<long>(cache), names[p].c_str(), p50[names[p]], p90,
+      std::fprintf(table, "%8ld %10s %10.3f %10.3f %10.3f %6zu\n", static_cast<long>(cache), names[p].c_str(), p50[names[p]], p90,
                   mean[names[p]], ms[p].size());
       rows.push_back({{"cache", cache}, {"policy", names[p]}, {"p50_ms", p50[names[p]]}, {"p90_ms", p90},
                       {"mean_ms", mean[names[p]]}, {"steps", ms[p].size()}, {"evict_block", a.evict_block}});
     }
     if (mean.count("kv-align") && mean.count("recompute")) {
-      std::printf("%8ld  kv-align/recompute mean cost per token: %.3f\n", static_cast<long>(cache),
+      std::fprintf(table, "%8ld  kv-align/recompute mean cost per token: %.3f\n", static_cast<long>(cache),
                   mean["kv-align"] / mean["recompute"]);
     }
     if (p50.count("sink") && p50.count("recompute")) {
-      std::printf("%8ld  recompute/sink latency: %.1fx\n", static_cast<long>(cache), p50["recompute"] / p50["sink"]);
+      std::fprintf(table, "%8ld  recompute/sink latency: %.1fx\n", static_cast<long>(cache), p50["recompute"] / p50["sink"]);
     }
     if (p50.count("sink") && p50.count("dense")) {
-      std::printf("%8ld  sink/dense cost ratio: %.3f\n", static_cast<long>(cache), p50["sink"] / p50["dense"]);
+      std::fprintf(table, "%8ld  sink/dense cost ratio: %.3f\n", static_cast<long>(cache), p50["sink"] / p50["dense"]);
     }
     std::fflush(stdout);
   }
@@ -243,6 +252,7 @@ struct StreamBenchArgs {
 // Streams random tokens one at a time with the sink policy and reports, at each checkpoint, the median
 // latency of the last `probe` steps and the resident memory: both must stay flat.
 void run_bench_stream(const StreamBenchArgs& a) {
+  FILE* table = table_stream(a.json);  // with --json, stdout carries the JSON line alone
   a.rt.apply();
   c10::InferenceMode guard;
   const at::Device device = parse_device(a.rt.device);
@@ -275,7 +285,7 @@ void run_bench_stream(const StreamBenchArgs& a) {
   }
   progress.done();
   if (rows.size() >= 2) {
-    std::printf("latency last/first checkpoint: %.3f, rss last/first: %.3f\n",
+    std::fprintf(table, "latency last/first checkpoint: %.3f, rss last/first: %.3f\n",
                 rows.back()["p50_ms"].get<double>() / rows.front()["p50_ms"].get<double>(),
                 rows.back()["rss_mb"].get<double>() / rows.front()["rss_mb"].get<double>());
   }

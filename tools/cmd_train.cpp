@@ -151,6 +151,7 @@ std::pair<double, double> timed_step(const Decoder& d, const at::Tensor& tokens,
 }
 
 void run_bench_loss(const LossBenchArgs& a) {
+  FILE* table = table_stream(a.json);  // with --json, stdout carries the JSON line alone
   a.rt.apply();
   LoadedModel m = load_model(a.model, a.rt);
   const Decoder& d = *m.decoder;
@@ -184,13 +185,13 @@ void run_bench_loss(const LossBenchArgs& a) {
     return v[v.size() / 2];
   };
   const double n = static_cast<double>(a.batch * a.seq), base = median(arms[0].seconds);
-  std::printf("training step (forward + backward) of %s, %lld x %lld tokens, vocab %lld, %s; median of %lld\n",
+  std::fprintf(table, "training step (forward + backward) of %s, %lld x %lld tokens, vocab %lld, %s; median of %lld\n",
               a.model.c_str(), static_cast<long long>(a.batch), static_cast<long long>(a.seq),
               static_cast<long long>(d.config().vocab_size), a.rt.device.c_str(), static_cast<long long>(a.reps));
   nlohmann::json rows = nlohmann::json::array();
   for (const auto& arm : arms) {
     const double s = median(arm.seconds);
-    std::printf("  %-32s %8.3f s  %8.0f tok/s  %5.2fx  loss %.6f\n", arm.name, s, n / s, base / s, arm.loss);
+    std::fprintf(table, "  %-32s %8.3f s  %8.0f tok/s  %5.2fx  loss %.6f\n", arm.name, s, n / s, base / s, arm.loss);
     rows.push_back({{"arm", arm.name}, {"chunked", arm.chunked}, {"memory_kept", arm.keep}, {"seconds", s},
                     {"tokens_per_s", n / s}, {"speedup", base / s}, {"loss", arm.loss}});
   }

@@ -62,6 +62,8 @@ void print_json(const nlohmann::json& j) {
   std::cout << j.dump() << std::endl;
 }
 
+std::FILE* table_stream(bool json) { return json ? stderr : stdout; }
+
 std::string read_file(const std::string& path, const std::string& what) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::invalid_argument(what + " '" + path + "' cannot be opened");

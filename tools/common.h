@@ -1,6 +1,8 @@
 // Options and helpers shared by the launcher's subcommands.
 #pragma once
 
+#include <cstdio>
+
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -40,6 +42,9 @@ CLI::App* bench_command(CLI::App& app);
 
 // Prints one line of JSON on stdout (the final summary of a run with --json).
 void print_json(const nlohmann::json& j);
+// Where a command's human-readable table goes: stdout, or stderr under --json (stdout then carries the one JSON
+// line and nothing else).
+std::FILE* table_stream(bool json);
 
 std::string read_file(const std::string& path, const std::string& what);
 

@@ -16,6 +16,12 @@ tokens=${3:-10000}
 caches=${4:-32 64 128 256}
 out=${OUT:-/tmp/kv_align_table.jsonl}
 bin=build/tools/sinkflow
+if [[ ! -f "$text" ]]; then
+  echo "kv_align_table: text '$text' not found (data/corpus/ is made by tools/build_corpus.sh; or give a text file" \
+       "as the second argument, e.g. data/docs/haystack_needle.txt)" >&2
+  exit 2
+fi
+[[ -x "$bin" ]] || { echo "kv_align_table: $bin not found (run tools/build.sh first)" >&2; exit 1; }
 : > "$out"
 for cache in $caches; do
   block=$((cache / 8))
@@ -24,9 +30,11 @@ for cache in $caches; do
     [ "$policy" = window ] && sinks=0
     [ "$policy" = cluster ] && memory=8
     window=$((cache - sinks - memory))
-    "$bin" ppl --model "$model" --text "$text" --tokens "$tokens" --policy "$policy" --sinks "$sinks" \
-      --memory "$memory" --window "$window" --evict-block "$block" --json 2>/dev/null |
-      python3 -c "import json,sys; j=json.load(sys.stdin); j['cache']=$cache; print(json.dumps(j))" >> "$out"
+    # A failed run stops the table with sinkflow's own message (no JSON to parse).
+    line=$("$bin" ppl --model "$model" --text "$text" --tokens "$tokens" --policy "$policy" --sinks "$sinks" \
+      --memory "$memory" --window "$window" --evict-block "$block" --json 2>/tmp/kv_align_table.err) ||
+      { cat /tmp/kv_align_table.err >&2; exit 1; }
+    python3 -c "import json,sys; j=json.loads(sys.argv[1]); j['cache']=$cache; print(json.dumps(j))" "$line" >> "$out"
   done
 done
 python3 - "$out" <<'EOF'

@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   sinkflow::keep_freed_memory();
   CLI::App app{"sinkflow: streaming LLM inference with attention sinks and a memory of evicted text"};
   app.require_subcommand(1);
+  app.set_version_flag("--version", "sinkflow " SINKFLOW_VERSION);
   std::string log_level = "warn";
   app.add_option("--log-level", log_level, "trace, debug, info, warn, error, off")->capture_default_str();
   app.parse_complete_callback([&] { spdlog::set_level(spdlog::level::from_str(log_level)); });
@@ -20,7 +21,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    return app.exit(e);
+    // --help and --version exit 0; a bad command line is bad input: exit 2, as every other bad input.
+    return app.exit(e) == 0 ? 0 : 2;
   } catch (const std::invalid_argument& e) {
     std::cerr << "sinkflow: error: " << e.what() << std::endl;
     return 2;
