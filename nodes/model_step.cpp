@@ -294,6 +294,8 @@ class ModelStep : public NodeInstance {
     }
     std::lock_guard<std::mutex> lock(stats_mutex_);
     stats_.injected_chunks += static_cast<int64_t>(written.size());
+    stats_.injected_ids.insert(stats_.injected_ids.end(), written.begin(), written.end());
+    stats_.injected_at.insert(stats_.injected_at.end(), written.size(), session_->position());
   }
 
   ModelStepConfig config_;

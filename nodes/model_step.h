@@ -54,6 +54,8 @@ struct ModelStepStats {
   int64_t decode_tokens = 0;        // tokens generated
   double decode_s = 0;              // time in decode loops
   int64_t injected_chunks = 0;      // chunks written into the memory region
+  std::vector<int64_t> injected_ids;  // their chunk ids, in the order written
+  std::vector<int64_t> injected_at;   // the stream position (tokens fed so far) when each was written
   int64_t tokens_evicted = 0;
   std::vector<int64_t> generated;   // every generated token id, in order
 };

@@ -27,6 +27,7 @@
 #include "nodes/nodes.h"
 #include "nodes/resources.h"
 #include "nodes/text_out.h"
+#include "tests/pipeline_fixture.h"
 #include "tests/test_util.h"
 
 // ATen pulls in glog, whose one-argument CHECK macro would replace Catch's: include Catch last.
@@ -43,64 +44,23 @@ const std::string kSource = SINKFLOW_SOURCE_DIR;
 
 fs::path temp_dir(const std::string& name) { return test::temp_dir("pipeline_" + name); }
 
-// A tiny random Llama, written once per test process.
-const std::string& tiny_model() {
-  static const std::string dir = [] {
-    const fs::path d = temp_dir("model");
-    MakeModelOptions o;
-    o.config = shape_preset("tiny-llama");
-    o.seed = 7;
-    make_model(d.string(), o);
-    return d.string();
-  }();
-  return dir;
-}
-
-// A document many times the tiny caches.
-const std::string& long_document() {
-  static const std::string path = [] {
-    const fs::path p = temp_dir("doc") / "doc.txt";
-    std::ofstream f(p);
-    for (int i = 0; i < 12; ++i) f << builtin_tokenizer_text() << "\n\n";
-    return p.string();
-  }();
-  return path;
-}
-
-// The model and the memory directory are each written once, in the pipeline's resources.
-std::vector<std::string> model_sets(const std::string& memory_dir) {
-  return {"resources.models.lm.path=" + tiny_model(), "resources.memories.mem.dir=" + memory_dir};
-}
+using test::long_document;
+using test::tiny_model;
 
 RunSpec stream_spec(const std::vector<std::string>& extra, const std::string& memory_dir) {
-  std::vector<std::string> sets = model_sets(memory_dir);
-  sets.push_back("out.quiet=true");
-  sets.insert(sets.end(), extra.begin(), extra.end());
-  return load_run_spec(kSource + "/configs/stream-tiny.yaml", sets);
+  return test::tiny_spec("stream-tiny", tiny_model(), memory_dir, extra);
 }
 
 RunSpec ingest_spec(const std::vector<std::string>& extra, const std::string& memory_dir) {
-  std::vector<std::string> sets = model_sets(memory_dir);
-  sets.push_back("src.path=" + long_document());
-  sets.push_back("out.quiet=true");
-  sets.insert(sets.end(), extra.begin(), extra.end());
-  return load_run_spec(kSource + "/configs/ingest-tiny.yaml", sets);
+  return test::tiny_spec("ingest-tiny", tiny_model(), memory_dir, extra);
 }
 
-Registry builtin() {
-  Registry r;
-  register_builtin_nodes(r);
-  return r;
-}
+Registry builtin() { return test::builtin_registry(); }
 
 // The bare loop through the stream-tiny cache (4 + 32 + 28 slots).
 std::vector<int64_t> bare_loop(const std::string& prompt, int64_t block, int64_t max_new) {
   c10::InferenceMode guard;
-  CacheConfig cache;
-  cache.n_sink = 4;
-  cache.n_memory = 32;
-  cache.n_recent = 28;
-  return test::bare_greedy_loop(tiny_model(), prompt, cache, block, max_new);
+  return test::bare_greedy_loop(tiny_model(), prompt, test::stream_tiny_cache(), block, max_new);
 }
 
 }  // namespace

@@ -22,6 +22,7 @@
 #include "nodes/model_step.h"
 #include "nodes/nodes.h"
 #include "nodes/resources.h"
+#include "tests/pipeline_fixture.h"
 #include "tests/test_util.h"
 
 #undef CHECK
@@ -38,17 +39,7 @@ const std::string kSource = SINKFLOW_SOURCE_DIR;
 fs::path temp_dir(const std::string& name) { return test::temp_dir("resources_" + name); }
 
 // Two tiny Llamas whose tokenizers differ (trained on different text) as well as their weights.
-const std::string& model_a() {
-  static const std::string dir = [] {
-    MakeModelOptions o;
-    o.config = shape_preset("tiny-llama");
-    o.seed = 7;
-    const std::string d = temp_dir("a").string();
-    make_model(d, o);
-    return d;
-  }();
-  return dir;
-}
+const std::string& model_a() { return test::tiny_model(); }
 const std::string& model_b() {
   static const std::string dir = [] {
     MakeModelOptions o;
@@ -63,27 +54,17 @@ const std::string& model_b() {
   return dir;
 }
 
-Registry builtin() {
-  Registry r;
-  register_builtin_nodes(r);
-  return r;
-}
+Registry builtin() { return test::builtin_registry(); }
 
 RunSpec stream_spec(const std::string& model, const std::string& memory_dir, std::vector<std::string> extra = {}) {
-  std::vector<std::string> sets = {"resources.models.lm.path=" + model, "resources.memories.mem.dir=" + memory_dir,
-                                   "out.quiet=true", "model.max_new_tokens=8"};
-  sets.insert(sets.end(), extra.begin(), extra.end());
-  return load_run_spec(kSource + "/configs/stream-tiny.yaml", sets);
+  extra.insert(extra.begin(), "model.max_new_tokens=8");
+  return test::tiny_spec("stream-tiny", model, memory_dir, extra);
 }
 
-// Greedy tokens after BOS + prompt through the stream-tiny cache (4 + 32 + 28 slots), without the graph.
+// Greedy tokens after BOS + prompt through the stream-tiny cache, without the graph.
 std::vector<int64_t> bare_loop(const std::string& model, const std::string& prompt, int64_t max_new) {
   c10::InferenceMode guard;
-  CacheConfig cache;
-  cache.n_sink = 4;
-  cache.n_memory = 32;
-  cache.n_recent = 28;
-  return test::bare_greedy_loop(model, prompt, cache, 16, max_new);
+  return test::bare_greedy_loop(model, prompt, test::stream_tiny_cache(), 16, max_new);
 }
 
 }  // namespace
