@@ -1,5 +1,9 @@
 #include "models/nn/decoder.h"
 
+#include <ATen/core/grad_mode.h>
+
+#include "models/nn/gemv.h"
+
 #include <limits>
 #include <stdexcept>
 
@@ -47,8 +51,63 @@ std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device,
   return decoder;
 }
 
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  const bool row = x.device().is_cpu() && (x.dim() == 1 || (x.dim() == 2 && x.size(0) == 1));
+  const bool kernel = w.dim() == 2 && w.is_contiguous() && x.scalar_type() == at::kFloat &&
+                      (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16);
+  if (!row || !kernel || x.requires_grad() || w.requires_grad() || at::GradMode::is_enabled()) return at::linear(x, w, b);
+  const at::Tensor xv = x.reshape({-1}).contiguous();
+  at::Tensor y = at::empty({w.size(0)}, x.options());
+  if (w.scalar_type() == at::kFloat) {
+    gemv_f32(w.data_ptr<float>(), xv.data_ptr<float>(), y.data_ptr<float>(), w.size(0), w.size(1));
+  } else {
+    gemv_bf16(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), xv.data_ptr<float>(), y.data_ptr<float>(),
+              w.size(0), w.size(1));
+  }
+  if (b.defined()) y.add_(b.to(at::kFloat));
+  return x.dim() == 2 ? y.unsqueeze(0) : y;
+}
+
+namespace {
+
+// One query token on the CPU in float32 (a decode step): per KV head, the scores of its query heads are
+// matrix-vector products over the cached keys and the output a probability-weighted sum of the cached values,
+// read in place (the cache's rows are contiguous; its heads and layers are strided). Same result as the general
+// path up to summation order.
+bool attend_one_ok(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  return q.size(1) == 1 && q.device().is_cpu() && q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
+         v.scalar_type() == at::kFloat && k.stride(2) == 1 && v.stride(2) == 1 && !at::GradMode::is_enabled();
+}
+
+at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
+                      double scale) {
+  const int64_t h = q.size(0), dh = q.size(2), kv = k.size(0), e = k.size(1), g = h / kv;
+  const at::Tensor qc = q.reshape({h, dh}).contiguous();
+  at::Tensor scores = at::empty({h, e}, q.options());
+  const float* qp = qc.data_ptr<float>();
+  float* sp = scores.data_ptr<float>();
+  const float* kp = k.data_ptr<float>();
+  for (int64_t j = 0; j < kv; ++j)
+    for (int64_t i = 0; i < g; ++i)
+      gemv_f32_ld(kp + j * k.stride(0), k.stride(1), qp + (j * g + i) * dh, sp + (j * g + i) * e, e, dh);
+  scores.mul_(scale);
+  if (mask.defined()) scores.add_(mask.reshape({1, e}));
+  const at::Tensor probs = at::softmax(scores, -1).contiguous();
+  at::Tensor out = at::empty({1, h * dh}, q.options());
+  const float* pp = probs.data_ptr<float>();
+  const float* vp = v.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  for (int64_t j = 0; j < kv; ++j)
+    for (int64_t i = 0; i < g; ++i)
+      gemv_t_f32(vp + j * v.stride(0), v.stride(1), pp + (j * g + i) * e, op + (j * g + i) * dh, e, dh);
+  return out;
+}
+
+}  // namespace
+
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                   double scale) {
+  if (attend_one_ok(q, k, v)) return attend_one(q, k, v, mask, scale);
   const int64_t h = q.size(0), t = q.size(1), dh = q.size(2);
   const int64_t kv = k.size(0), e = k.size(1);
   const int64_t g = h / kv;

@@ -77,6 +77,11 @@ std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device,
 // Returns [T, H * dh]. Softmax in float32.
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                   double scale);
+// x W^T + b, as nn::Linear computes it. A single row on the CPU ([1, K] or [K]) runs as a matrix-vector product
+// (at::mv), which streams the weight once: OpenBLAS runs the same product as a GEMM and first copies (packs) the
+// whole weight, 2-3x slower for one-token decode steps. Other shapes: at::linear. b may be undefined.
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+
 // Batched causal attention without cache. q: [B, H, T, dh]; k, v: [B, KV, T, dh]. Returns [B, T, H * dh].
 at::Tensor attend_causal(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
 

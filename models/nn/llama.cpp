@@ -17,6 +17,9 @@ nn::Linear linear(int64_t in, int64_t out, bool bias) {
   return nn::Linear(nn::LinearOptions(in, out).bias(bias));
 }
 
+// A projection through linear_rows (matrix-vector for one-token steps).
+torch::Tensor proj(const nn::Linear& l, const torch::Tensor& x) { return linear_rows(x, l->weight, l->bias); }
+
 struct RmsNormImpl : nn::Module {
   torch::Tensor weight;
   double eps;
@@ -49,7 +52,7 @@ struct LlamaMlpImpl : nn::Module {
     down_proj = register_module("down_proj", linear(c.d_ff, c.d_model, c.mlp_bias));
   }
   torch::Tensor forward(const torch::Tensor& x) {
-    return down_proj(torch::silu(gate_proj(x)) * up_proj(x));
+    return proj(down_proj, torch::silu(proj(gate_proj, x)) * proj(up_proj, x));
   }
 };
 TORCH_MODULE(LlamaMlp);
@@ -88,7 +91,7 @@ struct LlamaForCausalLmImpl : nn::Module {
     if (!c.tie_word_embeddings) lm_head = register_module("lm_head", linear(c.d_model, c.vocab_size, false));
   }
   torch::Tensor logits(const torch::Tensor& h) {
-    return lm_head ? lm_head(h) : torch::matmul(h, model->embed_tokens->weight.t());
+    return linear_rows(h, lm_head ? lm_head->weight : model->embed_tokens->weight);
   }
 };
 TORCH_MODULE(LlamaForCausalLm);
@@ -118,13 +121,13 @@ class Llama final : public Decoder {
       auto& layer = *layers_[l];
       auto& attn = *layer.self_attn;
       torch::Tensor h = layer.input_layernorm(x);
-      torch::Tensor q = attn.q_proj(h).view({t, attn.n_head, attn.d_head}).transpose(0, 1);
-      torch::Tensor k = attn.k_proj(h).view({t, attn.n_kv_head, attn.d_head}).transpose(0, 1);
-      torch::Tensor v = attn.v_proj(h).view({t, attn.n_kv_head, attn.d_head}).transpose(0, 1);
+      torch::Tensor q = proj(attn.q_proj, h).view({t, attn.n_head, attn.d_head}).transpose(0, 1);
+      torch::Tensor k = proj(attn.k_proj, h).view({t, attn.n_kv_head, attn.d_head}).transpose(0, 1);
+      torch::Tensor v = proj(attn.v_proj, h).view({t, attn.n_kv_head, attn.d_head}).transpose(0, 1);
       q = rope_.apply(q, cos, sin);
       cache.store(l, plan, k, rope_.apply(k, cos, sin), v);
       auto [kc, vc] = cache.layer_kv(l);
-      x = x + attn.o_proj(attend(q, kc, vc, mask, scale_));
+      x = x + proj(attn.o_proj, attend(q, kc, vc, mask, scale_));
       x = x + layer.mlp(layer.post_attention_layernorm(x));
     }
     if (last_only) x = x.narrow(0, t - 1, 1);

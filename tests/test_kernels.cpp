@@ -1,0 +1,101 @@
+// The decode-step kernels (models/nn/gemv.h) and the paths that use them (linear_rows, attend for one query)
+// equal LibTorch's own ops: every shape class (row tails, column tails, strided rows, bfloat16 weights), and
+// attention over a strided cache with masked slots.
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <limits>
+
+#include "models/nn/decoder.h"
+#include "models/nn/gemv.h"
+#include "tests/test_util.h"
+
+#undef CHECK
+#include <catch2/catch.hpp>
+
+using namespace sinkflow;
+
+namespace {
+
+// max |a - b| / (max |b| + 1e-6).
+double rel_err(const at::Tensor& a, const at::Tensor& b) {
+  return test::max_abs_diff(a, b) / (b.abs().max().item<double>() + 1e-6);
+}
+
+}  // namespace
+
+TEST_CASE("gemv_f32 and gemv_bf16 equal a float64 matrix-vector product on every shape class", "[kernels]") {
+  at::manual_seed(3);
+  INFO("kernel " << gemv_kernel_name());
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {3, 7}, {4, 8}, {5, 9}, {64, 576}, {67, 1000}, {1536, 576}}) {
+    const at::Tensor w = at::randn({n, k});
+    const at::Tensor x = at::randn({k});
+    at::Tensor y = at::empty({n});
+    gemv_f32(w.data_ptr<float>(), x.data_ptr<float>(), y.data_ptr<float>(), n, k);
+    const at::Tensor ref = at::mv(w.to(at::kDouble), x.to(at::kDouble));
+    INFO(n << "x" << k);
+    CHECK(rel_err(y.to(at::kDouble), ref) < 1e-5);
+    // bfloat16 weights: the same as the float64 product of the rounded weights.
+    const at::Tensor wb = w.to(at::kBFloat16).contiguous();
+    gemv_bf16(reinterpret_cast<const uint16_t*>(wb.data_ptr<at::BFloat16>()), x.data_ptr<float>(), y.data_ptr<float>(), n, k);
+    CHECK(rel_err(y.to(at::kDouble), at::mv(wb.to(at::kDouble), x.to(at::kDouble))) < 1e-5);
+    // Rows of a wider buffer (ld > k), as a KV cache layer's keys.
+    const at::Tensor wide = at::randn({n, k + 5});
+    gemv_f32_ld(wide.data_ptr<float>(), k + 5, x.data_ptr<float>(), y.data_ptr<float>(), n, k);
+    CHECK(rel_err(y.to(at::kDouble), at::mv(wide.narrow(1, 0, k).to(at::kDouble), x.to(at::kDouble))) < 1e-5);
+  }
+}
+
+TEST_CASE("gemv_t_f32 equals the transposed product, strided rows and column tails included", "[kernels]") {
+  at::manual_seed(4);
+  for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {5, 31}, {256, 64}, {300, 70}}) {
+    const at::Tensor v = at::randn({rows, cols + 3});
+    const at::Tensor p = at::rand({rows});
+    at::Tensor out = at::empty({cols});
+    gemv_t_f32(v.data_ptr<float>(), cols + 3, p.data_ptr<float>(), out.data_ptr<float>(), rows, cols);
+    const at::Tensor ref = at::mv(v.narrow(1, 0, cols).t().to(at::kDouble), p.to(at::kDouble));
+    INFO(rows << "x" << cols);
+    CHECK(rel_err(out.to(at::kDouble), ref) < 1e-5);
+  }
+}
+
+TEST_CASE("linear_rows equals at::linear for one row and hands other shapes to it", "[kernels]") {
+  c10::InferenceMode guard;
+  at::manual_seed(5);
+  const at::Tensor w = at::randn({37, 29}), b = at::randn({37});
+  for (const at::Tensor& x : {at::randn({1, 29}), at::randn({29}), at::randn({4, 29})}) {
+    const at::Tensor ref = at::linear(x.to(at::kDouble), w.to(at::kDouble), b.to(at::kDouble));
+    CHECK(linear_rows(x, w, b).sizes() == ref.sizes());
+    CHECK(rel_err(linear_rows(x, w, b).to(at::kDouble), ref) < 1e-5);
+    CHECK(rel_err(linear_rows(x, w).to(at::kDouble), at::linear(x.to(at::kDouble), w.to(at::kDouble))) < 1e-5);
+  }
+  // bfloat16 weights with float32 activations: the rounded weights, accumulated in float32.
+  const at::Tensor wb = w.to(at::kBFloat16);
+  const at::Tensor x = at::randn({1, 29});
+  CHECK(rel_err(linear_rows(x, wb).to(at::kDouble), at::linear(x.to(at::kDouble), wb.to(at::kDouble))) < 1e-5);
+}
+
+TEST_CASE("attention of one query over a strided cache with masked slots equals the reference", "[kernels]") {
+  c10::InferenceMode guard;
+  at::manual_seed(6);
+  const int64_t h = 6, kv = 2, dh = 16, e = 37, cap = 50;
+  // Keys and values are the first e slots of a [KV, cap, dh] buffer, as KvCache::layer_kv returns them.
+  const at::Tensor kbuf = at::randn({kv, cap, dh}), vbuf = at::randn({kv, cap, dh});
+  const at::Tensor k = kbuf.narrow(1, 0, e), v = vbuf.narrow(1, 0, e);
+  const at::Tensor q = at::randn({h, 1, dh});
+  at::Tensor mask = at::zeros({1, e});
+  mask[0][3] = -std::numeric_limits<float>::infinity();
+  mask[0][20] = -std::numeric_limits<float>::infinity();
+  const double scale = 0.25;
+  // The reference in float64: query heads grouped per KV head (repeat_kv).
+  const at::Tensor kr = k.repeat_interleave(h / kv, 0).to(at::kDouble), vr = v.repeat_interleave(h / kv, 0).to(at::kDouble);
+  for (const bool masked : {false, true}) {
+    at::Tensor s = at::bmm(q.to(at::kDouble), kr.transpose(1, 2)) * scale;  // [H, 1, E]
+    if (masked) s = s + mask.to(at::kDouble);
+    const at::Tensor ref = at::bmm(at::softmax(s, -1), vr).reshape({1, h * dh});
+    const at::Tensor out = attend(q, k, v, masked ? mask : at::Tensor(), scale);
+    INFO("masked " << masked);
+    CHECK(out.sizes() == ref.sizes());
+    CHECK(rel_err(out.to(at::kDouble), ref) < 1e-5);
+  }
+}
