@@ -75,6 +75,17 @@ TEST_CASE("linear_rows equals at::linear for one row and hands other shapes to i
   CHECK(rel_err(linear_rows(x, wb).to(at::kDouble), at::linear(x.to(at::kDouble), wb.to(at::kDouble))) < 1e-5);
 }
 
+TEST_CASE("linear_rows_t (GPT-2's Conv1D) equals addmm for one row and for several", "[kernels]") {
+  c10::InferenceMode guard;
+  at::manual_seed(7);
+  const at::Tensor w = at::randn({29, 70}), b = at::randn({70});
+  for (const at::Tensor& x : {at::randn({1, 29}), at::randn({3, 29})}) {
+    const at::Tensor ref = at::addmm(b.to(at::kDouble), x.to(at::kDouble), w.to(at::kDouble));
+    CHECK(linear_rows_t(x, w, b).sizes() == ref.sizes());
+    CHECK(rel_err(linear_rows_t(x, w, b).to(at::kDouble), ref) < 1e-5);
+  }
+}
+
 TEST_CASE("attention of one query over a strided cache with masked slots equals the reference", "[kernels]") {
   c10::InferenceMode guard;
   at::manual_seed(6);

@@ -68,6 +68,19 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   return x.dim() == 2 ? y.unsqueeze(0) : y;
 }
 
+at::Tensor linear_rows_t(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  const bool row = x.device().is_cpu() && x.dim() == 2 && x.size(0) == 1 && x.scalar_type() == at::kFloat &&
+                   w.scalar_type() == at::kFloat && w.dim() == 2 && w.is_contiguous();
+  if (!row || x.requires_grad() || w.requires_grad() || at::GradMode::is_enabled()) {
+    if (x.dim() == 2) return at::addmm(b, x, w);
+    return at::matmul(x, w) + b;
+  }
+  const at::Tensor xv = x.reshape({-1}).contiguous();
+  at::Tensor y = at::empty({1, w.size(1)}, x.options());
+  gemv_t_f32(w.data_ptr<float>(), w.size(1), xv.data_ptr<float>(), y.data_ptr<float>(), w.size(0), w.size(1));
+  return b.defined() ? y.add_(b) : y;
+}
+
 namespace {
 
 // One query token on the CPU in float32 (a decode step): per KV head, the scores of its query heads are

@@ -82,6 +82,10 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 // whole weight, 2-3x slower for one-token decode steps. Other shapes: at::linear. b may be undefined.
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
 
+// x W + b with W [K, N] (Hugging Face's Conv1D, GPT-2): one row on the CPU in float32 streams W once
+// (gemv_t_f32); other shapes: at::addmm / at::matmul.
+at::Tensor linear_rows_t(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
+
 // Batched causal attention without cache. q: [B, H, T, dh]; k, v: [B, KV, T, dh]. Returns [B, T, H * dh].
 at::Tensor attend_causal(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
 

@@ -20,10 +20,7 @@ struct Conv1dImpl : nn::Module {
     weight = register_parameter("weight", torch::zeros({in, out}));
     bias = register_parameter("bias", torch::zeros({out}));
   }
-  torch::Tensor forward(const torch::Tensor& x) {
-    if (x.dim() == 2) return torch::addmm(bias, x, weight);
-    return torch::matmul(x, weight) + bias;
-  }
+  torch::Tensor forward(const torch::Tensor& x) { return linear_rows_t(x, weight, bias); }
 };
 TORCH_MODULE(Conv1d);
 
@@ -127,7 +124,7 @@ class Gpt2 final : public Decoder {
     if (last_only) x = x.narrow(0, t - 1, 1);
     x = tr.ln_f(x);
     if (hidden_out) *hidden_out = x;
-    return torch::matmul(x, tr.wte->weight.t()).to(torch::kFloat);
+    return linear_rows(x, tr.wte->weight).to(torch::kFloat);
   }
 
   at::Tensor hidden_full(const at::Tensor& tokens, int64_t start_position) const override {
