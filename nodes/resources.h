@@ -31,7 +31,7 @@ namespace sinkflow {
 struct ModelResourceConfig {
   std::string path;            // Hugging Face model folder (required)
   std::string device = "cpu";  // cpu | cuda | cuda:N | mps
-  std::string dtype = "auto";  // auto | float32 | float16 | bfloat16
+  std::string dtype = "auto";  // auto | float32 | float16 | bfloat16 (CPU: bf16 matrices, f32 compute)
   ParamOrigin origin;
 
   static ModelResourceConfig from_params(const ParamMap& params, const std::string& where);

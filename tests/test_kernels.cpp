@@ -4,10 +4,13 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <filesystem>
 #include <limits>
 
 #include "models/nn/decoder.h"
+#include "models/lab/make_model.h"
 #include "models/nn/gemv.h"
+#include "models/stream/stream.h"
 #include "tests/test_util.h"
 
 #undef CHECK
@@ -109,4 +112,34 @@ TEST_CASE("attention of one query over a strided cache with masked slots equals 
     CHECK(out.sizes() == ref.sizes());
     CHECK(rel_err(out.to(at::kDouble), ref) < 1e-5);
   }
+}
+
+TEST_CASE("bfloat16 matrices with float32 compute equal float32 compute over the rounded weights", "[kernels]") {
+  c10::InferenceMode guard;
+  const std::filesystem::path dir = test::temp_dir("kernels_bf16");
+  MakeModelOptions o;
+  o.config = shape_preset("tiny-llama");
+  o.seed = 9;
+  make_model(dir.string(), o);
+  auto bf = load_decoder(dir.string(), at::kCPU, at::kBFloat16);
+  CHECK(bf->dtype() == at::kFloat);
+  CHECK(bf->weight_dtype() == at::kBFloat16);
+  // The reference: float32 weights rounded to bfloat16 and back.
+  auto ref = load_decoder(dir.string(), at::kCPU, at::kFloat);
+  for (auto& [name, p] : ref->named_parameters())
+    if (p.dim() == 2) p.copy_(p.to(at::kBFloat16).to(at::kFloat));
+  const std::vector<int64_t> tokens = test::random_tokens(24, o.config.vocab_size, 3);
+  const at::Tensor ids = at::tensor(tokens).unsqueeze(0);
+  const at::Tensor full_ref = ref->forward_full(ids)[0];
+  CHECK(rel_err(bf->forward_full(ids)[0], full_ref) < 1e-4);
+  // One token at a time (the matrix-vector kernels) equals the full forward.
+  StreamConfig sc;
+  sc.policy = Policy::dense;
+  sc.cache.n_recent = 24;
+  StreamSession s(bf, sc);
+  const at::Tensor steps = s.feed(tokens, nullptr, true);
+  CHECK(rel_err(steps, full_ref) < 1e-4);
+  // float16 cannot run on the CPU: a clear error instead of a LibTorch trace.
+  REQUIRE_THROWS_WITH(load_decoder(dir.string(), at::kCPU, at::kHalf),
+                      Catch::Contains("dtype float16 cannot run on the CPU") && Catch::Contains("use bfloat16"));
 }

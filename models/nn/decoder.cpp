@@ -3,6 +3,7 @@
 #include <ATen/core/grad_mode.h>
 
 #include "models/nn/gemv.h"
+#include "models/nn/runtime.h"
 
 #include <limits>
 #include <stdexcept>
@@ -25,7 +26,8 @@ void Decoder::load_weights(
 }
 
 at::Tensor Decoder::forward_full(const at::Tensor& tokens, int64_t start_position) const {
-  return at::matmul(hidden_full(tokens, start_position), head_weight().t());
+  const at::Tensor h = hidden_full(tokens, start_position);
+  return at::matmul(h, head_weight().to(h.scalar_type()).t());
 }
 
 at::Tensor Decoder::first_layer_kv(const std::vector<int64_t>&, const std::vector<int64_t>&) const {
@@ -41,13 +43,25 @@ std::shared_ptr<Decoder> make_decoder(const ModelConfig& config, at::Device devi
   }
 }
 
+void Decoder::store_matrices_as(at::ScalarType dtype) {
+  throw std::invalid_argument("model_type '" + config_.model_type + "': " + dtype_name(dtype) +
+                              " matrices with " + dtype_name(dtype_) + " compute are implemented for the llama family only");
+}
+
 std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device, at::ScalarType dtype) {
   ModelConfig config = load_model_config(dir);
-  auto decoder = make_decoder(config, device, dtype);
+  if (device.is_cpu() && dtype == at::kHalf)
+    throw std::invalid_argument(dir + ": dtype float16 cannot run on the CPU (LibTorch has no half-precision matrix "
+                                "product there); use bfloat16 (bfloat16 weights, float32 compute) or float32");
+  // bfloat16 on the CPU: float32 compute over bfloat16 matrices (Llama family).
+  const bool split = device.is_cpu() && dtype == at::kBFloat16 && config.family == Family::llama;
+  const at::ScalarType compute = split ? at::kFloat : dtype;
+  auto decoder = make_decoder(config, device, compute);
   CheckpointTensors tensors(dir);
   decoder->load_weights([&](const std::string& name, const std::vector<int64_t>& shape) {
-    return tensors.load(name, shape, dtype, device);
+    return tensors.load(name, shape, compute, device);
   });
+  if (split) decoder->store_matrices_as(at::kBFloat16);
   return decoder;
 }
 
@@ -55,7 +69,10 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const bool row = x.device().is_cpu() && (x.dim() == 1 || (x.dim() == 2 && x.size(0) == 1));
   const bool kernel = w.dim() == 2 && w.is_contiguous() && x.scalar_type() == at::kFloat &&
                       (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16);
-  if (!row || !kernel || x.requires_grad() || w.requires_grad() || at::GradMode::is_enabled()) return at::linear(x, w, b);
+  if (!row || !kernel || x.requires_grad() || w.requires_grad() || at::GradMode::is_enabled()) {
+    // Matrices kept in a narrower dtype (store_matrices_as) are widened for a longer input.
+    return w.scalar_type() == x.scalar_type() ? at::linear(x, w, b) : at::linear(x, w.to(x.scalar_type()), b);
+  }
   const at::Tensor xv = x.reshape({-1}).contiguous();
   at::Tensor y = at::empty({w.size(0)}, x.options());
   if (w.scalar_type() == at::kFloat) {

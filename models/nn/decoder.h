@@ -23,7 +23,13 @@ class Decoder {
 
   const ModelConfig& config() const { return config_; }
   at::Device device() const { return device_; }
-  at::ScalarType dtype() const { return dtype_; }
+  at::ScalarType dtype() const { return dtype_; }  // activations, the KV cache, logits
+  // The dtype of the matrices (projections, embeddings): dtype(), or bfloat16 after store_matrices_as.
+  at::ScalarType weight_dtype() const { return weight_dtype_; }
+  // Keeps every matrix (2-D parameter) in `dtype` while computing in dtype(): bfloat16 weights with float32
+  // activations halve the bytes a CPU decode step streams (matrix-vector kernels accumulate in float32; longer
+  // inputs widen each matrix on the fly). Llama family on the CPU only; others throw std::invalid_argument.
+  virtual void store_matrices_as(at::ScalarType dtype);
   // The rotary embedding (Llama family) or nullptr (learned absolute positions).
   virtual const Rope* rope() const = 0;
 
@@ -59,17 +65,20 @@ class Decoder {
 
  protected:
   Decoder(ModelConfig config, at::Device device, at::ScalarType dtype)
-      : config_(std::move(config)), device_(device), dtype_(dtype) {}
+      : config_(std::move(config)), device_(device), dtype_(dtype), weight_dtype_(dtype) {}
   ModelConfig config_;
   at::Device device_;
   at::ScalarType dtype_;
+  at::ScalarType weight_dtype_;
 };
 
 // A model of `config` with zero weights (fill them with load_weights) on device/dtype.
 std::shared_ptr<Decoder> make_decoder(const ModelConfig& config, at::Device device, at::ScalarType dtype);
 
-// Loads a Hugging Face folder (config.json + model.safetensors or sharded index). dtype: the compute dtype
-// (float32 on CPU; float16/bfloat16 where the device supports them).
+// Loads a Hugging Face folder (config.json + model.safetensors or sharded index). dtype: float32; float16 or
+// bfloat16 on accelerators. On the CPU, bfloat16 means bfloat16 matrices with float32 compute for the Llama
+// family (store_matrices_as), the whole model in bfloat16 otherwise; float16 on the CPU is refused
+// (std::invalid_argument: LibTorch has no half-precision matrix product there).
 std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device, at::ScalarType dtype);
 
 // Scaled dot-product attention over a cache. q: [H, T, dh]; k, v: [KV, E, dh] (H a multiple of KV, query

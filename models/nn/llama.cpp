@@ -111,10 +111,19 @@ class Llama final : public Decoder {
 
   const Rope* rope() const override { return &rope_; }
 
+  void store_matrices_as(at::ScalarType dtype) override {
+    if (!device_.is_cpu() || dtype_ != at::kFloat || dtype != at::kBFloat16)
+      Decoder::store_matrices_as(dtype);  // throws
+    torch::NoGradGuard no_grad;
+    for (auto& p : net_->parameters())
+      if (p.dim() == 2) p.set_data(p.to(dtype).contiguous());
+    weight_dtype_ = dtype;
+  }
+
   at::Tensor forward(const StepPlan& plan, KvCache& cache, bool last_only, at::Tensor* hidden_out) const override {
     const int64_t t = static_cast<int64_t>(plan.tokens.size());
     torch::Tensor ids = torch::from_blob(const_cast<int64_t*>(plan.tokens.data()), {t}, torch::kLong).to(device_);
-    torch::Tensor x = net_->model->embed_tokens(ids);  // [T, D]
+    torch::Tensor x = net_->model->embed_tokens(ids).to(dtype_);  // [T, D]
     auto [cos, sin] = rope_.tables(cache.input_positions(plan), device_);
     const torch::Tensor mask = cache.attention_mask(plan);
     for (int64_t l = 0; l < config_.n_layer; ++l) {
@@ -141,17 +150,17 @@ class Llama final : public Decoder {
     std::vector<int64_t> positions(t);
     for (int64_t j = 0; j < t; ++j) positions[j] = start_position + j;
     auto [cos, sin] = rope_.tables(positions, device_);
-    torch::Tensor x = net_->model->embed_tokens(tokens.to(device_));  // [B, T, D]
+    torch::Tensor x = net_->model->embed_tokens(tokens.to(device_)).to(dtype_);  // [B, T, D]
     for (int64_t l = 0; l < config_.n_layer; ++l) {
       auto& layer = *layers_[l];
       auto& attn = *layer.self_attn;
       torch::Tensor h = layer.input_layernorm(x);
-      torch::Tensor q = attn.q_proj(h).view({b, t, attn.n_head, attn.d_head}).transpose(1, 2);
-      torch::Tensor k = attn.k_proj(h).view({b, t, attn.n_kv_head, attn.d_head}).transpose(1, 2);
-      torch::Tensor v = attn.v_proj(h).view({b, t, attn.n_kv_head, attn.d_head}).transpose(1, 2);
+      torch::Tensor q = proj(attn.q_proj, h).view({b, t, attn.n_head, attn.d_head}).transpose(1, 2);
+      torch::Tensor k = proj(attn.k_proj, h).view({b, t, attn.n_kv_head, attn.d_head}).transpose(1, 2);
+      torch::Tensor v = proj(attn.v_proj, h).view({b, t, attn.n_kv_head, attn.d_head}).transpose(1, 2);
       q = rope_.apply(q, cos, sin);
       k = rope_.apply(k, cos, sin);
-      x = x + attn.o_proj(attend_causal(q, k, v, scale_));
+      x = x + proj(attn.o_proj, attend_causal(q, k, v, scale_));
       x = x + layer.mlp(layer.post_attention_layernorm(x));
     }
     return net_->model->norm(x);
