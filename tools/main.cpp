@@ -1,5 +1,6 @@
 // sinkflow: the launcher. Each subcommand lives in a tools/cmd_*.cpp file; errors are caught once, here.
 #include <CLI/CLI.hpp>
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <csignal>
@@ -11,6 +12,8 @@
 
 int main(int argc, char** argv) {
   sinkflow::keep_freed_memory();
+  // Logs and warnings go to stderr: stdout carries results alone (the --json line, generated text).
+  spdlog::set_default_logger(spdlog::stderr_color_mt("sinkflow"));
   CLI::App app{"sinkflow: streaming LLM inference with attention sinks and a memory of evicted text"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "sinkflow " SINKFLOW_VERSION);
