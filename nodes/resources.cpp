@@ -6,7 +6,6 @@
 #include <filesystem>
 #include <stdexcept>
 
-#include "models/memory/embedder_factory.h"
 #include "models/nn/runtime.h"
 
 namespace sinkflow {
@@ -42,7 +41,7 @@ void ModelResourceConfig::validate() const {
 EmbedderParams EmbedderParams::from_params(const ParamMap& params, const std::string& where) {
   EmbedderParams c;
   ParamReader r(params, where, c.origin);
-  r.read_choice("kind", c.kind, {"hash", "lm", "bert"});
+  r.read_enum("kind", c.kind, kEmbedderKindNames);
   r.read("dim", c.dim);
   r.read("model", c.model);
   r.read("path", c.path);
@@ -52,10 +51,11 @@ EmbedderParams EmbedderParams::from_params(const ParamMap& params, const std::st
 
 void EmbedderParams::validate() const {
   origin.require(dim >= 1 && dim <= 65536, "dim", "an integer in [1, 65536]", dim);
-  origin.require(kind != "lm" || !model.empty(), "model", "a model resource for embedder kind lm", model);
-  origin.require(kind != "bert" || !path.empty(), "path", "an encoder folder for embedder kind bert", path);
-  origin.require(kind == "lm" || model.empty(), "model", "nothing unless kind is lm", model);
-  origin.require(kind == "bert" || path.empty(), "path", "nothing unless kind is bert", path);
+  const bool lm = kind == EmbedderKind::lm, bert = kind == EmbedderKind::bert;
+  origin.require(!lm || !model.empty(), "model", "a model resource for embedder kind lm", model);
+  origin.require(!bert || !path.empty(), "path", "an encoder folder for embedder kind bert", path);
+  origin.require(lm || model.empty(), "model", "nothing unless kind is lm", model);
+  origin.require(bert || path.empty(), "path", "nothing unless kind is bert", path);
 }
 
 MemoryResourceConfig MemoryResourceConfig::from_params(const ParamMap& params, const std::string& where) {
@@ -106,14 +106,14 @@ void Resources::add_memory(const std::string& name, const MemoryResourceConfig& 
   m->config = config;
   const EmbedderParams& e = config.embedder;
   EmbedderConfig ec;
-  ec.kind = e.kind;
+  ec.kind = enum_name(kEmbedderKindNames, e.kind);
   ec.dim = e.dim;
   std::shared_ptr<const ModelResource> lm;
-  if (e.kind == "lm") {
+  if (e.kind == EmbedderKind::lm) {
     lm = model(e.model, e.origin, "model");
     ec.model = lm->config.path;
     ec.device = lm->config.device;
-  } else if (e.kind == "bert") {
+  } else if (e.kind == EmbedderKind::bert) {
     ec.model = e.path;
   }
   // Lock before anything in the directory changes: a second run on it is refused, never wiped.

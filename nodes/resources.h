@@ -21,6 +21,7 @@
 
 #include "models/memory/chunk_store.h"
 #include "models/memory/embedder.h"
+#include "models/memory/embedder_factory.h"
 #include "models/memory/memory_dir.h"
 #include "models/nn/decoder.h"
 #include "models/text/tokenizer.h"
@@ -49,7 +50,7 @@ struct ModelResource {
 // The embedder of a memory resource: `{kind: hash, dim: 384}`, `{kind: lm, model: lm}` (a model resource) or
 // `{kind: bert, path: DIR}` (an encoder folder).
 struct EmbedderParams {
-  std::string kind = "hash";  // hash | lm | bert
+  EmbedderKind kind = EmbedderKind::hash;  // hash | lm | bert
   int64_t dim = 384;          // hash: vector length, in [1, 65536]
   std::string model;          // lm: the model resource whose hidden states are pooled
   std::string path;           // bert: BERT/MiniLM folder

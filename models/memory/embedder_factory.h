@@ -5,12 +5,18 @@
 #include <memory>
 #include <string>
 
+#include "models/io/names.h"
 #include "models/memory/embedder.h"
 
 namespace sinkflow {
 
 class Decoder;
 class Tokenizer;
+
+// The embedder kinds, one name table for parsing, printing and messages.
+enum class EmbedderKind { hash, lm, bert };
+inline constexpr NameTable<EmbedderKind, 3> kEmbedderKindNames{
+    {{{EmbedderKind::hash, "hash"}, {EmbedderKind::lm, "lm"}, {EmbedderKind::bert, "bert"}}}};
 
 struct EmbedderConfig {
   std::string kind = "hash";   // hash (lexical, no weights) | bert (encoder folder) | lm (the decoder's hidden states)
