@@ -130,29 +130,30 @@ struct Pipeline::State {
                  options.profile ? "on" : "off");
   }
 
-  // Every declared resource, models first (an lm embedder names one), each named in errors by its file:line.
+  // Every declared resource, models first (an lm embedder names one). Parameters were checked by
+  // validate_pipeline and their messages carry their own file:line; a failure to load or open names the
+  // resource's line.
   void build_resources() {
-    auto build = [&](const ResourceSpec& r, const char* section, auto add) {
-      const std::string head = spec.where(r.line) + ": resource '" + section + "." + r.name + "': ";
+    auto build = [&](const ResourceSpec& r, const char* section, const auto& add) {
+      const std::string head = spec.where(r.line) + ": " + resource_subject(section, r.name) + ": ";
       try {
-        add(r);
-      } catch (const std::invalid_argument& e) {
-        const std::string what = e.what();
-        throw std::invalid_argument(what.rfind(spec.where(0), 0) == 0 ? what : head + what);
-      } catch (const std::logic_error&) {
-        throw;
+        add();
+      } catch (const std::logic_error& e) {
+        if (!dynamic_cast<const std::invalid_argument*>(&e)) throw;
+        throw std::invalid_argument(head + e.what());
       } catch (const std::exception& e) {
         throw std::runtime_error(head + e.what());
       }
     };
-    for (const ResourceSpec& r : spec.models)
-      build(r, "models", [&](const ResourceSpec& x) {
-        resources.add_model(x.name, ModelResourceConfig::from_params(x.params, resource_subject("models", x.name)));
-      });
-    for (const ResourceSpec& r : spec.memories)
-      build(r, "memories", [&](const ResourceSpec& x) {
-        resources.add_memory(x.name, MemoryResourceConfig::from_params(x.params, resource_subject("memories", x.name)));
-      });
+    for (const ResourceSpec& r : spec.models) {
+      const ModelResourceConfig config = ModelResourceConfig::from_params(r.params, resource_subject("models", r.name));
+      build(r, "models", [&] { resources.add_model(r.name, config); });
+    }
+    for (const ResourceSpec& r : spec.memories) {
+      const MemoryResourceConfig config =
+          MemoryResourceConfig::from_params(r.params, resource_subject("memories", r.name));
+      build(r, "memories", [&] { resources.add_memory(r.name, config); });
+    }
   }
 
   void execute() {

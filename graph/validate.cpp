@@ -55,8 +55,18 @@ ResolvedPipeline validate_pipeline(const PipelineSpec& spec, const Registry& reg
   // Resources: parameters only (nothing is loaded here).
   for (const ResourceSpec& r : spec.models)
     ModelResourceConfig::from_params(r.params, resource_subject("models", r.name)).validate();
-  for (const ResourceSpec& r : spec.memories)
-    MemoryResourceConfig::from_params(r.params, resource_subject("memories", r.name)).validate();
+  for (const ResourceSpec& r : spec.memories) {
+    const MemoryResourceConfig c = MemoryResourceConfig::from_params(r.params, resource_subject("memories", r.name));
+    c.validate();
+    if (c.embedder.kind == EmbedderKind::lm &&
+        std::none_of(spec.models.begin(), spec.models.end(), [&](const ResourceSpec& m) { return m.name == c.embedder.model; })) {
+      std::vector<std::string> names;
+      for (const ResourceSpec& m : spec.models) names.push_back(m.name);
+      c.embedder.origin.fail("model", "a model resource (declared under resources.models: " +
+                                          (names.empty() ? std::string("none") : join(names, ", ")) + ")",
+                             "'" + c.embedder.model + "'");
+    }
+  }
 
   // Nodes: names, kinds, node-level settings, parameters.
   for (size_t i = 0; i < spec.nodes.size(); ++i) {

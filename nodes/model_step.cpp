@@ -158,8 +158,7 @@ class ModelStep : public NodeInstance {
     seq_ = b.seq;
     const RetrievalOptions& ro = config_.retrieval;
     if (b.turn && config_.memory && ro.trigger == RetrievalTrigger::turn && !b.text.empty() && query_connected()) {
-      Query q{b.seq, session_->position(), b.text, queries_++};
-      q.load_kv = ro.inject == InjectMode::kv;
+      Query q = query(b.seq, b.text);
       if (ro.sync) {
         // Flush the chunker's tail; retrieve answers once index-insert has stored it. The turn waits (without
         // blocking a thread) for that answer on `inject`.
@@ -172,6 +171,13 @@ class ModelStep : public NodeInstance {
       if (ro.sync) return;
     }
     complete(b, out);
+  }
+
+  // A retrieval request made now (the next id; the chunks' K/V asked for when injecting kv).
+  Query query(int64_t seq, std::string text) {
+    Query q{seq, session_->position(), std::move(text), queries_++};
+    q.load_kv = config_.retrieval.inject == InjectMode::kv;
+    return q;
   }
 
   // The rest of a block: prefill, `always` queries, the answer, the end-of-input flush.
@@ -195,9 +201,7 @@ class ModelStep : public NodeInstance {
       const std::vector<int64_t> cached = session_->cache().cached_tokens();
       const size_t n = std::min<size_t>(cached.size(), static_cast<size_t>(config_.retrieval.query_tokens));
       const std::vector<int64_t> recent(cached.end() - static_cast<long>(n), cached.end());
-      Query q{b.seq, session_->position(), tokenizer_->decode(recent), queries_++};
-      q.load_kv = config_.retrieval.inject == InjectMode::kv;
-      out.put<2>(q);
+      out.put<2>(query(b.seq, tokenizer_->decode(recent)));
       since_query_ = 0;
     }
     if (b.turn) answer(out);

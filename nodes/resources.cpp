@@ -18,8 +18,6 @@ std::string join(const std::vector<std::string>& names) {
   return out.empty() ? std::string("none") : out;
 }
 
-const std::vector<std::string> kDevices = {"cpu", "cuda", "mps"};
-
 }  // namespace
 
 ModelResourceConfig ModelResourceConfig::from_params(const ParamMap& params, const std::string& where) {
@@ -34,8 +32,7 @@ ModelResourceConfig ModelResourceConfig::from_params(const ParamMap& params, con
 
 void ModelResourceConfig::validate() const {
   origin.require(!path.empty(), "path", "a model folder", path);
-  origin.require(device == "cpu" || device == "mps" || device.rfind("cuda", 0) == 0, "device",
-                 "cpu, cuda, cuda:N or mps", device);
+  origin.require(is_device_name(device), "device", "cpu, cuda, cuda:N or mps", device);
 }
 
 EmbedderParams EmbedderParams::from_params(const ParamMap& params, const std::string& where) {

@@ -127,17 +127,15 @@ RunResult run_once(const RunSpec& spec, const RunArgs& a, bool show_progress) {
 double rate(double n, double s) { return s > 0 ? n / s : 0.0; }
 
 void run_command(const RunArgs& a) {
-  std::vector<std::string> sets = a.sets;
+  RunSpec spec = load_run_spec(a.config, a.sets);
   if (a.json) {
     // stdout carries the JSON line alone: generated text that would go there goes to stderr (and into the JSON).
-    const RunSpec probe = load_run_spec(a.config, a.sets);
-    for (const NodeSpec& n : probe.pipeline.nodes) {
+    for (const NodeSpec& n : spec.pipeline.nodes) {
       const ParamValue* path = n.kind == "text-out" ? n.params.find("path") : nullptr;
       if (n.kind == "text-out" && (!path || (path->type() == ParamValue::Type::string && path->as_string().empty())))
-        sets.push_back(n.name + ".path=\"-\"");
+        apply_set_override(spec.pipeline, n.name + ".path=\"-\"");
     }
   }
-  const RunSpec spec = load_run_spec(a.config, sets);
   const RunResult r = run_once(spec, a, true);
   const RunSummary& s = r.summary;
   const double ingest = rate(static_cast<double>(r.model.prefill_tokens), r.model.ingest_wall_s);

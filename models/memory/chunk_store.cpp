@@ -450,8 +450,8 @@ void StoreOptions::validate() const {
 
 ChunkStore::ChunkStore(std::string dir, StoreOptions options) : dir_(std::move(dir)), options_(std::move(options)) {}
 
-std::string ChunkStore::log_path() const { return (fs::path(dir_) / "chunks.log").string(); }
-std::string ChunkStore::index_path() const { return (fs::path(dir_) / "index.bin").string(); }
+std::string ChunkStore::log_path() const { return (fs::path(dir_) / kStoreLogFile).string(); }
+std::string ChunkStore::index_path() const { return (fs::path(dir_) / kStoreIndexFile).string(); }
 
 std::unique_ptr<ChunkStore> ChunkStore::open(const std::string& dir, const StoreOptions& options) {
   options.validate();
@@ -460,7 +460,7 @@ std::unique_ptr<ChunkStore> ChunkStore::open(const std::string& dir, const Store
   if (ec) throw std::runtime_error(dir + ": cannot create the memory directory (" + ec.message() + ")");
   std::unique_ptr<ChunkStore> store(new ChunkStore(dir, options));
 
-  const fs::path meta = fs::path(dir) / "meta.json";
+  const fs::path meta = fs::path(dir) / kStoreMetaFile;
   const std::string meta_s = meta.string();
   if (fs::exists(meta)) {
     const auto bytes = fs::file_size(meta, ec);
@@ -498,7 +498,7 @@ std::unique_ptr<ChunkStore> ChunkStore::open(const std::string& dir, const Store
       throw std::invalid_argument(meta_s + ": dim is " + std::to_string(dim) + ", expected " + std::to_string(options.dim) +
                                   " (the embedder of this run)");
   } else {
-    const fs::path log = fs::path(dir) / "chunks.log";
+    const fs::path log = fs::path(dir) / kStoreLogFile;
     if (fs::exists(log) && fs::file_size(log, ec) > 0)
       throw std::invalid_argument(meta_s + ": missing, expected it beside a non-empty " + log.string() +
                                   " (cannot check which embedder wrote it)");

@@ -107,6 +107,11 @@ struct StoreOptions {
   void validate() const;
 };
 
+// The files of a memory directory (MemoryDirLock deletes these and nothing else).
+inline constexpr const char* kStoreMetaFile = "meta.json";
+inline constexpr const char* kStoreLogFile = "chunks.log";
+inline constexpr const char* kStoreIndexFile = "index.bin";
+
 // A memory directory:
 //   meta.json   {"format": "sinkflow-chunk-store", "version": 1, "embedder": <name>, "dim": <dim>}
 //   chunks.log  append-only records, record i holds chunk id i:

@@ -12,15 +12,6 @@
 namespace sinkflow {
 namespace {
 
-bool device_name_ok(const std::string& name) {
-  if (name == "cpu" || name == "cuda" || name == "mps") return true;
-  if (name.rfind("cuda:", 0) != 0 || name.size() == 5) return false;
-  for (size_t i = 5; i < name.size(); ++i) {
-    if (!std::isdigit(static_cast<unsigned char>(name[i]))) return false;
-  }
-  return true;
-}
-
 std::unique_ptr<Embedder> build(const EmbedderConfig& config, std::shared_ptr<const Decoder> decoder,
                                 std::shared_ptr<const Tokenizer> tokenizer, bool shared) {
   config.validate("embedder");
@@ -54,7 +45,7 @@ void EmbedderConfig::validate(const std::string& where) const {
     return;
   }
   if (model.empty()) throw std::invalid_argument(where + ".model: " + kind + " needs a model folder");
-  if (!device_name_ok(device)) {
+  if (!is_device_name(device)) {
     throw std::invalid_argument(where + ".device: unknown device '" + device + "', expected cpu, cuda, cuda:N or mps");
   }
 }

@@ -1,5 +1,7 @@
 #include "models/memory/memory_dir.h"
 
+#include "models/memory/chunk_store.h"
+
 #include <fcntl.h>
 #include <sys/file.h>
 #include <unistd.h>
@@ -18,7 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-constexpr std::array<std::string_view, 3> kStoreFiles = {"meta.json", "chunks.log", "index.bin"};
+constexpr std::array<std::string_view, 3> kStoreFiles = {kStoreMetaFile, kStoreLogFile, kStoreIndexFile};
 constexpr std::string_view kLockFile = "lock";
 
 bool is_store_file(const std::string& name) {

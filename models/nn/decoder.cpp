@@ -65,11 +65,23 @@ std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device,
   return decoder;
 }
 
+namespace {
+
+// Whether the result must carry an autograd graph (training): then the kernels, which write raw memory, step aside.
+bool needs_grad(std::initializer_list<at::Tensor> tensors) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const at::Tensor& t : tensors)
+    if (t.defined() && t.requires_grad()) return true;
+  return false;
+}
+
+}  // namespace
+
 at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   const bool row = x.device().is_cpu() && (x.dim() == 1 || (x.dim() == 2 && x.size(0) == 1));
   const bool kernel = w.dim() == 2 && w.is_contiguous() && x.scalar_type() == at::kFloat &&
                       (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16);
-  if (!row || !kernel || x.requires_grad() || w.requires_grad() || at::GradMode::is_enabled()) {
+  if (!row || !kernel || needs_grad({x, w, b})) {
     // Matrices kept in a narrower dtype (store_matrices_as) are widened for a longer input.
     return w.scalar_type() == x.scalar_type() ? at::linear(x, w, b) : at::linear(x, w.to(x.scalar_type()), b);
   }
@@ -88,7 +100,7 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 at::Tensor linear_rows_t(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   const bool row = x.device().is_cpu() && x.dim() == 2 && x.size(0) == 1 && x.scalar_type() == at::kFloat &&
                    w.scalar_type() == at::kFloat && w.dim() == 2 && w.is_contiguous();
-  if (!row || x.requires_grad() || w.requires_grad() || at::GradMode::is_enabled()) {
+  if (!row || needs_grad({x, w, b})) {
     if (x.dim() == 2) return at::addmm(b, x, w);
     return at::matmul(x, w) + b;
   }
@@ -106,7 +118,7 @@ namespace {
 // path up to summation order.
 bool attend_one_ok(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   return q.size(1) == 1 && q.device().is_cpu() && q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
-         v.scalar_type() == at::kFloat && k.stride(2) == 1 && v.stride(2) == 1 && !at::GradMode::is_enabled();
+         v.scalar_type() == at::kFloat && k.stride(2) == 1 && v.stride(2) == 1 && !needs_grad({q, k, v});
 }
 
 at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,

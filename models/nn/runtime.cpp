@@ -6,12 +6,21 @@
 #include <malloc.h>
 #endif
 
+#include <cctype>
 #include <climits>
 #include <cstdlib>
 #include <fstream>
 #include <stdexcept>
 
 namespace sinkflow {
+
+bool is_device_name(const std::string& name) {
+  if (name == "cpu" || name == "cuda" || name == "mps") return true;
+  if (name.rfind("cuda:", 0) != 0 || name.size() == 5) return false;
+  for (size_t i = 5; i < name.size(); ++i)
+    if (!std::isdigit(static_cast<unsigned char>(name[i]))) return false;
+  return true;
+}
 
 at::Device parse_device(const std::string& name) {
   if (name == "cpu") return at::Device(at::kCPU);

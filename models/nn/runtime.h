@@ -7,6 +7,9 @@
 
 namespace sinkflow {
 
+// Whether `name` is spelled as a device ("cpu", "cuda", "cuda:N", "mps"), without asking whether it is present.
+bool is_device_name(const std::string& name);
+
 // "cpu" | "cuda" | "cuda:N" | "mps". Throws std::invalid_argument for an unknown name and
 // std::runtime_error when the device is not compiled into this LibTorch or not present.
 at::Device parse_device(const std::string& name);
