@@ -25,7 +25,7 @@ ModelResourceConfig ModelResourceConfig::from_params(const ParamMap& params, con
   ParamReader r(params, where, c.origin);
   r.require("path", c.path);
   r.read("device", c.device);
-  r.read_choice("dtype", c.dtype, {"auto", "float32", "float16", "bfloat16"});
+  r.read_choice("dtype", c.dtype, {"auto", "float32", "float16", "bfloat16", "int8"});
   r.done();
   return c;
 }

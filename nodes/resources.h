@@ -32,7 +32,7 @@ namespace sinkflow {
 struct ModelResourceConfig {
   std::string path;            // Hugging Face model folder (required)
   std::string device = "cpu";  // cpu | cuda | cuda:N | mps
-  std::string dtype = "auto";  // auto | float32 | float16 | bfloat16 (CPU: bf16 matrices, f32 compute)
+  std::string dtype = "auto";  // auto | float32 | float16 | bfloat16 | int8 (CPU: bf16 or int8 matrices, f32 compute)
   ParamOrigin origin;
 
   static ModelResourceConfig from_params(const ParamMap& params, const std::string& where);

@@ -9,7 +9,10 @@ namespace {
 
 struct ProcessSetup : Catch::TestEventListenerBase {
   using TestEventListenerBase::TestEventListenerBase;
-  void testRunStarting(const Catch::TestRunInfo&) override { sinkflow::keep_freed_memory(); }
+  void testRunStarting(const Catch::TestRunInfo&) override {
+    sinkflow::keep_freed_memory();
+    sinkflow::select_blas_kernels();
+  }
 };
 
 }  // namespace

@@ -10,6 +10,8 @@
 #include "models/nn/decoder.h"
 #include "models/lab/make_model.h"
 #include "models/nn/gemv.h"
+#include "models/nn/quant.h"
+#include "models/nn/runtime.h"
 #include "models/stream/stream.h"
 #include "tests/test_util.h"
 
@@ -49,6 +51,44 @@ TEST_CASE("gemv_f32 and gemv_bf16 equal a float64 matrix-vector product on every
   }
 }
 
+TEST_CASE("quantize_q8 rounds each block of a row against its float16 scale", "[kernels]") {
+  at::manual_seed(8);
+  for (const int64_t k : {1, 7, 32, 33, 576, 1000}) {
+    at::Tensor w = at::randn({5, k}) * 0.05;
+    w[2].zero_();  // a zero row: zero scales, zero values
+    const Q8Matrix q = quantize_q8(w);
+    INFO("k " << k);
+    REQUIRE(q.values.sizes() == w.sizes());
+    REQUIRE(q.values.scalar_type() == at::kChar);
+    REQUIRE(q.scales.sizes() == at::IntArrayRef({5, q8_blocks(k)}));
+    REQUIRE(q.scales.scalar_type() == at::kHalf);
+    CHECK(q.values.abs().max().item<int>() <= 127);
+    // Each block's largest weight maps to +-127 (up to the scale's float16 rounding) ...
+    CHECK(q.values[0].abs().max().item<int>() >= 126);
+    // ... and every weight is within half its block's scale.
+    const at::Tensor back = dequantize_q8(q.values, q.scales);
+    const at::Tensor half_scale = q.scales.to(at::kFloat).repeat_interleave(kQ8Block, 1).narrow(1, 0, k) * 0.5;
+    CHECK(((back - w).abs() - half_scale).max().item<double>() <= 1e-7);
+    CHECK(back[2].abs().max().item<double>() == 0.0);
+    CHECK(q.scales[2].to(at::kFloat).abs().max().item<double>() == 0.0);
+  }
+  REQUIRE_THROWS_WITH(quantize_q8(at::zeros({4})), Catch::Contains("expected a 2-D floating-point matrix, found 1-D"));
+}
+
+TEST_CASE("gemv_q8 equals the float64 product of the dequantized matrix on every shape class", "[kernels]") {
+  at::manual_seed(9);
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {3, 7}, {4, 32}, {5, 33}, {64, 576}, {67, 1000}, {1536, 576}}) {
+    const Q8Matrix q = quantize_q8(at::randn({n, k}));
+    const at::Tensor x = at::randn({k});
+    at::Tensor y = at::empty({n});
+    gemv_q8(q.values.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(q.scales.data_ptr<at::Half>()),
+            x.data_ptr<float>(), y.data_ptr<float>(), n, k);
+    const at::Tensor ref = at::mv(dequantize_q8(q.values, q.scales, at::kDouble), x.to(at::kDouble));
+    INFO(n << "x" << k << " kernel " << gemv_kernel_name());
+    CHECK(rel_err(y.to(at::kDouble), ref) < 1e-5);
+  }
+}
+
 TEST_CASE("gemv_t_f32 equals the transposed product, strided rows and column tails included", "[kernels]") {
   at::manual_seed(4);
   for (const auto& [rows, cols] : std::vector<std::pair<int64_t, int64_t>>{{1, 1}, {5, 31}, {256, 64}, {300, 70}}) {
@@ -76,6 +116,15 @@ TEST_CASE("linear_rows equals at::linear for one row and hands other shapes to i
   const at::Tensor wb = w.to(at::kBFloat16);
   const at::Tensor x = at::randn({1, 29});
   CHECK(rel_err(linear_rows(x, wb).to(at::kDouble), at::linear(x.to(at::kDouble), wb.to(at::kDouble))) < 1e-5);
+  // int8 blocks: the dequantized matrix, for one row (gemv_q8) and for several (widened).
+  const Q8Matrix q = quantize_q8(w);
+  const at::Tensor wq = dequantize_q8(q.values, q.scales, at::kDouble);
+  for (const at::Tensor& xi : {at::randn({1, 29}), at::randn({3, 29})}) {
+    const at::Tensor ref = at::linear(xi.to(at::kDouble), wq, b.to(at::kDouble));
+    CHECK(linear_rows(xi, q.values, b, q.scales).sizes() == ref.sizes());
+    CHECK(rel_err(linear_rows(xi, q.values, b, q.scales).to(at::kDouble), ref) < 1e-5);
+  }
+  REQUIRE_THROWS_WITH(linear_rows(x, q.values), Catch::Contains("an int8 matrix needs its float16 block scales"));
 }
 
 TEST_CASE("linear_rows_t (GPT-2's Conv1D) equals addmm for one row and for several", "[kernels]") {
@@ -114,7 +163,7 @@ TEST_CASE("attention of one query over a strided cache with masked slots equals 
   }
 }
 
-TEST_CASE("bfloat16 matrices with float32 compute equal float32 compute over the rounded weights", "[kernels]") {
+TEST_CASE("bfloat16 and int8 matrices with float32 compute equal float32 compute over the rounded weights", "[kernels]") {
   c10::InferenceMode guard;
   const std::filesystem::path dir = test::temp_dir("kernels_bf16");
   MakeModelOptions o;
@@ -139,7 +188,40 @@ TEST_CASE("bfloat16 matrices with float32 compute equal float32 compute over the
   StreamSession s(bf, sc);
   const at::Tensor steps = s.feed(tokens, nullptr, true);
   CHECK(rel_err(steps, full_ref) < 1e-4);
+  // int8 matrices: float32 compute over the dequantized weights, one step at a time as in one forward.
+  auto q8 = load_decoder(dir.string(), at::kCPU, parse_dtype("int8", at::kCPU));
+  CHECK(q8->dtype() == at::kFloat);
+  CHECK(q8->weight_dtype() == at::kChar);
+  auto qref = load_decoder(dir.string(), at::kCPU, at::kFloat);
+  for (auto& [name, p] : qref->named_parameters())
+    if (p.dim() == 2) {
+      const Q8Matrix q = quantize_q8(p);
+      p.copy_(dequantize_q8(q.values, q.scales));
+    }
+  const at::Tensor q_full_ref = qref->forward_full(ids)[0];
+  CHECK(rel_err(q8->forward_full(ids)[0], q_full_ref) < 1e-4);
+  StreamSession sq(q8, sc);
+  CHECK(rel_err(sq.feed(tokens, nullptr, true), q_full_ref) < 1e-4);
+  // ... and close to float32 itself (random weights: a loose bound, the PPL figures are in tools/BENCHMARKS.md).
+  CHECK(rel_err(q_full_ref, ref->forward_full(ids)[0]) < 0.2);
+  REQUIRE_THROWS_WITH(load_decoder(dir.string(), at::Device(at::kCUDA), at::kChar),
+                      Catch::Contains("dtype int8 runs on the CPU only"));
   // float16 cannot run on the CPU: a clear error instead of a LibTorch trace.
   REQUIRE_THROWS_WITH(load_decoder(dir.string(), at::kCPU, at::kHalf),
                       Catch::Contains("dtype float16 cannot run on the CPU") && Catch::Contains("use bfloat16"));
+}
+
+TEST_CASE("int8 is refused where it cannot run: the GPT-2 family and checkpoints written by make-model", "[kernels]") {
+  c10::InferenceMode guard;
+  const std::filesystem::path dir = test::temp_dir("kernels_int8_gpt2");
+  MakeModelOptions o;
+  o.config = shape_preset("tiny-gpt2");
+  make_model(dir.string(), o);
+  REQUIRE_THROWS_WITH(load_decoder(dir.string(), at::kCPU, at::kChar),
+                      Catch::Contains("int8 matrices with float32 compute are implemented for the llama family only"));
+  o.dtype = at::kChar;
+  REQUIRE_THROWS_WITH(make_model((dir / "q").string(), o),
+                      Catch::Contains("a checkpoint is written in float32, float16 or bfloat16, found int8"));
+  CHECK(parse_dtype("q8_0", at::kCPU) == at::kChar);
+  REQUIRE_THROWS_WITH(parse_dtype("int4", at::kCPU), Catch::Contains("expected float32, float16, bfloat16, int8 or auto"));
 }

@@ -16,6 +16,7 @@
 
 #include "graph/progress.h"
 #include "models/stream/kv_align.h"
+#include "models/nn/gemv.h"
 #include "models/nn/runtime.h"
 #include "models/stream/stream.h"
 #include "tools/commands.h"
@@ -131,16 +132,19 @@ void run_ppl(const PplArgs& a) {
 
 struct LatencyArgs {
   std::string model, caches = "256,512,1024,2048,4096", policies = "sink,recompute,dense", kv_align;
-  int64_t steps = 50, warmup = 5, sinks = 4, recompute_steps = 5, evict_block = 1, memory = 16;
+  std::string dtypes;  // "" = --dtype alone
+  int64_t steps = 50, warmup = 5, sinks = 4, recompute_steps = 5, evict_block = 1, memory = 16, prefill_block = 512;
   bool json = false;
   RuntimeOptions rt;
 };
 
-// A stream of `policy` whose cache holds `cache` tokens, filled with random tokens.
-// kv-align and cluster streams also keep sinks; cluster's centroids come out of the window (`memory` slots).
+// A stream of `policy` whose cache holds `cache` tokens, filled with random tokens in blocks of prefill_block
+// (recompute: in one block, as it would otherwise rebuild its window per block); `fill_s` receives the fill's
+// wall time. kv-align and cluster streams also keep sinks; cluster's centroids come out of the window (`memory`
+// slots).
 std::unique_ptr<StreamSession> filled_session(const std::shared_ptr<Decoder>& d, Policy policy, int64_t cache,
                                               const LatencyArgs& a, const std::shared_ptr<const KvAlign>& kv_align,
-                                              std::mt19937_64& rng) {
+                                              std::mt19937_64& rng, double& fill_s) {
   const int64_t extra = a.steps + a.warmup;
   StreamConfig sc;
   sc.policy = policy;
@@ -151,11 +155,13 @@ std::unique_ptr<StreamSession> filled_session(const std::shared_ptr<Decoder>& d,
   if (policy != Policy::dense) sc.cache.evict_block = a.evict_block;
   sc.kv_align = kv_align;
   if (policy == Policy::dense) sc.cache.n_recent = cache + extra;  // never full while timed
-  sc.prefill_block = cache;  // fill in one step: recompute would otherwise rebuild its window per block
+  sc.prefill_block = policy == Policy::recompute ? cache : a.prefill_block;
   auto s = std::make_unique<StreamSession>(d, sc);
   std::vector<int64_t> fill(cache);
   for (auto& t : fill) t = static_cast<int64_t>(rng() % d->config().vocab_size);
+  const auto t0 = clock_type::now();
   s->feed(fill);
+  fill_s = std::chrono::duration<double>(clock_type::now() - t0).count();
   return s;
 }
 
@@ -166,16 +172,58 @@ double timed_step(StreamSession& s, int64_t token) {
   return std::chrono::duration<double, std::milli>(clock_type::now() - t0).count();
 }
 
-// For each cache size, one stream per policy, filled to the cache size, then single-token steps taken
-// in turn (policy A, B, C, A, B, C, ...) so that the machine's load drifts equally over all of them.
+// Bytes a one-token step must read, at the least: every matrix once (the token embedding: one row, unless it is
+// also the output projection) and every cached key and value.
+double decode_bytes(const Decoder& d, int64_t cache) {
+  const ModelConfig& c = d.config();
+  double bytes = 0;
+  for (const auto& [name, p] : d.named_parameters()) {
+    const bool embedding = name.find("embed_tokens") != std::string::npos || name.find("wte") != std::string::npos ||
+                           name.find("wpe") != std::string::npos;
+    const bool head = embedding && c.tie_word_embeddings && name.find("wpe") == std::string::npos;
+    const int64_t rows = embedding && !head ? 1 : p.size(0);
+    const double row = static_cast<double>(p.numel() / std::max<int64_t>(p.size(0), 1)) * p.element_size();
+    // int8 matrices carry a float16 scale per block of a row (quant.h).
+    const double scales = p.scalar_type() == at::kChar ? 2.0 * q8_blocks(p.size(1)) : 0.0;
+    bytes += static_cast<double>(rows) * (row + scales);
+  }
+  const double kv_elem = static_cast<double>(c10::elementSize(d.dtype()));
+  return bytes + 2.0 * static_cast<double>(c.n_layer * c.n_kv_head * c.d_head * cache) * kv_elem;
+}
+
+// One core's read bandwidth (bytes/s): the best of 5 sums over 1 GiB, far larger than any cache.
+double read_bandwidth() {
+  const size_t n = (size_t{1} << 30) / sizeof(uint64_t);
+  std::vector<uint64_t> buf(n, 1);
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = clock_type::now();
+    uint64_t sum = 0;
+    for (size_t i = 0; i < n; ++i) sum += buf[i];
+    const double s = std::chrono::duration<double>(clock_type::now() - t0).count();
+    if (sum != n) throw std::logic_error("read_bandwidth: bad sum");
+    best = std::max(best, static_cast<double>(n * sizeof(uint64_t)) / s);
+  }
+  return best;
+}
+
+// For each cache size, one stream per dtype and policy, filled to the cache size, then single-token steps taken
+// in turn (A, B, C, A, B, C, ...) so that the machine's load drifts equally over all of them. Each row also gives
+// the fill's rate (tokens/s, prefill in blocks of --prefill-block) and how far the step is from the memory
+// bandwidth floor (the bytes it must read / one core's read bandwidth, measured first).
 void run_bench_latency(const LatencyArgs& a) {
   FILE* table = table_stream(a.json);  // with --json, stdout carries the JSON line alone
   a.rt.apply();
   c10::InferenceMode guard;
   const at::Device device = parse_device(a.rt.device);
-  auto d = load_decoder(a.model, device, parse_dtype(a.rt.dtype, device));
+  const std::vector<std::string> dtype_names = split(a.dtypes.empty() ? a.rt.dtype : a.dtypes);
+  std::vector<std::shared_ptr<Decoder>> decoders;
+  for (const std::string& name : dtype_names) decoders.push_back(load_decoder(a.model, device, parse_dtype(name, device)));
+  const double bandwidth = device.is_cpu() ? read_bandwidth() : 0.0;
+  if (bandwidth > 0) std::fprintf(table, "one core reads %.1f GB/s (sum over 1 GiB, best of 5)\n", bandwidth / 1e9);
   nlohmann::json rows = nlohmann::json::array();
-  std::fprintf(table, "%8s %10s %10s %10s %10s %6s\n", "cache", "policy", "p50 ms", "p90 ms", "mean ms", "steps");
+  std::fprintf(table, "%8s %9s %10s %9s %9s %9s %6s %9s %9s %8s\n", "cache", "dtype", "policy", "p50 ms", "p90 ms",
+               "mean ms", "steps", "fill t/s", "floor ms", "x floor");
   std::mt19937_64 rng(7);
   std::shared_ptr<const KvAlign> kv_align;
   const std::vector<std::string> policies = split(a.policies);
@@ -183,62 +231,86 @@ void run_bench_latency(const LatencyArgs& a) {
     kv_align = KvAlign::load_for(a.model, a.kv_align);
   }
   for (int64_t cache : parse_list(a.caches, "--cache")) {
-    std::vector<std::string> names;
-    std::vector<std::unique_ptr<StreamSession>> sessions;
-    for (const std::string& pname : split(a.policies)) {
-      const Policy policy = parse_policy(pname);
-      if (policy == Policy::dense && d->config().family == Family::gpt2 &&
-          cache + a.steps + a.warmup > d->config().max_positions) {
-        continue;
+    struct Cell {
+      std::string dtype, policy;
+      const Decoder* decoder = nullptr;
+      std::unique_ptr<StreamSession> session;
+      double fill_s = 0;
+      std::vector<double> ms;
+    };
+    std::vector<Cell> cells;
+    for (size_t di = 0; di < decoders.size(); ++di) {
+      const auto& d = decoders[di];
+      for (const std::string& pname : policies) {
+        const Policy policy = parse_policy(pname);
+        if (policy == Policy::dense && d->config().family == Family::gpt2 &&
+            cache + a.steps + a.warmup > d->config().max_positions) {
+          continue;
+        }
+        Cell cell;
+        cell.dtype = dtype_name(parse_dtype(dtype_names[di], device));
+        cell.policy = pname;
+        cell.decoder = d.get();
+        try {
+          cell.session = filled_session(d, policy, cache, a, kv_align, rng, cell.fill_s);
+        } catch (const std::invalid_argument& e) {
+          // A size this model cannot hold under this policy (e.g. beyond its max positions): a note, and the rows
+          // already measured stay.
+          std::fprintf(stderr, "bench latency: cache %ld, policy %s skipped: %s\n", static_cast<long>(cache),
+                       pname.c_str(), e.what());
+          continue;
+        }
+        cells.push_back(std::move(cell));
       }
-      try {
-        sessions.push_back(filled_session(d, policy, cache, a, kv_align, rng));
-      } catch (const std::invalid_argument& e) {
-        // A size this model cannot hold under this policy (e.g. beyond its max positions): a note, and the rows
-        // already measured stay.
-        std::fprintf(stderr, "bench latency: cache %ld, policy %s skipped: %s\n", static_cast<long>(cache),
-                     pname.c_str(), e.what());
-        continue;
-      }
-      names.push_back(pname);
     }
-    std::vector<std::vector<double>> ms(names.size());
     for (int64_t i = 0; i < a.warmup + a.steps; ++i) {
-      const int64_t tok = static_cast<int64_t>(rng() % d->config().vocab_size);
-      for (size_t p = 0; p < names.size(); ++p) {
-        const bool slow = names[p] == "recompute";
+      const int64_t tok = static_cast<int64_t>(rng() % decoders.front()->config().vocab_size);
+      for (Cell& cell : cells) {
+        const bool slow = cell.policy == "recompute";
         if (slow && (i < a.warmup - 1 || i >= a.warmup + a.recompute_steps)) continue;
-        const double dt = timed_step(*sessions[p], tok);
-        if (i >= a.warmup) ms[p].push_back(dt);
+        const double dt = timed_step(*cell.session, tok);
+        if (i >= a.warmup) cell.ms.push_back(dt);
       }
     }
     // With block eviction (--evict-block) the work of kv-align and cluster comes once per block: their cost per
     // token is the mean, not the median.
     std::map<std::string, double> p50, mean;
-    for (size_t p = 0; p < names.size(); ++p) {
-      p50[names[p]] = percentile(ms[p], 0.5);
-      const double p90 = percentile(ms[p], 0.9);
+    for (Cell& cell : cells) {
+      const std::string key = cell.dtype + "/" + cell.policy;
+      p50[key] = percentile(cell.ms, 0.5);
+      const double p90 = percentile(cell.ms, 0.9);
       double sum = 0;
-      for (double v : ms[p]) sum += v;
-      mean[names[p]] = ms[p].empty() ? 0 : sum / static_cast<double>(ms[p].size());
-      std::fprintf(table, "%8ld %10s %10.3f %10.3f %10.3f %6zu\n", static_cast<long>(cache), names[p].c_str(), p50[names[p]], p90,
-                  mean[names[p]], ms[p].size());
-      rows.push_back({{"cache", cache}, {"policy", names[p]}, {"p50_ms", p50[names[p]]}, {"p90_ms", p90},
-                      {"mean_ms", mean[names[p]]}, {"steps", ms[p].size()}, {"evict_block", a.evict_block}});
+      for (double v : cell.ms) sum += v;
+      mean[key] = cell.ms.empty() ? 0 : sum / static_cast<double>(cell.ms.size());
+      const double fill_rate = static_cast<double>(cache) / std::max(cell.fill_s, 1e-9);
+      const double floor_ms = bandwidth > 0 ? 1000.0 * decode_bytes(*cell.decoder, cache) / bandwidth : 0.0;
+      std::fprintf(table, "%8ld %9s %10s %9.3f %9.3f %9.3f %6zu %9.1f %9.2f %8.2f\n", static_cast<long>(cache),
+                   cell.dtype.c_str(), cell.policy.c_str(), p50[key], p90, mean[key], cell.ms.size(), fill_rate,
+                   floor_ms, floor_ms > 0 ? p50[key] / floor_ms : 0.0);
+      rows.push_back({{"cache", cache}, {"dtype", cell.dtype}, {"policy", cell.policy}, {"p50_ms", p50[key]},
+                      {"p90_ms", p90}, {"mean_ms", mean[key]}, {"steps", cell.ms.size()},
+                      {"evict_block", a.evict_block}, {"fill_tokens_per_s", fill_rate}, {"floor_ms", floor_ms}});
     }
-    if (mean.count("kv-align") && mean.count("recompute")) {
-      std::fprintf(table, "%8ld  kv-align/recompute mean cost per token: %.3f\n", static_cast<long>(cache),
-                  mean["kv-align"] / mean["recompute"]);
+    for (const std::string& dt : dtype_names) {
+      const std::string n = dtype_name(parse_dtype(dt, device)) + "/";
+      if (mean.count(n + "kv-align") && mean.count(n + "recompute")) {
+        std::fprintf(table, "%8ld  %skv-align/recompute mean cost per token: %.3f\n", static_cast<long>(cache), n.c_str(),
+                     mean[n + "kv-align"] / mean[n + "recompute"]);
+      }
+      if (p50.count(n + "sink") && p50.count(n + "recompute")) {
+        std::fprintf(table, "%8ld  %srecompute/sink latency: %.1fx\n", static_cast<long>(cache), n.c_str(),
+                     p50[n + "recompute"] / p50[n + "sink"]);
+      }
+      if (p50.count(n + "sink") && p50.count(n + "dense")) {
+        std::fprintf(table, "%8ld  %ssink/dense cost ratio: %.3f\n", static_cast<long>(cache), n.c_str(),
+                     p50[n + "sink"] / p50[n + "dense"]);
+      }
     }
-    if (p50.count("sink") && p50.count("recompute")) {
-      std::fprintf(table, "%8ld  recompute/sink latency: %.1fx\n", static_cast<long>(cache), p50["recompute"] / p50["sink"]);
-    }
-    if (p50.count("sink") && p50.count("dense")) {
-      std::fprintf(table, "%8ld  sink/dense cost ratio: %.3f\n", static_cast<long>(cache), p50["sink"] / p50["dense"]);
-    }
-    std::fflush(stdout);
+    std::fflush(table);
   }
-  if (a.json) print_json({{"command", "bench latency"}, {"model", a.model}, {"device", a.rt.device}, {"rows", rows}});
+  if (a.json)
+    print_json({{"command", "bench latency"}, {"model", a.model}, {"device", a.rt.device},
+                {"read_bandwidth_gbs", bandwidth / 1e9}, {"rows", rows}});
 }
 
 struct StreamBenchArgs {
@@ -325,6 +397,8 @@ void add_stream_commands(CLI::App& app) {
   lat->add_option("--evict-block", l->evict_block, "tokens evicted at once (all but dense)")->capture_default_str();
   lat->add_option("--kv-align", l->kv_align, "kv-align networks folder (default MODEL/kv-align)");
   lat->add_option("--memory", l->memory, "centroids of the cluster policy")->capture_default_str();
+  lat->add_option("--dtypes", l->dtypes, "dtypes to compare, interleaved step by step (e.g. float32,bfloat16,int8; default: --dtype)");
+  lat->add_option("--prefill-block", l->prefill_block, "tokens per forward when filling a cache (recompute: the whole cache)")->capture_default_str()->check(CLI::PositiveNumber);
   lat->add_flag("--json", l->json, "print a JSON summary line");
   l->rt.add_to(*lat);
   lat->callback([l] { run_bench_latency(*l); });

@@ -23,7 +23,7 @@ CLI::App* bench_command(CLI::App& app) {
 
 void RuntimeOptions::add_to(CLI::App& app) {
   app.add_option("--device", device, "cpu, cuda, cuda:N or mps")->capture_default_str();
-  app.add_option("--dtype", dtype, "auto, float32, float16 (accelerators) or bfloat16 (on the CPU: bfloat16 matrices, float32 compute)")->capture_default_str();
+  app.add_option("--dtype", dtype, "auto, float32, float16 (accelerators), bfloat16 or int8 (on the CPU: bfloat16 or int8 matrices, float32 compute)")->capture_default_str();
   app.add_option("--threads", threads, "LibTorch/OpenBLAS intra-op threads")->capture_default_str();
 }
 

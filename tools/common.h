@@ -16,7 +16,7 @@ namespace sinkflow::cli {
 
 struct RuntimeOptions {
   std::string device = "cpu";   // cpu | cuda | cuda:N | mps
-  std::string dtype = "auto";   // auto (float32 on CPU, float16 on GPUs) | float32 | float16 | bfloat16
+  std::string dtype = "auto";   // auto (float32 on CPU, float16 on GPUs) | float32 | float16 | bfloat16 | int8 (CPU)
   int threads = 1;              // LibTorch intra-op threads (and OpenBLAS); 1 leaves a core to the memory path
   void add_to(CLI::App& app);
   void apply() const;           // configures threads

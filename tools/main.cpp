@@ -12,6 +12,7 @@
 
 int main(int argc, char** argv) {
   sinkflow::keep_freed_memory();
+  sinkflow::select_blas_kernels();
   // Logs and warnings go to stderr: stdout carries results alone (the --json line, generated text).
   spdlog::set_default_logger(spdlog::stderr_color_mt("sinkflow"));
   CLI::App app{"sinkflow: streaming LLM inference with attention sinks and a memory of evicted text"};

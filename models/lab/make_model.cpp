@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "models/io/checkpoint.h"
+#include "models/nn/runtime.h"
 #include "models/text/tokenizer.h"
 
 namespace sinkflow {
@@ -78,6 +79,9 @@ void write_wordpiece_vocab(const std::string& path, const std::string& text, int
 void make_model(const std::string& dir, const MakeModelOptions& options) {
   ModelConfig config = options.config;
   config.validate("make-model");
+  if (options.dtype != at::kFloat && options.dtype != at::kHalf && options.dtype != at::kBFloat16)
+    throw std::invalid_argument("make-model: a checkpoint is written in float32, float16 or bfloat16, found " +
+                                dtype_name(options.dtype) + " (int8 is chosen when a model is loaded: --dtype int8)");
   std::filesystem::create_directories(dir);
   const std::string& text = options.tokenizer_text.empty() ? builtin_tokenizer_text() : options.tokenizer_text;
   if (config.family == Family::bert) {

@@ -1,8 +1,10 @@
 #include "models/nn/decoder.h"
 
+#include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
 #include "models/nn/gemv.h"
+#include "models/nn/quant.h"
 #include "models/nn/runtime.h"
 
 #include <limits>
@@ -53,15 +55,18 @@ std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device,
   if (device.is_cpu() && dtype == at::kHalf)
     throw std::invalid_argument(dir + ": dtype float16 cannot run on the CPU (LibTorch has no half-precision matrix "
                                 "product there); use bfloat16 (bfloat16 weights, float32 compute) or float32");
-  // bfloat16 on the CPU: float32 compute over bfloat16 matrices (Llama family).
-  const bool split = device.is_cpu() && dtype == at::kBFloat16 && config.family == Family::llama;
+  if (!device.is_cpu() && dtype == at::kChar)
+    throw std::invalid_argument(dir + ": dtype int8 runs on the CPU only (int8 matrices, float32 compute); on " +
+                                device.str() + " use float16 or bfloat16");
+  // bfloat16 (Llama family) or int8 on the CPU: float32 compute over narrower matrices.
+  const bool split = device.is_cpu() && ((dtype == at::kBFloat16 && config.family == Family::llama) || dtype == at::kChar);
   const at::ScalarType compute = split ? at::kFloat : dtype;
   auto decoder = make_decoder(config, device, compute);
   CheckpointTensors tensors(dir);
   decoder->load_weights([&](const std::string& name, const std::vector<int64_t>& shape) {
     return tensors.load(name, shape, compute, device);
   });
-  if (split) decoder->store_matrices_as(at::kBFloat16);
+  if (split) decoder->store_matrices_as(dtype);
   return decoder;
 }
 
@@ -77,18 +82,41 @@ bool needs_grad(std::initializer_list<at::Tensor> tensors) {
 
 }  // namespace
 
-at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const at::Tensor& w_scales) {
+  const bool q8 = w.scalar_type() == at::kChar;
+  if (q8 && !(w_scales.defined() && w.dim() == 2 && w_scales.dim() == 2 && w_scales.size(0) == w.size(0) &&
+              w_scales.size(1) == q8_blocks(w.size(1)) && w_scales.scalar_type() == at::kHalf))
+    throw std::invalid_argument("linear_rows: an int8 matrix needs its float16 block scales [rows, q8_blocks(cols)]");
   const bool row = x.device().is_cpu() && (x.dim() == 1 || (x.dim() == 2 && x.size(0) == 1));
   const bool kernel = w.dim() == 2 && w.is_contiguous() && x.scalar_type() == at::kFloat &&
-                      (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16);
+                      (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16 || q8) &&
+                      (!q8 || w_scales.is_contiguous());
   if (!row || !kernel || needs_grad({x, w, b})) {
-    // Matrices kept in a narrower dtype (store_matrices_as) are widened for a longer input.
-    return w.scalar_type() == x.scalar_type() ? at::linear(x, w, b) : at::linear(x, w.to(x.scalar_type()), b);
+    // Rows [r0, r0 + n) of the product; matrices kept in a narrower dtype (store_matrices_as) are widened.
+    const auto part = [&](int64_t r0, int64_t n) {
+      const at::Tensor wp = n == w.size(0) ? w : w.narrow(0, r0, n);
+      const at::Tensor bp = !b.defined() || n == w.size(0) ? b : b.narrow(0, r0, n);
+      if (q8) return at::linear(x, dequantize_q8(wp, w_scales.narrow(0, r0, n), x.scalar_type()), bp);
+      return at::linear(x, wp.scalar_type() == x.scalar_type() ? wp : wp.to(x.scalar_type()), bp);
+    };
+    // Several rows on several CPU threads: each thread multiplies a slice of W with one-threaded BLAS
+    // (configure_threads), as OpenBLAS's own threads and LibTorch's OpenMP workers would spin against each other.
+    const int64_t parts = std::min<int64_t>(at::get_num_threads(), w.size(0) / 64);
+    if (!x.device().is_cpu() || parts < 2 || x.numel() == x.size(-1) || needs_grad({x, w, b})) return part(0, w.size(0));
+    std::vector<at::Tensor> outs(static_cast<size_t>(parts));
+    parallel_each(parts, [&](int64_t i) {
+      const int64_t r0 = w.size(0) * i / parts, r1 = w.size(0) * (i + 1) / parts;
+      outs[static_cast<size_t>(i)] = part(r0, r1 - r0);
+    });
+    return at::cat(outs, -1);
   }
   const at::Tensor xv = x.reshape({-1}).contiguous();
   at::Tensor y = at::empty({w.size(0)}, x.options());
   if (w.scalar_type() == at::kFloat) {
     gemv_f32(w.data_ptr<float>(), xv.data_ptr<float>(), y.data_ptr<float>(), w.size(0), w.size(1));
+  } else if (q8) {
+    gemv_q8(w.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(w_scales.data_ptr<at::Half>()), xv.data_ptr<float>(),
+            y.data_ptr<float>(), w.size(0), w.size(1));
   } else {
     gemv_bf16(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), xv.data_ptr<float>(), y.data_ptr<float>(),
               w.size(0), w.size(1));
@@ -129,9 +157,10 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const float* qp = qc.data_ptr<float>();
   float* sp = scores.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
-  for (int64_t j = 0; j < kv; ++j)
-    for (int64_t i = 0; i < g; ++i)
-      gemv_f32_ld(kp + j * k.stride(0), k.stride(1), qp + (j * g + i) * dh, sp + (j * g + i) * e, e, dh);
+  // Query head i of KV head j: hq = j * g + i.
+  parallel_each(h, [&](int64_t hq) {
+    gemv_f32_ld(kp + (hq / g) * k.stride(0), k.stride(1), qp + hq * dh, sp + hq * e, e, dh);
+  });
   scores.mul_(scale);
   if (mask.defined()) scores.add_(mask.reshape({1, e}));
   const at::Tensor probs = at::softmax(scores, -1).contiguous();
@@ -139,9 +168,9 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const float* pp = probs.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  for (int64_t j = 0; j < kv; ++j)
-    for (int64_t i = 0; i < g; ++i)
-      gemv_t_f32(vp + j * v.stride(0), v.stride(1), pp + (j * g + i) * e, op + (j * g + i) * dh, e, dh);
+  parallel_each(h, [&](int64_t hq) {
+    gemv_t_f32(vp + (hq / g) * v.stride(0), v.stride(1), pp + hq * e, op + hq * dh, e, dh);
+  });
   return out;
 }
 

@@ -27,8 +27,10 @@ class Decoder {
   // The dtype of the matrices (projections, embeddings): dtype(), or bfloat16 after store_matrices_as.
   at::ScalarType weight_dtype() const { return weight_dtype_; }
   // Keeps every matrix (2-D parameter) in `dtype` while computing in dtype(): bfloat16 weights with float32
-  // activations halve the bytes a CPU decode step streams (matrix-vector kernels accumulate in float32; longer
-  // inputs widen each matrix on the fly). Llama family on the CPU only; others throw std::invalid_argument.
+  // activations halve the bytes a CPU decode step streams, int8 blocks with float16 scales (kChar, quant.h) quarter
+  // them (matrix-vector kernels accumulate in float32; longer inputs widen each matrix on the fly). Llama family
+  // on the CPU only; others throw std::invalid_argument. With int8, named_parameters() shows the int8 values and
+  // head_weight() the dequantized matrix.
   virtual void store_matrices_as(at::ScalarType dtype);
   // The rotary embedding (Llama family) or nullptr (learned absolute positions).
   virtual const Rope* rope() const = 0;
@@ -77,8 +79,9 @@ std::shared_ptr<Decoder> make_decoder(const ModelConfig& config, at::Device devi
 
 // Loads a Hugging Face folder (config.json + model.safetensors or sharded index). dtype: float32; float16 or
 // bfloat16 on accelerators. On the CPU, bfloat16 means bfloat16 matrices with float32 compute for the Llama
-// family (store_matrices_as), the whole model in bfloat16 otherwise; float16 on the CPU is refused
-// (std::invalid_argument: LibTorch has no half-precision matrix product there).
+// family (store_matrices_as), the whole model in bfloat16 otherwise; int8 (kChar) means int8 matrices with
+// float32 compute (Llama family, CPU only); float16 on the CPU is refused (std::invalid_argument: LibTorch has no
+// half-precision matrix product there), as int8 elsewhere.
 std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device, at::ScalarType dtype);
 
 // Scaled dot-product attention over a cache. q: [H, T, dh]; k, v: [KV, E, dh] (H a multiple of KV, query
@@ -86,10 +89,13 @@ std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device,
 // Returns [T, H * dh]. Softmax in float32.
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                   double scale);
-// x W^T + b, as nn::Linear computes it. A single row on the CPU ([1, K] or [K]) runs as a matrix-vector product
-// (at::mv), which streams the weight once: OpenBLAS runs the same product as a GEMM and first copies (packs) the
-// whole weight, 2-3x slower for one-token decode steps. Other shapes: at::linear. b may be undefined.
-at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {});
+// x W^T + b, as nn::Linear computes it. A single float32 row on the CPU ([1, K] or [K]) runs as a matrix-vector
+// product (gemv.h), which streams the weight once: OpenBLAS runs the same product as a GEMM and first copies
+// (packs) the whole weight, 2-3x slower for one-token decode steps. Other shapes: at::linear, with a narrower
+// stored matrix widened first. W may be float32, bfloat16, or int8 with its block scales `w_scales` (quant.h).
+// b may be undefined.
+at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b = {},
+                       const at::Tensor& w_scales = {});
 
 // x W + b with W [K, N] (Hugging Face's Conv1D, GPT-2): one row on the CPU in float32 streams W once
 // (gemv_t_f32); other shapes: at::addmm / at::matmul.

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 
 namespace sinkflow {
 
@@ -23,7 +24,18 @@ void gemv_t_f32(const float* v, int64_t ld, const float* p, float* out, int64_t 
 // The same with bfloat16 weights (the upper 16 bits of a float32), accumulated in float32.
 void gemv_bf16(const uint16_t* w, const float* x, float* y, int64_t n, int64_t k);
 
-// "avx2+fma" or "generic": what gemv_* run on this CPU.
+// int8 weights in blocks of kQ8Block along each row, one float16 scale per block (llama.cpp's q8_0 numbers, with
+// values and scales in two arrays): W[n, j] = q[n, j] * scale[n, j / kQ8Block], `scales` holding
+// q8_blocks(k) float16 values per row. Products are accumulated in float32 (activations are not quantized).
+constexpr int64_t kQ8Block = 32;
+inline int64_t q8_blocks(int64_t k) { return (k + kQ8Block - 1) / kQ8Block; }
+void gemv_q8(const int8_t* q, const uint16_t* scales, const float* x, float* y, int64_t n, int64_t k);
+
+// Runs body(i) for every i in [0, n), split across LibTorch's intra-op threads (one thread: in order, in the
+// caller). Kernels called inside run on the thread they are called from.
+void parallel_each(int64_t n, const std::function<void(int64_t)>& body);
+
+// What gemv_* run on this CPU: AVX-512 (bfloat16, int8), AVX2 + FMA, or generic C++ (checked at run time).
 const char* gemv_kernel_name();
 
 }  // namespace sinkflow

@@ -6,6 +6,7 @@
 #include <cmath>
 
 #include "models/nn/decoder.h"
+#include "models/nn/quant.h"
 #include "models/cache/rope.h"
 
 namespace sinkflow {
@@ -13,12 +14,51 @@ namespace {
 
 namespace nn = torch::nn;
 
-nn::Linear linear(int64_t in, int64_t out, bool bias) {
-  return nn::Linear(nn::LinearOptions(in, out).bias(bias));
-}
+// A matrix under Hugging Face's names (`weight`, optional `bias`). After store_matrices_as(int8) the weight holds
+// the int8 values and `scales` their float16 block scales (quant.h).
+struct MatrixImpl : nn::Module {
+  torch::Tensor weight, bias, scales;
+  MatrixImpl(int64_t rows, int64_t cols, bool has_bias) {
+    weight = register_parameter("weight", torch::empty({rows, cols}));
+    if (has_bias) bias = register_parameter("bias", torch::empty({rows}));
+  }
+  void store_as(at::ScalarType dtype) {
+    if (dtype == at::kChar) {
+      Q8Matrix q = quantize_q8(weight);
+      weight.set_data(q.values);
+      scales = std::move(q.scales);
+    } else {
+      weight.set_data(weight.to(dtype).contiguous());
+    }
+  }
+  // The matrix in `dtype`, whatever it is stored as.
+  torch::Tensor dense(at::ScalarType dtype) const {
+    return scales.defined() ? dequantize_q8(weight, scales, dtype) : weight.to(dtype);
+  }
+};
 
-// A projection through linear_rows (matrix-vector for one-token steps).
-torch::Tensor proj(const nn::Linear& l, const torch::Tensor& x) { return linear_rows(x, l->weight, l->bias); }
+// A projection x W^T + b through linear_rows (matrix-vector for one-token steps).
+struct ProjImpl : MatrixImpl {
+  using MatrixImpl::MatrixImpl;
+  torch::Tensor forward(const torch::Tensor& x) const { return linear_rows(x, weight, bias, scales); }
+};
+TORCH_MODULE(Proj);
+
+// Token embedding rows (also the tied output projection).
+struct EmbedImpl : MatrixImpl {
+  EmbedImpl(int64_t vocab, int64_t d) : MatrixImpl(vocab, d, false) {}
+  torch::Tensor forward(const torch::Tensor& ids) {
+    if (!scales.defined()) return at::embedding(weight, ids);
+    const torch::Tensor flat = ids.reshape({-1});
+    std::vector<int64_t> shape = ids.sizes().vec();
+    shape.push_back(weight.size(1));
+    return dequantize_q8(weight.index_select(0, flat), scales.index_select(0, flat)).view(shape);
+  }
+};
+TORCH_MODULE(Embed);
+
+Proj linear(int64_t in, int64_t out, bool bias) { return Proj(out, in, bias); }
+torch::Tensor proj(const Proj& l, const torch::Tensor& x) { return l->forward(x); }
 
 struct RmsNormImpl : nn::Module {
   torch::Tensor weight;
@@ -33,7 +73,7 @@ struct RmsNormImpl : nn::Module {
 TORCH_MODULE(RmsNorm);
 
 struct LlamaAttentionImpl : nn::Module {
-  nn::Linear q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
+  Proj q_proj{nullptr}, k_proj{nullptr}, v_proj{nullptr}, o_proj{nullptr};
   int64_t n_head, n_kv_head, d_head;
   explicit LlamaAttentionImpl(const ModelConfig& c) : n_head(c.n_head), n_kv_head(c.n_kv_head), d_head(c.d_head) {
     q_proj = register_module("q_proj", linear(c.d_model, c.n_head * c.d_head, c.attention_bias));
@@ -45,7 +85,7 @@ struct LlamaAttentionImpl : nn::Module {
 TORCH_MODULE(LlamaAttention);
 
 struct LlamaMlpImpl : nn::Module {
-  nn::Linear gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
+  Proj gate_proj{nullptr}, up_proj{nullptr}, down_proj{nullptr};
   explicit LlamaMlpImpl(const ModelConfig& c) {
     gate_proj = register_module("gate_proj", linear(c.d_model, c.d_ff, c.mlp_bias));
     up_proj = register_module("up_proj", linear(c.d_model, c.d_ff, c.mlp_bias));
@@ -71,11 +111,11 @@ struct LlamaLayerImpl : nn::Module {
 TORCH_MODULE(LlamaLayer);
 
 struct LlamaModelImpl : nn::Module {
-  nn::Embedding embed_tokens{nullptr};
+  Embed embed_tokens{nullptr};
   nn::ModuleList layers;
   RmsNorm norm{nullptr};
   explicit LlamaModelImpl(const ModelConfig& c) {
-    embed_tokens = register_module("embed_tokens", nn::Embedding(c.vocab_size, c.d_model));
+    embed_tokens = register_module("embed_tokens", Embed(c.vocab_size, c.d_model));
     for (int64_t i = 0; i < c.n_layer; ++i) layers->push_back(LlamaLayer(c));
     register_module("layers", layers);
     norm = register_module("norm", RmsNorm(c.d_model, c.norm_eps));
@@ -85,13 +125,15 @@ TORCH_MODULE(LlamaModel);
 
 struct LlamaForCausalLmImpl : nn::Module {
   LlamaModel model{nullptr};
-  nn::Linear lm_head{nullptr};
+  Proj lm_head{nullptr};
   explicit LlamaForCausalLmImpl(const ModelConfig& c) {
     model = register_module("model", LlamaModel(c));
     if (!c.tie_word_embeddings) lm_head = register_module("lm_head", linear(c.d_model, c.vocab_size, false));
   }
+  MatrixImpl& head() { return lm_head ? static_cast<MatrixImpl&>(*lm_head) : *model->embed_tokens; }
   torch::Tensor logits(const torch::Tensor& h) {
-    return linear_rows(h, lm_head ? lm_head->weight : model->embed_tokens->weight);
+    const MatrixImpl& m = head();
+    return linear_rows(h, m.weight, {}, m.scales);
   }
 };
 TORCH_MODULE(LlamaForCausalLm);
@@ -112,11 +154,11 @@ class Llama final : public Decoder {
   const Rope* rope() const override { return &rope_; }
 
   void store_matrices_as(at::ScalarType dtype) override {
-    if (!device_.is_cpu() || dtype_ != at::kFloat || dtype != at::kBFloat16)
+    if (!device_.is_cpu() || dtype_ != at::kFloat || (dtype != at::kBFloat16 && dtype != at::kChar))
       Decoder::store_matrices_as(dtype);  // throws
     torch::NoGradGuard no_grad;
-    for (auto& p : net_->parameters())
-      if (p.dim() == 2) p.set_data(p.to(dtype).contiguous());
+    for (const auto& m : net_->modules(false))
+      if (auto* matrix = dynamic_cast<MatrixImpl*>(m.get())) matrix->store_as(dtype);
     weight_dtype_ = dtype;
   }
 
@@ -167,7 +209,8 @@ class Llama final : public Decoder {
   }
 
   at::Tensor head_weight() const override {
-    return net_->lm_head ? net_->lm_head->weight : net_->model->embed_tokens->weight;
+    const MatrixImpl& m = net_->head();
+    return m.scales.defined() ? m.dense(dtype_) : m.weight;
   }
 
   std::vector<std::pair<std::string, at::Tensor>> named_parameters() const override {

@@ -44,7 +44,8 @@ at::ScalarType parse_dtype(const std::string& name, at::Device device) {
   if (name == "float32" || name == "f32" || name == "fp32") return at::kFloat;
   if (name == "float16" || name == "f16" || name == "fp16") return at::kHalf;
   if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
-  throw std::invalid_argument("unknown dtype '" + name + "': expected float32, float16, bfloat16 or auto");
+  if (name == "int8" || name == "q8_0") return at::kChar;
+  throw std::invalid_argument("unknown dtype '" + name + "': expected float32, float16, bfloat16, int8 or auto");
 }
 
 std::string dtype_name(at::ScalarType dtype) {
@@ -52,16 +53,18 @@ std::string dtype_name(at::ScalarType dtype) {
     case at::kFloat: return "float32";
     case at::kHalf: return "float16";
     case at::kBFloat16: return "bfloat16";
+    case at::kChar: return "int8";
     default: return c10::toString(dtype);
   }
 }
 
 void configure_threads(int intra_op_threads) {
-  if (intra_op_threads <= 0) return;
-  at::set_num_threads(intra_op_threads);
-  // LibTorch does not forward its thread count to OpenBLAS; ask OpenBLAS directly when it is the BLAS.
+  if (intra_op_threads > 0) at::set_num_threads(intra_op_threads);
+  // OpenBLAS runs on one thread whatever the count: linear_rows splits a product across LibTorch's OpenMP threads
+  // instead. OpenBLAS's own threads and the OpenMP workers spin-wait between calls and took each other's cores:
+  // prefill of the SmolLM2-135M shape ran at 190-250 tokens/s on 2 threads, 410-470 on one.
   using SetThreads = void (*)(int);
-  if (auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) fn(intra_op_threads);
+  if (auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) fn(1);
 }
 
 void keep_freed_memory() {
@@ -71,6 +74,36 @@ void keep_freed_memory() {
   mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, INT_MAX);
 #endif
+}
+
+std::string select_blas_kernels() {
+  using Name = char* (*)();
+  using Call = void (*)();
+  const auto corename = reinterpret_cast<Name>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  const auto quit = reinterpret_cast<Call>(dlsym(RTLD_DEFAULT, "gotoblas_dynamic_quit"));
+  const auto init = reinterpret_cast<Call>(dlsym(RTLD_DEFAULT, "gotoblas_dynamic_init"));
+  if (!corename || !quit || !init || std::getenv("OPENBLAS_CORETYPE")) return "";
+  std::string core = corename();
+  for (char& c : core) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (core != "prescott") return "";
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                      __builtin_cpu_supports("avx512cd");
+  const char* pick = nullptr;
+  if (avx512 && __builtin_cpu_supports("avx512bf16") && dlsym(RTLD_DEFAULT, "gotoblas_COOPERLAKE")) {
+    pick = "Cooperlake";
+  } else if (avx512 && dlsym(RTLD_DEFAULT, "gotoblas_SKYLAKEX")) {
+    pick = "SkylakeX";
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && dlsym(RTLD_DEFAULT, "gotoblas_HASWELL")) {
+    pick = "Haswell";
+  }
+  if (!pick) return "";
+  // OpenBLAS reads the variable when it (re)initialises its dispatch table; nothing has used the table yet.
+  setenv("OPENBLAS_CORETYPE", pick, 0);
+  quit();
+  init();
+  unsetenv("OPENBLAS_CORETYPE");
+  return corename();
 }
 
 void return_freed_memory() {

@@ -13,12 +13,14 @@ bool is_device_name(const std::string& name);
 // "cpu" | "cuda" | "cuda:N" | "mps". Throws std::invalid_argument for an unknown name and
 // std::runtime_error when the device is not compiled into this LibTorch or not present.
 at::Device parse_device(const std::string& name);
-// "float32" | "float16" | "bfloat16" (also f32/f16/bf16; "auto" = float32 on CPU, float16 on CUDA/MPS).
+// "float32" | "float16" | "bfloat16" | "int8" (also f32/f16/bf16/q8_0; "auto" = float32 on CPU, float16 on
+// CUDA/MPS). int8 = at::kChar: int8 matrices with float32 compute (load_decoder).
 at::ScalarType parse_dtype(const std::string& name, at::Device device);
 std::string dtype_name(at::ScalarType dtype);
 
-// One LibTorch intra-op thread and single-threaded OpenBLAS by default: the second core belongs to the
-// memory path. n <= 0 keeps LibTorch's default.
+// LibTorch intra-op threads (OpenMP; n <= 0 keeps LibTorch's default) over one-threaded OpenBLAS: the decode
+// kernels split rows across the threads and linear_rows splits longer products by slices of the weight. One
+// thread is the launcher's default: the second core belongs to the memory path.
 void configure_threads(int intra_op_threads);
 
 // Keeps freed memory in the process (glibc: no mmap'ed blocks, no trimming) so that tensors of the next step
@@ -27,6 +29,14 @@ void configure_threads(int intra_op_threads);
 // (sinkflow bench loss, whole-logits arms); the price is that the process keeps its peak heap. Call once, first
 // thing in main(). No-op without glibc.
 void keep_freed_memory();
+// OpenBLAS picks its kernels from the CPU model at load time and falls back to its slowest (Prescott: SSE3) for
+// a model it does not know, as this project's machines (family 6, model 207, AVX-512): prefill of 687 tokens of
+// the SmolLM2-135M shape ran at 119 tokens/s on them, 436 with the Cooperlake kernels. When OpenBLAS is the BLAS,
+// chose Prescott and OPENBLAS_CORETYPE is unset, this re-selects by the CPU's features (AVX-512 with bfloat16:
+// Cooperlake; AVX-512: SkylakeX; AVX2 + FMA: Haswell) and returns the kernels' name ("" = left as they were).
+// Call before any matrix product, first thing in main().
+std::string select_blas_kernels();
+
 // Back to glibc's behaviour at its steady state (blocks above 32 MB mapped per allocation, the heap's top
 // trimmed above 64 MB): the other arm of `sinkflow bench loss`.
 void return_freed_memory();

@@ -1,0 +1,30 @@
+#include "models/nn/quant.h"
+
+#include <stdexcept>
+#include <string>
+
+#include "models/nn/gemv.h"
+
+namespace sinkflow {
+
+Q8Matrix quantize_q8(const at::Tensor& w) {
+  if (w.dim() != 2 || !at::isFloatingType(w.scalar_type()))
+    throw std::invalid_argument("quantize_q8: expected a 2-D floating-point matrix, found " + std::to_string(w.dim()) +
+                                "-D " + std::string(c10::toString(w.scalar_type())));
+  const int64_t n = w.size(0), k = w.size(1), nb = q8_blocks(k);
+  at::Tensor wf = w.to(at::kFloat);
+  if (nb * kQ8Block != k) wf = at::constant_pad_nd(wf, {0, nb * kQ8Block - k});
+  const at::Tensor blocks = wf.reshape({n, nb, kQ8Block});
+  const at::Tensor scales = (blocks.abs().amax(-1) / 127.0).to(at::kHalf);
+  const at::Tensor s = scales.to(at::kFloat).unsqueeze(-1);
+  const at::Tensor q = at::where(s > 0, blocks / s, at::zeros_like(blocks)).round_().clamp_(-127, 127);
+  return {q.to(at::kChar).reshape({n, nb * kQ8Block}).narrow(1, 0, k).contiguous(), scales.contiguous()};
+}
+
+at::Tensor dequantize_q8(const at::Tensor& values, const at::Tensor& scales, at::ScalarType dtype) {
+  const int64_t k = values.size(-1);
+  const at::Tensor s = scales.to(at::kFloat).repeat_interleave(kQ8Block, -1).narrow(-1, 0, k);
+  return (values.to(at::kFloat) * s).to(dtype);
+}
+
+}  // namespace sinkflow

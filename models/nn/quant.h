@@ -1,0 +1,21 @@
+// int8 matrices for CPU decode (`--dtype int8`): each row in blocks of kQ8Block weights, one float16 scale per
+// block (llama.cpp's q8_0 numbers). gemv_q8 (gemv.h) multiplies them without widening the matrix.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace sinkflow {
+
+struct Q8Matrix {
+  at::Tensor values;  // int8 [N, K]
+  at::Tensor scales;  // float16 [N, q8_blocks(K)]
+};
+
+// Rounds each block of a row to int8 with scale max|w| / 127 (stored as float16), values rounded against the
+// stored scale: a weight's error is at most half its block's scale. w: any floating dtype, 2-D.
+Q8Matrix quantize_q8(const at::Tensor& w);
+
+// The matrix the blocks stand for, in `dtype` (rows of it when values/scales are rows of a Q8Matrix).
+at::Tensor dequantize_q8(const at::Tensor& values, const at::Tensor& scales, at::ScalarType dtype = at::kFloat);
+
+}  // namespace sinkflow
