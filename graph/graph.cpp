@@ -257,7 +257,9 @@ void Pipeline::run_for(std::chrono::milliseconds deadline) {
 }
 
 RunSummary Pipeline::summary() const {
-  return make_run_summary(state_->spec.name, state_->run.counters, state_->wall_s, state_->run.stop_requested());
+  RunSummary s = make_run_summary(state_->spec.name, state_->run.counters, state_->wall_s, state_->run.stop_requested());
+  s.signal = state_->run.stop_signal();
+  return s;
 }
 
 std::vector<NodeProfile> Pipeline::profile_table() const {
@@ -296,8 +298,8 @@ std::vector<std::string> Pipeline::topological_order() const {
 
 namespace {
 std::atomic<RunContext*> signal_target{nullptr};
-extern "C" void stop_on_signal(int) {
-  if (RunContext* run = signal_target.load()) run->request_stop();
+extern "C" void stop_on_signal(int signal) {
+  if (RunContext* run = signal_target.load()) run->request_stop(signal);
 }
 }  // namespace
 
@@ -313,6 +315,7 @@ StopOnSignal::StopOnSignal(RunContext& run) : saved_(std::make_unique<Saved>()) 
   struct sigaction action {};
   action.sa_handler = stop_on_signal;
   sigemptyset(&action.sa_mask);
+  // SA_RESETHAND: a second Ctrl-C kills at once. Sources blocked on input wake on their own (InputStream polls).
   action.sa_flags = SA_RESETHAND | SA_RESTART;
   sigaction(SIGINT, &action, &saved_->interrupt);
   sigaction(SIGTERM, &action, &saved_->terminate);

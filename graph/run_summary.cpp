@@ -39,6 +39,7 @@ int64_t peak_rss_kb() {
 std::string RunSummary::to_json() const {
   nlohmann::json j = {{"pipeline", pipeline},
                       {"stopped", stopped},
+                      {"signal", signal},
                       {"wall_s", wall_s},
                       {"tokens_in", tokens_in},
                       {"tokens_out", tokens_out},

@@ -11,6 +11,7 @@ namespace sinkflow {
 struct RunSummary {
   std::string pipeline;
   bool stopped = false;        // ended by request_stop() (SIGINT) rather than by its sources running out
+  int signal = 0;              // the signal that stopped it (SIGINT 2, SIGTERM 15), 0 if none
   double wall_s = 0;           // from activation to the end of the finish() hooks
   int64_t tokens_in = 0;       // RunCounters::tokens_in
   int64_t tokens_out = 0;      // RunCounters::tokens_out

@@ -23,21 +23,21 @@ std::string join(const std::vector<std::string>& items, const std::string& sep) 
   return out;
 }
 
+// A YAML file's text, read up to 16 MiB and no further (/dev/zero as a config included); a directory is refused.
 std::string read_text(const std::string& path, const char* what) {
+  constexpr size_t kMaxYamlBytes = size_t{16} << 20;
+  std::error_code ec;
+  if (fs::is_directory(path, ec))
+    throw std::invalid_argument(std::string(what) + " file '" + path + "' is a directory");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw std::runtime_error(std::string("cannot open ") + what + " file '" + path + "'");
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
-
-YAML::Node parse_yaml(const std::string& text, const std::string& file) {
-  try {
-    return YAML::Load(text);
-  } catch (const YAML::ParserException& e) {
-    throw std::invalid_argument(file + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) +
-                                ": YAML syntax error: " + e.msg);
-  }
+  std::string text;
+  char buf[1 << 16];
+  while (text.size() <= kMaxYamlBytes && in.read(buf, sizeof buf).gcount() > 0) text.append(buf, static_cast<size_t>(in.gcount()));
+  if (text.size() > kMaxYamlBytes)
+    throw std::invalid_argument(std::string(what) + " file '" + path + "': more than " + std::to_string(kMaxYamlBytes) +
+                                " bytes, the limit for a YAML file");
+  return text;
 }
 
 int line_of(const YAML::Node& n) { return n.Mark().is_null() ? 0 : n.Mark().line + 1; }
@@ -49,6 +49,46 @@ std::string at(const std::string& file, const YAML::Node& n) {
 
 [[noreturn]] void fail(const std::string& file, const YAML::Node& n, const std::string& message) {
   throw std::invalid_argument(at(file, n) + ": " + message);
+}
+
+// What a document may expand to: aliases share one node when loaded, but everything that reads the document
+// walks each reference again, so a few lines of anchors can stand for 10^9 values (an "alias bomb").
+constexpr size_t kMaxYamlValues = 1000000;
+constexpr size_t kMaxYamlDepth = 64;
+
+// Walks the document as its readers will (without recursion), counting values with aliases expanded.
+void check_yaml_bounds(const YAML::Node& root, const std::string& file) {
+  std::vector<std::pair<YAML::Node, size_t>> stack{{root, 1}};
+  size_t values = 0;
+  while (!stack.empty()) {
+    auto [n, depth] = stack.back();
+    stack.pop_back();
+    if (++values > kMaxYamlValues)
+      throw std::invalid_argument(file + ": more than " + std::to_string(kMaxYamlValues) +
+                                  " values once its aliases are expanded (an alias bomb?)");
+    if (depth > kMaxYamlDepth)
+      fail(file, n, "lists and maps nested deeper than " + std::to_string(kMaxYamlDepth) + " levels");
+    if (n.IsSequence()) {
+      for (const auto& item : n) stack.emplace_back(item, depth + 1);
+    } else if (n.IsMap()) {
+      for (auto it = n.begin(); it != n.end(); ++it) {
+        stack.emplace_back(it->first, depth + 1);
+        stack.emplace_back(it->second, depth + 1);
+      }
+    }
+  }
+}
+
+YAML::Node parse_yaml(const std::string& text, const std::string& file) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(text);
+  } catch (const YAML::ParserException& e) {
+    throw std::invalid_argument(file + ":" + std::to_string(e.mark.line + 1) + ":" + std::to_string(e.mark.column + 1) +
+                                ": YAML syntax error: " + e.msg);
+  }
+  check_yaml_bounds(root, file);
+  return root;
 }
 
 std::string describe(const YAML::Node& n) {
@@ -234,6 +274,7 @@ PipelineSpec pipeline_from_yaml(const YAML::Node& root, const std::string& file)
   const YAML::Node nodes = root["nodes"];
   if (!nodes) fail(file, root, "pipeline '" + spec.name + "' has no 'nodes:' list");
   if (!nodes.IsSequence()) fail(file, nodes, "'nodes': expected a list of nodes, found " + describe(nodes));
+  if (nodes.size() == 0) fail(file, nodes, "pipeline '" + spec.name + "' has an empty 'nodes:' list");
   for (const auto& n : nodes) {
     if (!n.IsMap()) fail(file, n, "node: expected a map with name:, kind: and params:, found " + describe(n));
     check_keys(n, file, "node", {"name", "kind", "concurrency", "max_in_flight", "fail_at", "params", "description"});
@@ -285,6 +326,9 @@ ConfigSpec config_from_yaml(const YAML::Node& root, const std::string& file) {
     if (params.IsMap()) {
       for (auto it = params.begin(); it != params.end(); ++it) {
         const std::string node = get_string(it->first, file, "'params' key");
+        for (const auto& [seen, map] : config.params)
+          if (seen == node)
+            fail(file, it->first, "'params' names node '" + node + "' twice (first at " + map.where() + ")");
         const YAML::Node over = it->second;
         if (!over.IsMap())
           fail(file, over.IsNull() ? it->first : over,
@@ -296,8 +340,16 @@ ConfigSpec config_from_yaml(const YAML::Node& root, const std::string& file) {
     }
   }
   if (const YAML::Node run = root["run"]) {
-    if (run.IsMap()) config.run = to_param_map(run, file, "run settings");
-    else if (!run.IsNull()) fail(file, run, "'run': expected a map of settings, found " + describe(run));
+    if (!run.IsMap() && !run.IsNull()) fail(file, run, "'run': expected a map of settings, found " + describe(run));
+    if (run.IsMap()) {
+      // The settings the launcher reads (run_command), where its command line gives none.
+      check_keys(run, file, "run settings", {"json", "profile"});
+      config.run = to_param_map(run, file, "run settings");
+    }
+    if (const ParamValue* v = config.run.find("json"); v && v->type() != ParamValue::Type::boolean)
+      throw std::invalid_argument(v->where() + ": run setting 'json': expected true or false");
+    if (const ParamValue* v = config.run.find("profile"); v && v->type() != ParamValue::Type::string)
+      throw std::invalid_argument(v->where() + ": run setting 'profile': expected a file path");
   }
   return config;
 }
@@ -377,6 +429,7 @@ ParamValue parse_param_value(const std::string& text, const std::string& where) 
   } catch (const YAML::ParserException& e) {
     throw std::invalid_argument(where + ": value '" + text + "' is not valid YAML: " + e.msg);
   }
+  check_yaml_bounds(n, where);
   if (n.IsNull()) {
     if (trim(text).empty()) return ParamValue(std::string(), where);
     throw std::invalid_argument(where + ": expected a value, found '" + text + "'");

@@ -21,7 +21,7 @@ EvictionConfig EvictionConfig::from_params(const ParamMap& params, const std::st
 }
 
 void EvictionConfig::validate() const {
-  origin.require(chunk_size >= 1, "chunk_size", "an integer >= 1", chunk_size);
+  origin.require(chunk_size >= 1 && chunk_size <= (int64_t{1} << 20), "chunk_size", "an integer in [1, 1048576]", chunk_size);
   origin.require(overlap >= 0 && overlap < chunk_size, "overlap", "an integer in [0, chunk_size)", overlap);
 }
 

@@ -35,8 +35,13 @@ class RunContext {
 
   // Asks sources to stop producing; what is in flight drains and finish() hooks run.
   // Async-signal-safe (a lock-free atomic store): the launcher calls it from its SIGINT handler.
-  void request_stop() noexcept { stop_.store(true, std::memory_order_relaxed); }
+  // `signal`: the signal that asked (SIGINT, SIGTERM), 0 for a request from code.
+  void request_stop(int signal = 0) noexcept {
+    if (signal != 0) signal_.store(signal, std::memory_order_relaxed);
+    stop_.store(true, std::memory_order_relaxed);
+  }
   bool stop_requested() const noexcept { return stop_.load(std::memory_order_relaxed); }
+  int stop_signal() const noexcept { return signal_.load(std::memory_order_relaxed); }
 
   // True once a node body has thrown; sources stop and the graph is being cancelled.
   bool failed() const noexcept { return failed_.load(std::memory_order_acquire); }
@@ -58,6 +63,7 @@ class RunContext {
 
  private:
   std::atomic<bool> stop_{false};
+  std::atomic<int> signal_{0};
   std::atomic<bool> failed_{false};
   mutable std::mutex mutex_;
   std::optional<Failure> failure_;

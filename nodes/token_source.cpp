@@ -10,6 +10,10 @@
 #include <memory>
 
 #include "models/io/config.h"
+#include "models/io/limits.h"
+#include "nodes/input_stream.h"
+#include "models/io/json_read.h"
+#include "models/io/message_text.h"
 #include "models/text/tokenizer.h"
 #include "nodes/messages.h"
 #include "nodes/resources.h"
@@ -36,8 +40,8 @@ TokenSourceConfig TokenSourceConfig::from_params(const ParamMap& params, const s
 }
 
 void TokenSourceConfig::validate() const {
-  origin.require(block >= 1, "block", "an integer >= 1", block);
-  origin.require(read_bytes >= 64, "read_bytes", "an integer >= 64", read_bytes);
+  origin.require(block >= 1 && block <= kMaxCacheTokens, "block", "an integer in [1, 16777216]", block);
+  origin.require(read_bytes >= 64 && read_bytes <= (int64_t{1} << 26), "read_bytes", "an integer in [64, 67108864]", read_bytes);
   origin.require(seq >= 0, "seq", "an integer >= 0", seq);
   origin.require(!path.empty() || !prompt.empty(), "path", "an input file (or a prompt)", path);
   origin.require(turn_template.find("{content}") != std::string::npos, "turn_template",
@@ -56,12 +60,9 @@ class TokenSource : public NodeInstance {
         model_(context.resources.model(config_.model, config_.origin, "model")),
         tokenizer_(model_->tokenizer),
         source_(*this, [this](Emitter<TokenBlock>& out) { return produce(out); }) {
-    if (config_.path == "-") {
-      in_ = &std::cin;
-    } else if (!config_.path.empty()) {
-      file_.open(config_.path, std::ios::binary);
-      if (!file_) throw std::runtime_error("path '" + config_.path + "' cannot be opened");
-      in_ = &file_;
+    if (!config_.path.empty()) {
+      RunContext* run = &context.run;
+      in_ = std::make_unique<InputStream>(config_.path, [run] { return run->stop_requested(); });
     } else {
       eof_ = true;
     }
@@ -77,6 +78,7 @@ class TokenSource : public NodeInstance {
     // Refill until a full block is pending (strictly more than a block while input remains, so that the
     // last block of the input is always known to be the last).
     while (!eof_ && static_cast<int64_t>(pending_.size()) <= config_.block) refill_text();
+    if (in_ && in_->stopped()) return false;  // SIGINT while reading: no tail, no prompt
     if (static_cast<int64_t>(pending_.size()) > config_.block ||
         (!eof_ && static_cast<int64_t>(pending_.size()) == config_.block)) {
       emit(out, take(config_.block), false, {}, false);
@@ -95,9 +97,9 @@ class TokenSource : public NodeInstance {
 
   void refill_text() {
     std::string buf(static_cast<size_t>(config_.read_bytes), '\0');
-    in_->read(buf.data(), static_cast<std::streamsize>(buf.size()));
-    buf.resize(static_cast<size_t>(in_->gcount()));
-    if (in_->gcount() == 0 || in_->eof()) eof_ = true;
+    const size_t got = in_->read(buf.data(), buf.size());
+    if (got < buf.size()) eof_ = true;  // the end of the input, or a stop
+    buf.resize(got);
     carry_ += buf;
     size_t cut = carry_.size();
     if (!eof_) {
@@ -122,6 +124,7 @@ class TokenSource : public NodeInstance {
 
   bool produce_jsonl(Emitter<TokenBlock>& out) {
     if (!have_next_) read_turn();
+    if (in_ && in_->stopped()) return false;
     if (!have_next_) {  // empty dialogue
       emit_turn(out, config_.prompt, config_.query.empty() ? config_.prompt : config_.query, true);
       return false;
@@ -149,18 +152,18 @@ class TokenSource : public NodeInstance {
 
   void read_turn() {
     std::string line;
-    while (in_ && std::getline(*in_, line)) {
+    while (in_ && in_->getline(line)) {
       ++line_no_;
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
       const std::string where = config_.path + ":" + std::to_string(line_no_);
       nlohmann::json j;
       try {
-        j = nlohmann::json::parse(line);
-      } catch (const std::exception& e) {
-        throw std::invalid_argument(where + ": expected a JSON object {\"role\": ..., \"content\": ...}, found malformed JSON");
+        j = parse_json(line, where);
+      } catch (const std::invalid_argument& e) {
+        throw std::invalid_argument(std::string(e.what()) + "; expected a JSON object {\"role\": ..., \"content\": ...} per line");
       }
       if (!j.is_object() || !j.contains("content") || !j["content"].is_string())
-        throw std::invalid_argument(where + ": expected a JSON object with a string field 'content', found " + j.dump());
+        throw std::invalid_argument(where + ": expected a JSON object with a string field 'content', found " + json_preview(j));
       next_role_ = j.value("role", std::string("user"));
       next_content_ = j["content"].get<std::string>();
       have_next_ = true;
@@ -196,8 +199,7 @@ class TokenSource : public NodeInstance {
   TokenSourceConfig config_;
   std::shared_ptr<const ModelResource> model_;
   std::shared_ptr<const Tokenizer> tokenizer_;
-  std::ifstream file_;
-  std::istream* in_ = nullptr;
+  std::unique_ptr<InputStream> in_;  // null: no input file, a prompt alone
   bool eof_ = false;
   std::string carry_;                // read but not yet tokenized (the tail word)
   std::string input_text_;           // answer_input: the input's text (first 4 KiB), the turn's query

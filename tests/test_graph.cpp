@@ -412,7 +412,7 @@ TEST_CASE("a config overrides parameters, then --set overrides the config", "[gr
   CHECK(std::filesystem::path(spec.config.pipeline_file) ==
         std::filesystem::path(kData + "/pipelines/count.yaml").lexically_normal());
   CHECK(spec.config.run.find("json")->as_bool() == true);
-  CHECK(spec.config.run.find("trace")->as_string() == "out/trace.json");
+  CHECK(spec.config.run.find("profile")->as_string() == "out/trace.json");
   const NodeSpec& src = *spec.pipeline.find_node("src");
   CHECK(src.params == ParamMap{{"count", 5}, {"start", 2}});
   CHECK(src.params.find("count")->where() == kData + "/configs/count_small.yaml:4");
@@ -888,9 +888,11 @@ TEST_CASE("SIGINT stops a run through StopOnSignal, and the old handler comes ba
     REQUIRE_THROWS_AS(StopOnSignal(pipeline.context()), std::logic_error);
     std::raise(SIGINT);  // as if Ctrl-C came before the first token
     CHECK(pipeline.context().stop_requested());
+    CHECK(pipeline.context().stop_signal() == SIGINT);
     pipeline.run_for(20s);  // the endless source stops at once
   }
   CHECK(pipeline.summary().stopped);
+  CHECK(pipeline.summary().signal == SIGINT);  // the launcher exits 128 + 2
   CHECK(probe->finished == std::vector<std::string>{"src", "sink"});
   struct sigaction after {};
   sigaction(SIGINT, nullptr, &after);

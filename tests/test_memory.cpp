@@ -828,7 +828,7 @@ TEST_CASE("chunk store: wrong embedder or dim, bad input, second open", "[memory
     std::ofstream(tmp / "broken/meta.json") << "{\"format\": \"sinkflow-chunk-store\", \"version\": 9}";
     REQUIRE_THROWS_WITH(ChunkStore::open(tmp / "broken", bad_meta), Catch::Contains("meta.json: version is 9, expected 1"));
     std::ofstream(tmp / "broken/meta.json") << "not json";
-    REQUIRE_THROWS_WITH(ChunkStore::open(tmp / "broken", bad_meta), Catch::Contains("meta.json: not valid JSON"));
+    REQUIRE_THROWS_WITH(ChunkStore::open(tmp / "broken", bad_meta), Catch::Contains("meta.json: malformed JSON"));
   }
   StoreOptions empty;
   REQUIRE_THROWS_WITH(ChunkStore::open(tmp / "x", empty), Catch::Contains("embedder_name is empty"));

@@ -669,7 +669,7 @@ TEST_CASE("bad input: messages name the file and the field", "[tokenizer]") {
   SECTION("not JSON") {
     REQUIRE_THROWS_AS(load_text("{\"model\": ", "notjson"), std::invalid_argument);
     REQUIRE_THROWS_WITH(load_text("{\"model\": ", "notjson"),
-                        Catch::Contains("tokenizer.json: not valid JSON"));
+                        Catch::Contains("tokenizer.json: malformed JSON"));
   }
   SECTION("missing model") {
     REQUIRE_THROWS_WITH(load_text("{\"added_tokens\": []}", "nomodel"),

@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <filesystem>
+
+#include <nlohmann/json.hpp>
 #include <fstream>
 #include <map>
 #include <set>
@@ -41,13 +43,18 @@ fs::path make_corpus(const std::string& name) {
   return d;
 }
 
+// The base config with `extra` (", \"key\": value, ...") replacing or adding fields: a key is written once.
 std::string config_json(const fs::path& d, int steps, const std::string& extra = "") {
-  return std::string("{\"model\": {\"d_model\": 32, \"n_layer\": 2, \"n_head\": 4, \"n_kv_head\": 2, \"d_ff\": 64, "
+  std::string base = std::string("{\"model\": {\"d_model\": 32, \"n_layer\": 2, \"n_head\": 4, \"n_kv_head\": 2, \"d_ff\": 64, "
                      "\"max_positions\": 128},") +
          "\"tokenizer\": \"" + (d / "tokenizer.json").string() + "\", \"train_text\": \"" + (d / "train.txt").string() +
          "\", \"heldout_text\": \"" + (d / "heldout.txt").string() + "\", \"seq_len\": 32, \"batch\": 4, \"steps\": " +
          std::to_string(steps) + ", \"warmup\": 5, \"lr\": 0.01, \"min_lr\": 0.001, \"eval_interval\": 0, "
-         "\"eval_batches\": 2, \"checkpoint_interval\": 0, \"threads\": 1, \"seed\": 7" + extra + "}";
+         "\"eval_batches\": 2, \"checkpoint_interval\": 0, \"threads\": 1, \"seed\": 7}";
+  if (extra.empty()) return base;
+  nlohmann::json j = nlohmann::json::parse(base);
+  j.update(nlohmann::json::parse("{" + extra.substr(extra.find(',') + 1) + "}"));
+  return j.dump();
 }
 
 }  // namespace
@@ -349,7 +356,7 @@ TEST_CASE("bad training configs name the field", "[train]") {
                                          "cfg.json", Family::llama),
                       Catch::Contains("exactly one of the fields 'train_text' and 'train_ids' must be given, found neither"));
   REQUIRE_THROWS_WITH(parse_train_config("[1, 2]", "cfg.json", Family::llama), Catch::Contains("cfg.json: expected a JSON object"));
-  REQUIRE_THROWS_WITH(parse_train_config("{", "cfg.json", Family::llama), Catch::Contains("cfg.json: not valid JSON"));
+  REQUIRE_THROWS_WITH(parse_train_config("{", "cfg.json", Family::llama), Catch::Contains("cfg.json: malformed JSON"));
 }
 
 namespace {

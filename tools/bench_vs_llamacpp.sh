@@ -11,7 +11,8 @@
 # Environment: LLAMA_BIN (llama.cpp's bin folder with llama-batched-bench; required), SF (the sinkflow launcher,
 # default build/tools/sinkflow), ROUNDS (3), THREADS (1), DEPTHS (256,512,1024,4096), STEPS (20: timed decode
 # steps per depth), OUT (where the runs go; default a fresh folder under /tmp), LLAMA_EXTRA (more llama.cpp flags,
-# e.g. "-ctk f32 -ctv f32" for a float32 KV cache like sinkflow's; the floor column assumes float16).
+# e.g. "-ctk f32 -ctv f32" for a float32 KV cache like sinkflow's; the floor column assumes float16), PARSE_ONLY=1
+# (print the table of the runs already in OUT).
 #
 # Each round runs sinkflow (`bench latency --dtypes float32,bfloat16,int8 --policies dense`: the cache filled to
 # each depth in 512-token blocks, then one-token steps) and then llama.cpp (`llama-batched-bench -npp DEPTHS -ub 512
@@ -48,6 +49,7 @@ max_depth=$(tr ',' '\n' <<<"$DEPTHS" | sort -n | tail -1)
 TG=$((STEPS + 4))
 stamp() { echo "$(date +%T) load: $(cut -d' ' -f1-3 /proc/loadavg)"; }
 for r in $(seq 1 "$ROUNDS"); do
+  [ "${PARSE_ONLY:-0}" = 1 ] && break
   echo "round $r/$ROUNDS sinkflow  ($(stamp))" >&2
   "$SF" bench latency --model "$MODEL" --dtypes float32,bfloat16,int8 --policies dense --cache "$DEPTHS" \
     --steps "$STEPS" --warmup 3 --prefill-block 512 --threads "$THREADS" --json >"$OUT/r$r-sinkflow.json" 2>"$OUT/r$r-sinkflow.log"
@@ -70,12 +72,12 @@ for r in range(1, rounds + 1):
     j = json.load(open(os.path.join(out, f"r{r}-sinkflow.json")))
     bw.append(j["read_bandwidth_gbs"] * 1e9)
     for row in j["rows"]:
-    sf.setdefault((row["dtype"], row["cache"]), []).append(row)
+        sf.setdefault((row["dtype"], row["cache"]), []).append(row)
     for t in ("f32", "f16", "q8_0"):
-    for line in open(os.path.join(out, f"r{r}-llama-{t}.jsonl")):
-        if line.strip().startswith("{"):
-            x = json.loads(line)
-            ll.setdefault((t, x["pp"]), []).append(x)
+        for line in open(os.path.join(out, f"r{r}-llama-{t}.jsonl")):
+            if line.strip().startswith("{"):
+                x = json.loads(line)
+                ll.setdefault((t, x["pp"]), []).append(x)
 bandwidth = statistics.median(bw)
 med = statistics.median
 pairs = [("float32", "f32"), ("bfloat16", "f16"), ("int8", "q8_0")]

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -126,8 +127,12 @@ RunResult run_once(const RunSpec& spec, const RunArgs& a, bool show_progress) {
 
 double rate(double n, double s) { return s > 0 ? n / s : 0.0; }
 
-void run_command(const RunArgs& a) {
-  RunSpec spec = load_run_spec(a.config, a.sets);
+void run_command(const RunArgs& args) {
+  RunSpec spec = load_run_spec(args.config, args.sets);
+  // The config's run settings, where the command line gave none.
+  RunArgs a = args;
+  if (const ParamValue* v = spec.config.run.find("json"); v && !a.json) a.json = v->as_bool();
+  if (const ParamValue* v = spec.config.run.find("profile"); v && a.profile.empty()) a.profile = v->as_string();
   if (a.json) {
     // stdout carries the JSON line alone: generated text that would go there goes to stderr (and into the JSON).
     for (const NodeSpec& n : spec.pipeline.nodes) {
@@ -154,10 +159,11 @@ void run_command(const RunArgs& a) {
     std::fprintf(stderr,
                  "%s: %s in %.2fs: %ld tokens in (%.1f tok/s ingest), %ld out (%.1f tok/s decode), %ld evictions, "
                  "%ld chunks indexed, %ld retrievals, peak RSS %.1f MiB\n",
-                 s.pipeline.c_str(), s.stopped ? "stopped" : "done", s.wall_s, static_cast<long>(s.tokens_in), ingest,
+                 s.pipeline.c_str(), s.signal ? (s.signal == SIGINT ? "interrupted (SIGINT)" : "interrupted (SIGTERM)") : s.stopped ? "stopped" : "done", s.wall_s, static_cast<long>(s.tokens_in), ingest,
                  static_cast<long>(s.tokens_out), decode, static_cast<long>(s.evictions),
                  static_cast<long>(s.chunks_indexed), static_cast<long>(s.retrievals), s.peak_rss_kb / 1024.0);
   }
+  if (s.signal != 0) throw ExitStatus{128 + s.signal};
 }
 
 void bench_pipeline(const RunArgs& a) {

@@ -37,6 +37,12 @@ std::vector<int64_t> encode_prompt(const LoadedModel& model, const std::string& 
 // model with learned absolute positions.
 int64_t resolve_window(int64_t window, int64_t sinks, const ModelConfig& model);
 
+// Thrown by a command that ended without an error but must not exit 0 (a run interrupted by SIGINT or SIGTERM
+// exits 128 + the signal, as a shell reports it: 130, 143); main() returns `code`.
+struct ExitStatus {
+  int code;
+};
+
 // The `bench` command that several files add subcommands to (created by the first caller).
 CLI::App* bench_command(CLI::App& app);
 

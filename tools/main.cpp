@@ -9,6 +9,7 @@
 
 #include "models/nn/runtime.h"
 #include "tools/commands.h"
+#include "tools/common.h"
 
 int main(int argc, char** argv) {
   sinkflow::keep_freed_memory();
@@ -27,6 +28,8 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // --help and --version exit 0; a bad command line is bad input: exit 2, as every other bad input.
     return app.exit(e) == 0 ? 0 : 2;
+  } catch (const sinkflow::cli::ExitStatus& e) {
+    return e.code;
   } catch (const std::invalid_argument& e) {
     std::cerr << "sinkflow: error: " << e.what() << std::endl;
     return 2;

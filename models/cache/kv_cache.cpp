@@ -1,6 +1,7 @@
 #include "models/cache/kv_cache.h"
 
 #include "models/io/field_error.h"
+#include "models/io/limits.h"
 
 #include <algorithm>
 #include <limits>
@@ -49,6 +50,9 @@ void CacheConfig::validate(const std::string& where) const {
   if (n_sink < 0) fail("n_sink", "n_sink must be >= 0, found " + str(n_sink));
   if (n_memory < 0) fail("n_memory", "n_memory must be >= 0, found " + str(n_memory));
   if (n_recent <= 0) fail("n_recent", "n_recent (the window) must be > 0, found " + str(n_recent));
+  for (const auto& [field, value] : {std::pair<const char*, int64_t>{"n_sink", n_sink}, {"n_memory", n_memory}, {"n_recent", n_recent}})
+    if (value > kMaxCacheTokens)
+      fail(field, std::string(field) + " is " + str(value) + ", more than the limit of " + str(kMaxCacheTokens) + " tokens");
   if (evict_block < 1 || evict_block > n_recent) {
     fail("evict_block", "evict_block must be in [1, n_recent=" + str(n_recent) + "], found " + str(evict_block));
   }
@@ -57,6 +61,16 @@ void CacheConfig::validate(const std::string& where) const {
 void CacheConfig::validate(const ModelConfig& model, const std::string& where) const {
   validate(where);
   auto fail = [&](const std::string& what) { throw std::invalid_argument(where + ": " + what); };
+  // Keys and values of every layer, at 2 bytes an element at the least: more than this machine has is an error
+  // now rather than an allocator's message later.
+  const double bytes = 2.0 * 2.0 * static_cast<double>(model.n_layer * model.n_kv_head * model.d_head) *
+                       static_cast<double>(capacity());
+  const int64_t memory = physical_memory_bytes();
+  if (memory > 0 && bytes > static_cast<double>(memory)) {
+    throw FieldError("n_recent", at_where(where, "a cache of n_sink + n_memory + n_recent = " + str(capacity()) +
+                                                     " tokens needs at least " + gib_text(bytes) + " for this model, more than this machine's " +
+                                                     gib_text(static_cast<double>(memory))));
+  }
   const bool learned_positions = model.family == Family::gpt2;
   if (keep_originals && !learned_positions) {
     fail("keep_originals (KV-Align) is for learned absolute positions; model_type '" + model.model_type + "' uses RoPE");

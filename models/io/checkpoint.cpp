@@ -1,4 +1,5 @@
 #include "models/io/message_text.h"
+#include "models/io/json_read.h"
 #include "models/io/checkpoint.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -100,12 +101,7 @@ CheckpointTensors::CheckpointTensors(const std::string& dir) : dir_(dir) {
     source_ = index.string();
     sharded_ = true;
     auto fail = [&](const std::string& message) { throw std::invalid_argument(source_ + ": " + message); };
-    json root;
-    try {
-      root = json::parse(read_text(source_));
-    } catch (const json::parse_error& e) {
-      fail("malformed JSON at byte " + std::to_string(e.byte) + " (" + e.what() + ")");
-    }
+    const json root = read_json_file(source_);
     if (!root.is_object()) fail("expected a JSON object, found " + show(root));
     if (!root.contains("weight_map")) fail("field 'weight_map' is missing (expected an object: tensor -> shard)");
     const json& weight_map = root.at("weight_map");

@@ -1,4 +1,6 @@
 #include "models/io/message_text.h"
+#include "models/io/json_read.h"
+#include "models/io/limits.h"
 #include "models/io/config.h"
 
 #include <cmath>
@@ -244,22 +246,24 @@ int64_t ModelConfig::n_rot() const {
   return static_cast<int64_t>(static_cast<double>(d_head) * partial_rotary_factor);
 }
 
+double ModelConfig::parameter_estimate() const {
+  const double d = static_cast<double>(d_model), attn = static_cast<double>(n_head * d_head),
+               kv = static_cast<double>(n_kv_head * d_head), ff = static_cast<double>(d_ff);
+  const double mlp = (family == Family::llama ? 3.0 : 2.0) * d * ff;
+  const double per_layer = 2.0 * d * attn + 2.0 * d * kv + mlp;
+  const double embeddings = static_cast<double>(vocab_size) * d * (tie_word_embeddings ? 1.0 : 2.0) +
+                            (family == Family::llama ? 0.0 : static_cast<double>(max_positions) * d);
+  return static_cast<double>(n_layer) * per_layer + embeddings;
+}
+
 ModelConfig ModelConfig::from_json_file(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::invalid_argument(path + ": cannot open the file (expected a Hugging Face config.json)");
-  std::stringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw std::runtime_error(path + ": reading the file failed");
-  return from_json_text(text.str(), path);
+  if (!std::ifstream(path, std::ios::binary))
+    throw std::invalid_argument(path + ": cannot open the file (expected a Hugging Face config.json)");
+  return from_json_text(read_json_text(path), path);
 }
 
 ModelConfig ModelConfig::from_json_text(const std::string& text, const std::string& source_name) {
-  json root;
-  try {
-    root = json::parse(text);
-  } catch (const json::parse_error& e) {
-    fail(source_name, "malformed JSON at byte " + std::to_string(e.byte) + " (" + e.what() + ")");
-  }
+  const json root = parse_json(text, source_name);
   if (!root.is_object()) fail(source_name, "expected a JSON object, found " + show(root));
   Fields fields(root, source_name);
 
@@ -305,6 +309,19 @@ void ModelConfig::validate(const std::string& source_name) const {
   positive(d_head, "d_head");
   positive(d_ff, "d_ff");
   positive(max_positions, "max_positions");
+  auto at_most = [&](int64_t value, const std::string& member, int64_t limit) {
+    if (value > limit)
+      fail(s, "field '" + field_name(*this, member) + "' is " + std::to_string(value) + ", more than the limit of " +
+                  std::to_string(limit));
+  };
+  at_most(vocab_size, "vocab_size", kMaxVocab);
+  at_most(d_model, "d_model", kMaxWidth);
+  at_most(n_layer, "n_layer", kMaxLayers);
+  at_most(n_head, "n_head", kMaxHeads);
+  at_most(n_kv_head, "n_kv_head", kMaxHeads);
+  at_most(d_head, "d_head", kMaxWidth);
+  at_most(d_ff, "d_ff", kMaxFeedForward);
+  at_most(max_positions, "max_positions", kMaxPositions);
   if (!(norm_eps > 0.0) || !std::isfinite(norm_eps))
     fail(s, "field '" + field_name(*this, "norm_eps") + "' must be a positive number, found " +
                 std::to_string(norm_eps));

@@ -38,6 +38,9 @@ struct ModelConfig {
   std::string torch_dtype = "float32";  // dtype the weights are stored in: float32, float16, bfloat16
 
   int64_t n_rot() const;  // rotated dims per head (even), llama only
+  // About how many parameters the model has (matrices and embeddings; norms and biases left out): what loading it
+  // will allocate, known before anything is.
+  double parameter_estimate() const;
 
   // Parses a config.json; throws std::invalid_argument naming the file, the field, what was
   // expected and what was found (missing field, wrong type, unknown model_type, inconsistent sizes).

@@ -1,4 +1,5 @@
 #include "models/io/message_text.h"
+#include "models/io/json_read.h"
 #include "models/io/safetensors.h"
 
 #include <fcntl.h>
@@ -140,9 +141,9 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
 
   json header;
   try {
-    header = json::parse(bytes + 8, bytes + 8 + header_size);
-  } catch (const json::parse_error& e) {
-    fail("header is not valid JSON (" + std::string(e.what()) + ")");
+    header = parse_json(std::string_view(reinterpret_cast<const char*>(bytes + 8), header_size), "header");
+  } catch (const std::invalid_argument& e) {
+    fail(std::string(e.what()) + " (the header is not valid JSON)");
   }
   if (!header.is_object()) fail("header is not a JSON object, found " + show(header));
 

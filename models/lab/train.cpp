@@ -23,6 +23,7 @@
 #include "models/io/checkpoint.h"
 #include "models/nn/decoder.h"
 #include "models/io/message_text.h"
+#include "models/io/json_read.h"
 #include "models/nn/runtime.h"
 #include "models/text/tokenizer.h"
 
@@ -44,8 +45,7 @@ std::string read_text_file(const std::string& path, const std::string& what) {
 std::string type_of(const json& v) {
   if (v.is_null()) return "null";
   if (v.is_boolean()) return v.get<bool>() ? "true" : "false";
-  if (v.is_string()) return "\"" + v.get<std::string>() + "\"";
-  return v.dump();
+  return json_preview(v);
 }
 
 // Field readers: "<source>: field 'x' must be ..., found ...".
@@ -512,12 +512,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   if (family != Family::llama && family != Family::gpt2) {
     throw std::invalid_argument(source_name + ": --family must be llama or gpt2, found " + family_name(family));
   }
-  json j;
-  try {
-    j = json::parse(json_text);
-  } catch (const json::parse_error& e) {
-    throw std::invalid_argument(source_name + ": not valid JSON (" + std::string(e.what()) + ")");
-  }
+  const json j = parse_json(json_text, source_name);
   if (!j.is_object()) throw std::invalid_argument(source_name + ": expected a JSON object at the top, found " + type_of(j));
   Fields f{j, source_name, ""};
   f.only({"model", "tokenizer", "train_text", "heldout_text", "train_ids", "heldout_ids", "init_from", "seq_len", "batch", "steps",
@@ -561,7 +556,7 @@ TrainConfig parse_train_config(const std::string& json_text, const std::string& 
   mc.tie_word_embeddings = family == Family::gpt2 ? true : m.boolean("tie_word_embeddings", true);
   if (family == Family::gpt2 && mj.contains("attention_bias")) {
     throw std::invalid_argument(source_name + ": field 'model.attention_bias' is for the llama family (gpt2 always has biases), found " +
-                                mj.at("attention_bias").dump());
+                                json_preview(mj.at("attention_bias")));
   }
   // Llama's attention_bias (q/k/v and o_proj): with RoPE, q and k biases give attention by relative position alone.
   if (family == Family::llama) mc.attention_bias = mc.attention_out_bias = m.boolean("attention_bias", false);
@@ -756,11 +751,12 @@ TrainResult train_model(const TrainConfig& config_in, const TrainOptions& option
     if (!fs::exists(from / "state.json")) {
       throw std::invalid_argument("--resume: no checkpoint in '" + ckpt.string() + "' (expected state.json there)");
     }
-    json s = json::parse(read_text_file((from / "state.json").string(), "checkpoint"));
+    const std::string state = (from / "state.json").string();
+    json s = parse_json(read_text_file(state, "checkpoint"), state);
     const json saved_model = s.at("config").at("model");
     if (saved_model != json::parse(c.model.to_json_text())) {
       throw std::invalid_argument("--resume: the model in '" + (from / "state.json").string() +
-                                  "' differs from the config's model (" + saved_model.dump() + ")");
+                                  "' differs from the config's model (" + json_preview(saved_model) + ")");
     }
     copy_weights_from(from.string(), *model);
     torch::load(opt, (from / "optimizer.pt").string());

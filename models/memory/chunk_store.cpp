@@ -1,6 +1,8 @@
 #include "models/memory/chunk_store.h"
 
 #include "models/io/field_error.h"
+#include "models/io/json_read.h"
+#include "models/io/message_text.h"
 
 #include <ATen/ATen.h>
 #include <fcntl.h>
@@ -467,17 +469,11 @@ std::unique_ptr<ChunkStore> ChunkStore::open(const std::string& dir, const Store
     if (ec || bytes > (1u << 20))
       throw std::invalid_argument(meta_s + ": size is " + (ec ? ec.message() : std::to_string(bytes) + " bytes") +
                                   ", expected a small JSON object");
-    std::ifstream in(meta);
-    nlohmann::json j;
-    try {
-      j = nlohmann::json::parse(in);
-    } catch (const std::exception& e) {
-      throw std::invalid_argument(meta_s + ": not valid JSON (" + e.what() + ")");
-    }
+    const nlohmann::json j = read_json_file(meta_s, JsonLimits{16, 1u << 20});
     auto field = [&](const char* name, nlohmann::json::value_t t1, nlohmann::json::value_t t2) -> const nlohmann::json& {
       if (!j.is_object() || !j.contains(name) || (j[name].type() != t1 && j[name].type() != t2))
         throw std::invalid_argument(meta_s + ": field '" + name + "' is " +
-                                    (j.is_object() && j.contains(name) ? j[name].dump() : std::string("missing")) +
+                                    (j.is_object() && j.contains(name) ? json_preview(j[name]) : std::string("missing")) +
                                     ", expected a " + (t1 == nlohmann::json::value_t::string ? "string" : "number"));
       return j[name];
     };

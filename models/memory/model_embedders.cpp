@@ -14,6 +14,7 @@
 #include <stdexcept>
 
 #include "models/cache/kv_cache.h"
+#include "models/io/json_read.h"
 #include "models/nn/decoder.h"
 #include "models/text/tokenizer.h"
 
@@ -28,13 +29,7 @@ std::string str(int64_t v) { return std::to_string(v); }
 int64_t sentence_bert_max_seq_length(const std::string& dir) {
   const fs::path path = fs::path(dir) / "sentence_bert_config.json";
   if (!fs::exists(path)) return 0;
-  std::ifstream in(path);
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::exception& e) {
-    throw std::invalid_argument(path.string() + ": is not valid JSON (" + e.what() + ")");
-  }
+  const nlohmann::json j = read_json_file(path.string());
   auto it = j.find("max_seq_length");
   if (it == j.end() || it->is_null()) return 0;
   if (!it->is_number_integer() || it->get<int64_t>() < 2) {

@@ -17,6 +17,8 @@
 #include "models/nn/decoder.h"
 #include "models/cache/kv_cache.h"
 #include "models/io/safetensors.h"
+#include "models/io/json_read.h"
+#include "models/io/message_text.h"
 
 namespace sinkflow {
 
@@ -222,21 +224,16 @@ std::shared_ptr<KvAlign> KvAlign::load(const std::string& dir) {
     throw std::invalid_argument(cfg_path.string() + ": not found (train one with `sinkflow train-kv-align --model DIR "
                                 "--text FILE`)");
   }
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(in);
-  } catch (const std::exception& e) {
-    throw std::invalid_argument(cfg_path.string() + ": malformed JSON (" + std::string(e.what()) + ")");
-  }
+  const nlohmann::json j = read_json_file(cfg_path.string());
   const std::string where = cfg_path.string();
   if (!j.is_object() || !j.contains("format") || j["format"] != kFormat) {
     throw std::invalid_argument(where + ": field 'format' must be \"" + std::string(kFormat) + "\", found " +
-                                (j.is_object() && j.contains("format") ? j["format"].dump() : std::string("nothing")));
+                                (j.is_object() && j.contains("format") ? json_preview(j["format"]) : std::string("nothing")));
   }
   auto integer = [&](const char* field) -> int64_t {
     if (!j.contains(field) || !j[field].is_number_integer()) {
       throw std::invalid_argument(where + ": field '" + field + "' must be an integer, found " +
-                                  (j.contains(field) ? j[field].dump() : std::string("nothing")));
+                                  (j.contains(field) ? json_preview(j[field]) : std::string("nothing")));
     }
     return j[field].get<int64_t>();
   };
@@ -250,7 +247,7 @@ std::shared_ptr<KvAlign> KvAlign::load(const std::string& dir) {
   if (j.contains("model_type") && j["model_type"].is_string()) c.model_type = j["model_type"].get<std::string>();
   if (!j.contains("exact_first_layer") || !j["exact_first_layer"].is_boolean()) {
     throw std::invalid_argument(where + ": field 'exact_first_layer' must be true or false, found " +
-                                (j.contains("exact_first_layer") ? j["exact_first_layer"].dump() : std::string("nothing")));
+                                (j.contains("exact_first_layer") ? json_preview(j["exact_first_layer"]) : std::string("nothing")));
   }
   c.exact_first_layer = j["exact_first_layer"].get<bool>();
   c.validate(where);

@@ -1,6 +1,8 @@
 // load_tokenizer, TextStreamer, added-token splitting, and the adapter over models/sentencepiece.h.
 // Byte-level BPE lives in tokenizer_bpe.cpp, WordPiece in tokenizer_wordpiece.cpp, Unicode in tokenizer_unicode.cpp.
 #include "models/text/tokenizer.h"
+#include "models/io/json_read.h"
+#include "models/io/message_text.h"
 
 #include <spdlog/spdlog.h>
 
@@ -162,11 +164,7 @@ std::string read_file(const fs::path& path) {
 }
 
 json parse_json_file(const fs::path& path) {
-  try {
-    return json::parse(read_file(path));
-  } catch (const json::parse_error& e) {
-    throw std::invalid_argument(path.string() + ": not valid JSON (" + e.what() + ")");
-  }
+  return read_json_file(path.string());
 }
 
 // The "type" of a JSON object; "" when it is not an object or has no string "type".
@@ -210,7 +208,7 @@ int64_t id_of_token_field(const Tokenizer& tok, const json& value, const fs::pat
     content = value["content"].get<std::string>();
   } else {
     throw std::invalid_argument(file.string() + ": field " + field +
-                                " is " + value.dump() + ", expected a token string, {\"content\": ...} or null");
+                                " is " + json_preview(value) + ", expected a token string, {\"content\": ...} or null");
   }
   const int64_t id = tok.token_id(content);
   if (id < 0) {
@@ -229,7 +227,7 @@ int64_t id_of_id_field(const Tokenizer& tok, const json& value, const fs::path& 
   }
   if (v->is_null()) return -1;
   if (!v->is_number_integer()) {
-    throw std::invalid_argument(file.string() + ": field " + field + " is " + value.dump() +
+    throw std::invalid_argument(file.string() + ": field " + field + " is " + json_preview(value) +
                                 ", expected a token id, a list of token ids or null");
   }
   const int64_t id = v->get<int64_t>();
@@ -302,7 +300,7 @@ void bert_options(const fs::path& dir, bool& lower_case, bool& strip_accents) {
     if (j.is_object()) {
       if (j.contains("do_lower_case")) {
         if (!j["do_lower_case"].is_boolean()) {
-          throw std::invalid_argument(file.string() + ": field do_lower_case is " + j["do_lower_case"].dump() +
+          throw std::invalid_argument(file.string() + ": field do_lower_case is " + json_preview(j["do_lower_case"]) +
                                       ", expected true or false");
         }
         lower_case = j["do_lower_case"].get<bool>();
