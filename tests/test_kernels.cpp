@@ -70,6 +70,10 @@ TEST_CASE("quantize_q8 rounds each block of a row against its float16 scale", "[
     const at::Tensor half_scale = q.scales.to(at::kFloat).repeat_interleave(kQ8Block, 1).narrow(1, 0, k) * 0.5;
     CHECK(((back - w).abs() - half_scale).max().item<double>() <= 1e-7);
     CHECK(back[2].abs().max().item<double>() == 0.0);
+    // The one-pass widening (dequantize_q8_rows) is exactly values x scales.
+    const at::Tensor by_hand = q.values.to(at::kFloat) * q.scales.to(at::kFloat).repeat_interleave(kQ8Block, 1).narrow(1, 0, k);
+    CHECK(at::equal(back, by_hand));
+    CHECK(at::equal(dequantize_q8(q.values.narrow(0, 1, 3), q.scales.narrow(0, 1, 3)), by_hand.narrow(0, 1, 3)));
     CHECK(q.scales[2].to(at::kFloat).abs().max().item<double>() == 0.0);
   }
   REQUIRE_THROWS_WITH(quantize_q8(at::zeros({4})), Catch::Contains("expected a 2-D floating-point matrix, found 1-D"));

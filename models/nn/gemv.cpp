@@ -210,6 +210,13 @@ SF_AVX512 inline __m512 load_i8x16(const int8_t* p) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
 }
 
+// 32 int8 values times their block's float16 scale, stored as float32.
+SF_AVX512 inline void dequantize_block_avx512(const int8_t* q, uint16_t scale, float* out) {
+  const __m512 s = _mm512_set1_ps(_cvtsh_ss(scale));
+  _mm512_storeu_ps(out, _mm512_mul_ps(load_i8x16(q), s));
+  _mm512_storeu_ps(out + 16, _mm512_mul_ps(load_i8x16(q + 16), s));
+}
+
 // One row's block of 32: acc += scale * (q . x).
 SF_AVX512 inline void q8_block16(const int8_t* r, float scale, __m512 x0, __m512 x1, __m512& acc) {
   const __m512 s = _mm512_fmadd_ps(load_i8x16(r + 16), x1, _mm512_mul_ps(load_i8x16(r), x0));
@@ -334,6 +341,23 @@ void gemv_q8(const int8_t* q, const uint16_t* scales, const float* x, float* y, 
       gemv_q8_rows_avx2(q, scales, x, y, n0, n1, k);
     } else {
       gemv_q8_rows_generic(q, scales, x, y, n0, n1, k);
+    }
+  });
+}
+
+void dequantize_q8_rows(const int8_t* q, const uint16_t* scales, float* out, int64_t n, int64_t k) {
+  const bool wide = have_avx512();
+  const int64_t nb = q8_blocks(k), full = k / kQ8Block;
+  parallel_rows(n, k, [&](int64_t n0, int64_t n1) {
+    for (int64_t r = n0; r < n1; ++r) {
+      const int8_t* row = q + r * k;
+      const uint16_t* s = scales + r * nb;
+      float* o = out + r * k;
+      int64_t b = 0;
+      if (wide) {
+        for (; b < full; ++b) dequantize_block_avx512(row + b * kQ8Block, s[b], o + b * kQ8Block);
+      }
+      for (int64_t j = b * kQ8Block; j < k; ++j) o[j] = static_cast<float>(row[j]) * half_to_float(s[j / kQ8Block]);
     }
   });
 }

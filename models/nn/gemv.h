@@ -31,6 +31,10 @@ constexpr int64_t kQ8Block = 32;
 inline int64_t q8_blocks(int64_t k) { return (k + kQ8Block - 1) / kQ8Block; }
 void gemv_q8(const int8_t* q, const uint16_t* scales, const float* x, float* y, int64_t n, int64_t k);
 
+// out[n, j] = q[n, j] * scale[n, j / kQ8Block] as float32, rows split across threads: widening an int8 matrix in
+// one pass for products of several rows (prefill).
+void dequantize_q8_rows(const int8_t* q, const uint16_t* scales, float* out, int64_t n, int64_t k);
+
 // Runs body(i) for every i in [0, n), split across LibTorch's intra-op threads (one thread: in order, in the
 // caller). Kernels called inside run on the thread they are called from.
 void parallel_each(int64_t n, const std::function<void(int64_t)>& body);

@@ -23,6 +23,13 @@ Q8Matrix quantize_q8(const at::Tensor& w) {
 
 at::Tensor dequantize_q8(const at::Tensor& values, const at::Tensor& scales, at::ScalarType dtype) {
   const int64_t k = values.size(-1);
+  if (values.dim() == 2 && values.is_contiguous() && scales.is_contiguous() && values.device().is_cpu() &&
+      scales.scalar_type() == at::kHalf && scales.size(0) == values.size(0) && scales.size(1) == q8_blocks(k)) {
+    at::Tensor out = at::empty(values.sizes(), values.options().dtype(at::kFloat));
+    dequantize_q8_rows(values.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>()),
+                       out.data_ptr<float>(), values.size(0), k);
+    return dtype == at::kFloat ? out : out.to(dtype);
+  }
   const at::Tensor s = scales.to(at::kFloat).repeat_interleave(kQ8Block, -1).narrow(-1, 0, k);
   return (values.to(at::kFloat) * s).to(dtype);
 }
