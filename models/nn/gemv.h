@@ -1,8 +1,8 @@
 // Matrix-vector products for one-token decode steps: y = W x with W [N, K] row-major, each weight read once.
-// On this project's machines OpenBLAS picks a generic SSE3 kernel (PRESCOTT: the virtual CPU's model is
-// unknown to it) and runs a one-row nn::Linear as a GEMM that first copies the whole weight; these kernels stream
-// W at the memory bandwidth with AVX2 + FMA when the CPU has them (checked at run time), and fall back to plain
-// C++ otherwise. Results equal a float32 dot product up to summation order.
+// OpenBLAS runs a one-row nn::Linear as a GEMM that first copies (packs) the whole weight; these kernels stream W
+// near the memory bandwidth instead: float32 with AVX2 + FMA, bfloat16 and int8 (widened in registers) with
+// AVX-512, each with software prefetch and checked at run time, plain C++ otherwise. Activations stay float32:
+// results equal a float32 dot product over the stored weights up to summation order.
 #pragma once
 
 #include <cstdint>
