@@ -137,6 +137,28 @@ ResolvedPipeline validate_pipeline(const PipelineSpec& spec, const Registry& reg
     out.edges.push_back(r);
   }
 
+  // A node with input ports and no edge into any of them would never run: refused now rather than found idle
+  // (or waited on) at run time. The message names the outputs that could feed it.
+  for (size_t u = 0; u < spec.nodes.size(); ++u) {
+    const NodeKind& kind = *out.kinds[u];
+    if (kind.inputs.empty()) continue;
+    bool fed = false;
+    for (const ResolvedEdge& e : out.edges) fed = fed || e.to_node == u;
+    if (fed) continue;
+    std::vector<std::string> inputs, feeders;
+    for (const PortDecl& in : kind.inputs) {
+      inputs.push_back("'" + in.name + "' (" + in.type_name + ")");
+      for (size_t v = 0; v < spec.nodes.size(); ++v)
+        for (const PortDecl& o : out.kinds[v]->outputs)
+          if (v != u && o.type == in.type)
+            feeders.push_back("'" + spec.nodes[v].name + "." + o.name + " -> " + spec.nodes[u].name + "." + in.name + "'");
+    }
+    throw std::invalid_argument(spec.where(spec.nodes[u].line) + ": node '" + spec.nodes[u].name + "' (" +
+                                spec.nodes[u].kind + ") receives nothing: no edge enters its input" +
+                                (inputs.size() > 1 ? "s " : " ") + join(inputs, ", ") +
+                                (feeders.empty() ? std::string() : "; connect e.g. " + join(feeders, " or ")));
+  }
+
   // Cycles: without the edges into step-boundary ports the graph must be acyclic.
   const size_t n = spec.nodes.size();
   std::vector<std::vector<size_t>> succ(n);  // edge indices leaving each node

@@ -751,14 +751,19 @@ edges:
 TEST_CASE("node construction and finish() failures name the node", "[graph]") {
   auto probe = std::make_shared<Probe>();
   const std::string nodes = "name: f\nnodes:\n  - {name: src, kind: count-source, params: {count: 3}}\n";
-  REQUIRE_THROWS_AS(Pipeline(parse_pipeline(nodes + "  - {name: f, kind: fail, params: {at: 1, in_constructor: true}}\n",
+  REQUIRE_THROWS_AS(Pipeline(parse_pipeline(nodes + "  - {name: f, kind: fail, params: {at: 1, in_constructor: true}}\nedges: [src -> f]\n",
                                             "pipelines/f.yaml"),
                              test_registry(probe)),
                     std::runtime_error);
-  REQUIRE_THROWS_WITH(Pipeline(parse_pipeline(nodes + "  - {name: f, kind: fail, params: {at: 1, in_constructor: true}}\n",
+  REQUIRE_THROWS_WITH(Pipeline(parse_pipeline(nodes + "  - {name: f, kind: fail, params: {at: 1, in_constructor: true}}\nedges: [src -> f]\n",
                                               "pipelines/f.yaml"),
                                test_registry(probe)),
                       "pipelines/f.yaml:4: node 'f' (fail): cannot open the thing");
+  // Without the edge, 'f' could never run: refused when the pipeline is built, naming what could feed it.
+  REQUIRE_THROWS_WITH(Pipeline(parse_pipeline(nodes + "  - {name: f, kind: fail, params: {at: 1}}\n", "pipelines/f.yaml"),
+                               test_registry(probe)),
+                      "pipelines/f.yaml:4: node 'f' (fail) receives nothing: no edge enters its input 'in' (int64); "
+                      "connect e.g. 'src.out -> f.in'");
   Pipeline pipeline(parse_pipeline(nodes + "  - {name: f, kind: fail, params: {at: 1, in_finish: true}}\nedges: [src -> f]\n",
                                    "pipelines/f.yaml"),
                     test_registry(probe));
