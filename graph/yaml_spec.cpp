@@ -11,6 +11,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "models/io/json_read.h"
+
 namespace sinkflow {
 
 namespace fs = std::filesystem;
@@ -25,19 +27,7 @@ std::string join(const std::vector<std::string>& items, const std::string& sep) 
 
 // A YAML file's text, read up to 16 MiB and no further (/dev/zero as a config included); a directory is refused.
 std::string read_text(const std::string& path, const char* what) {
-  constexpr size_t kMaxYamlBytes = size_t{16} << 20;
-  std::error_code ec;
-  if (fs::is_directory(path, ec))
-    throw std::invalid_argument(std::string(what) + " file '" + path + "' is a directory");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(std::string("cannot open ") + what + " file '" + path + "'");
-  std::string text;
-  char buf[1 << 16];
-  while (text.size() <= kMaxYamlBytes && in.read(buf, sizeof buf).gcount() > 0) text.append(buf, static_cast<size_t>(in.gcount()));
-  if (text.size() > kMaxYamlBytes)
-    throw std::invalid_argument(std::string(what) + " file '" + path + "': more than " + std::to_string(kMaxYamlBytes) +
-                                " bytes, the limit for a YAML file");
-  return text;
+  return read_bounded_file(path, size_t{16} << 20, std::string(what) + " file '" + path + "'", "YAML");
 }
 
 int line_of(const YAML::Node& n) { return n.Mark().is_null() ? 0 : n.Mark().line + 1; }

@@ -15,6 +15,7 @@
 #include "models/io/checkpoint.h"
 #include "models/io/config.h"
 #include "models/io/safetensors.h"
+#include "tests/test_util.h"
 
 // ATen pulls in glog, whose one-argument CHECK macro would replace Catch's: include Catch last.
 #undef CHECK
@@ -41,16 +42,6 @@ struct TempDir {
   }
   std::string sub(const std::string& name) const { return (path / name).string(); }
 };
-
-void write_text(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-}
-
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
 
 bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
   at::Tensor x = a.contiguous(), y = b.contiguous();
@@ -513,7 +504,7 @@ TEST_CASE("checkpoint: a sharded checkpoint loads the same tensors as a single f
   save_checkpoint(sharded, c, tensors, 100 * 1024);  // embed 128 KiB alone, then the rest
 
   CHECK_FALSE(fs::exists(sharded + "/model.safetensors"));
-  const json index = json::parse(read_text(sharded + "/model.safetensors.index.json"));
+  const json index = json::parse(test::read_file(sharded + "/model.safetensors.index.json"));
   CHECK(index.at("metadata").at("total_size") == total);
   CHECK(index.at("weight_map").size() == tensors.size());
   // Greedy in order with a 102400-byte limit: embed_tokens (131072 bytes) alone, then shards of 82432,
@@ -555,7 +546,7 @@ TEST_CASE("checkpoint: gpt2 names without 'transformer.' and bert names with 'be
   std::vector<std::pair<std::string, at::Tensor>> stripped;
   for (const auto& [name, t] : tensors) stripped.emplace_back(name.substr(std::string("transformer.").size()), t);
   fs::create_directories(dir.sub("gpt2"));
-  write_text(dir.sub("gpt2/config.json"), g.to_json_text());
+  test::write_file(dir.sub("gpt2/config.json"), g.to_json_text());
   save_safetensors(dir.sub("gpt2/model.safetensors"), stripped);
   CheckpointTensors ckpt(dir.sub("gpt2"));
   CHECK(ckpt.contains("transformer.h.0.attn.c_attn.weight"));
@@ -570,7 +561,7 @@ TEST_CASE("checkpoint: gpt2 names without 'transformer.' and bert names with 'be
   std::vector<std::pair<std::string, at::Tensor>> prefixed;
   for (const auto& [name, t] : bert) prefixed.emplace_back("bert." + name, t);
   fs::create_directories(dir.sub("bert"));
-  write_text(dir.sub("bert/config.json"), b.to_json_text());
+  test::write_file(dir.sub("bert/config.json"), b.to_json_text());
   save_safetensors(dir.sub("bert/model.safetensors"), prefixed);
   CheckpointTensors bert_ckpt(dir.sub("bert"));
   check_checkpoint(bert_ckpt, b);
@@ -580,11 +571,11 @@ TEST_CASE("checkpoint: gpt2 names without 'transformer.' and bert names with 'be
 
 TEST_CASE("checkpoint: missing model.safetensors", "[checkpoint]") {
   TempDir dir;
-  write_text(dir.sub("config.json"), shape_preset("tiny-llama").to_json_text());
+  test::write_file(dir.sub("config.json"), shape_preset("tiny-llama").to_json_text());
   REQUIRE_THROWS_WITH(CheckpointTensors(dir.path.string()),
                       Catch::Contains(dir.path.string() + ": the checkpoint folder has neither model.safetensors "
                                                           "nor model.safetensors.index.json"));
-  write_text(dir.sub("pytorch_model.bin"), "x");
+  test::write_file(dir.sub("pytorch_model.bin"), "x");
   REQUIRE_THROWS_WITH(CheckpointTensors(dir.path.string()), Catch::Contains("pytorch_model.bin is not supported"));
   REQUIRE_THROWS_WITH(CheckpointTensors(dir.sub("absent")),
                       Catch::Contains("absent: the checkpoint folder does not exist"));
@@ -595,7 +586,7 @@ TEST_CASE("checkpoint: missing config.json", "[checkpoint]") {
   TempDir dir;
   REQUIRE_THROWS_WITH(load_model_config(dir.path.string()),
                       Catch::Contains(dir.path.string() + ": config.json is missing"));
-  write_text(dir.sub("config.json"), "{\"model_type\": \"gpt2\"}");
+  test::write_file(dir.sub("config.json"), "{\"model_type\": \"gpt2\"}");
   REQUIRE_THROWS_WITH(load_model_config(dir.path.string()),
                       Catch::Contains(dir.sub("config.json") + ": field 'vocab_size' is missing"));
 }
@@ -606,7 +597,7 @@ TEST_CASE("checkpoint: tensor name missing", "[checkpoint]") {
   auto tensors = random_tensors(c, 1);
   tensors.pop_back();  // model.norm.weight
   fs::create_directories(dir.sub("m"));
-  write_text(dir.sub("m/config.json"), c.to_json_text());
+  test::write_file(dir.sub("m/config.json"), c.to_json_text());
   save_safetensors(dir.sub("m/model.safetensors"), tensors);
   CheckpointTensors ckpt(dir.sub("m"));
   REQUIRE_THROWS_WITH(check_checkpoint(ckpt, c),
@@ -626,9 +617,9 @@ TEST_CASE("checkpoint: tensor shape not matching config.json", "[checkpoint]") {
   const ModelConfig c = shape_preset("tiny-llama");
   save_checkpoint(dir.sub("m"), c, random_tensors(c, 1));
   // config.json now claims another intermediate size than the weights have.
-  json j = json::parse(read_text(dir.sub("m/config.json")));
+  json j = json::parse(test::read_file(dir.sub("m/config.json")));
   j["intermediate_size"] = 96;
-  write_text(dir.sub("m/config.json"), j.dump());
+  test::write_file(dir.sub("m/config.json"), j.dump());
   const ModelConfig wrong = load_model_config(dir.sub("m"));
   CheckpointTensors ckpt(dir.sub("m"));
   REQUIRE_THROWS_WITH(check_checkpoint(ckpt, wrong),
@@ -661,30 +652,30 @@ TEST_CASE("checkpoint: inconsistent shard index", "[checkpoint]") {
   const std::string m = dir.sub("m");
   save_checkpoint(m, c, random_tensors(c, 1), 100 * 1024);
   const std::string index_path = m + "/model.safetensors.index.json";
-  const json good = json::parse(read_text(index_path));
+  const json good = json::parse(test::read_file(index_path));
 
   json index = good;
   index["weight_map"]["model.norm.weight"] = "model-00009-of-00009.safetensors";
-  write_text(index_path, index.dump());
+  test::write_file(index_path, index.dump());
   REQUIRE_THROWS_WITH(CheckpointTensors(m), Catch::Contains(index_path + ": shard 'model-00009-of-00009.safetensors' "
                                                                          "(holding tensor 'model.norm.weight') does "
                                                                          "not exist"));
   index = good;
   index["weight_map"]["model.norm.weight"] = "model-00001-of-00005.safetensors";
-  write_text(index_path, index.dump());
+  test::write_file(index_path, index.dump());
   REQUIRE_THROWS_WITH(CheckpointTensors(m), Catch::Contains("tensor 'model.norm.weight' is assigned to shard "
                                                             "'model-00001-of-00005.safetensors', but") &&
                                                 Catch::Contains("does not hold it"));
   index = good;
   index["weight_map"]["model.norm.weight"] = "../elsewhere.safetensors";
-  write_text(index_path, index.dump());
+  test::write_file(index_path, index.dump());
   REQUIRE_THROWS_WITH(CheckpointTensors(m), Catch::Contains("expected a plain file name"));
-  write_text(index_path, "{\"weight_map\": 3}");
+  test::write_file(index_path, "{\"weight_map\": 3}");
   REQUIRE_THROWS_WITH(CheckpointTensors(m), Catch::Contains("field 'weight_map' must be an object"));
-  write_text(index_path, "{\"weight_map\": ");
+  test::write_file(index_path, "{\"weight_map\": ");
   REQUIRE_THROWS_WITH(CheckpointTensors(m), Catch::Contains(index_path + ": malformed JSON"));
   // A shard that is itself corrupt is named.
-  write_text(index_path, good.dump());
-  write_text(m + "/model-00002-of-00005.safetensors", "abc");
+  test::write_file(index_path, good.dump());
+  test::write_file(m + "/model-00002-of-00005.safetensors", "abc");
   REQUIRE_THROWS_WITH(CheckpointTensors(m), Catch::Contains("model-00002-of-00005.safetensors: file is 3 bytes"));
 }

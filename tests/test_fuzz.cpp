@@ -36,16 +36,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-void write_bytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << bytes;
-}
-
-std::string read_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
 // One random mutation: flipped bytes, a cut, a duplicated slice, a deep nest or a huge number spliced in.
 std::string mutate(std::string s, std::mt19937_64& rng) {
   if (s.empty()) s = "{}";
@@ -115,11 +105,11 @@ void fuzz(const std::string& kind, int cases, const std::string& seed_text, cons
   for (int i = 0; i < cases; ++i) {
     std::string text = seed_text;
     for (int m = 0, n = 1 + static_cast<int>(rng() % 3); m < n; ++m) text = mutate(text, rng);
-    write_bytes(file, text);
+    test::write_file(file, text);
     const int code = run_capped(parse);
     ++counts[code];
     if (code < 0) {
-      write_bytes(file.string() + ".crash", text);
+      test::write_file(file.string() + ".crash", text);
       FAIL(kind << ": case " << i << " ended by signal " << -code << " (input kept in " << file << ".crash)");
     }
   }
@@ -135,33 +125,33 @@ void fuzz_all(int cases) {
   make_model((dir / "model").string(), o);
   const fs::path model = dir / "model";
 
-  const std::string config = read_bytes(model / "config.json");
+  const std::string config = test::read_file(model / "config.json");
   fuzz("config.json", cases, config, dir / "config.json",
        [&] { ModelConfig::from_json_file((dir / "config.json").string()); });
 
   // The safetensors file: its JSON header mutated, then written back with its (new) length and the original data.
-  const std::string st = read_bytes(model / "model.safetensors");
+  const std::string st = test::read_file(model / "model.safetensors");
   uint64_t header_len = 0;
   for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(st[static_cast<size_t>(i)]);
   const std::string data = st.substr(8 + header_len);
   fuzz("safetensors", cases, st.substr(8, header_len), dir / "header.json", [&] {
-    const std::string header = read_bytes(dir / "header.json");
+    const std::string header = test::read_file(dir / "header.json");
     std::string file(8, '\0');
     for (int i = 0; i < 8; ++i) file[static_cast<size_t>(i)] = static_cast<char>((header.size() >> (8 * i)) & 0xff);
-    write_bytes(dir / "model.safetensors", file + header + data);
+    test::write_file(dir / "model.safetensors", file + header + data);
     SafetensorsFile((dir / "model.safetensors").string());
   });
 
   fs::create_directories(dir / "tok");
-  fuzz("tokenizer", cases, read_bytes(model / "tokenizer.json").substr(0, 200000), dir / "tok" / "tokenizer.json",
+  fuzz("tokenizer", cases, test::read_file(model / "tokenizer.json").substr(0, 200000), dir / "tok" / "tokenizer.json",
        [&] { load_tokenizer((dir / "tok").string()); });
 
   const std::string yaml = "pipeline: count\nparams:\n  src: {count: 5, start: 2}\n  triple:\n    factor: 10\n"
                            "run: {json: true}\n";
-  fuzz("yaml", cases, yaml, dir / "config.yaml", [&] { parse_config(read_bytes(dir / "config.yaml"), "config.yaml"); });
+  fuzz("yaml", cases, yaml, dir / "config.yaml", [&] { parse_config(test::read_file(dir / "config.yaml"), "config.yaml"); });
 
   const std::string jsonl = R"({"role": "user", "content": "What is the best thing to do in San Francisco?"})";
-  fuzz("jsonl", cases, jsonl, dir / "line.jsonl", [&] { parse_json(read_bytes(dir / "line.jsonl"), "line.jsonl:1"); });
+  fuzz("jsonl", cases, jsonl, dir / "line.jsonl", [&] { parse_json(test::read_file(dir / "line.jsonl"), "line.jsonl:1"); });
 }
 
 }  // namespace

@@ -650,7 +650,7 @@ TEST_CASE("validation errors name the file, the line and the field", "[graph]") 
     REQUIRE_THROWS_WITH(parse_config("pipeline: count\nextra: 1\n", "configs/c.yaml"),
                         "configs/c.yaml:2: unknown key 'extra' in config; known keys: pipeline, description, resources, params, run");
     REQUIRE_THROWS_WITH(load_config(kData + "/configs/missing.yaml"),
-                        Catch::Contains("cannot open config file"));
+                        Catch::Contains("config file '" + kData + "/configs/missing.yaml': cannot open the file"));
     const std::string bad = (temp_dir("config") / "c.yaml").string();
     std::ofstream(bad) << "pipeline: nothere\n";
     REQUIRE_THROWS_WITH(load_config(bad), Catch::StartsWith(bad + ":1: pipeline 'nothere' not found (looked for "));

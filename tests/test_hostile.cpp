@@ -39,11 +39,6 @@ namespace {
 
 std::string deep_array(int depth) { return std::string(depth, '[') + std::string(depth, ']'); }
 
-void write_text(const fs::path& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-}
-
 // The message of what `f` throws (std::exception), or "" when nothing is thrown.
 template <class F>
 std::string message_of(F&& f) {
@@ -91,14 +86,14 @@ TEST_CASE("JSON nested 100,000 deep is refused, with a short message, wherever i
   std::string file(8, '\0');
   const uint64_t n = header.size();
   for (int i = 0; i < 8; ++i) file[i] = static_cast<char>((n >> (8 * i)) & 0xff);
-  write_text(dir / "model.safetensors", file + header);
+  test::write_file(dir / "model.safetensors", file + header);
   const std::string ms = message_of([&] { SafetensorsFile((dir / "model.safetensors").string()); });
   CHECK_THAT(ms, Catch::Contains("model.safetensors") && Catch::Contains("nested deeper than 64 levels"));
   CHECK(ms.size() < 300);
   // tokenizer.json.
   const fs::path tok = dir / "tok";
   fs::create_directories(tok);
-  write_text(tok / "tokenizer.json", deep);
+  test::write_file(tok / "tokenizer.json", deep);
   const std::string mt = message_of([&] { load_tokenizer(tok.string()); });
   CHECK_THAT(mt, Catch::Contains("tokenizer.json: arrays and objects nested deeper than 64 levels"));
 }
@@ -154,7 +149,7 @@ TEST_CASE("sizes in config.json past their limits are refused before anything is
   big["num_attention_heads"] = 512;
   big["num_key_value_heads"] = 512;
   const fs::path dir = test::temp_dir("hostile_big");
-  write_text(dir / "config.json", big.dump());
+  test::write_file(dir / "config.json", big.dump());
   REQUIRE(physical_memory_bytes() > 0);
   CHECK_THAT(message_of([&] { load_decoder(dir.string(), at::kCPU, at::kFloat); }),
              Catch::Contains("need") && Catch::Contains("GiB as float32, more than this machine's"));
@@ -189,20 +184,20 @@ TEST_CASE("a checkpoint holding tensors its config.json does not describe is ref
   json config = read_json(dir / "config.json");
   const int64_t layers = config["num_hidden_layers"];
   config["num_hidden_layers"] = layers - 1;
-  write_text(dir / "config.json", config.dump(2));
+  test::write_file(dir / "config.json", config.dump(2));
   const std::string m = message_of([&] { load_decoder(dir.string(), at::kCPU, at::kFloat); });
   CHECK_THAT(m, Catch::Contains("model.safetensors: 9 tensors are not part of the model config.json describes (llama, " +
                                 std::to_string(layers - 1) + " layers): 'model.layers." + std::to_string(layers - 1)));
   CHECK_THAT(m, Catch::Contains("and 6 more; the checkpoint and config.json disagree"));
   // Restored, it loads.
   config["num_hidden_layers"] = layers;
-  write_text(dir / "config.json", config.dump(2));
+  test::write_file(dir / "config.json", config.dump(2));
   CHECK(load_decoder(dir.string(), at::kCPU, at::kFloat)->config().n_layer == layers);
 }
 
 TEST_CASE("InputStream reads lines and bytes, and a stop wakes a read blocked on a silent pipe", "[hostile]") {
   const fs::path dir = test::temp_dir("hostile_input");
-  write_text(dir / "lines.txt", "a\nbb\n\nccc");
+  test::write_file(dir / "lines.txt", "a\nbb\n\nccc");
   {
     InputStream in((dir / "lines.txt").string(), [] { return false; });
     std::string line;
@@ -219,7 +214,7 @@ TEST_CASE("InputStream reads lines and bytes, and a stop wakes a read blocked on
     CHECK(in.read(buf, 16) == 5);
     CHECK(in.read(buf, 16) == 0);
   }
-  write_text(dir / "long.txt", "ok\n" + std::string(5000, 'x') + "\n");
+  test::write_file(dir / "long.txt", "ok\n" + std::string(5000, 'x') + "\n");
   {
     InputStream in((dir / "long.txt").string(), [] { return false; });
     std::string line;
@@ -272,11 +267,12 @@ TEST_CASE("YAML: alias bombs, deep nesting, endless files and empty or repeated 
   CHECK(message_of([&] { load_run_spec("/dev/zero", {}); }) ==
         "pipeline or config file '/dev/zero': more than 16777216 bytes, the limit for a YAML file");
   const fs::path dir = test::temp_dir("hostile_yaml");
-  CHECK(message_of([&] { load_run_spec(dir.string(), {}); }) == "pipeline or config file '" + dir.string() + "' is a directory");
-  write_text(dir / "run.yaml", "pipeline: count\nrun: {jsn: true}\n");
+  CHECK(message_of([&] { load_run_spec(dir.string(), {}); }) ==
+        "pipeline or config file '" + dir.string() + "': is a directory, expected a YAML file");
+  test::write_file(dir / "run.yaml", "pipeline: count\nrun: {jsn: true}\n");
   CHECK_THAT(message_of([&] { load_run_spec((dir / "run.yaml").string(), {}); }),
              Catch::Contains("run.yaml:2: unknown key 'jsn' in run settings; known keys: json, profile"));
-  write_text(dir / "twice.yaml", "pipeline: count\nparams:\n  src: {count: 5}\n  src: {count: 6}\n");
+  test::write_file(dir / "twice.yaml", "pipeline: count\nparams:\n  src: {count: 5}\n  src: {count: 6}\n");
   CHECK_THAT(message_of([&] { load_run_spec((dir / "twice.yaml").string(), {}); }),
              Catch::Contains("twice.yaml:4: 'params' names node 'src' twice (first at"));
 }

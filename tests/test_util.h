@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <vector>
 #include <memory>
 #include <random>
@@ -72,6 +74,16 @@ inline std::vector<int64_t> random_tokens(int64_t n, int64_t vocab, uint64_t see
   std::vector<int64_t> out(n);
   for (auto& t : out) t = static_cast<int64_t>(rng() % static_cast<uint64_t>(vocab));
   return out;
+}
+
+// Writes `bytes` to `path` (replacing it), and reads a whole file back (empty when it cannot be opened).
+inline void write_file(const std::filesystem::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << bytes;
+}
+inline std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 inline std::filesystem::path temp_dir(const std::string& name) {

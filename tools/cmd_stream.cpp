@@ -216,9 +216,13 @@ void run_bench_latency(const LatencyArgs& a) {
   a.rt.apply();
   c10::InferenceMode guard;
   const at::Device device = parse_device(a.rt.device);
-  const std::vector<std::string> dtype_names = split(a.dtypes.empty() ? a.rt.dtype : a.dtypes);
+  std::vector<std::string> dtype_names;  // canonical: "float32", not "auto" or "f32"
   std::vector<std::shared_ptr<Decoder>> decoders;
-  for (const std::string& name : dtype_names) decoders.push_back(load_decoder(a.model, device, parse_dtype(name, device)));
+  for (const std::string& name : split(a.dtypes.empty() ? a.rt.dtype : a.dtypes)) {
+    const at::ScalarType dtype = parse_dtype(name, device);
+    dtype_names.push_back(dtype_name(dtype));
+    decoders.push_back(load_decoder(a.model, device, dtype));
+  }
   const double bandwidth = device.is_cpu() ? read_bandwidth() : 0.0;
   if (bandwidth > 0) std::fprintf(table, "one core reads %.1f GB/s (sum over 1 GiB, best of 5)\n", bandwidth / 1e9);
   nlohmann::json rows = nlohmann::json::array();
@@ -248,7 +252,7 @@ void run_bench_latency(const LatencyArgs& a) {
           continue;
         }
         Cell cell;
-        cell.dtype = dtype_name(parse_dtype(dtype_names[di], device));
+        cell.dtype = dtype_names[di];
         cell.policy = pname;
         cell.decoder = d.get();
         try {
@@ -292,7 +296,7 @@ void run_bench_latency(const LatencyArgs& a) {
                       {"evict_block", a.evict_block}, {"fill_tokens_per_s", fill_rate}, {"floor_ms", floor_ms}});
     }
     for (const std::string& dt : dtype_names) {
-      const std::string n = dtype_name(parse_dtype(dt, device)) + "/";
+      const std::string n = dt + "/";
       if (mean.count(n + "kv-align") && mean.count(n + "recompute")) {
         std::fprintf(table, "%8ld  %skv-align/recompute mean cost per token: %.3f\n", static_cast<long>(cache), n.c_str(),
                      mean[n + "kv-align"] / mean[n + "recompute"]);

@@ -257,9 +257,13 @@ double ModelConfig::parameter_estimate() const {
 }
 
 ModelConfig ModelConfig::from_json_file(const std::string& path) {
-  if (!std::ifstream(path, std::ios::binary))
+  std::string text;
+  try {
+    text = read_json_text(path);
+  } catch (const std::runtime_error&) {
     throw std::invalid_argument(path + ": cannot open the file (expected a Hugging Face config.json)");
-  return from_json_text(read_json_text(path), path);
+  }
+  return from_json_text(text, path);
 }
 
 ModelConfig ModelConfig::from_json_text(const std::string& text, const std::string& source_name) {

@@ -77,22 +77,27 @@ json parse_json(std::string_view text, const std::string& what, const JsonLimits
   return json::parse(text.begin(), text.end());
 }
 
-std::string read_json_text(const std::string& path, const JsonLimits& limits) {
+std::string read_bounded_file(const std::string& path, std::size_t max_bytes, const std::string& label,
+                              const std::string& kind) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
-    throw std::invalid_argument(path + ": is a directory, expected a JSON file");
+    throw std::invalid_argument(label + ": is a directory, expected a " + kind + " file");
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot open the file");
+  if (!in) throw std::runtime_error(label + ": cannot open the file");
   // Read at most one byte past the limit, whatever the file claims (a device such as /dev/zero has no size).
   std::string text;
   char buf[1 << 16];
-  while (text.size() <= limits.max_bytes && in.read(buf, sizeof buf).gcount() > 0)
+  while (text.size() <= max_bytes && in.read(buf, sizeof buf).gcount() > 0)
     text.append(buf, static_cast<size_t>(in.gcount()));
-  if (in.bad()) throw std::runtime_error(path + ": reading the file failed");
-  if (text.size() > limits.max_bytes)
-    throw std::invalid_argument(path + ": more than " + std::to_string(limits.max_bytes) +
-                                " bytes, the limit for a JSON file");
+  if (in.bad()) throw std::runtime_error(label + ": reading the file failed");
+  if (text.size() > max_bytes)
+    throw std::invalid_argument(label + ": more than " + std::to_string(max_bytes) + " bytes, the limit for a " +
+                                kind + " file");
   return text;
+}
+
+std::string read_json_text(const std::string& path, const JsonLimits& limits) {
+  return read_bounded_file(path, limits.max_bytes, path, "JSON");
 }
 
 json read_json_file(const std::string& path, const JsonLimits& limits) {

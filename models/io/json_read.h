@@ -23,8 +23,14 @@ struct JsonLimits {
 // repeated in one object (with the key).
 nlohmann::json parse_json(std::string_view text, const std::string& what, const JsonLimits& limits = {});
 
-// The text of the file at `path`, read up to limits.max_bytes and no further (a device such as /dev/zero included):
-// more is std::invalid_argument, a directory too; a missing or unreadable file is std::runtime_error naming the path.
+// The text of the file at `path`, read up to max_bytes and no further (a device such as /dev/zero included), for
+// every reader of files nobody checked (JSON here, YAML in graph/). Messages start with `label` (the path, or
+// "config file 'x.yaml'"): more than max_bytes and a directory are std::invalid_argument, a file that cannot be
+// opened or read std::runtime_error. `kind` names the expected file ("JSON").
+std::string read_bounded_file(const std::string& path, std::size_t max_bytes, const std::string& label,
+                              const std::string& kind);
+
+// read_bounded_file for a JSON file: labelled by its path, at most limits.max_bytes.
 std::string read_json_text(const std::string& path, const JsonLimits& limits = {});
 
 // read_json_text, then parse_json.

@@ -92,10 +92,11 @@ std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device,
   const bool split = device.is_cpu() && ((dtype == at::kBFloat16 && config.family == Family::llama) || dtype == at::kChar);
   const at::ScalarType compute = split ? at::kFloat : dtype;
   // The weights are loaded in the compute dtype: more than this machine's memory is an error before any allocation.
-  const double bytes = config.parameter_estimate() * static_cast<double>(c10::elementSize(compute));
+  const double params = config.parameter_estimate();
+  const double bytes = params * static_cast<double>(c10::elementSize(compute));
   const int64_t memory = physical_memory_bytes();
   if (device.is_cpu() && memory > 0 && bytes > static_cast<double>(memory))
-    throw std::invalid_argument(dir + ": about " + std::to_string(static_cast<int64_t>(config.parameter_estimate() / 1e6)) +
+    throw std::invalid_argument(dir + ": about " + std::to_string(static_cast<int64_t>(params / 1e6)) +
                                 "M parameters need " + gib_text(bytes) + " as " + dtype_name(compute) +
                                 ", more than this machine's " + gib_text(static_cast<double>(memory)));
   auto decoder = make_decoder(config, device, compute);
@@ -131,7 +132,8 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
   const bool kernel = w.dim() == 2 && w.is_contiguous() && x.scalar_type() == at::kFloat &&
                       (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16 || q8) &&
                       (!q8 || w_scales.is_contiguous());
-  if (!row || !kernel || needs_grad({x, w, b})) {
+  const bool grad = needs_grad({x, w, b});
+  if (!row || !kernel || grad) {
     // Rows [r0, r0 + n) of the product; matrices kept in a narrower dtype (store_matrices_as) are widened.
     const auto part = [&](int64_t r0, int64_t n) {
       const at::Tensor wp = n == w.size(0) ? w : w.narrow(0, r0, n);
@@ -142,7 +144,7 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
     // Several rows on several CPU threads: each thread multiplies a slice of W with one-threaded BLAS
     // (configure_threads), as OpenBLAS's own threads and LibTorch's OpenMP workers would spin against each other.
     const int64_t parts = std::min<int64_t>(at::get_num_threads(), w.size(0) / 64);
-    if (!x.device().is_cpu() || parts < 2 || x.numel() == x.size(-1) || needs_grad({x, w, b})) return part(0, w.size(0));
+    if (!x.device().is_cpu() || parts < 2 || x.numel() == x.size(-1) || grad) return part(0, w.size(0));
     std::vector<at::Tensor> outs(static_cast<size_t>(parts));
     parallel_each(parts, [&](int64_t i) {
       const int64_t r0 = w.size(0) * i / parts, r1 = w.size(0) * (i + 1) / parts;
