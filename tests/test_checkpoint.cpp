@@ -209,7 +209,7 @@ TEST_CASE("config: unknown model_type", "[config]") {
   json j = tiny_llama_json();
   j["model_type"] = "falcon";
   REQUIRE_THROWS_WITH(parse(j), Catch::Contains("config.json: field 'model_type' is \"falcon\", expected one of "
-                                                "llama, mistral, qwen2, gpt2, bert"));
+                                                "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, gpt2, bert"));
   REQUIRE_THROWS_AS(parse(j), std::invalid_argument);
   j.erase("model_type");
   REQUIRE_THROWS_WITH(parse(j), Catch::Contains("config.json: field 'model_type' is missing"));
@@ -287,10 +287,32 @@ TEST_CASE("config: inconsistent sizes", "[config]") {
 
 TEST_CASE("config: unsupported features are refused by name", "[config]") {
   json j = tiny_llama_json();
-  j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
-  REQUIRE_THROWS_WITH(parse(j), Catch::Contains("config.json: field 'rope_scaling' of type 'linear' is not supported"));
+  j["rope_scaling"] = {{"type", "longrope"}, {"factor", 2.0}};
+  REQUIRE_THROWS_WITH(parse(j), Catch::Contains("config.json: field 'rope_scaling': field 'type' is \"longrope\", "
+                                                "expected one of default, linear, dynamic, llama3, yarn"));
   j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
-  REQUIRE_THROWS_WITH(parse(j), Catch::Contains("field 'rope_scaling' of type 'llama3' is not supported"));
+  REQUIRE_THROWS_WITH(parse(j), Catch::Contains("config.json: field 'rope_scaling': field "
+                                                "'original_max_position_embeddings' is missing"));
+  j["rope_scaling"] = {{"rope_type", "linear"}};
+  REQUIRE_THROWS_WITH(parse(j), Catch::Contains("field 'rope_scaling': field 'factor' is missing"));
+  j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 4}};
+  CHECK(parse(j).rope_scaling.factor == 4.0);
+  j["rope_scaling"] = {{"rope_type", "default"}};
+  CHECK(parse(j).rope_scaling.type.empty());
+  j = tiny_llama_json();
+  j["model_type"] = "gemma3";
+  REQUIRE_THROWS_WITH(parse(j), Catch::Contains("the multimodal Gemma3ForConditionalGeneration"));
+  j = tiny_llama_json();
+  j["model_type"] = "mistral";
+  j["sliding_window"] = 16;
+  j["layer_types"] = {"sliding_attention"};
+  REQUIRE_THROWS_WITH(parse(j), Catch::Contains("field 'layer_types' must be a list of 2 entries"));
+  j["layer_types"] = {"sliding_attention", "chunked_attention"};
+  REQUIRE_THROWS_WITH(parse(j), Catch::Contains("field 'layer_types' holds \"chunked_attention\""));
+  j.erase("layer_types");
+  CHECK(parse(j).sliding_layers == std::vector<uint8_t>{1, 1});
+  j["model_type"] = "qwen2";
+  CHECK(parse(j).sliding_window == 0);  // qwen2: off unless use_sliding_window
   j = tiny_llama_json();
   j["hidden_act"] = "gelu";
   REQUIRE_THROWS_WITH(parse(j), Catch::Contains("field 'hidden_act' is \"gelu\", expected one of silu"));
@@ -678,4 +700,27 @@ TEST_CASE("checkpoint: inconsistent shard index", "[checkpoint]") {
   test::write_file(index_path, good.dump());
   test::write_file(m + "/model-00002-of-00005.safetensors", "abc");
   REQUIRE_THROWS_WITH(CheckpointTensors(m), Catch::Contains("model-00002-of-00005.safetensors: file is 3 bytes"));
+}
+
+TEST_CASE("config: real config.json files parse to the make-model preset of the same model, field for field",
+          "[config]") {
+  // tests/data/configs/SOURCES.md names the public repository each file was copied from.
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"meta-llama__Llama-3.2-1B", "llama-3.2-1b"},
+      {"meta-llama__Llama-3.1-8B", "llama-3.1-8b"},
+      {"Qwen__Qwen3-0.6B", "qwen3-0.6b"}};
+  for (const auto& [folder, preset] : cases) {
+    INFO(folder << " vs preset " << preset);
+    const ModelConfig real =
+        ModelConfig::from_json_file(std::string(SINKFLOW_SOURCE_DIR) + "/tests/data/configs/" + folder + "/config.json");
+    CHECK(real == shape_preset(preset));
+  }
+  const ModelConfig llama32 = shape_preset("llama-3.2-1b");
+  CHECK(llama32.rope_scaling.type == "llama3");
+  CHECK(llama32.rope_scaling.factor == 32.0);
+  CHECK(llama32.rope_scaling.original_max_positions == 8192);
+  const ModelConfig qwen3 = shape_preset("qwen3-0.6b");
+  CHECK(qwen3.qk_norm);
+  CHECK(qwen3.d_head == 128);
+  CHECK(qwen3.sliding_window == 0);  // use_sliding_window: false
 }

@@ -210,7 +210,7 @@ EvictedSpan KvCache::apply(const StepPlan& plan) {
     }
     if (config_.evict_kv) {
       at::Tensor k = take(k_, 2, plan.evict_slots);
-      if (rope_ && config_.scheme == PositionScheme::fast) k = rope_->rotate(k, [&] {
+      if (rope_ && config_.scheme == PositionScheme::fast) k = rope_->rotate_layers(k, [&] {
           std::vector<int64_t> neg;
           for (int64_t p : span.positions) neg.push_back(-p);
           return neg;
@@ -286,7 +286,7 @@ void KvCache::refresh_virtual_positions() {
   if (!changed) return;
   // Re-rotate from the un-rotated keys: no error accumulates however long the stream.
   at::Tensor raw = take(k_raw_, 2, slots);  // [L, KV, n, dh]
-  at::Tensor rotated = rope_->rotate(raw, targets);
+  at::Tensor rotated = rope_->rotate_layers(raw, targets);
   put(k_, 2, slots, rotated);
   for (size_t i = 0; i < slots.size(); ++i) rot_pos_[slots[i]] = targets[i];
 }
@@ -347,21 +347,33 @@ std::vector<int64_t> KvCache::input_positions(const StepPlan& plan) const {
   return out;
 }
 
-at::Tensor KvCache::attention_mask(const StepPlan& plan) const {
+at::Tensor KvCache::attention_mask(const StepPlan& plan, int64_t window) const {
   const int64_t e = extent();
   const int64_t t = static_cast<int64_t>(plan.tokens.size());
-  bool all_visible = true;
   auto memory = [&](int64_t s) { return s >= config_.n_sink && s < recent_begin(); };
+  // A sliding window measures distances as the keys are rotated: rotated positions (fast: sinks and memory sit
+  // just before the window) or in-cache indices (naive, learned positions), which give the same distances.
+  std::vector<int64_t> key_pos, query_pos;
+  if (window > 0) {
+    const bool fast = rope_ && config_.scheme == PositionScheme::fast;
+    key_pos = fast ? rot_pos_ : in_cache_index();
+    query_pos = input_positions(plan);
+  }
+  auto visible = [&](int64_t s, int64_t j) {
+    if (!used_[s] || !(memory(s) || slot_pos_[s] <= plan.positions[j])) return false;
+    return window <= 0 || query_pos[j] - key_pos[s] < window;
+  };
+  bool all_visible = true;
   for (int64_t s = 0; s < e && all_visible; ++s) {
-    all_visible = used_[s] && (t == 1 || memory(s) || slot_pos_[s] <= plan.positions[0]);
+    all_visible = used_[s] && (t == 1 || memory(s) || slot_pos_[s] <= plan.positions[0]) &&
+                  (window <= 0 || query_pos[t - 1] - key_pos[s] < window);
   }
   if (all_visible) return {};
   at::Tensor mask = at::full({t, e}, -std::numeric_limits<float>::infinity(), at::kFloat);
   float* m = mask.data_ptr<float>();
   for (int64_t s = 0; s < e; ++s) {
-    if (!used_[s]) continue;
     for (int64_t j = 0; j < t; ++j) {
-      if (memory(s) || slot_pos_[s] <= plan.positions[j]) m[j * e + s] = 0.0f;
+      if (visible(s, j)) m[j * e + s] = 0.0f;
     }
   }
   return k_.device().is_cpu() ? mask : mask.to(k_.device());
@@ -402,7 +414,7 @@ std::pair<at::Tensor, at::Tensor> KvCache::layer_kv(int64_t layer) const {
     std::vector<int64_t> idx = in_cache_index();
     idx.resize(e);
     for (auto& i : idx) i = std::max<int64_t>(i, 0);
-    k = rope_->rotate(k, idx);
+    k = rope_->rotate(k, idx, layer);
   }
   return {k, v};
 }

@@ -122,8 +122,10 @@ class KvCache {
   // Input position of each new token: absolute (RoPE, fast) or in-cache index (naive, and learned positions).
   std::vector<int64_t> input_positions(const StepPlan& plan) const;
   // Additive mask [T, extent] (0 visible, -inf hidden) for the new tokens, or an undefined tensor when
-  // every slot in [0, extent) is visible to every new token.
-  at::Tensor attention_mask(const StepPlan& plan) const;
+  // every slot in [0, extent) is visible to every new token. window > 0 (sliding-window layers): a key is also
+  // hidden when it lies `window` or more positions before the query, distances counted as StreamingLLM sees them
+  // (in-cache positions), so a dense cache gives exactly transformers' sliding-window mask.
+  at::Tensor attention_mask(const StepPlan& plan, int64_t window = 0) const;
   // Stores the new tokens' K/V of one layer. k_raw is un-rotated, k_rot rotated at input_positions():
   // both [n_kv_head, T, d_head]; v likewise.
   void store(int64_t layer, const StepPlan& plan, const at::Tensor& k_raw, const at::Tensor& k_rot,

@@ -227,7 +227,7 @@ std::vector<std::pair<std::string, at::Tensor>> random_tensors(const ModelConfig
     if (is_residual_projection(name)) std *= residual_scale;
     at::Tensor t = at::empty(shape, at::TensorOptions().dtype(at::kFloat));
     t.normal_(0.0, std, generator);
-    if (is_norm_weight(name)) t.add_(1.0);
+    if (is_norm_weight(name) && !config.gemma()) t.add_(1.0);  // gemma scales by (1 + w)
     if (dtype != at::kFloat) t = t.to(dtype);
     out.emplace_back(name, std::move(t));
   }

@@ -3,6 +3,7 @@
 #include "models/io/limits.h"
 #include "models/io/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <limits>
@@ -17,7 +18,8 @@ namespace {
 using nlohmann::json;
 using ordered_json = nlohmann::ordered_json;
 
-const std::vector<std::string> kModelTypes = {"llama", "mistral", "qwen2", "gpt2", "bert"};
+const std::vector<std::string> kModelTypes = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt2", "bert"};
+const std::vector<std::string> kRopeTypes = {"default", "linear", "dynamic", "llama3", "yarn"};
 const std::vector<std::string> kTorchDtypes = {"float32", "float16", "bfloat16"};
 
 std::string join(const std::vector<std::string>& items, const std::string& separator = ", ") {
@@ -118,8 +120,84 @@ std::string read_dtype(const Fields& fields) {
   return fields.one_of(field, kTorchDtypes, "float32");
 }
 
+// config.json "rope_scaling": null, or an object with "rope_type" (or the older "type") and its parameters.
+RopeScaling parse_rope_scaling(const json& root, const std::string& source, int64_t max_positions) {
+  RopeScaling r;
+  if (!root.contains("rope_scaling") || root.at("rope_scaling").is_null()) return r;
+  const json& scaling = root.at("rope_scaling");
+  if (!scaling.is_object()) fail(source, "field 'rope_scaling' must be an object or null, found " + show(scaling));
+  const std::string where = source + ": field 'rope_scaling'";
+  Fields f(scaling, where);
+  const std::string key = f.has("rope_type") ? "rope_type" : "type";
+  r.type = f.one_of(key, kRopeTypes, "");
+  if (r.type == "default") r.type.clear();
+  if (r.type.empty()) return r;
+  r.factor = f.positive_number("factor", 0.0);
+  if (r.factor == 0.0) fail(where, "field 'factor' is missing (expected a positive number for rope_type '" + r.type + "')");
+  if (r.type == "llama3") {
+    r.low_freq_factor = f.positive_number("low_freq_factor", 0.0);
+    r.high_freq_factor = f.positive_number("high_freq_factor", 0.0);
+    r.original_max_positions = f.positive_int("original_max_position_embeddings");
+    if (r.low_freq_factor == 0.0 || r.high_freq_factor == 0.0)
+      fail(where, "rope_type 'llama3' needs the fields 'low_freq_factor' and 'high_freq_factor'");
+    if (!(r.high_freq_factor > r.low_freq_factor))
+      fail(where, "field 'high_freq_factor' (" + show(scaling.at("high_freq_factor")) +
+                      ") must be larger than field 'low_freq_factor' (" + show(scaling.at("low_freq_factor")) + ")");
+  } else if (r.type == "yarn") {
+    r.original_max_positions = f.positive_int("original_max_position_embeddings", 0);
+    r.beta_fast = f.positive_number("beta_fast", 32.0);
+    r.beta_slow = f.positive_number("beta_slow", 1.0);
+    r.mscale = f.positive_number("mscale", 0.0);
+    r.mscale_all_dim = f.positive_number("mscale_all_dim", 0.0);
+    r.attention_factor = f.positive_number("attention_factor", 0.0);
+    r.truncate = f.boolean("truncate", true);
+  } else if (r.type == "dynamic") {
+    r.original_max_positions = f.positive_int("original_max_position_embeddings", 0);
+  }
+  if (r.original_max_positions > max_positions && r.type != "yarn")
+    fail(where, "field 'original_max_position_embeddings' (" + std::to_string(r.original_max_positions) +
+                    ") exceeds field 'max_position_embeddings' (" + std::to_string(max_positions) + ")");
+  return r;
+}
+
+// Which layers attend through a sliding window: "layer_types" when given (transformers >= 4.53 writes it),
+// else the model type's own rule.
+std::vector<uint8_t> parse_sliding_layers(const Fields& f, const json& root, const std::string& source,
+                                          const ModelConfig& c) {
+  std::vector<uint8_t> out;
+  if (c.sliding_window == 0) return out;
+  if (f.has("layer_types")) {
+    const json& types = root.at("layer_types");
+    if (!types.is_array() || static_cast<int64_t>(types.size()) != c.n_layer)
+      fail(source, "field 'layer_types' must be a list of " + std::to_string(c.n_layer) +
+                       " entries (one per layer), found " + show(types));
+    for (const json& t : types) {
+      if (t == "sliding_attention") {
+        out.push_back(1);
+      } else if (t == "full_attention") {
+        out.push_back(0);
+      } else {
+        fail(source, "field 'layer_types' holds " + show(t) + ", expected \"full_attention\" or \"sliding_attention\"");
+      }
+    }
+    return out;
+  }
+  out.assign(static_cast<size_t>(c.n_layer), 1);  // mistral: every layer
+  if (c.model_type == "gemma2") {
+    for (int64_t i = 0; i < c.n_layer; ++i) out[i] = i % 2 == 0;  // even layers local, odd layers global
+  } else if (c.model_type == "gemma3_text") {
+    const int64_t pattern = f.positive_int("sliding_window_pattern", 6);
+    for (int64_t i = 0; i < c.n_layer; ++i) out[i] = (i + 1) % pattern != 0;  // every pattern-th layer global
+  } else if (c.model_type == "qwen2" || c.model_type == "qwen3") {
+    const int64_t from = f.positive_int("max_window_layers", c.n_layer);
+    for (int64_t i = 0; i < c.n_layer; ++i) out[i] = i >= from;
+  }
+  return out;
+}
+
 void parse_llama(const Fields& f, const json& root, const std::string& source, ModelConfig& c) {
   c.family = Family::llama;
+  const bool gemma = c.gemma();
   c.vocab_size = f.positive_int("vocab_size");
   c.d_model = f.positive_int("hidden_size");
   c.d_ff = f.positive_int("intermediate_size");
@@ -138,28 +216,36 @@ void parse_llama(const Fields& f, const json& root, const std::string& source, M
   c.norm_eps = f.positive_number("rms_norm_eps", 1e-6);
   c.rope_theta = f.positive_number("rope_theta", 10000.0);
   c.partial_rotary_factor = f.positive_number("partial_rotary_factor", 1.0);
-  c.tie_word_embeddings = f.boolean("tie_word_embeddings", false);
+  c.tie_word_embeddings = f.boolean("tie_word_embeddings", gemma);
   if (c.model_type == "qwen2") {
     c.attention_bias = true;  // Qwen2Attention: q/k/v with bias, o_proj without
     c.attention_out_bias = false;
     c.mlp_bias = false;
-  } else if (c.model_type == "llama") {
+  } else if (c.model_type == "llama" || c.model_type == "qwen3" || gemma) {
+    // Qwen3Attention and GemmaAttention: attention_bias on q/k/v and o_proj alike (false in every released model).
     c.attention_bias = c.attention_out_bias = f.boolean("attention_bias", false);
-    c.mlp_bias = f.boolean("mlp_bias", false);
+    if (c.model_type == "llama") c.mlp_bias = f.boolean("mlp_bias", false);
   }  // mistral: never biases
-  f.one_of("hidden_act", {"silu"}, "silu");
-  if (root.contains("rope_scaling") && !root.at("rope_scaling").is_null()) {
-    const json& scaling = root.at("rope_scaling");
-    if (!scaling.is_object())
-      fail(source, "field 'rope_scaling' must be an object or null, found " + show(scaling));
-    std::string type = "unknown";
-    for (const char* key : {"rope_type", "type"})
-      if (scaling.contains(key) && scaling.at(key).is_string()) {
-        type = scaling.at(key).get<std::string>();
-        break;
-      }
-    fail(source, "field 'rope_scaling' of type '" + type + "' is not supported (expected null: plain RoPE)");
+  if (gemma) {
+    // transformers reads hidden_activation (hidden_act is an older alias that Gemma ignores).
+    f.one_of("hidden_activation", {"gelu_pytorch_tanh"}, "gelu_pytorch_tanh");
+    c.query_pre_attn_scalar = f.positive_number("query_pre_attn_scalar", static_cast<double>(c.d_head));
+    c.attn_softcap = f.positive_number("attn_logit_softcapping", 0.0);
+    c.final_softcap = f.positive_number("final_logit_softcapping", 0.0);
+  } else {
+    f.one_of("hidden_act", {"silu"}, "silu");
   }
+  c.qk_norm = c.model_type == "qwen3" || c.model_type == "gemma3_text";
+  if (c.model_type == "gemma3_text") c.rope_local_theta = f.positive_number("rope_local_base_freq", 10000.0);
+  // Sliding-window attention: mistral and gemma whenever sliding_window is set; qwen2/qwen3 only with
+  // use_sliding_window (their configs carry a sliding_window that is off by default).
+  const bool qwen = c.model_type == "qwen2" || c.model_type == "qwen3";
+  if (c.model_type != "llama" && f.has("sliding_window") && (!qwen || f.boolean("use_sliding_window", false)))
+    c.sliding_window = f.positive_int("sliding_window");
+  else if (gemma && !root.contains("sliding_window"))
+    c.sliding_window = 4096;  // Gemma2Config / Gemma3TextConfig default
+  c.sliding_layers = parse_sliding_layers(f, root, source, c);
+  c.rope_scaling = parse_rope_scaling(root, source, c.max_positions);
 }
 
 void parse_gpt2(const Fields& f, const std::string& source, ModelConfig& c) {
@@ -275,7 +361,11 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   const json& type = fields.require("model_type", "one of " + join(kModelTypes));
   if (!type.is_string()) fail(source_name, "field 'model_type' must be a string, found " + show(type));
   c.model_type = type.get<std::string>();
-  if (c.model_type == "llama" || c.model_type == "mistral" || c.model_type == "qwen2") {
+  if (c.model_type == "gemma3") {
+    fail(source_name, "field 'model_type' is \"gemma3\" (the multimodal Gemma3ForConditionalGeneration); sinkflow "
+                      "runs its language model: a config with model_type \"gemma3_text\" (the fields of text_config)");
+  } else if (c.model_type != "gpt2" && c.model_type != "bert" &&
+             std::find(kModelTypes.begin(), kModelTypes.end(), c.model_type) != kModelTypes.end()) {
     parse_llama(fields, root, source_name, c);
   } else if (c.model_type == "gpt2") {
     parse_gpt2(fields, source_name, c);
@@ -348,14 +438,48 @@ void ModelConfig::validate(const std::string& source_name) const {
       fail(s, "field 'partial_rotary_factor' (" + std::to_string(partial_rotary_factor) + ") times head_dim (" +
                   std::to_string(d_head) + ") must give an even number of rotated dims, found " +
                   std::to_string(rot));
+    const RopeScaling& r = rope_scaling;
+    if (!r.type.empty()) {
+      if (r.type != "linear" && r.type != "dynamic" && r.type != "llama3" && r.type != "yarn")
+        fail(s, "field 'rope_scaling' has rope_type '" + r.type + "', expected one of linear, dynamic, llama3, yarn");
+      if (!(r.factor > 0.0) || !std::isfinite(r.factor))
+        fail(s, "field 'rope_scaling' needs a positive 'factor', found " + std::to_string(r.factor));
+      if (r.type == "llama3" && (r.original_max_positions <= 0 || !(r.high_freq_factor > r.low_freq_factor) ||
+                                 !(r.low_freq_factor > 0.0)))
+        fail(s, "field 'rope_scaling' of type llama3 needs original_max_position_embeddings > 0 and "
+                "0 < low_freq_factor < high_freq_factor");
+      if (r.original_max_positions < 0 || r.original_max_positions > kMaxPositions)
+        fail(s, "field 'rope_scaling.original_max_position_embeddings' is " + std::to_string(r.original_max_positions) +
+                    ", expected 0 (absent) .. " + std::to_string(kMaxPositions));
+    }
+    if (!(rope_local_theta >= 0.0) || !std::isfinite(rope_local_theta))
+      fail(s, "field 'rope_local_base_freq' must be a positive number, found " + std::to_string(rope_local_theta));
+    if (sliding_window < 0 || sliding_window > kMaxPositions)
+      fail(s, "field 'sliding_window' is " + std::to_string(sliding_window) + ", expected 1 .. " +
+                  std::to_string(kMaxPositions) + " or null");
+    if (!sliding_layers.empty() && static_cast<int64_t>(sliding_layers.size()) != n_layer)
+      fail(s, "field 'layer_types' has " + std::to_string(sliding_layers.size()) + " entries, expected one per layer (" +
+                  std::to_string(n_layer) + ")");
+    if (sliding_window == 0 && !sliding_layers.empty())
+      fail(s, "sliding-window layers are listed but field 'sliding_window' is null");
+    for (double v : {query_pre_attn_scalar, attn_softcap, final_softcap})
+      if (!(v >= 0.0) || !std::isfinite(v))
+        fail(s, "fields 'query_pre_attn_scalar', 'attn_logit_softcapping' and 'final_logit_softcapping' must be "
+                "positive numbers or null, found " + std::to_string(v));
+    if (!gemma() && (query_pre_attn_scalar != 0.0 || attn_softcap != 0.0 || final_softcap != 0.0))
+      fail(s, "query_pre_attn_scalar and logit soft-capping belong to gemma models, not " + model_type);
+    if (qk_norm != (model_type == "qwen3" || model_type == "gemma3_text"))
+      fail(s, "per-head q/k norms belong to qwen3 and gemma3_text, not " + model_type);
     if (model_type == "qwen2" && (!attention_bias || attention_out_bias || mlp_bias))
       fail(s, "qwen2 has q/k/v biases only, found attention_bias=" + std::to_string(attention_bias) +
                   " attention_out_bias=" + std::to_string(attention_out_bias) + " mlp_bias=" + std::to_string(mlp_bias));
+    if ((model_type == "qwen3" || gemma()) && mlp_bias)
+      fail(s, model_type + " has no MLP biases, found mlp_bias=1");
     if (model_type == "mistral" && (attention_bias || attention_out_bias || mlp_bias))
       fail(s, "mistral has no biases, found attention_bias=" + std::to_string(attention_bias) +
                   " attention_out_bias=" + std::to_string(attention_out_bias) + " mlp_bias=" + std::to_string(mlp_bias));
-    if (model_type == "llama" && attention_bias != attention_out_bias)
-      fail(s, "field 'attention_bias' of llama covers q/k/v and o_proj alike, found attention_bias=" +
+    if ((model_type == "llama" || model_type == "qwen3" || gemma()) && attention_bias != attention_out_bias)
+      fail(s, "field 'attention_bias' of " + model_type + " covers q/k/v and o_proj alike, found attention_bias=" +
                   std::to_string(attention_bias) + " attention_out_bias=" + std::to_string(attention_out_bias));
   } else {
     if (n_kv_head != n_head)
@@ -370,15 +494,22 @@ void ModelConfig::validate(const std::string& source_name) const {
     if (family == Family::gpt2 && !tie_word_embeddings)
       fail(s, "field 'tie_word_embeddings' is false, expected true (gpt2 ties lm_head to transformer.wte)");
     if (family == Family::bert) positive(type_vocab_size, "type_vocab_size");
+    if (!rope_scaling.type.empty() || sliding_window != 0 || !sliding_layers.empty() || qk_norm ||
+        rope_local_theta != 0.0 || query_pre_attn_scalar != 0.0 || attn_softcap != 0.0 || final_softcap != 0.0)
+      fail(s, model_type + " has learned positions and plain attention: rope_scaling, sliding_window, q/k norms and "
+                           "soft-capping do not apply");
   }
 }
 
 std::string ModelConfig::to_json_text() const {
   ordered_json j;
   if (family == Family::llama) {
-    const char* arch = model_type == "qwen2"     ? "Qwen2ForCausalLM"
-                       : model_type == "mistral" ? "MistralForCausalLM"
-                                                 : "LlamaForCausalLM";
+    const char* arch = model_type == "qwen2"         ? "Qwen2ForCausalLM"
+                       : model_type == "qwen3"       ? "Qwen3ForCausalLM"
+                       : model_type == "mistral"     ? "MistralForCausalLM"
+                       : model_type == "gemma2"      ? "Gemma2ForCausalLM"
+                       : model_type == "gemma3_text" ? "Gemma3ForCausalLM"
+                                                     : "LlamaForCausalLM";
     j["architectures"] = {arch};
     j["model_type"] = model_type;
     j["vocab_size"] = vocab_size;
@@ -389,19 +520,57 @@ std::string ModelConfig::to_json_text() const {
     j["num_key_value_heads"] = n_kv_head;
     j["head_dim"] = d_head;
     j["max_position_embeddings"] = max_positions;
-    j["hidden_act"] = "silu";
+    if (gemma()) {
+      j["hidden_activation"] = "gelu_pytorch_tanh";
+      j["query_pre_attn_scalar"] = query_pre_attn_scalar;
+      j["attn_logit_softcapping"] = attn_softcap > 0.0 ? json(attn_softcap) : json(nullptr);
+      j["final_logit_softcapping"] = final_softcap > 0.0 ? json(final_softcap) : json(nullptr);
+    } else {
+      j["hidden_act"] = "silu";
+    }
     j["rms_norm_eps"] = norm_eps;
     j["rope_theta"] = rope_theta;
-    j["rope_scaling"] = nullptr;
+    if (rope_local_theta > 0.0) j["rope_local_base_freq"] = rope_local_theta;
+    if (rope_scaling.type.empty()) {
+      j["rope_scaling"] = nullptr;
+    } else {
+      const RopeScaling& r = rope_scaling;
+      ordered_json rs;
+      rs["rope_type"] = r.type;
+      rs["factor"] = r.factor;
+      if (r.type == "llama3") {
+        rs["low_freq_factor"] = r.low_freq_factor;
+        rs["high_freq_factor"] = r.high_freq_factor;
+      }
+      if (r.type == "yarn") {
+        rs["beta_fast"] = r.beta_fast;
+        rs["beta_slow"] = r.beta_slow;
+        if (r.mscale > 0.0) rs["mscale"] = r.mscale;
+        if (r.mscale_all_dim > 0.0) rs["mscale_all_dim"] = r.mscale_all_dim;
+        if (r.attention_factor > 0.0) rs["attention_factor"] = r.attention_factor;
+        if (!r.truncate) rs["truncate"] = false;
+      }
+      if (r.original_max_positions > 0) rs["original_max_position_embeddings"] = r.original_max_positions;
+      j["rope_scaling"] = rs;
+    }
     if (partial_rotary_factor != 1.0) j["partial_rotary_factor"] = partial_rotary_factor;
     j["tie_word_embeddings"] = tie_word_embeddings;
-    if (model_type == "llama") {
-      j["attention_bias"] = attention_bias;
-      j["mlp_bias"] = mlp_bias;
+    if (model_type == "llama" || model_type == "qwen3" || gemma()) j["attention_bias"] = attention_bias;
+    if (model_type == "llama") j["mlp_bias"] = mlp_bias;
+    if (model_type == "qwen2" || model_type == "qwen3") {
+      j["use_sliding_window"] = sliding_window > 0;
+      j["max_window_layers"] = n_layer;  // layer_types below says which layers slide
     }
-    if (model_type == "qwen2" || model_type == "mistral") {
-      j["use_sliding_window"] = false;
-      j["sliding_window"] = nullptr;
+    j["sliding_window"] = sliding_window > 0 ? json(sliding_window) : json(nullptr);
+    if (model_type == "gemma3_text" && sliding_window > 0) {
+      int64_t pattern = 1;  // the older field: every pattern-th layer is global
+      while (pattern <= n_layer && is_sliding(pattern - 1)) ++pattern;
+      j["sliding_window_pattern"] = pattern;
+    }
+    if (!sliding_layers.empty()) {
+      json types = json::array();
+      for (uint8_t sl : sliding_layers) types.push_back(sl ? "sliding_attention" : "full_attention");
+      j["layer_types"] = types;
     }
     j["attention_dropout"] = 0.0;
     j["initializer_range"] = 0.02;
@@ -449,8 +618,10 @@ std::string ModelConfig::to_json_text() const {
 }
 
 std::vector<std::string> shape_preset_names() {
-  return {"tiny-llama",     "tiny-gpt2",  "tiny-bert",  "smollm2-135m", "smollm2-360m",  "tinyllama-1.1b",
-          "llama-2-7b",     "qwen2-0.5b", "gpt2",       "distilgpt2",   "gpt2-medium",   "minilm-l6"};
+  return {"tiny-llama",   "tiny-gpt2",     "tiny-bert",      "tiny-llama3",  "tiny-yarn",   "tiny-qwen3",
+          "tiny-gemma2",  "tiny-gemma3",   "tiny-mistral",   "smollm2-135m", "smollm2-360m", "tinyllama-1.1b",
+          "llama-2-7b",   "llama-3.2-1b",  "llama-3.1-8b",   "qwen2-0.5b",   "qwen3-0.6b",   "gemma-2-2b",
+          "gemma-3-1b",   "mistral-7b",    "gpt2",           "distilgpt2",   "gpt2-medium",  "minilm-l6"};
 }
 
 ModelConfig shape_preset(const std::string& name) {
@@ -500,10 +671,101 @@ ModelConfig shape_preset(const std::string& name) {
     c.norm_eps = 1e-12;
   };
 
+  auto llama3_scaling = [&](double factor, int64_t original) {
+    c.rope_scaling.type = "llama3";
+    c.rope_scaling.factor = factor;
+    c.rope_scaling.low_freq_factor = 1.0;
+    c.rope_scaling.high_freq_factor = 4.0;
+    c.rope_scaling.original_max_positions = original;
+  };
+  auto gemma = [&](const std::string& type, int64_t head_dim, double scalar, int64_t window) {
+    c.model_type = type;
+    c.d_head = head_dim;
+    c.query_pre_attn_scalar = scalar;
+    c.sliding_window = window;
+    c.sliding_layers.assign(static_cast<size_t>(c.n_layer), 0);
+    for (int64_t i = 0; i < c.n_layer; ++i)  // gemma2: even layers local; gemma3: five local, then one global
+      c.sliding_layers[i] = type == "gemma2" ? i % 2 == 0 : (i + 1) % 6 != 0;
+    c.qk_norm = type == "gemma3_text";
+    if (type == "gemma3_text") c.rope_local_theta = 10000.0;
+  };
+  auto sliding_everywhere = [&](int64_t window) {
+    c.sliding_window = window;
+    c.sliding_layers.assign(static_cast<size_t>(c.n_layer), 1);
+  };
+
   if (name == "tiny-llama") {
     llama(512, 64, 2, 4, 2, 128, 2048, 10000.0, 1e-5, true);
     c.bos_token_id = 1;  // sentencepiece's defaults: <unk>=0, <s>=1, </s>=2
     c.eos_token_id = 2;
+  } else if (name == "tiny-llama3") {  // Llama-3.x's rope scaling with a short original context (64 positions)
+    llama(512, 64, 2, 4, 2, 128, 2048, 500000.0, 1e-5, true);
+    llama3_scaling(8.0, 64);
+  } else if (name == "tiny-yarn") {  // YaRN as Qwen3's long-context setting (factor 4 over 512 positions)
+    llama(512, 64, 2, 4, 2, 128, 2048, 1000000.0, 1e-6, true);
+    c.rope_scaling.type = "yarn";
+    c.rope_scaling.factor = 4.0;
+    c.rope_scaling.original_max_positions = 512;
+  } else if (name == "tiny-qwen3") {  // q/k norms, head_dim 32 != hidden / heads
+    llama(512, 64, 2, 4, 2, 128, 2048, 1000000.0, 1e-6, true);
+    c.model_type = "qwen3";
+    c.d_head = 32;
+    c.qk_norm = true;
+  } else if (name == "tiny-gemma2") {  // soft-capping, local/global layers with an 8-token window
+    llama(512, 64, 3, 4, 2, 128, 2048, 10000.0, 1e-6, true);
+    gemma("gemma2", 16, 32.0, 8);
+    c.attn_softcap = 50.0;
+    c.final_softcap = 30.0;
+  } else if (name == "tiny-gemma3") {  // q/k norms, local RoPE base, linear scaling of the global layers
+    llama(512, 64, 4, 4, 1, 128, 2048, 1000000.0, 1e-6, true);
+    gemma("gemma3_text", 16, 16.0, 8);
+    for (int64_t i = 0; i < c.n_layer; ++i) c.sliding_layers[i] = i % 2 == 0;  // pattern 2: both kinds in 4 layers
+    c.rope_scaling.type = "linear";
+    c.rope_scaling.factor = 8.0;
+  } else if (name == "tiny-mistral") {  // every layer through an 8-token window
+    llama(512, 64, 2, 4, 2, 128, 2048, 10000.0, 1e-5, false);
+    c.model_type = "mistral";
+    sliding_everywhere(8);
+  } else if (name == "llama-3.2-1b") {  // meta-llama/Llama-3.2-1B
+    llama(128256, 2048, 16, 32, 8, 8192, 131072, 500000.0, 1e-5, true);
+    llama3_scaling(32.0, 8192);
+    c.bos_token_id = 128000;
+    c.eos_token_id = 128001;
+    c.torch_dtype = "bfloat16";
+  } else if (name == "llama-3.1-8b") {  // meta-llama/Llama-3.1-8B
+    llama(128256, 4096, 32, 32, 8, 14336, 131072, 500000.0, 1e-5, false);
+    llama3_scaling(8.0, 8192);
+    c.bos_token_id = 128000;
+    c.eos_token_id = 128001;
+    c.torch_dtype = "bfloat16";
+  } else if (name == "qwen3-0.6b") {  // Qwen/Qwen3-0.6B
+    llama(151936, 1024, 28, 16, 8, 3072, 40960, 1000000.0, 1e-6, true);
+    c.model_type = "qwen3";
+    c.d_head = 128;
+    c.qk_norm = true;
+    c.bos_token_id = 151643;
+    c.eos_token_id = 151645;
+    c.torch_dtype = "bfloat16";
+  } else if (name == "gemma-2-2b") {  // google/gemma-2-2b
+    llama(256000, 2304, 26, 8, 4, 9216, 8192, 10000.0, 1e-6, true);
+    gemma("gemma2", 256, 256.0, 4096);
+    c.attn_softcap = 50.0;
+    c.final_softcap = 30.0;
+    c.bos_token_id = 2;
+    c.eos_token_id = 1;
+  } else if (name == "gemma-3-1b") {  // google/gemma-3-1b-pt
+    llama(262144, 1152, 26, 4, 1, 6912, 32768, 1000000.0, 1e-6, true);
+    gemma("gemma3_text", 256, 256.0, 512);
+    c.bos_token_id = 2;
+    c.eos_token_id = 1;
+    c.torch_dtype = "bfloat16";
+  } else if (name == "mistral-7b") {  // mistralai/Mistral-7B-v0.1
+    llama(32000, 4096, 32, 32, 8, 14336, 32768, 10000.0, 1e-5, false);
+    c.model_type = "mistral";
+    sliding_everywhere(4096);
+    c.bos_token_id = 1;
+    c.eos_token_id = 2;
+    c.torch_dtype = "bfloat16";
   } else if (name == "tiny-gpt2") {
     gpt2(512, 64, 2, 4, 512);
   } else if (name == "tiny-bert") {
@@ -573,7 +835,15 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
       if (c.attention_bias) add(p + "self_attn.v_proj.bias", {kv_dim});
       add(p + "self_attn.o_proj.weight", {D, q_dim});
       if (c.attention_out_bias) add(p + "self_attn.o_proj.bias", {D});
+      if (c.qk_norm) {
+        add(p + "self_attn.q_norm.weight", {c.d_head});
+        add(p + "self_attn.k_norm.weight", {c.d_head});
+      }
       add(p + "post_attention_layernorm.weight", {D});
+      if (c.gemma()) {
+        add(p + "pre_feedforward_layernorm.weight", {D});
+        add(p + "post_feedforward_layernorm.weight", {D});
+      }
       add(p + "mlp.gate_proj.weight", {F, D});
       if (c.mlp_bias) add(p + "mlp.gate_proj.bias", {F});
       add(p + "mlp.up_proj.weight", {F, D});

@@ -382,6 +382,10 @@ ModelConfig init_from_model(const std::string& dir, const ModelConfig& target, D
     throw std::invalid_argument(what + " is a " + src.model_type + " model, expected the config's family (" +
                                 target.model_type + ")");
   }
+  if (src.gemma() || src.qk_norm || src.sliding_window > 0 || !src.rope_scaling.type.empty())
+    throw std::invalid_argument(what + " is a " + src.model_type +
+                                " model with an architecture the trainer does not build (q/k norms, gemma layers, "
+                                "sliding windows or rope scaling); training starts from llama, mistral, qwen2 or gpt2");
   for (const auto& [field, found, expected] : dims) {
     if (found != expected) {
       throw std::invalid_argument(what + " has " + field + " " + std::to_string(found) + ", expected the config's " +

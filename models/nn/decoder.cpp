@@ -30,8 +30,11 @@ void Decoder::load_weights(
 }
 
 at::Tensor Decoder::forward_full(const at::Tensor& tokens, int64_t start_position) const {
-  const at::Tensor h = hidden_full(tokens, start_position);
-  return at::matmul(h, head_weight().to(h.scalar_type()).t());
+  return output_logits(hidden_full(tokens, start_position));
+}
+
+at::Tensor Decoder::output_logits(const at::Tensor& hidden) const {
+  return at::matmul(hidden, head_weight().to(hidden.scalar_type()).t());
 }
 
 at::Tensor Decoder::first_layer_kv(const std::vector<int64_t>&, const std::vector<int64_t>&) const {
@@ -191,8 +194,12 @@ bool attend_one_ok(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
          v.scalar_type() == at::kFloat && k.stride(2) == 1 && v.stride(2) == 1 && !needs_grad({q, k, v});
 }
 
+void softcap_(at::Tensor& scores, double softcap) {
+  if (softcap > 0.0) scores.div_(softcap).tanh_().mul_(softcap);
+}
+
 at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-                      double scale) {
+                      double scale, double softcap) {
   const int64_t h = q.size(0), dh = q.size(2), kv = k.size(0), e = k.size(1), g = h / kv;
   const at::Tensor qc = q.reshape({h, dh}).contiguous();
   at::Tensor scores = at::empty({h, e}, q.options());
@@ -204,6 +211,7 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
     gemv_f32_ld(kp + (hq / g) * k.stride(0), k.stride(1), qp + hq * dh, sp + hq * e, e, dh);
   });
   scores.mul_(scale);
+  softcap_(scores, softcap);
   if (mask.defined()) scores.add_(mask.reshape({1, e}));
   const at::Tensor probs = at::softmax(scores, -1).contiguous();
   at::Tensor out = at::empty({1, h * dh}, q.options());
@@ -219,27 +227,32 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 }  // namespace
 
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-                  double scale) {
-  if (attend_one_ok(q, k, v)) return attend_one(q, k, v, mask, scale);
+                  double scale, double softcap) {
+  if (attend_one_ok(q, k, v)) return attend_one(q, k, v, mask, scale, softcap);
   const int64_t h = q.size(0), t = q.size(1), dh = q.size(2);
   const int64_t kv = k.size(0), e = k.size(1);
   const int64_t g = h / kv;
   at::Tensor qg = q.reshape({kv, g * t, dh});
   at::Tensor scores = at::bmm(qg, k.transpose(1, 2));  // [KV, G*T, E]
   scores = scores.to(at::kFloat).mul_(scale);
+  softcap_(scores, softcap);
   if (mask.defined()) scores = (scores.view({kv, g, t, e}) + mask).view({kv, g * t, e});
   at::Tensor probs = at::softmax(scores, -1).to(v.scalar_type());
   at::Tensor out = at::bmm(probs, v);  // [KV, G*T, dh]
   return out.view({h, t, dh}).transpose(0, 1).reshape({t, h * dh});
 }
 
-at::Tensor attend_causal(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
+at::Tensor attend_causal(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                         int64_t window, double softcap) {
   const int64_t b = q.size(0), h = q.size(1), t = q.size(2), dh = q.size(3);
   const int64_t kv = k.size(1);
   const int64_t g = h / kv;
   at::Tensor qg = q.view({b, kv, g, t, dh});
   at::Tensor scores = at::matmul(qg, k.unsqueeze(2).transpose(-1, -2)).to(at::kFloat) * scale;  // [B,KV,G,T,T]
+  if (softcap > 0.0) scores = at::tanh(scores / softcap) * softcap;  // out of place: autograd
   at::Tensor causal = at::ones({t, t}, at::TensorOptions().dtype(at::kBool).device(q.device())).triu(1);
+  if (window > 0 && window < t)
+    causal = causal.logical_or(at::ones({t, t}, causal.options()).tril(-window));  // i - j >= window
   scores = scores.masked_fill(causal, -std::numeric_limits<float>::infinity());
   at::Tensor probs = at::softmax(scores, -1).to(v.scalar_type());
   at::Tensor out = at::matmul(probs, v.unsqueeze(2));  // [B, KV, G, T, dh]

@@ -53,6 +53,8 @@ class Decoder {
   virtual at::Tensor hidden_full(const at::Tensor& tokens, int64_t start_position = 0) const = 0;
   // The output projection [vocab, d_model]: the tied token embedding, or lm_head.
   virtual at::Tensor head_weight() const = 0;
+  // Logits of final hidden states: hidden @ head_weight()^T, soft-capped where the model does (gemma2).
+  virtual at::Tensor output_logits(const at::Tensor& hidden) const;
 
   // Learned absolute positions only (GPT-2 family): the first layer's K and V of `tokens` at `positions`,
   // [2, n_kv_head, n, d_head]; they depend on nothing else (KV-Align computes them exactly). Other families
@@ -86,9 +88,10 @@ std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device,
 
 // Scaled dot-product attention over a cache. q: [H, T, dh]; k, v: [KV, E, dh] (H a multiple of KV, query
 // heads grouped per KV head as Hugging Face's repeat_kv); mask: [T, E] additive or undefined.
-// Returns [T, H * dh]. Softmax in float32.
+// softcap > 0: scores -> softcap * tanh(scores / softcap) before the mask (gemma2). Returns [T, H * dh].
+// Softmax in float32.
 at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
-                  double scale);
+                  double scale, double softcap = 0.0);
 // x W^T + b, as nn::Linear computes it. A single float32 row on the CPU ([1, K] or [K]) runs as a matrix-vector
 // product (gemv.h), which streams the weight once: OpenBLAS runs the same product as a GEMM and first copies
 // (packs) the whole weight, 2-3x slower for one-token decode steps. Other shapes: at::linear, with a narrower
@@ -101,7 +104,9 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
 // (gemv_t_f32); other shapes: at::addmm / at::matmul.
 at::Tensor linear_rows_t(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b);
 
-// Batched causal attention without cache. q: [B, H, T, dh]; k, v: [B, KV, T, dh]. Returns [B, T, H * dh].
-at::Tensor attend_causal(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale);
+// Batched causal attention without cache. q: [B, H, T, dh]; k, v: [B, KV, T, dh]. window > 0: query i sees keys
+// i - window + 1 .. i only (sliding-window layers). softcap as attend(). Returns [B, T, H * dh].
+at::Tensor attend_causal(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale,
+                         int64_t window = 0, double softcap = 0.0);
 
 }  // namespace sinkflow

@@ -163,7 +163,7 @@ void StreamSession::inject(const MemoryChunk& chunk, InjectMode mode) {
     if (const Rope* rope = decoder_->rope()) {
       std::vector<int64_t> neg;
       for (int64_t j = 0; j < n; ++j) neg.push_back(-(n_sink + j));
-      k = rope->rotate(k, neg);
+      k = rope->rotate_layers(k, neg);
     }
     w.kv = at::stack({k, inject_scratch_->values().narrow(2, n_sink, n)}, 1);
   }
