@@ -216,7 +216,7 @@ class ModelStep : public NodeInstance {
     for (int64_t i = 0; i < config_.max_new_tokens; ++i) {
       if (context().run.failed()) return;
       const int64_t next = sampler_->next(logits_);
-      if (next == tokenizer_->eos_id()) break;
+      if (model_->generation.is_stop(next)) break;
       generated.push_back(next);
       context().run.counters.tokens_out.fetch_add(1, std::memory_order_relaxed);
       StepResult r;

@@ -90,6 +90,7 @@ void Resources::add_model(const std::string& name, const ModelResourceConfig& co
     m->decoder = load_decoder(config.path, device, parse_dtype(config.dtype, device));
   }
   m->tokenizer = load_tokenizer(config.path);
+  m->generation = load_generation_config(config.path, *m->tokenizer, m->decoder->config().family);
   spdlog::info("resource models.{}: path={} device={} dtype={}", name, config.path, config.device,
                dtype_name(m->decoder->dtype()));
   models_.emplace(name, std::move(m));

@@ -24,6 +24,7 @@
 #include "models/memory/embedder_factory.h"
 #include "models/memory/memory_dir.h"
 #include "models/nn/decoder.h"
+#include "models/text/generation_config.h"
 #include "models/text/tokenizer.h"
 #include "nodes/param_map.h"
 
@@ -45,6 +46,7 @@ struct ModelResource {
   ModelResourceConfig config;
   std::shared_ptr<const Decoder> decoder;
   std::shared_ptr<const Tokenizer> tokenizer;  // the folder's own tokenizer: text and model always agree
+  GenerationConfig generation;                 // BOS, stop ids, sampling defaults (generation_config.h)
 };
 
 // The embedder of a memory resource: `{kind: hash, dim: 384}`, `{kind: lm, model: lm}` (a model resource) or

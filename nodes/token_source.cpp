@@ -66,8 +66,7 @@ class TokenSource : public NodeInstance {
     } else {
       eof_ = true;
     }
-    const bool llama = model_->decoder->config().family == Family::llama;
-    if (config_.bos && llama && tokenizer_->bos_id() >= 0) pending_.push_back(tokenizer_->bos_id());
+    if (config_.bos && model_->generation.bos_id >= 0) pending_.push_back(model_->generation.bos_id);
     spdlog::info("token-source '{}': path={} format={} block={} prompt={}", name(), config_.path.empty() ? "-" : config_.path,
                  config_.format, config_.block, config_.prompt.empty() ? "none" : "'" + config_.prompt + "'");
   }

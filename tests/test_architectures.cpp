@@ -8,7 +8,6 @@
 //     sliding windows included.
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
-#include <catch2/catch.hpp>
 
 #include <filesystem>
 #include <string>
@@ -19,6 +18,10 @@
 #include "models/lab/make_model.h"
 #include "models/stream/stream.h"
 #include "tests/test_util.h"
+
+// ATen pulls in glog, whose one-argument CHECK macro would replace Catch's: include Catch last.
+#undef CHECK
+#include <catch2/catch.hpp>
 
 using namespace sinkflow;
 

@@ -65,9 +65,21 @@ struct GenerateArgs {
   int64_t sinks = 4, window = 0;
   std::string kv_align;  // kv-align networks folder ("" = MODEL/kv-align)
   SamplerConfig sampler;
+  bool sampling_given = false;  // --temperature, --top-k or --top-p on the command line
   bool json = false;
   RuntimeOptions rt;
 };
+
+// The sampling a model folder asks for (generation_config.json) when the command line gave none, as transformers'
+// generate() applies it: do_sample true samples with its temperature, top_k and top_p (transformers' defaults
+// 1.0, 50 and 1.0 where absent); otherwise greedy.
+SamplerConfig folder_sampling(const GenerationConfig& g, SamplerConfig s) {
+  if (!g.do_sample.value_or(false)) return s;
+  s.temperature = g.temperature.value_or(1.0);
+  s.top_k = g.top_k.value_or(50);
+  s.top_p = g.top_p.value_or(1.0);
+  return s;
+}
 
 void run_generate(const GenerateArgs& a) {
   a.rt.apply();
@@ -79,7 +91,15 @@ void run_generate(const GenerateArgs& a) {
   sc.cache.n_recent = resolve_window(a.window, a.sinks, m.decoder->config());
   // kv-align realigns with the networks the model folder ships (MODEL/kv-align) unless --kv-align names others.
   if (sc.policy == Policy::kv_align) sc.kv_align = KvAlign::load_for(a.model, a.kv_align);
-  Sampler sampler(a.sampler);
+  SamplerConfig sampling = a.sampler;
+  if (!a.sampling_given) {
+    sampling = folder_sampling(m.generation, a.sampler);
+    if (sampling.temperature > 0.0)
+      spdlog::info("generate: sampling as {}/generation_config.json asks (temperature {}, top_k {}, top_p {}); "
+                   "--temperature 0 decodes greedily", a.model, sampling.temperature, sampling.top_k, sampling.top_p);
+  }
+  sampling.validate("generation_config.json");
+  Sampler sampler(sampling);
   StreamSession session(m.decoder, sc);
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
@@ -93,7 +113,7 @@ void run_generate(const GenerateArgs& a) {
   std::string stop = "length";
   for (; produced < a.max_new_tokens; ++produced) {
     const int64_t next = sampler.next(logits);
-    if (next == m.tokenizer->eos_id()) {
+    if (m.generation.is_stop(next)) {
       stop = "eos";
       break;
     }
@@ -166,7 +186,10 @@ void add_model_commands(CLI::App& app) {
   gen->add_option("--seed", g->sampler.seed, "sampling seed")->capture_default_str();
   gen->add_flag("--json", g->json, "print a JSON summary line at the end");
   g->rt.add_to(*gen);
-  gen->callback([g] { run_generate(*g); });
+  gen->callback([g, gen] {
+    g->sampling_given = gen->count("--temperature") + gen->count("--top-k") + gen->count("--top-p") > 0;
+    run_generate(*g);
+  });
 }
 
 }  // namespace sinkflow::cli

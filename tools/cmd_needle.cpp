@@ -159,7 +159,7 @@ Cell run_cell(const LoadedModel& m, const NeedleArgs& a, const NeedleCase& nc, c
   std::vector<int64_t> out;
   for (int64_t i = 0; i < a.max_new_tokens; ++i) {
     const int64_t next = logits.argmax(-1).item<int64_t>();
-    if (next == m.tokenizer->eos_id()) break;
+    if (m.generation.is_stop(next)) break;
     out.push_back(next);
     if (m.tokenizer->decode(out).find('\n') != std::string::npos) break;
     logits = session.feed({next});

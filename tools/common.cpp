@@ -34,11 +34,12 @@ LoadedModel load_model(const std::string& dir, const RuntimeOptions& rt) {
   LoadedModel m;
   m.decoder = load_decoder(dir, device, parse_dtype(rt.dtype, device));
   m.tokenizer = load_tokenizer(dir);
+  m.generation = load_generation_config(dir, *m.tokenizer, m.decoder->config().family);
   return m;
 }
 
 int64_t prompt_bos(const LoadedModel& model) {
-  return model.decoder->config().family == Family::llama ? model.tokenizer->bos_id() : -1;
+  return model.generation.bos_id;
 }
 
 std::vector<int64_t> encode_prompt(const LoadedModel& model, const std::string& text) {

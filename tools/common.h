@@ -10,6 +10,7 @@
 #include <string>
 
 #include "models/nn/decoder.h"
+#include "models/text/generation_config.h"
 #include "models/text/tokenizer.h"
 
 namespace sinkflow::cli {
@@ -25,10 +26,12 @@ struct RuntimeOptions {
 struct LoadedModel {
   std::shared_ptr<Decoder> decoder;
   std::unique_ptr<Tokenizer> tokenizer;
+  GenerationConfig generation;  // BOS, stop ids and sampling defaults of the folder
 };
 LoadedModel load_model(const std::string& dir, const RuntimeOptions& rt);
 
-// The token a prompt starts with: the tokenizer's BOS for Llama-family models, -1 (none) otherwise.
+// The token a prompt starts with (generation_config.h: add_bos_token, the post-processor, or the family's habit),
+// -1 for none.
 int64_t prompt_bos(const LoadedModel& model);
 // Encodes a prompt as the model family expects it (prompt_bos first when there is one).
 std::vector<int64_t> encode_prompt(const LoadedModel& model, const std::string& text);
