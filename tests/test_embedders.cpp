@@ -588,3 +588,58 @@ TEST_CASE("embed throughput for 100-token chunks", "[.slow][embedders][bench]") 
   }
 }
 
+
+TEST_CASE("bert embeddings pool as the folder's sentence-transformers modules say (cls, mean, max, lasttoken, "
+          "with or without Normalize)", "[embedders][bert]") {
+  const fs::path dir = fresh_dir("pooling") / "bge";
+  MakeModelOptions opt;
+  opt.config = shape_preset("tiny-bert");
+  opt.seed = 5;
+  opt.pooling = "cls";  // as make-model --shape bge-small writes it
+  make_model(dir.string(), opt);
+  const std::string text = "the evening and the morning were the first day";
+  auto hidden_of = [&](const BertEmbedder& emb) {
+    c10::InferenceMode guard;
+    const auto ids = emb.input_ids(text);
+    return emb.encoder().forward(at::tensor(ids).view({1, -1}), at::Tensor())[0].to(at::kDouble);  // [T, D]
+  };
+  auto unit = [](const at::Tensor& v) { return v / v.norm(); };
+
+  BertEmbedder cls(dir.string());
+  CHECK(cls.name() == "bert:bge-64-cls");
+  const at::Tensor h = hidden_of(cls);
+  const at::Tensor v_cls = as_tensor(cls.embed(text));
+  CHECK(test::max_abs_diff(v_cls, unit(h[0])) < 1e-5);
+  CHECK(test::max_abs_diff(v_cls, unit(h.mean(0))) > 1e-3);  // not the mean
+
+  auto set_mode = [&](const std::string& mode) {
+    test::write_file(dir / "1_Pooling" / "config.json",
+                     "{\"word_embedding_dimension\": 64, \"pooling_mode_" + mode + "\": true}");
+  };
+  set_mode("max_tokens");
+  CHECK(test::max_abs_diff(as_tensor(BertEmbedder(dir.string()).embed(text)), unit(std::get<0>(h.max(0)))) < 1e-5);
+  set_mode("lasttoken");
+  CHECK(test::max_abs_diff(as_tensor(BertEmbedder(dir.string()).embed(text)), unit(h[-1])) < 1e-5);
+  set_mode("mean_tokens");
+  const BertEmbedder mean(dir.string());
+  CHECK(mean.name() == "bert:bge-64");
+  CHECK(test::max_abs_diff(as_tensor(mean.embed(text)), unit(h.mean(0))) < 1e-5);
+
+  // Without a Normalize module the vector keeps its length, as sentence-transformers gives it.
+  const std::string modules = test::read_file(dir / "modules.json");
+  test::write_file(dir / "modules.json", R"([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}])");
+  CHECK(test::max_abs_diff(as_tensor(BertEmbedder(dir.string()).embed(text)), h.mean(0)) < 1e-4);
+
+  // Bad folders name the file and field.
+  set_mode("cls_token");
+  test::write_file(dir / "1_Pooling" / "config.json",
+                   R"({"pooling_mode_cls_token": true, "pooling_mode_mean_tokens": true})");
+  REQUIRE_THROWS_WITH(BertEmbedder(dir.string()),
+                      Catch::Contains("1_Pooling/config.json: expected exactly one pooling_mode_* true, found 2"));
+  test::write_file(dir / "modules.json", R"([{"idx": 1, "path": "../../etc", "type": "sentence_transformers.models.Pooling"}])");
+  REQUIRE_THROWS_WITH(BertEmbedder(dir.string()), Catch::Contains("modules.json: the Pooling module's field 'path' must name a subfolder"));
+  test::write_file(dir / "modules.json", R"([{"idx": 1, "path": "x", "type": "sentence_transformers.models.Dense"}])");
+  REQUIRE_THROWS_WITH(BertEmbedder(dir.string()), Catch::Contains("module type \"sentence_transformers.models.Dense\" is not supported"));
+  test::write_file(dir / "modules.json", modules);
+}

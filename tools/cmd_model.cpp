@@ -5,6 +5,7 @@
 #include <chrono>
 #include <iostream>
 #include <memory>
+#include <tuple>
 
 #include "models/lab/make_model.h"
 #include "models/nn/runtime.h"
@@ -53,6 +54,7 @@ void run_make_model(const MakeModelArgs& a) {
   o.dtype = parse_dtype(a.dtype, at::Device(at::kCPU));
   o.max_shard_bytes = static_cast<int64_t>(a.shard_mb * 1024 * 1024);
   if (!a.tokenizer_text.empty()) o.tokenizer_text = read_file(a.tokenizer_text, "--tokenizer-text");
+  std::tie(o.pooling, o.max_seq_length) = shape_pooling(a.shape);
   make_model(a.out, o);
   std::cerr << "wrote " << a.out << " (" << c.model_type << ", " << c.n_layer << " layers, d_model " << c.d_model
             << ", vocab " << c.vocab_size << ")\n";

@@ -621,7 +621,8 @@ std::vector<std::string> shape_preset_names() {
   return {"tiny-llama",   "tiny-gpt2",     "tiny-bert",      "tiny-llama3",  "tiny-yarn",   "tiny-qwen3",
           "tiny-gemma2",  "tiny-gemma3",   "tiny-mistral",   "smollm2-135m", "smollm2-360m", "tinyllama-1.1b",
           "llama-2-7b",   "llama-3.2-1b",  "llama-3.1-8b",   "qwen2-0.5b",   "qwen3-0.6b",   "gemma-2-2b",
-          "gemma-3-1b",   "mistral-7b",    "gpt2",           "distilgpt2",   "gpt2-medium",  "minilm-l6"};
+          "gemma-3-1b",   "mistral-7b",    "gpt2",           "distilgpt2",   "gpt2-medium",  "minilm-l6",
+          "bge-small"};
 }
 
 ModelConfig shape_preset(const std::string& name) {
@@ -808,6 +809,8 @@ ModelConfig shape_preset(const std::string& name) {
     c.bos_token_id = c.eos_token_id = 50256;
   } else if (name == "minilm-l6") {  // sentence-transformers/all-MiniLM-L6-v2
     bert(30522, 384, 6, 12, 1536, 512);
+  } else if (name == "bge-small") {  // BAAI/bge-small-en-v1.5
+    bert(30522, 384, 12, 12, 1536, 512);
   } else {
     throw std::invalid_argument("shape preset '" + name + "' is not known, expected one of " +
                                 join(shape_preset_names()));

@@ -90,7 +90,8 @@ struct ModelConfig {
 // "tiny-gpt2", "tiny-bert", "tiny-llama3" (llama3 rope scaling), "tiny-qwen3", "tiny-gemma2", "tiny-gemma3",
 // "tiny-mistral" (sliding window), "tiny-yarn" (a few thousand parameters... ~100k); real shapes "smollm2-135m",
 // "smollm2-360m", "tinyllama-1.1b", "llama-2-7b", "llama-3.2-1b", "llama-3.1-8b", "qwen2-0.5b", "qwen3-0.6b",
-// "gemma-2-2b", "gemma-3-1b", "mistral-7b", "gpt2", "distilgpt2", "gpt2-medium", "minilm-l6" (all-MiniLM-L6-v2).
+// "gemma-2-2b", "gemma-3-1b", "mistral-7b", "gpt2", "distilgpt2", "gpt2-medium", "minilm-l6" (all-MiniLM-L6-v2),
+// "bge-small" (BAAI/bge-small-en-v1.5).
 // Throws std::invalid_argument listing the names.
 ModelConfig shape_preset(const std::string& name);
 std::vector<std::string> shape_preset_names();

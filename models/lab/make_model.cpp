@@ -74,7 +74,39 @@ void write_wordpiece_vocab(const std::string& path, const std::string& text, int
   if (!out) throw std::runtime_error(path + ": cannot write the vocabulary");
 }
 
+// The files sentence-transformers writes around a Transformer module: Pooling (one mode) and Normalize.
+void write_sentence_transformers(const std::string& dir, const std::string& pooling, int64_t d_model,
+                                 int64_t max_seq_length) {
+  if (pooling != "mean" && pooling != "cls")
+    throw std::invalid_argument("make-model: pooling '" + pooling + "' is not known, expected mean or cls");
+  namespace fs = std::filesystem;
+  fs::create_directories(fs::path(dir) / "1_Pooling");
+  fs::create_directories(fs::path(dir) / "2_Normalize");
+  auto write = [](const fs::path& path, const std::string& text) {
+    std::ofstream out(path);
+    out << text;
+    if (!out) throw std::runtime_error(path.string() + ": cannot write");
+  };
+  write(fs::path(dir) / "modules.json",
+        "[\n  {\"idx\": 0, \"name\": \"0\", \"path\": \"\", \"type\": \"sentence_transformers.models.Transformer\"},\n"
+        "  {\"idx\": 1, \"name\": \"1\", \"path\": \"1_Pooling\", \"type\": \"sentence_transformers.models.Pooling\"},\n"
+        "  {\"idx\": 2, \"name\": \"2\", \"path\": \"2_Normalize\", \"type\": \"sentence_transformers.models.Normalize\"}\n]\n");
+  const bool cls = pooling == "cls";
+  write(fs::path(dir) / "1_Pooling" / "config.json",
+        "{\n  \"word_embedding_dimension\": " + std::to_string(d_model) + ",\n  \"pooling_mode_cls_token\": " +
+            (cls ? "true" : "false") + ",\n  \"pooling_mode_mean_tokens\": " + (cls ? "false" : "true") +
+            ",\n  \"pooling_mode_max_tokens\": false,\n  \"pooling_mode_mean_sqrt_len_tokens\": false\n}\n");
+  write(fs::path(dir) / "sentence_bert_config.json",
+        "{\n  \"max_seq_length\": " + std::to_string(max_seq_length) + ",\n  \"do_lower_case\": false\n}\n");
+}
+
 }  // namespace
+
+std::pair<std::string, int64_t> shape_pooling(const std::string& shape) {
+  if (shape == "minilm-l6") return {"mean", 256};  // sentence-transformers/all-MiniLM-L6-v2
+  if (shape == "bge-small") return {"cls", 512};   // BAAI/bge-small-en-v1.5
+  return {"", 0};
+}
 
 void make_model(const std::string& dir, const MakeModelOptions& options) {
   ModelConfig config = options.config;
@@ -86,6 +118,9 @@ void make_model(const std::string& dir, const MakeModelOptions& options) {
   const std::string& text = options.tokenizer_text.empty() ? builtin_tokenizer_text() : options.tokenizer_text;
   if (config.family == Family::bert) {
     write_wordpiece_vocab(dir + "/vocab.txt", text, config.vocab_size);
+    if (!options.pooling.empty())
+      write_sentence_transformers(dir, options.pooling, config.d_model,
+                                  options.max_seq_length > 0 ? options.max_seq_length : config.max_positions);
   } else {
     const std::vector<std::string> specials = config.family == Family::gpt2
                                                   ? std::vector<std::string>{"<|endoftext|>"}

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "models/io/config.h"
 
@@ -17,7 +18,15 @@ struct MakeModelOptions {
   at::ScalarType dtype = at::kFloat;      // storage dtype: float32, float16, bfloat16
   int64_t max_shard_bytes = 0;            // > 0: shard model.safetensors into files of at most this size
   std::string tokenizer_text;             // text the tokenizer is trained on ("" = a built-in paragraph)
+  // bert: also write a sentence-transformers folder (modules.json, 1_Pooling/config.json, 2_Normalize,
+  // sentence_bert_config.json) pooling this way: "mean" (all-MiniLM), "cls" (BAAI/bge); "" = none.
+  std::string pooling;
+  int64_t max_seq_length = 0;             // sentence_bert_config.json's (0 = max_position_embeddings)
 };
+
+// The sentence-transformers pooling of a named bert shape ("minilm-l6": mean, 256 tokens; "bge-small": cls,
+// 512 tokens), or {"", 0} for other names.
+std::pair<std::string, int64_t> shape_pooling(const std::string& shape);
 
 // Writes the checkpoint folder `dir` (created). Decoders get a byte-level BPE tokenizer.json trained on the
 // text (merges: up to the vocabulary size, at most 2,000); bert gets a WordPiece vocab.txt. bos/eos ids

@@ -15,6 +15,7 @@
 
 #include "models/cache/kv_cache.h"
 #include "models/io/json_read.h"
+#include "models/io/message_text.h"
 #include "models/nn/decoder.h"
 #include "models/text/tokenizer.h"
 
@@ -45,6 +46,71 @@ std::vector<float> to_vector(const at::Tensor& row) {
 }
 
 }  // namespace
+
+SentencePooling read_sentence_pooling(const std::string& dir) {
+  SentencePooling p;
+  const fs::path modules_path = fs::path(dir) / "modules.json";
+  if (!fs::exists(modules_path)) return p;
+  const std::string mp = modules_path.string();
+  const nlohmann::json modules = read_json_file(mp);
+  if (!modules.is_array()) throw std::invalid_argument(mp + ": expected a list of modules, found " + json_preview(modules));
+  std::string pooling_dir;
+  p.normalize = false;
+  for (const nlohmann::json& m : modules) {
+    const std::string type = m.is_object() && m.contains("type") && m.at("type").is_string() ? m.at("type").get<std::string>() : "";
+    const std::string path = m.is_object() && m.contains("path") && m.at("path").is_string() ? m.at("path").get<std::string>() : "";
+    if (type == "sentence_transformers.models.Pooling") {
+      if (path.empty() || path.find("..") != std::string::npos || path.front() == '/')
+        throw std::invalid_argument(mp + ": the Pooling module's field 'path' must name a subfolder, found " + json_preview(m));
+      pooling_dir = path;
+    } else if (type == "sentence_transformers.models.Normalize") {
+      p.normalize = true;
+    } else if (type != "sentence_transformers.models.Transformer") {
+      throw std::invalid_argument(mp + ": module type " + json_preview(m.is_object() ? m.value("type", nlohmann::json()) : m) +
+                                  " is not supported (expected Transformer, Pooling and Normalize)");
+    }
+  }
+  if (pooling_dir.empty()) throw std::invalid_argument(mp + ": no sentence_transformers.models.Pooling module");
+  const std::string cp = (fs::path(dir) / pooling_dir / "config.json").string();
+  const nlohmann::json c = read_json_file(cp);
+  if (!c.is_object()) throw std::invalid_argument(cp + ": expected a JSON object, found " + json_preview(c));
+  std::vector<std::string> modes;
+  for (const char* mode : {"cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens", "weightedmean_tokens",
+                           "lasttoken"}) {
+    const std::string field = std::string("pooling_mode_") + mode;
+    if (!c.contains(field) || c.at(field).is_null()) continue;
+    if (!c.at(field).is_boolean())
+      throw std::invalid_argument(cp + ": field '" + field + "' must be true or false, found " + json_preview(c.at(field)));
+    if (c.at(field).get<bool>()) modes.push_back(mode);
+  }
+  if (modes.size() != 1)
+    throw std::invalid_argument(cp + ": expected exactly one pooling_mode_* true, found " + std::to_string(modes.size()) +
+                                " (sinkflow pools one way; several modes would concatenate vectors)");
+  const std::string& m = modes.front();
+  if (m == "weightedmean_tokens")
+    throw std::invalid_argument(cp + ": field 'pooling_mode_weightedmean_tokens' is not supported");
+  p.mode = m == "cls_token" ? "cls" : m == "mean_tokens" ? "mean" : m == "max_tokens" ? "max"
+         : m == "lasttoken" ? "lasttoken" : "mean_sqrt_len";
+  return p;
+}
+
+at::Tensor pool_sentence(const at::Tensor& hidden, const at::Tensor& mask, const SentencePooling& pooling) {
+  const at::Tensor h = hidden.to(at::kFloat);
+  const at::Tensor m = mask.to(hidden.device(), at::kFloat).unsqueeze(-1);  // [B, T, 1]
+  const at::Tensor count = m.sum(1).clamp_min(1.0);                          // [B, 1]
+  at::Tensor v;
+  if (pooling.mode == "cls") {
+    v = h.select(1, 0);
+  } else if (pooling.mode == "max") {
+    v = h.masked_fill(m == 0, -1e9).amax(1);  // as sentence-transformers: padding set to -1e9
+  } else if (pooling.mode == "lasttoken") {
+    const at::Tensor last = (count.squeeze(-1).to(at::kLong) - 1).clamp_min(0);  // right padding
+    v = h.index({at::arange(h.size(0), last.options()), last});
+  } else {
+    v = (h * m).sum(1) / (pooling.mode == "mean_sqrt_len" ? count.sqrt() : count);
+  }
+  return pooling.normalize ? v / v.norm(2, {-1}, true).clamp_min(1e-12) : v;
+}
 
 at::Tensor masked_mean_normalize(const at::Tensor& hidden, const at::Tensor& mask) {
   at::Tensor m = mask.to(hidden.device(), at::kFloat).unsqueeze(-1);        // [B, T, 1]
@@ -97,6 +163,7 @@ BertEmbedder::BertEmbedder(const std::string& dir, at::Device device, const Opti
                                 " ids, expected at most vocab_size " + str(c.vocab_size) + " (from config.json)");
   }
   tokenizer_ = std::move(tokenizer);
+  pooling_ = read_sentence_pooling(dir);
   const int64_t folder_default = sentence_bert_max_seq_length(dir);
   max_tokens_ = options.max_tokens > 0 ? options.max_tokens : folder_default > 0 ? folder_default : c.max_positions;
   max_tokens_ = std::min(max_tokens_, c.max_positions);
@@ -104,8 +171,11 @@ BertEmbedder::BertEmbedder(const std::string& dir, at::Device device, const Opti
   name_ = "bert:" + folder_name(dir) + "-" + str(c.d_model);
   const int64_t default_max = std::min(folder_default > 0 ? folder_default : c.max_positions, c.max_positions);
   if (max_tokens_ != default_max) name_ += "-max" + str(max_tokens_);  // other vectors for long texts
-  spdlog::info("embedder: {} layers={} d_model={} max_tokens={} batch_tokens={} device={}", name_, c.n_layer,
-               c.d_model, max_tokens_, batch_tokens_, device.str());
+  if (pooling_.mode != "mean" || !pooling_.normalize)
+    name_ += "-" + pooling_.mode + (pooling_.normalize ? "" : "-raw");  // other vectors than mean + normalize
+  spdlog::info("embedder: {} layers={} d_model={} max_tokens={} batch_tokens={} pooling={}{} device={}", name_,
+               c.n_layer, c.d_model, max_tokens_, batch_tokens_, pooling_.mode, pooling_.normalize ? "+normalize" : "",
+               device.str());
 }
 
 BertEmbedder::~BertEmbedder() = default;
@@ -163,7 +233,7 @@ std::vector<std::vector<float>> BertEmbedder::embed_batch(const std::vector<std:
         mask_a[r][static_cast<int64_t>(k)] = 1;
       }
     }
-    at::Tensor pooled = masked_mean_normalize(encoder_->forward(batch, mask), mask).to(at::kCPU);  // [B, D]
+    at::Tensor pooled = pool_sentence(encoder_->forward(batch, mask), mask, pooling_).to(at::kCPU);  // [B, D]
     for (int64_t r = 0; r < b; ++r) out[order[begin + static_cast<size_t>(r)]] = to_vector(pooled[r]);
   }
   return out;

@@ -21,13 +21,26 @@ namespace sinkflow {
 class Decoder;
 class Tokenizer;
 
-// Sentence embeddings from a BERT folder, as sentence-transformers computes them for all-MiniLM-L6-v2
-// (Transformer -> Pooling(mean) -> Normalize):
+// A sentence-transformers folder's pooling: modules.json lists the modules; the Pooling module's config.json has
+// one pooling_mode_* true (several would concatenate vectors: refused); a Normalize module L2-normalizes.
+struct SentencePooling {
+  std::string mode = "mean";  // mean | cls | max | lasttoken | mean_sqrt_len
+  bool normalize = true;
+};
+// Reads DIR/modules.json and the pooling config it points to (mean + normalize when there is no modules.json).
+// Throws std::invalid_argument naming the file and field for anything else.
+SentencePooling read_sentence_pooling(const std::string& dir);
+
+// Sentence embeddings from a BERT folder, as sentence-transformers computes them (Transformer -> Pooling ->
+// [Normalize]): the folder's modules.json and its Pooling module's config.json choose the pooling (mean: all-MiniLM;
+// cls: BAAI/bge; max; lasttoken; mean_sqrt_len) and whether a Normalize module follows; a folder without
+// modules.json is pooled as all-MiniLM-L6-v2 (mean, then normalized).
 //  - ids = [CLS] + WordPiece(text) + [SEP]; WordPiece(text) is cut so that ids has at most max_tokens entries
 //    ([SEP] is kept). max_tokens = max_seq_length of sentence_bert_config.json when the folder has one (256 for
 //    all-MiniLM-L6-v2), else max_position_embeddings; never more than max_position_embeddings.
 //  - token types all 0; in a batch, shorter texts are padded with [PAD] (or id 0) and masked out of attention.
-//  - the vector is the mean of the last hidden state over the ids (padding excluded), L2-normalized, in float32.
+//  - the vector pools the last hidden state over the ids (padding excluded), L2-normalized when the folder says so,
+//    in float32.
 //  - a text whose WordPiece encoding is empty (empty, whitespace, control characters only) gives the zero vector
 //    (the Embedder contract), not the embedding of "[CLS] [SEP]".
 // Threads: embed()/embed_batch() may be called from several threads, but an internal mutex lets one run at a
@@ -71,12 +84,17 @@ class BertEmbedder final : public Embedder {
   int64_t max_tokens_ = 0;
   int64_t batch_tokens_ = 512;
   int64_t cls_id_ = -1, sep_id_ = -1, pad_id_ = 0;
+  SentencePooling pooling_;
   mutable std::mutex mutex_;
 };
 
 // Mean of hidden [B, T, D] over the positions where mask [B, T] is non-zero, L2-normalized: [B, D] float32.
 // A row whose mask is all zero (or whose mean is zero) gives zeros.
 at::Tensor masked_mean_normalize(const at::Tensor& hidden, const at::Tensor& mask);
+
+// hidden [B, T, D] pooled over mask [B, T] (right padding) as sentence-transformers' Pooling module does, then
+// L2-normalized when `pooling.normalize`: [B, D] float32.
+at::Tensor pool_sentence(const at::Tensor& hidden, const at::Tensor& mask, const SentencePooling& pooling);
 
 // Embeddings from a decoder's own hidden states: the text's tokens (after the BOS token for the Llama family,
 // when the model or tokenizer defines one) are run through the decoder in a private dense KvCache, in forward
