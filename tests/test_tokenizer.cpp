@@ -184,11 +184,14 @@ TEST_CASE("Unicode classes and UTF-8 helpers", "[tokenizer]") {
   CHECK(td::to_lower(0x0416) == 0x0436);  // Ж
   CHECK(td::to_lower(0x0100) == 0x0101);  // Ā (stride-2 run)
   CHECK(td::to_lower(0x03A3) == 0x03C3);  // Σ
-  CHECK(td::strip_accent_base(0xE9) == 'e');
-  CHECK(td::strip_accent_base(0x1EC7) == 'e');   // ệ
-  CHECK(td::strip_accent_base(0x0439) == 0x0438);  // й -> и
-  CHECK(td::strip_accent_base(0xE6) == 0xE6);    // æ has no decomposition
+  CHECK(td::to_lower(0x10400) == 0x10428);  // Deseret (outside the BMP)
+  CHECK(td::to_lower(0x1E900) == 0x1E922);  // Adlam
   CHECK(td::is_nonspacing_mark(0x0301));
+  CHECK(td::is_other_category(0xAD));          // soft hyphen (Cf)
+  CHECK(td::is_other_category(0xE000));        // private use
+  CHECK(td::is_other_category(0x85));          // NEL (Cc)
+  CHECK_FALSE(td::is_other_category(0x378));   // unassigned: BERT's clean_text keeps it
+  CHECK_FALSE(td::is_other_category(0x2028));  // Zl
 
   std::string lossy;
   td::append_utf8_lossy(lossy, "a\xE6\x97" "b\xFF" "c\xE6\x97\xA5");
@@ -197,6 +200,24 @@ TEST_CASE("Unicode classes and UTF-8 helpers", "[tokenizer]") {
   CHECK(td::utf8_complete_prefix("ab\xE6\x97\xA5") == 5);
   CHECK(td::utf8_complete_prefix("ab\xE6" "a") == 4);  // not a valid beginning: nothing held back
   CHECK(td::utf8_complete_prefix("\xF0\x9F\x91") == 0);
+}
+
+TEST_CASE("Unicode normalization forms: hand-checked cases", "[tokenizer]") {
+  using td::NormalForm;
+  const auto nf = [](const std::string& s, NormalForm f) { return td::normalize_unicode(s, f); };
+  CHECK(nf("Cafe\u0301", NormalForm::nfc) == "Caf\u00e9");
+  CHECK(nf("Caf\u00e9", NormalForm::nfd) == "Cafe\u0301");
+  CHECK(nf("\u212b", NormalForm::nfc) == "\u00c5");                  // Angstrom sign: canonical singleton
+  CHECK(nf("a\u0301\u0323", NormalForm::nfd) == "a\u0323\u0301");  // reordered by combining class
+  CHECK(nf("a\u0301\u0323", NormalForm::nfc) == "\u1ea1\u0301");   // dot below composes first
+  CHECK(nf("\u1100\u1161\u11a8", NormalForm::nfc) == "\uac01");    // Hangul L V T
+  CHECK(nf("\uac01", NormalForm::nfd) == "\u1100\u1161\u11a8");
+  CHECK(nf("\ufb01\u2460\uff12", NormalForm::nfkc) == "fi12");      // ligature, circled, fullwidth
+  CHECK(nf("\ufb01\u2460", NormalForm::nfc) == "\ufb01\u2460");    // NFC keeps compatibility characters
+  CHECK(nf("\u1e9b\u0323", NormalForm::nfkd) == "s\u0323\u0307");  // UAX #15's long s example
+  CHECK(nf("\u0958", NormalForm::nfc) == "\u0915\u093c");           // composition exclusion
+  CHECK(nf("e\xff\u0301", NormalForm::nfc) == "e\xff\u0301");      // an invalid byte blocks composition
+  CHECK(nf("plain ascii", NormalForm::nfkd) == "plain ascii");
 }
 
 TEST_CASE("hand-written pre-tokenizer regexes", "[tokenizer]") {
