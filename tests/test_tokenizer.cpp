@@ -599,13 +599,10 @@ TEST_CASE("SentencePiece: a small BPE model with byte fallback", "[tokenizer]") 
   for (int64_t id : ids) text2 += s2.feed(id);
   CHECK(text2 == "the cache keeps the sinks");
 
-  // a tokenizer.json converted from SentencePiece (Llama-2 style) defers to tokenizer.model
-  json llama2;
-  llama2["model"] = {{"type", "BPE"}, {"vocab", {{"<unk>", 0}}}, {"merges", json::array()}, {"byte_fallback", true}};
-  llama2["decoder"] = {{"type", "Sequence"},
-                       {"decoders", json::array({{{"type", "Replace"}}, {{"type", "ByteFallback"}}, {{"type", "Fuse"}},
-                                                 {{"type", "Strip"}}})}};
-  write_file(dir / "tokenizer.json", llama2.dump());
+  // a tokenizer.json holding a Unigram model defers to tokenizer.model
+  json unigram;
+  unigram["model"] = {{"type", "Unigram"}, {"vocab", json::array({json::array({"<unk>", 0.0})})}};
+  write_file(dir / "tokenizer.json", unigram.dump());
   const auto via_json = load_tokenizer(dir.string());
   CHECK(via_json->kind() == "sentencepiece");
   CHECK(via_json->encode("the cache keeps the sinks") == ids);
@@ -617,6 +614,76 @@ TEST_CASE("SentencePiece: a small BPE model with byte fallback", "[tokenizer]") 
   const auto overridden = load_tokenizer(dir.string());
   CHECK(overridden->bos_id() == 2);
   CHECK(overridden->eos_id() == -1);
+}
+
+// SentencePiece-style BPE in a tokenizer.json (no tokenizer.model): ids 0..11 below; merges (rank order)
+// "▁ a" -> ▁a, "a b" -> ab, "▁a b" -> ▁ab, "▁ ▁" -> ▁▁.
+json spm_bpe_json(const json& normalizer, const json& pre_tokenizer, const json& decoder) {
+  const std::string sp = "\u2581";
+  json j;
+  j["added_tokens"] = json::array({added_token(0, "<unk>", true), added_token(1, "<s>", true),
+                                   added_token(2, "</s>", true)});
+  j["normalizer"] = normalizer;
+  j["pre_tokenizer"] = pre_tokenizer;
+  j["decoder"] = decoder;
+  j["model"] = {{"type", "BPE"},
+                {"unk_token", "<unk>"},
+                {"fuse_unk", true},
+                {"byte_fallback", true},
+                {"vocab", {{"<unk>", 0}, {"<s>", 1}, {"</s>", 2}, {"<0xC3>", 3}, {"<0xA9>", 4}, {sp, 5}, {"a", 6},
+                           {"b", 7}, {sp + "a", 8}, {"ab", 9}, {sp + "ab", 10}, {sp + sp, 11}}},
+                {"merges", json::array({sp + " a", "a b", sp + "a b", sp + " " + sp})}};
+  return j;
+}
+
+json metaspace(const std::string& scheme, bool split) {
+  return {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", scheme}, {"split", split}};
+}
+
+TEST_CASE("SentencePiece-style BPE from tokenizer.json alone: Prepend + Replace, byte fallback, decoders",
+          "[tokenizer]") {
+  const json normalizer = {{"type", "Sequence"},
+                           {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", "\u2581"}},
+                                                        {{"type", "Replace"},
+                                                         {"pattern", {{"String", " "}}},
+                                                         {"content", "\u2581"}}})}};
+  const json decoder = {
+      {"type", "Sequence"},
+      {"decoders", json::array({{{"type", "Replace"}, {"pattern", {{"String", "\u2581"}}}, {"content", " "}},
+                                {{"type", "ByteFallback"}},
+                                {{"type", "Fuse"}},
+                                {{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}}})}};
+  const auto tok = load_json(spm_bpe_json(normalizer, nullptr, decoder), "spm_bpe_llama2");
+  CHECK(tok->kind() == "sentencepiece");
+  CHECK(tok->stream_drops_leading_space());
+  CHECK(tok->encode("ab") == Ids{10});          // "▁ab": ▁ a -> ▁a, then ▁a b -> ▁ab
+  CHECK(tok->encode(" ab") == Ids{5, 10});      // "▁▁ab": ▁ a (rank 0) before ▁ ▁ (rank 3)
+  CHECK(tok->encode("\u00e9") == Ids{5, 3, 4});  // é is not in the vocabulary: its bytes <0xC3> <0xA9>
+  CHECK(tok->encode("xy") == Ids{5, 0});        // unknown characters, one fused <unk>
+  CHECK(tok->encode("a<s>b") == Ids{8, 1, 5, 7});  // Prepend acts on each piece between added tokens
+  CHECK(tok->encode("") == Ids{});
+  CHECK(tok->decode({10, 5, 10}) == "ab  ab");  // ▁ -> ' ', fused, one leading space stripped
+  CHECK(tok->decode({5, 3, 4}) == "\u00e9");
+  CHECK(tok->decode({3, 7}) == "\xEF\xBF\xBD" "b");  // a lone byte token: U+FFFD
+  CHECK(tok->decode({1, 8, 2}) == "a");              // special tokens skipped
+  CHECK(tok->token_bytes(8) == " a");
+  CHECK(tok->token_bytes(3) == "\xC3");
+
+  // Metaspace pre-tokenizer (Mistral v0.3 style): prepend_scheme first / always / never, split or not.
+  const json ms_decoder = {{"type", "Sequence"},
+                           {"decoders", json::array({metaspace("first", true), {{"type", "ByteFallback"}},
+                                                     {{"type", "Fuse"}}})}};
+  const auto first = load_json(spm_bpe_json(nullptr, metaspace("first", true), ms_decoder), "spm_bpe_first");
+  CHECK(first->encode(" ab") == Ids{10});       // already starts with ▁: no second one (unlike Prepend)
+  CHECK(first->encode("a ab") == Ids{8, 10});   // "▁a▁ab" split before each ▁
+  CHECK(first->encode("<s>ab") == Ids{1, 9});   // not the first piece of the text: nothing prepended
+  CHECK(first->decode({8, 10}) == "a ab");      // the first token loses its ▁
+  const auto always = load_json(spm_bpe_json(nullptr, metaspace("always", true), ms_decoder), "spm_bpe_always");
+  CHECK(always->encode("<s>ab") == Ids{1, 10});
+  const auto never = load_json(spm_bpe_json(nullptr, metaspace("never", false), nullptr), "spm_bpe_never");
+  CHECK(never->encode("ab") == Ids{9});
+  CHECK(never->encode("a ab") == Ids{6, 10});  // one word "a▁ab": a ▁ab
+  CHECK_FALSE(never->stream_drops_leading_space());
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -770,9 +837,37 @@ TEST_CASE("bad input: messages name the file and the field", "[tokenizer]") {
     j["decoder"] = {{"type", "WordPiece"}, {"prefix", "##"}};
     REQUIRE_THROWS_WITH(load_text(j.dump(), "decoder"),
                         Catch::Contains("tokenizer.json: field decoder is") &&
-                            Catch::Contains("expected a ByteLevel decoder"));
-    j["decoder"] = {{"type", "Metaspace"}};  // a SentencePiece conversion without its tokenizer.model
-    REQUIRE_THROWS_WITH(load_text(j.dump(), "metaspace"), Catch::Contains("expected tokenizer.model beside it"));
+                            Catch::Contains("expected a ByteLevel, Replace, ByteFallback, Fuse, Strip or Metaspace "
+                                            "decoder"));
+    j["decoder"] = {{"type", "Metaspace"}};
+    REQUIRE_THROWS_WITH(load_text(j.dump(), "metaspace"),
+                        Catch::Contains("tokenizer.json: field decoder.replacement is missing, expected a non-empty "
+                                        "string"));
+    j["decoder"] = {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "first"}};
+    REQUIRE_THROWS_WITH(load_text(j.dump(), "metaspace_byte_level"),
+                        Catch::Contains("expected a ByteLevel decoder for a byte-level BPE"));
+    j["decoder"] = {{"type", "Strip"}, {"content", "ab"}, {"start", 1}};
+    REQUIRE_THROWS_WITH(load_text(j.dump(), "strip"),
+                        Catch::Contains("field decoder.content is \"ab\", expected one character"));
+  }
+  SECTION("SentencePiece-style BPE: bad Metaspace, Split and Replace fields") {
+    json j = make_bpe_json(gpt2_spec());
+    j["decoder"] = nullptr;
+    j["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", "\u2581"}, {"prepend_scheme", "sometimes"}};
+    REQUIRE_THROWS_WITH(load_text(j.dump(), "prepend_scheme"),
+                        Catch::Contains("tokenizer.json: field pre_tokenizer.prepend_scheme is \"sometimes\", "
+                                        "expected one of \"always\", \"first\", \"never\""));
+    j["pre_tokenizer"] = {{"type", "Split"}, {"pattern", {{"String", " "}}}, {"behavior", "Glued"}};
+    REQUIRE_THROWS_WITH(load_text(j.dump(), "split_behavior_name"),
+                        Catch::Contains("field pre_tokenizer.behavior is \"Glued\", expected one of \"Removed\""));
+    j["pre_tokenizer"] = nullptr;
+    j["normalizer"] = {{"type", "Sequence"},
+                       {"normalizers", json::array({{{"type", "Prepend"}, {"prepend", "\u2581"}},
+                                                    {{"type", "Replace"}, {"pattern", {{"Regex", " +"}}},
+                                                     {"content", "\u2581"}}})}};
+    REQUIRE_THROWS_WITH(load_text(j.dump(), "replace_regex"),
+                        Catch::Contains("field normalizer.normalizers[1].pattern is {\"Regex\":\" +\"}, expected "
+                                        "{\"String\": <non-empty text>}"));
   }
   SECTION("unsupported normalizer") {
     json j = make_bpe_json(gpt2_spec());

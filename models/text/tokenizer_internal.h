@@ -122,6 +122,13 @@ class AddedTokenSplitter {
   const std::vector<AddedToken>& tokens() const { return tokens_; }
   // Pieces in text order; plain pieces are never empty.
   std::vector<TextPiece> split(std::string_view text) const;
+  // One of split()'s two passes alone: the tokens with normalized=false (`normalized` false), to be run on the raw
+  // text, or those with normalized=true, to be run on the normalized plain pieces (Hugging Face's order).
+  std::vector<TextPiece> split_pass(std::string_view text, bool normalized) const {
+    std::vector<TextPiece> out;
+    split_pass(text, normalized ? 1 : 0, out);
+    return out;
+  }
 
  private:
   void split_pass(std::string_view text, int pass, std::vector<TextPiece>& out) const;
@@ -158,8 +165,10 @@ class TokenizerBase : public Tokenizer {
   int64_t eos_id_ = -1;
 };
 
-// `j` is a parsed tokenizer.json (model.type BPE with a ByteLevel pre-tokenizer), `source` its path.
-std::unique_ptr<TokenizerBase> make_byte_level_bpe(const nlohmann::json& j, const std::string& source);
+// `j` is a parsed tokenizer.json with model.type BPE, `source` its path: byte-level BPE when the pre-tokenizer has a
+// ByteLevel step (kind "bpe"), else SentencePiece-style BPE over characters with Metaspace / Prepend+Replace and
+// byte fallback (kind "sentencepiece": Llama-2, Mistral, Gemma).
+std::unique_ptr<TokenizerBase> make_bpe(const nlohmann::json& j, const std::string& source);
 // A parsed tokenizer.json with model.type WordPiece.
 std::unique_ptr<TokenizerBase> make_wordpiece_from_json(const nlohmann::json& j, const std::string& source);
 // The added_tokens array of a parsed tokenizer.json (empty when absent).
