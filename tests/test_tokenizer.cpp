@@ -2,6 +2,7 @@
 // the BPE trainer, SentencePiece (a tiny model trained here), WordPiece, TextStreamer and bad-input messages.
 #include <unistd.h>
 
+#include <array>
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -220,6 +221,47 @@ TEST_CASE("Unicode normalization forms: hand-checked cases", "[tokenizer]") {
   CHECK(nf("\u0958", NormalForm::nfc) == "\u0915\u093c");           // composition exclusion
   CHECK(nf("e\xff\u0301", NormalForm::nfc) == "e\xff\u0301");      // an invalid byte blocks composition
   CHECK(nf("plain ascii", NormalForm::nfkd) == "plain ascii");
+}
+
+TEST_CASE("Unicode normalization forms: NormalizationTest.txt conformance (sample)", "[tokenizer]") {
+  // tests/data/unicode/NormalizationTest-sample.txt: lines c1;c2;c3;c4;c5 of the Unicode Character Database, each
+  // a list of hex code points. UAX #15's conditions: NFC(c1..c3) = c2, NFC(c4, c5) = c4, NFD(c1..c3) = c3,
+  // NFD(c4, c5) = c5, NFKC(any) = c4, NFKD(any) = c5.
+  using td::NormalForm;
+  std::istringstream in(read_file(fs::path(SINKFLOW_SOURCE_DIR) / "tests/data/unicode/NormalizationTest-sample.txt"));
+  std::string line;
+  int n_lines = 0;
+  int n_ok = 0;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#' || line[0] == '@') continue;
+    std::array<std::string, 5> c;
+    std::istringstream fields(line);
+    for (std::string& column : c) {
+      std::string field;
+      std::getline(fields, field, ';');
+      std::istringstream hex(field);
+      std::string cp;
+      while (hex >> cp) td::append_utf8(column, static_cast<uint32_t>(std::stoul(cp, nullptr, 16)));
+    }
+    ++n_lines;
+    bool ok = true;
+    for (int k = 0; k < 5; ++k) {
+      INFO("line " << line << ", column " << k + 1);
+      const bool canonical = k < 3;
+      const std::string nfc = td::normalize_unicode(c[k], NormalForm::nfc);
+      const std::string nfd = td::normalize_unicode(c[k], NormalForm::nfd);
+      const std::string nfkc = td::normalize_unicode(c[k], NormalForm::nfkc);
+      const std::string nfkd = td::normalize_unicode(c[k], NormalForm::nfkd);
+      CHECK(nfc == (canonical ? c[1] : c[3]));
+      CHECK(nfd == (canonical ? c[2] : c[4]));
+      CHECK(nfkc == c[3]);
+      CHECK(nfkd == c[4]);
+      ok = ok && nfc == (canonical ? c[1] : c[3]) && nfd == (canonical ? c[2] : c[4]) && nfkc == c[3] && nfkd == c[4];
+    }
+    n_ok += ok;
+  }
+  CHECK(n_lines > 2800);
+  std::printf("NormalizationTest sample: %d/%d lines conform\n", n_ok, n_lines);
 }
 
 TEST_CASE("hand-written pre-tokenizer regexes", "[tokenizer]") {
