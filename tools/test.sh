@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/build.sh
+tools/fetch_tokenizers.sh  # the real tokenizer files the tokenizer tests compare against
 export OPENBLAS_NUM_THREADS=1
 ctest --test-dir build --output-on-failure -j"$(nproc)" "$@"

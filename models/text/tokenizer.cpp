@@ -174,27 +174,9 @@ std::string type_field(const json& v) {
   return it != v.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
 
-// Whether a tokenizer.json is the conversion of a SentencePiece model (so that tokenizer.model is the faithful
-// source): model.type Unigram, or BPE with a Metaspace / ByteFallback decoder or a Metaspace pre-tokenizer
-// (Llama-2, TinyLlama, Mistral).
-bool is_sentencepiece_conversion(const json& j) {
-  if (!j.is_object() || !j.contains("model")) return false;
-  const std::string type = type_field(j["model"]);
-  if (type == "Unigram") return true;
-  if (type != "BPE") return false;
-  auto sentencepiece_style = [](const json& step, const char* list) {
-    const std::string t = type_field(step);
-    if (t == "Metaspace" || t == "ByteFallback") return true;
-    if (t == "Sequence" && step.contains(list) && step[list].is_array()) {
-      for (const auto& s : step[list]) {
-        const std::string st = type_field(s);
-        if (st == "Metaspace" || st == "ByteFallback") return true;
-      }
-    }
-    return false;
-  };
-  return (j.contains("decoder") && sentencepiece_style(j["decoder"], "decoders")) ||
-         (j.contains("pre_tokenizer") && sentencepiece_style(j["pre_tokenizer"], "pretokenizers"));
+// Whether a tokenizer.json holds a Unigram model (a SentencePiece conversion read from its tokenizer.model).
+bool is_unigram(const json& j) {
+  return j.is_object() && j.contains("model") && type_field(j["model"]) == "Unigram";
 }
 
 // The id named by `value` (bos_token / eos_token of tokenizer_config.json or special_tokens_map.json: a string,
@@ -320,13 +302,12 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
   std::unique_ptr<TokenizerBase> tok;
   if (fs::is_regular_file(json_path)) {
     const json j = parse_json_file(json_path);
-    if (is_sentencepiece_conversion(j)) {
+    if (is_unigram(j)) {
       if (!fs::is_regular_file(spm_path)) {
-        throw std::invalid_argument(json_path.string() + ": field model.type is \"" + type_field(j["model"]) +
-                                    "\" in a SentencePiece conversion (Unigram, Metaspace or ByteFallback): expected "
-                                    "tokenizer.model beside it, found none");
+        throw std::invalid_argument(json_path.string() + ": field model.type is \"Unigram\" (a SentencePiece "
+                                    "conversion): expected tokenizer.model beside it, found none");
       }
-      spdlog::info("tokenizer: {} is a SentencePiece conversion; loading {}", json_path.string(), spm_path.string());
+      spdlog::info("tokenizer: {} holds a Unigram model; loading {}", json_path.string(), spm_path.string());
       tok = tokenizer_detail::make_sentencepiece(spm_path.string());
     } else {
       std::string type;
@@ -337,7 +318,7 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::string& dir) {
         else if (m.contains("max_input_chars_per_word")) type = "WordPiece";
       }
       if (type == "WordPiece") tok = tokenizer_detail::make_wordpiece_from_json(j, json_path.string());
-      else tok = tokenizer_detail::make_byte_level_bpe(j, json_path.string());  // reports other types
+      else tok = tokenizer_detail::make_bpe(j, json_path.string());  // reports other types
     }
   } else if (fs::is_regular_file(spm_path)) {
     tok = tokenizer_detail::make_sentencepiece(spm_path.string());

@@ -1,5 +1,7 @@
-// Tokenizers loaded from a Hugging Face model folder: byte-level BPE (GPT-2, SmolLM2, Qwen2, Llama-3 tokenizer.json),
-// SentencePiece (tokenizer.model: Llama-2, TinyLlama, Mistral) and WordPiece (BERT/MiniLM: vocab.txt or tokenizer.json).
+// Tokenizers loaded from a Hugging Face model folder: byte-level BPE (GPT-2, SmolLM2, Qwen2/3, Llama-3 tokenizer.json),
+// SentencePiece-style BPE (tokenizer.json converted from SentencePiece: Llama-2, Mistral, Gemma; or tokenizer.model
+// alone) and WordPiece (BERT/MiniLM: vocab.txt or tokenizer.json). Encoding and decoding follow Hugging Face's
+// `tokenizers` (checked id for id against it on real tokenizer files: tests/data/tokenizers/README.md).
 // All tokenizers are immutable after loading and safe to use from several threads at once.
 #pragma once
 
@@ -15,17 +17,22 @@ class Tokenizer {
  public:
   virtual ~Tokenizer() = default;
 
-  // "bpe" (byte-level BPE), "sentencepiece" or "wordpiece".
+  // "bpe" (byte-level BPE), "sentencepiece" (tokenizer.model, or a tokenizer.json BPE over characters with byte
+  // fallback) or "wordpiece".
   virtual std::string kind() const = 0;
 
-  // Token ids of `text`, as Hugging Face `tokenizers` (or SentencePiece) gives them with add_special_tokens=False:
-  // never adds BOS/EOS/CLS/SEP. Special tokens written literally in the text ("<|endoftext|>", "[SEP]") are
-  // recognised and mapped to their id (byte-level BPE and WordPiece; SentencePiece treats them as plain text).
+  // Token ids of `text`, as Hugging Face `tokenizers` gives them with add_special_tokens=False (SentencePiece's own
+  // for a tokenizer.model): never adds BOS/EOS/CLS/SEP. The tokenizer.json pipeline runs as there: added tokens
+  // ("<|endoftext|>", "[SEP]", "<s>") are cut out first, the normalizer (NFC, NFD, NFKC, NFKD, Prepend, Replace,
+  // BertNormalizer) runs on the text between them, then the pre-tokenizer (ByteLevel, Split, Digits, Metaspace with
+  // prepend_scheme always/first/never and split, BertPreTokenizer) and the model (BPE with ignore_merges and byte
+  // fallback to <0xNN> tokens, WordPiece). A tokenizer.model treats special-token text as plain text.
   // Invalid UTF-8 in `text` is tolerated (byte-level BPE keeps the bytes; the others map it to [UNK]/bytes).
   virtual std::vector<int64_t> encode(std::string_view text) const = 0;
 
-  // Text of `ids` (skip_special_tokens=True): special tokens are skipped, byte sequences that are not valid UTF-8
-  // become U+FFFD. Ids outside [0, vocab_size()) are skipped.
+  // Text of `ids` (skip_special_tokens=True) as Hugging Face's decoder gives it (ByteLevel; Replace, ByteFallback,
+  // Fuse, Strip, Metaspace; WordPiece with its clean-up): special tokens are skipped, byte sequences that are not
+  // valid UTF-8 become U+FFFD. Ids outside [0, vocab_size()) are skipped.
   virtual std::string decode(const std::vector<int64_t>& ids) const = 0;
 
   // The exact bytes token `id` contributes to the output text stream when tokens are printed one by one
@@ -55,10 +62,10 @@ class Tokenizer {
 };
 
 // Loads the tokenizer of a model folder, trying in this order:
-//   tokenizer.json  model.type "BPE" with a ByteLevel pre-tokenizer -> byte-level BPE; "WordPiece" -> WordPiece.
-//                   A tokenizer.json converted from SentencePiece (model.type Unigram, or BPE with a Metaspace or
-//                   ByteFallback decoder or a Metaspace pre-tokenizer: Llama-2, TinyLlama, Mistral, Gemma) defers to
-//                   the folder's tokenizer.model (an error when there is none).
+//   tokenizer.json  model.type "BPE" with a ByteLevel pre-tokenizer (or decoder) -> byte-level BPE; "BPE" without
+//                   one -> SentencePiece-style BPE read from tokenizer.json alone (Llama-2, Mistral v0.1/v0.3,
+//                   Gemma: Metaspace or Prepend+Replace, byte fallback); "WordPiece" -> WordPiece. model.type
+//                   "Unigram" defers to the folder's tokenizer.model (an error when there is none).
 //   tokenizer.model SentencePiece (models/sentencepiece.h, read without libsentencepiece).
 //   vocab.txt       WordPiece with BERT uncased defaults (do_lower_case from tokenizer_config.json when present).
 // bos/eos: the first of tokenizer_config.json (bos_token/eos_token: a string, {"content": ...} or null = none),

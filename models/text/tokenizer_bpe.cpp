@@ -1,6 +1,8 @@
-// Byte-level BPE from a Hugging Face tokenizer.json (GPT-2, SmolLM2, Qwen2, Llama-3), and a small trainer that
-// writes such a file. Follows `tokenizers` (models/bpe/model.rs, word.rs; pre_tokenizers/byte_level.rs, digits.rs,
-// split.rs; added_vocabulary.rs) step by step.
+// BPE from a Hugging Face tokenizer.json: byte-level (GPT-2, SmolLM2, Qwen2/3, Llama-3) or over characters with byte
+// fallback (SentencePiece conversions: Llama-2, Mistral, Gemma), and a small trainer that writes a byte-level file.
+// Follows the behaviour of `tokenizers` (models/bpe; normalizers NFC/NFD/NFKC/NFKD, Prepend, Replace; pre-tokenizers
+// ByteLevel, Digits, Split, Metaspace; decoders ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace; the added
+// vocabulary), checked against it id for id by the fixtures of tests/data/tokenizers/.
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -88,20 +90,77 @@ std::vector<AddedToken> parse_added_tokens_json(const json& j, const std::string
 
 namespace {
 
+// How a Split pre-tokenizer treats the delimiters it finds (Hugging Face's SplitDelimiterBehavior).
+enum class SplitBehavior { removed, isolated, merged_with_previous, merged_with_next, contiguous };
+constexpr std::pair<SplitBehavior, const char*> kSplitBehaviorNames[] = {
+    {SplitBehavior::removed, "Removed"},
+    {SplitBehavior::isolated, "Isolated"},
+    {SplitBehavior::merged_with_previous, "MergedWithPrevious"},
+    {SplitBehavior::merged_with_next, "MergedWithNext"},
+    {SplitBehavior::contiguous, "Contiguous"},
+};
+
+// When Metaspace puts the replacement character before a piece that does not start with it.
+enum class PrependScheme { always, first, never };
+constexpr std::pair<PrependScheme, const char*> kPrependSchemeNames[] = {
+    {PrependScheme::always, "always"}, {PrependScheme::first, "first"}, {PrependScheme::never, "never"}};
+
+// The enum value named by field `path`.`key` of `obj` (`fallback` when absent); the message lists the names.
+template <typename E, size_t N>
+E enum_field(const json& obj, const char* key, E fallback, const std::pair<E, const char*> (&names)[N],
+             const std::string& source, const std::string& path) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return fallback;
+  std::string expected;
+  for (const auto& [value, name] : names) {
+    if (it->is_string() && it->get<std::string>() == name) return value;
+    expected += std::string(expected.empty() ? "" : ", ") + "\"" + name + "\"";
+  }
+  throw std::invalid_argument(source + ": field " + path + "." + key + " is " + quote(*it) + ", expected one of " +
+                              expected);
+}
+
+std::string string_field(const json& obj, const char* key, const std::string& source, const std::string& path) {
+  auto it = obj.find(key);
+  if (it == obj.end() || !it->is_string() || it->get<std::string>().empty()) {
+    throw std::invalid_argument(source + ": field " + path + "." + key + " is " +
+                                (it == obj.end() ? std::string("missing") : quote(*it)) +
+                                ", expected a non-empty string");
+  }
+  return it->get<std::string>();
+}
+
+// The String of a {"String": "..."} pattern (Split, Replace); Regex patterns other than the known Split ones are
+// not supported.
+std::string string_pattern(const json& obj, const std::string& source, const std::string& path) {
+  const json pattern = obj.value("pattern", json());
+  if (!pattern.is_object() || !pattern.contains("String") || !pattern["String"].is_string() ||
+      pattern["String"].get<std::string>().empty()) {
+    throw std::invalid_argument(source + ": field " + path + ".pattern is " + quote(pattern) +
+                                ", expected {\"String\": <non-empty text>}");
+  }
+  return pattern["String"].get<std::string>();
+}
+
 // One pre-tokenization step, in pipeline order.
 struct PreStep {
-  enum class Kind { digits, split, byte_level } kind = Kind::byte_level;
+  enum class Kind { digits, split, split_string, byte_level, metaspace } kind = Kind::byte_level;
   bool individual_digits = false;             // digits
   SplitPattern pattern = SplitPattern::gpt2;  // split
+  std::string text;                           // split_string: the delimiter; metaspace: the replacement
+  SplitBehavior behavior = SplitBehavior::isolated;  // split_string
   bool add_prefix_space = false;              // byte_level
   bool use_regex = true;                      // byte_level
+  PrependScheme prepend_scheme = PrependScheme::always;  // metaspace
+  bool metaspace_split = true;                           // metaspace
 };
 
 void parse_pre_tokenizer(const json& p, const std::string& source, const std::string& path,
                          std::vector<PreStep>& steps) {
   if (!p.is_object() || !p.contains("type") || !p["type"].is_string()) {
     throw std::invalid_argument(source + ": field " + path + " is " + quote(p) +
-                                ", expected a pre-tokenizer object with a type (ByteLevel, Digits, Split, Sequence)");
+                                ", expected a pre-tokenizer object with a type (ByteLevel, Digits, Split, Metaspace, "
+                                "Sequence)");
   }
   const std::string type = p["type"].get<std::string>();
   if (type == "Sequence") {
@@ -122,62 +181,342 @@ void parse_pre_tokenizer(const json& p, const std::string& source, const std::st
   } else if (type == "Digits") {
     step.kind = PreStep::Kind::digits;
     step.individual_digits = get_bool(p, "individual_digits", false, source, path);
+  } else if (type == "Metaspace") {
+    step.kind = PreStep::Kind::metaspace;
+    step.text = string_field(p, "replacement", source, path);
+    // Files older than prepend_scheme carry add_prefix_space instead (true = always).
+    const bool add_prefix_space = get_bool(p, "add_prefix_space", true, source, path);
+    step.prepend_scheme = enum_field(p, "prepend_scheme", add_prefix_space ? PrependScheme::always : PrependScheme::never,
+                                     kPrependSchemeNames, source, path);
+    step.metaspace_split = get_bool(p, "split", true, source, path);
   } else if (type == "Split") {
-    step.kind = PreStep::Kind::split;
+    if (get_bool(p, "invert", false, source, path)) {
+      throw std::invalid_argument(source + ": field " + path + ".invert is true, expected false");
+    }
     const json pattern = p.value("pattern", json());
+    step.behavior = enum_field(p, "behavior", SplitBehavior::isolated, kSplitBehaviorNames, source, path);
+    if (pattern.is_object() && pattern.contains("String")) {
+      step.kind = PreStep::Kind::split_string;
+      step.text = string_pattern(p, source, path);
+      steps.push_back(step);
+      return;
+    }
+    step.kind = PreStep::Kind::split;
     if (!pattern.is_object() || !pattern.contains("Regex") || !pattern["Regex"].is_string()) {
       throw std::invalid_argument(source + ": field " + path + ".pattern is " + quote(pattern) +
-                                  ", expected {\"Regex\": <the GPT-2, Llama-3 or Qwen2 pattern>} (other split "
-                                  "patterns are not supported)");
+                                  ", expected {\"String\": ...} or {\"Regex\": <the GPT-2, Llama-3 or Qwen2 pattern>} "
+                                  "(other split patterns are not supported)");
     }
     const std::string regex = pattern["Regex"].get<std::string>();
     if (!recognize_split_pattern(regex, step.pattern)) {
       throw std::invalid_argument(source + ": field " + path + ".pattern.Regex is \"" + regex +
                                   "\", expected the GPT-2, Llama-3 or Qwen2 pattern (other regexes are not supported)");
     }
-    const json behavior_json = p.value("behavior", json("Isolated"));
-    const std::string behavior = behavior_json.is_string() ? behavior_json.get<std::string>() : quote(behavior_json);
-    if (behavior != "Isolated") {
-      throw std::invalid_argument(source + ": field " + path + ".behavior is \"" + behavior +
-                                  "\", expected \"Isolated\"");
-    }
-    if (get_bool(p, "invert", false, source, path)) {
-      throw std::invalid_argument(source + ": field " + path + ".invert is true, expected false");
+    if (step.behavior != SplitBehavior::isolated) {
+      throw std::invalid_argument(source + ": field " + path + ".behavior is " + quote(p["behavior"]) +
+                                  ", expected \"Isolated\" for a Regex pattern");
     }
   } else {
     throw std::invalid_argument(source + ": field " + path + ".type is \"" + type +
-                                "\", expected ByteLevel, Digits, Split or Sequence for a byte-level BPE");
+                                "\", expected ByteLevel, Digits, Split, Metaspace or Sequence for a BPE model");
   }
   steps.push_back(step);
 }
 
-void check_normalizer(const json& n, const std::string& source, const std::string& path) {
+// Pieces of `text` cut at each occurrence of `delimiter`, as Hugging Face's Split with a String pattern and
+// `behavior`: (begin, end) byte offsets, none empty.
+std::vector<std::pair<size_t, size_t>> split_on_string(std::string_view text, std::string_view delimiter,
+                                                       SplitBehavior behavior) {
+  struct Segment {
+    size_t begin, end;
+    bool match;
+  };
+  std::vector<Segment> segments;  // gaps and matches in order, none empty
+  size_t pos = 0;
+  while (pos < text.size()) {
+    const size_t hit = text.find(delimiter, pos);
+    if (hit == std::string_view::npos) break;
+    if (hit > pos) segments.push_back({pos, hit, false});
+    segments.push_back({hit, hit + delimiter.size(), true});
+    pos = hit + delimiter.size();
+  }
+  if (pos < text.size()) segments.push_back({pos, text.size(), false});
+  std::vector<std::pair<size_t, size_t>> out;
+  switch (behavior) {
+    case SplitBehavior::removed:
+      for (const Segment& s : segments) {
+        if (!s.match) out.emplace_back(s.begin, s.end);
+      }
+      break;
+    case SplitBehavior::isolated:
+      for (const Segment& s : segments) out.emplace_back(s.begin, s.end);
+      break;
+    case SplitBehavior::contiguous:
+      for (size_t k = 0; k < segments.size(); ++k) {
+        if (k > 0 && segments[k].match && segments[k - 1].match) out.back().second = segments[k].end;
+        else out.emplace_back(segments[k].begin, segments[k].end);
+      }
+      break;
+    case SplitBehavior::merged_with_previous:
+      // A delimiter joins the piece before it, unless that piece is itself a delimiter.
+      for (size_t k = 0; k < segments.size(); ++k) {
+        if (segments[k].match && k > 0 && !segments[k - 1].match) out.back().second = segments[k].end;
+        else out.emplace_back(segments[k].begin, segments[k].end);
+      }
+      break;
+    case SplitBehavior::merged_with_next:
+      // A delimiter joins the piece after it, unless that piece is itself a delimiter.
+      for (size_t k = segments.size(); k-- > 0;) {
+        if (segments[k].match && k + 1 < segments.size() && !segments[k + 1].match) out.back().first = segments[k].begin;
+        else out.emplace_back(segments[k].begin, segments[k].end);
+      }
+      std::reverse(out.begin(), out.end());
+      break;
+  }
+  return out;
+}
+
+std::string replace_all(std::string_view text, std::string_view from, std::string_view to) {
+  std::string out;
+  size_t pos = 0;
+  while (true) {
+    const size_t hit = text.find(from, pos);
+    if (hit == std::string_view::npos) break;
+    out.append(text, pos, hit - pos);
+    out.append(to);
+    pos = hit + from.size();
+  }
+  out.append(text, pos, std::string_view::npos);
+  return out;
+}
+
+// One normalization step (Hugging Face normalizers), in pipeline order.
+struct NormStep {
+  enum class Kind { unicode, prepend, replace } kind = Kind::unicode;
+  NormalForm form = NormalForm::nfc;  // unicode
+  std::string from;                   // replace: the String pattern
+  std::string to;                     // prepend: the prefix; replace: the content
+};
+constexpr std::pair<NormalForm, const char*> kNormalFormNames[] = {
+    {NormalForm::nfc, "NFC"}, {NormalForm::nfd, "NFD"}, {NormalForm::nfkc, "NFKC"}, {NormalForm::nfkd, "NFKD"}};
+
+void parse_normalizer(const json& n, const std::string& source, const std::string& path, std::vector<NormStep>& steps) {
   if (n.is_null()) return;
   const std::string type = type_field(n);
-  // NFC is treated as the identity: text arriving here is expected to be NFC already (what editors and the web
-  // produce); composing decomposed input would need the Unicode composition tables.
-  if (type == "NFC") return;
+  for (const auto& [form, name] : kNormalFormNames) {
+    if (type == name) {
+      steps.push_back({NormStep::Kind::unicode, form, {}, {}});
+      return;
+    }
+  }
   if (type == "Sequence" && n.contains("normalizers") && n["normalizers"].is_array()) {
     for (size_t k = 0; k < n["normalizers"].size(); ++k) {
-      check_normalizer(n["normalizers"][k], source, path + ".normalizers[" + std::to_string(k) + "]");
+      parse_normalizer(n["normalizers"][k], source, path + ".normalizers[" + std::to_string(k) + "]", steps);
     }
+    return;
+  }
+  if (type == "Prepend") {
+    steps.push_back({NormStep::Kind::prepend, NormalForm::nfc, {}, string_field(n, "prepend", source, path)});
+    return;
+  }
+  if (type == "Replace") {
+    const std::string from = string_pattern(n, source, path);
+    auto it = n.find("content");
+    if (it == n.end() || !it->is_string()) {
+      throw std::invalid_argument(source + ": field " + path + ".content is " +
+                                  (it == n.end() ? std::string("missing") : quote(*it)) + ", expected a string");
+    }
+    steps.push_back({NormStep::Kind::replace, NormalForm::nfc, from, it->get<std::string>()});
     return;
   }
   throw std::invalid_argument(source + ": field " + path + " is " + quote(n) +
-                              ", expected null or NFC for a byte-level BPE");
+                              ", expected null, NFC, NFD, NFKC, NFKD, Prepend, Replace (String pattern) or a "
+                              "Sequence of them for a BPE model");
 }
 
-void check_decoder(const json& d, const std::string& source, const std::string& path) {
+std::string normalize(const std::vector<NormStep>& steps, std::string_view text) {
+  std::string s(text);
+  for (const NormStep& step : steps) {
+    switch (step.kind) {
+      case NormStep::Kind::unicode: s = normalize_unicode(s, step.form); break;
+      case NormStep::Kind::prepend:
+        if (!s.empty()) s.insert(0, step.to);
+        break;
+      case NormStep::Kind::replace: s = replace_all(s, step.from, step.to); break;
+    }
+  }
+  return s;
+}
+
+// One decoding step (Hugging Face decoders), in pipeline order: each maps the list of token strings to a new list.
+struct DecStep {
+  enum class Kind { byte_level, replace, byte_fallback, fuse, strip, metaspace } kind = Kind::byte_level;
+  std::string from;  // replace: the String pattern; strip: the character; metaspace: the replacement
+  std::string to;    // replace: the content
+  int64_t start = 0;  // strip: at most this many leading `from` removed
+  int64_t stop = 0;   // strip: at most this many trailing `from` removed
+  PrependScheme prepend_scheme = PrependScheme::always;  // metaspace
+};
+
+int64_t count_field(const json& obj, const char* key, const std::string& source, const std::string& path) {
+  auto it = obj.find(key);
+  if (it == obj.end() || it->is_null()) return 0;
+  if (!it->is_number_integer() || it->get<int64_t>() < 0) {
+    throw std::invalid_argument(source + ": field " + path + "." + key + " is " + quote(*it) +
+                                ", expected a non-negative integer");
+  }
+  return it->get<int64_t>();
+}
+
+void parse_decoder(const json& d, const std::string& source, const std::string& path, std::vector<DecStep>& steps) {
   const std::string type = type_field(d);
-  if (type == "ByteLevel") return;
+  DecStep step;
   if (type == "Sequence" && d.contains("decoders") && d["decoders"].is_array() && !d["decoders"].empty()) {
     for (size_t k = 0; k < d["decoders"].size(); ++k) {
-      check_decoder(d["decoders"][k], source, path + ".decoders[" + std::to_string(k) + "]");
+      parse_decoder(d["decoders"][k], source, path + ".decoders[" + std::to_string(k) + "]", steps);
     }
     return;
+  } else if (type == "ByteLevel") {
+    step.kind = DecStep::Kind::byte_level;
+  } else if (type == "ByteFallback") {
+    step.kind = DecStep::Kind::byte_fallback;
+  } else if (type == "Fuse") {
+    step.kind = DecStep::Kind::fuse;
+  } else if (type == "Replace") {
+    step.kind = DecStep::Kind::replace;
+    step.from = string_pattern(d, source, path);
+    auto it = d.find("content");
+    if (it == d.end() || !it->is_string()) {
+      throw std::invalid_argument(source + ": field " + path + ".content is " +
+                                  (it == d.end() ? std::string("missing") : quote(*it)) + ", expected a string");
+    }
+    step.to = it->get<std::string>();
+  } else if (type == "Strip") {
+    step.kind = DecStep::Kind::strip;
+    step.from = string_field(d, "content", source, path);
+    uint32_t cp = 0;
+    if (decode_utf8(step.from, 0, cp) != step.from.size()) {
+      throw std::invalid_argument(source + ": field " + path + ".content is " + quote(d["content"]) +
+                                  ", expected one character");
+    }
+    step.start = count_field(d, "start", source, path);
+    step.stop = count_field(d, "stop", source, path);
+  } else if (type == "Metaspace") {
+    step.kind = DecStep::Kind::metaspace;
+    step.from = string_field(d, "replacement", source, path);
+    const bool add_prefix_space = get_bool(d, "add_prefix_space", true, source, path);
+    step.prepend_scheme = enum_field(d, "prepend_scheme", add_prefix_space ? PrependScheme::always : PrependScheme::never,
+                                     kPrependSchemeNames, source, path);
+  } else {
+    throw std::invalid_argument(source + ": field " + path + " is " + quote(d) +
+                                ", expected a ByteLevel, Replace, ByteFallback, Fuse, Strip or Metaspace decoder, or "
+                                "a Sequence of them");
   }
-  throw std::invalid_argument(source + ": field " + path + " is " + quote(d) +
-                              ", expected a ByteLevel decoder for a byte-level BPE");
+  steps.push_back(step);
+}
+
+// The byte "<0xNN>" spells, or -1.
+int byte_fallback_value(std::string_view token) {
+  if (token.size() != 6 || token.substr(0, 3) != "<0x" || token[5] != '>') return -1;
+  int v = 0;
+  for (char c : token.substr(3, 2)) {
+    const int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    if (d < 0) return -1;
+    v = v * 16 + d;
+  }
+  return v;
+}
+
+// Runs the decoder steps over token strings and joins the result (Hugging Face's decode_chain, then concat).
+std::string run_decoders(const std::vector<DecStep>& steps, std::vector<std::string> tokens) {
+  for (const DecStep& step : steps) {
+    switch (step.kind) {
+      case DecStep::Kind::byte_level: {
+        std::string joined;
+        for (const std::string& t : tokens) joined += t;
+        std::string bytes;
+        if (!byte_level_to_bytes(joined, bytes)) {
+          // Characters outside the byte alphabet are kept as they are (as Hugging Face).
+          bytes.clear();
+          for (size_t i = 0; i < joined.size();) {
+            uint32_t cp = 0;
+            const size_t len = decode_utf8(joined, i, cp);
+            const int b = cp == kInvalidCodePoint ? -1 : unicode_to_byte(cp);
+            if (b >= 0) bytes.push_back(static_cast<char>(b));
+            else bytes.append(joined, i, len);
+            i += len;
+          }
+        }
+        std::string text;
+        append_utf8_lossy(text, bytes);
+        tokens.assign(1, text);
+        break;
+      }
+      case DecStep::Kind::replace:
+        for (std::string& t : tokens) t = replace_all(t, step.from, step.to);
+        break;
+      case DecStep::Kind::byte_fallback: {
+        std::vector<std::string> out;
+        std::string pending;  // bytes of consecutive <0xNN> tokens
+        size_t n_pending = 0;
+        auto flush = [&] {
+          if (n_pending == 0) return;
+          if (is_valid_utf8(pending)) {
+            out.push_back(pending);
+          } else {
+            for (size_t k = 0; k < n_pending; ++k) out.emplace_back("\xEF\xBF\xBD");  // one U+FFFD per byte
+          }
+          pending.clear();
+          n_pending = 0;
+        };
+        for (std::string& t : tokens) {
+          const int b = byte_fallback_value(t);
+          if (b >= 0) {
+            pending.push_back(static_cast<char>(b));
+            ++n_pending;
+            continue;
+          }
+          flush();
+          out.push_back(std::move(t));
+        }
+        flush();
+        tokens.swap(out);
+        break;
+      }
+      case DecStep::Kind::fuse: {
+        std::string joined;
+        for (const std::string& t : tokens) joined += t;
+        tokens.assign(1, joined);
+        break;
+      }
+      case DecStep::Kind::strip:
+        for (std::string& t : tokens) {
+          size_t begin = 0;
+          for (int64_t k = 0; k < step.start && t.compare(begin, step.from.size(), step.from) == 0; ++k) {
+            begin += step.from.size();
+          }
+          size_t end = t.size();
+          for (int64_t k = 0; k < step.stop && end >= begin + step.from.size() &&
+                              t.compare(end - step.from.size(), step.from.size(), step.from) == 0;
+               ++k) {
+            end -= step.from.size();
+          }
+          t = t.substr(begin, end - begin);
+        }
+        break;
+      case DecStep::Kind::metaspace:
+        // The replacement becomes a space, except in the first token, where it is dropped (every occurrence, as
+        // Hugging Face) unless prepend_scheme is "never".
+        for (size_t k = 0; k < tokens.size(); ++k) {
+          const bool drop = k == 0 && step.prepend_scheme != PrependScheme::never;
+          tokens[k] = replace_all(tokens[k], step.from, drop ? "" : " ");
+        }
+        break;
+    }
+  }
+  std::string out;
+  for (const std::string& t : tokens) out += t;
+  return out;
 }
 
 // Symbol of a word during merging (Hugging Face's word.rs).
@@ -207,11 +546,14 @@ struct StringHash {
 
 uint64_t pair_key(int64_t a, int64_t b) { return (static_cast<uint64_t>(a) << 32) | static_cast<uint32_t>(b); }
 
-class ByteLevelBpe final : public TokenizerBase {
+// BPE from tokenizer.json: byte-level (a ByteLevel pre-tokenizer step: words are bytes spelled in GPT-2's alphabet)
+// or over characters (SentencePiece conversions: a character missing from the vocabulary falls back to its <0xNN>
+// byte tokens, else unk_token).
+class BpeTokenizer final : public TokenizerBase {
  public:
-  ByteLevelBpe(const json& j, const std::string& source);
+  BpeTokenizer(const json& j, const std::string& source);
 
-  std::string kind() const override { return "bpe"; }
+  std::string kind() const override { return byte_level_ ? "bpe" : "sentencepiece"; }
   std::vector<int64_t> encode(std::string_view text) const override;
   std::string decode(const std::vector<int64_t>& ids) const override;
   std::string token_bytes(int64_t id) const override {
@@ -220,10 +562,12 @@ class ByteLevelBpe final : public TokenizerBase {
   int64_t vocab_size() const override { return static_cast<int64_t>(id_bytes_.size()); }
   int64_t token_id(std::string_view token) const override { return lookup_token_id(added_ids_, vocab_, token); }
   bool is_special(int64_t id) const override { return id >= 0 && id < vocab_size() && special_[id]; }
+  bool stream_drops_leading_space() const override { return drops_leading_space_; }
 
  private:
-  // Runs pre-tokenizer steps [step_index, end) on `text` and encodes the resulting words into `out`.
-  void pre_tokenize(std::string_view text, size_t step_index, std::vector<int64_t>& out) const;
+  // Runs pre-tokenizer steps [step_index, end) on `text` and encodes the resulting words into `out`. `at_start`:
+  // `text` begins the input (Metaspace's prepend_scheme "first").
+  void pre_tokenize(std::string_view text, size_t step_index, bool at_start, std::vector<int64_t>& out) const;
   void encode_word(std::string_view word, std::vector<int64_t>& out) const;
   void merge_word(std::string_view word, std::vector<int64_t>& out) const;
 
@@ -234,9 +578,14 @@ class ByteLevelBpe final : public TokenizerBase {
   std::array<int64_t, 256> byte_id_{};                  // id of each byte's one-character token, -1 = none
   std::array<int64_t, 256> fallback_id_{};              // id of "<0xNN>", -1 = none
   std::vector<std::string> id_bytes_;
+  std::vector<std::string> id_token_;  // the token as spelled in the file (decoders start from it)
   std::vector<uint8_t> special_;
   AddedTokenSplitter added_{{}};
+  std::vector<NormStep> normalizer_;
   std::vector<PreStep> steps_;
+  std::vector<DecStep> decoder_;
+  bool byte_level_ = true;
+  bool drops_leading_space_ = false;
   bool ignore_merges_ = false;
   bool byte_fallback_ = false;
   bool fuse_unk_ = false;
@@ -247,7 +596,7 @@ class ByteLevelBpe final : public TokenizerBase {
   mutable std::unordered_map<std::string, std::vector<int64_t>, StringHash, std::equal_to<>> cache_;
 };
 
-ByteLevelBpe::ByteLevelBpe(const json& j, const std::string& source) : source_(source) {
+BpeTokenizer::BpeTokenizer(const json& j, const std::string& source) : source_(source) {
   if (!j.is_object()) {
     throw std::invalid_argument(source + ": top level is a " + type_name_of(j) + ", expected a JSON object");
   }
@@ -262,8 +611,50 @@ ByteLevelBpe::ByteLevelBpe(const json& j, const std::string& source) : source_(s
                                                   : std::string("BPE");
   if (type != "BPE") {
     throw std::invalid_argument(source + ": field model.type is \"" + type +
-                                "\", expected BPE (byte-level) or WordPiece (a SentencePiece conversion needs "
+                                "\", expected BPE or WordPiece (a Unigram SentencePiece conversion needs "
                                 "tokenizer.model beside it)");
+  }
+  // ---- pipeline ----
+  if (auto it = j.find("normalizer"); it != j.end()) parse_normalizer(*it, source, "normalizer", normalizer_);
+  const json pre = j.value("pre_tokenizer", json());
+  if (!pre.is_null()) parse_pre_tokenizer(pre, source, "pre_tokenizer", steps_);
+  const json decoder = j.value("decoder", json());
+  if (!decoder.is_null()) parse_decoder(decoder, source, "decoder", decoder_);
+  auto has_pre = [&](PreStep::Kind k) {
+    return std::any_of(steps_.begin(), steps_.end(), [&](const PreStep& s) { return s.kind == k; });
+  };
+  auto has_dec = [&](DecStep::Kind k) {
+    return std::any_of(decoder_.begin(), decoder_.end(), [&](const DecStep& s) { return s.kind == k; });
+  };
+  byte_level_ = has_pre(PreStep::Kind::byte_level) || has_dec(DecStep::Kind::byte_level);
+  if (byte_level_) {
+    if (pre.is_null()) {
+      throw std::invalid_argument(source + ": field pre_tokenizer is null, expected ByteLevel (possibly inside a "
+                                           "Sequence) for a byte-level BPE");
+    }
+    for (size_t k = 0; k < steps_.size(); ++k) {
+      const bool is_byte_level = steps_[k].kind == PreStep::Kind::byte_level;
+      if (is_byte_level != (k + 1 == steps_.size()) || steps_[k].kind == PreStep::Kind::metaspace) {
+        throw std::invalid_argument(source + ": field pre_tokenizer is " + quote(pre) +
+                                    ", expected exactly one ByteLevel step, placed last (and no Metaspace)");
+      }
+    }
+    for (const DecStep& d : decoder_) {
+      if (d.kind != DecStep::Kind::byte_level) {
+        throw std::invalid_argument(source + ": field decoder is " + quote(decoder) +
+                                    ", expected a ByteLevel decoder for a byte-level BPE");
+      }
+    }
+    if (decoder_.empty()) {
+      throw std::invalid_argument(source + ": field decoder is null, expected a ByteLevel decoder for a byte-level "
+                                           "BPE");
+    }
+  }
+  for (const DecStep& d : decoder_) {
+    if ((d.kind == DecStep::Kind::strip && d.from == " " && d.start > 0) ||
+        (d.kind == DecStep::Kind::metaspace && d.prepend_scheme != PrependScheme::never)) {
+      drops_leading_space_ = true;
+    }
   }
   // ---- vocab ----
   auto vit = model.find("vocab");
@@ -305,16 +696,34 @@ ByteLevelBpe::ByteLevelBpe(const json& j, const std::string& source) : source_(s
     n_ids = std::max(n_ids, a.id + 1);
   }
   id_bytes_.assign(static_cast<size_t>(n_ids), std::string());
+  id_token_.assign(static_cast<size_t>(n_ids), std::string());
   special_.assign(static_cast<size_t>(n_ids), 0);
-  auto spell = [](const std::string& token) {
+  // The bytes a token adds to the text stream: byte-level tokens spell bytes; otherwise "<0xNN>" is that byte and
+  // other tokens pass through the decoder's per-token replacements (U+2581 -> ' ').
+  auto spell = [&](const std::string& token) {
     std::string bytes;
-    if (!byte_level_to_bytes(token, bytes)) bytes = token;  // as the ByteLevel decoder: raw text when unmapped
+    if (byte_level_) {
+      if (!byte_level_to_bytes(token, bytes)) bytes = token;  // as the ByteLevel decoder: raw text when unmapped
+      return bytes;
+    }
+    if (const int b = byte_fallback_value(token); b >= 0 && has_dec(DecStep::Kind::byte_fallback)) {
+      return std::string(1, static_cast<char>(b));
+    }
+    bytes = token;
+    for (const DecStep& d : decoder_) {
+      if (d.kind == DecStep::Kind::replace) bytes = replace_all(bytes, d.from, d.to);
+      if (d.kind == DecStep::Kind::metaspace) bytes = replace_all(bytes, d.from, " ");
+    }
     return bytes;
   };
-  for (const auto& [tok, id] : vocab_) id_bytes_[id] = spell(tok);
+  for (const auto& [tok, id] : vocab_) {
+    id_bytes_[id] = spell(tok);
+    id_token_[id] = tok;
+  }
   for (const AddedToken& a : added) {
     added_ids_[a.content] = a.id;
     id_bytes_[a.id] = spell(a.content);
+    id_token_[a.id] = a.content;
     special_[a.id] = a.special;
   }
   added_ = AddedTokenSplitter(added);
@@ -333,7 +742,7 @@ ByteLevelBpe::ByteLevelBpe(const json& j, const std::string& source) : source_(s
     auto it = model.find(key);
     if (it != model.end() && !it->is_null() && !(it->is_string() && it->get<std::string>().empty())) {
       throw std::invalid_argument(source + ": field model." + key + " is " + quote(*it) +
-                                  ", expected null or \"\" (byte-level BPE)");
+                                  ", expected null or \"\" (subword prefixes and suffixes are not supported)");
     }
   }
   ignore_merges_ = get_bool(model, "ignore_merges", false, source, "model");
@@ -395,25 +804,10 @@ ByteLevelBpe::ByteLevelBpe(const json& j, const std::string& source) : source_(s
     merges_[pair_key(ia, ib)] = {rank, static_cast<int32_t>(in->second)};
     ++rank;
   }
-  // ---- pipeline ----
-  if (auto it = j.find("normalizer"); it != j.end()) check_normalizer(*it, source, "normalizer");
-  const json pre = j.value("pre_tokenizer", json());
-  if (pre.is_null()) {
-    throw std::invalid_argument(source + ": field pre_tokenizer is null, expected ByteLevel (possibly inside a "
-                                         "Sequence) for a byte-level BPE");
-  }
-  parse_pre_tokenizer(pre, source, "pre_tokenizer", steps_);
-  for (size_t k = 0; k < steps_.size(); ++k) {
-    const bool is_byte_level = steps_[k].kind == PreStep::Kind::byte_level;
-    if (is_byte_level != (k + 1 == steps_.size())) {
-      throw std::invalid_argument(source + ": field pre_tokenizer is " + quote(pre) +
-                                  ", expected exactly one ByteLevel step, placed last");
-    }
-  }
-  check_decoder(j.value("decoder", json()), source, "decoder");
 }
 
-void ByteLevelBpe::pre_tokenize(std::string_view text, size_t step_index, std::vector<int64_t>& out) const {
+void BpeTokenizer::pre_tokenize(std::string_view text, size_t step_index, bool at_start,
+                                std::vector<int64_t>& out) const {
   if (text.empty()) return;
   if (step_index == steps_.size()) {
     encode_word(text, out);
@@ -431,20 +825,39 @@ void ByteLevelBpe::pre_tokenize(std::string_view text, size_t step_index, std::v
         const size_t len = decode_utf8(text, i, cp);
         const bool digit = cp != kInvalidCodePoint && is_number(cp);
         if (i > start && (digit != in_digits || (digit && step.individual_digits))) {
-          pre_tokenize(text.substr(start, i - start), step_index + 1, out);
+          pre_tokenize(text.substr(start, i - start), step_index + 1, at_start && start == 0, out);
           start = i;
         }
         in_digits = digit;
         i += len;
       }
-      pre_tokenize(text.substr(start), step_index + 1, out);
+      pre_tokenize(text.substr(start), step_index + 1, at_start && start == 0, out);
       break;
     }
     case PreStep::Kind::split: {
       SplitIterator it(text, step.pattern);
       size_t b = 0;
       size_t e = 0;
-      while (it.next(b, e)) pre_tokenize(text.substr(b, e - b), step_index + 1, out);
+      while (it.next(b, e)) pre_tokenize(text.substr(b, e - b), step_index + 1, at_start && b == 0, out);
+      break;
+    }
+    case PreStep::Kind::split_string:
+      for (const auto& [b, e] : split_on_string(text, step.text, step.behavior)) {
+        pre_tokenize(text.substr(b, e - b), step_index + 1, at_start && b == 0, out);
+      }
+      break;
+    case PreStep::Kind::metaspace: {
+      std::string replaced = replace_all(text, " ", step.text);
+      const bool prepend = step.prepend_scheme == PrependScheme::always ||
+                           (step.prepend_scheme == PrependScheme::first && at_start);
+      if (prepend && replaced.compare(0, step.text.size(), step.text) != 0) replaced.insert(0, step.text);
+      if (!step.metaspace_split) {
+        pre_tokenize(replaced, step_index + 1, at_start, out);
+        break;
+      }
+      for (const auto& [b, e] : split_on_string(replaced, step.text, SplitBehavior::merged_with_next)) {
+        pre_tokenize(std::string_view(replaced).substr(b, e - b), step_index + 1, at_start && b == 0, out);
+      }
       break;
     }
     case PreStep::Kind::byte_level: {
@@ -456,19 +869,19 @@ void ByteLevelBpe::pre_tokenize(std::string_view text, size_t step_index, std::v
         text = prefixed;
       }
       if (!step.use_regex) {
-        pre_tokenize(text, step_index + 1, out);
+        pre_tokenize(text, step_index + 1, at_start, out);
         break;
       }
       SplitIterator it(text, SplitPattern::gpt2);
       size_t b = 0;
       size_t e = 0;
-      while (it.next(b, e)) pre_tokenize(text.substr(b, e - b), step_index + 1, out);
+      while (it.next(b, e)) pre_tokenize(text.substr(b, e - b), step_index + 1, at_start && b == 0, out);
       break;
     }
   }
 }
 
-void ByteLevelBpe::merge_word(std::string_view word, std::vector<int64_t>& out) const {
+void BpeTokenizer::merge_word(std::string_view word, std::vector<int64_t>& out) const {
   std::vector<Symbol> symbols;
   symbols.reserve(word.size());
   bool last_was_unk = false;
@@ -476,7 +889,34 @@ void ByteLevelBpe::merge_word(std::string_view word, std::vector<int64_t>& out) 
     const auto n = static_cast<int32_t>(symbols.size());
     symbols.push_back({static_cast<int32_t>(id), n - 1, n + 1, true});
   };
-  for (char c : word) {
+  if (!byte_level_) {
+    // Characters: each is a token of the vocabulary, else its UTF-8 bytes as <0xNN> tokens (byte_fallback, when
+    // all exist), else unk_token (one for a run of unknown characters with fuse_unk), else dropped.
+    std::string ch;
+    for (size_t i = 0; i < word.size();) {
+      uint32_t cp = 0;
+      const size_t len = decode_utf8(word, i, cp);
+      ch.assign(word.substr(i, len));
+      i += len;
+      if (auto it = vocab_.find(ch); it != vocab_.end()) {
+        add(it->second);
+        last_was_unk = false;
+        continue;
+      }
+      if (byte_fallback_) {
+        bool all = true;
+        for (char x : ch) all = all && fallback_id_[static_cast<uint8_t>(x)] >= 0;
+        if (all) {
+          for (char x : ch) add(fallback_id_[static_cast<uint8_t>(x)]);
+          last_was_unk = false;
+          continue;
+        }
+      }
+      if (unk_id_ >= 0 && !(fuse_unk_ && last_was_unk)) add(unk_id_);
+      last_was_unk = unk_id_ >= 0;
+    }
+  }
+  for (char c : byte_level_ ? word : std::string_view()) {
     const auto b = static_cast<uint8_t>(c);
     if (byte_id_[b] >= 0) {
       add(byte_id_[b]);
@@ -532,9 +972,9 @@ void ByteLevelBpe::merge_word(std::string_view word, std::vector<int64_t>& out) 
   }
 }
 
-void ByteLevelBpe::encode_word(std::string_view word, std::vector<int64_t>& out) const {
+void BpeTokenizer::encode_word(std::string_view word, std::vector<int64_t>& out) const {
   if (ignore_merges_) {
-    auto it = vocab_.find(bytes_to_byte_level(word));
+    auto it = vocab_.find(byte_level_ ? bytes_to_byte_level(word) : std::string(word));
     if (it != vocab_.end()) {
       out.push_back(it->second);
       return;
@@ -555,20 +995,45 @@ void ByteLevelBpe::encode_word(std::string_view word, std::vector<int64_t>& out)
   if (cache_.size() < kCacheCapacity) cache_.emplace(word, std::move(ids));
 }
 
-std::vector<int64_t> ByteLevelBpe::encode(std::string_view text) const {
+std::vector<int64_t> BpeTokenizer::encode(std::string_view text) const {
   std::vector<int64_t> out;
   out.reserve(text.size() / 3 + 1);
-  for (const TextPiece& piece : added_.split(text)) {
+  for (const TextPiece& piece : added_.split_pass(text, false)) {
     if (piece.id >= 0) {
       out.push_back(piece.id);
       continue;
     }
-    pre_tokenize(piece.text, 0, out);
+    // Hugging Face's order: normalize each piece between the normalized=false added tokens, then cut the
+    // normalized=true added tokens out of the normalized text.
+    const bool piece_at_start = piece.text.data() == text.data();
+    if (normalizer_.empty()) {
+      for (const TextPiece& p : added_.split_pass(piece.text, true)) {
+        if (p.id >= 0) out.push_back(p.id);
+        else pre_tokenize(p.text, 0, piece_at_start && p.text.data() == piece.text.data(), out);
+      }
+      continue;
+    }
+    const std::string normalized = normalize(normalizer_, piece.text);
+    for (const TextPiece& p : added_.split_pass(normalized, true)) {
+      if (p.id >= 0) out.push_back(p.id);
+      else pre_tokenize(p.text, 0, piece_at_start && p.text.data() == normalized.data(), out);
+    }
   }
   return out;
 }
 
-std::string ByteLevelBpe::decode(const std::vector<int64_t>& ids) const {
+std::string BpeTokenizer::decode(const std::vector<int64_t>& ids) const {
+  if (!byte_level_) {
+    std::vector<std::string> tokens;
+    tokens.reserve(ids.size());
+    for (int64_t id : ids) {
+      if (id >= 0 && id < vocab_size() && !special_[id]) tokens.push_back(id_token_[id]);
+    }
+    std::string text = run_decoders(decoder_, std::move(tokens));
+    std::string out;
+    append_utf8_lossy(out, text);
+    return out;
+  }
   std::string bytes;
   for (int64_t id : ids) {
     if (id >= 0 && id < vocab_size() && !special_[id]) bytes += id_bytes_[id];
@@ -580,8 +1045,8 @@ std::string ByteLevelBpe::decode(const std::vector<int64_t>& ids) const {
 
 }  // namespace
 
-std::unique_ptr<TokenizerBase> make_byte_level_bpe(const json& j, const std::string& source) {
-  return std::make_unique<ByteLevelBpe>(j, source);
+std::unique_ptr<TokenizerBase> make_bpe(const json& j, const std::string& source) {
+  return std::make_unique<BpeTokenizer>(j, source);
 }
 
 }  // namespace sinkflow::tokenizer_detail

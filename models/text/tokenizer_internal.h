@@ -1,17 +1,15 @@
 // Internals shared by models/tokenizer*.cpp and tests/test_tokenizer.cpp. Not part of the public API.
 //
 // Unicode classification (tokenizer_unicode.cpp). The pre-tokenizer regexes need \p{L}, \p{N} and \s, BERT needs
-// punctuation, lower case and accent stripping. Approximation, documented:
+// punctuation, lower case and accent stripping. Exactness, documented:
 //  - is_letter / is_number / is_punctuation: General Category L / N / P of Unicode 14.0, exact for every assigned
 //    code point (range tables); unassigned code points lying between two code points of the same class are
 //    counted in that class (they do not occur in real text).
 //  - is_whitespace: the White_Space property (what \s matches in Oniguruma and Rust regex), exact.
-//  - to_lower: simple (one code point to one code point) lower-case mapping of the Basic Multilingual Plane, plus
-//    U+0130 -> 'i'; no context-dependent final sigma, nothing outside the BMP (Deseret, Adlam... stay as they are).
-//  - strip_accent_base: the base letter of precomposed Latin (U+00C0..U+024F, U+1E00..U+1EFF), Greek and Cyrillic
-//    letters whose canonical decomposition is base + nonspacing marks; other precomposed characters (e.g. Hangul,
-//    Latin letters whose base is not ASCII such as U+01E2) are kept. is_nonspacing_mark (Mn) lets already
-//    decomposed text lose its marks, which together is what NFD + "drop Mn" does for those scripts.
+//  - to_lower: the simple (one code point to one code point) lower-case mapping of every plane, from the Unicode
+//    version of unicode_normalization_table.cpp (no context-dependent final sigma).
+//  - is_nonspacing_mark: General Category Mn (WordPiece's strip_accents drops them after NFD).
+//  - is_other_category, normalize_unicode: exact, from unicode_normalization_table.cpp (see below).
 #pragma once
 
 #include <array>
@@ -49,7 +47,14 @@ bool is_punctuation(uint32_t cp);
 bool is_whitespace(uint32_t cp);
 bool is_nonspacing_mark(uint32_t cp);
 uint32_t to_lower(uint32_t cp);
-uint32_t strip_accent_base(uint32_t cp);  // cp itself when it has no listed base letter
+
+// ---- Unicode normalization forms (UAX #15), exact for the Unicode version of unicode_normalization_table.cpp
+// (tools/gen_unicode_normalization.py; Hangul algorithmic). Bytes of `text` that are not valid UTF-8 are kept as
+// they are and block composition across them.
+enum class NormalForm { nfc, nfd, nfkc, nfkd };
+std::string normalize_unicode(std::string_view text, NormalForm form);
+// General Category Cc, Cf, Cs or Co: control, format, surrogate, private use (not unassigned).
+bool is_other_category(uint32_t cp);
 
 // ---- GPT-2 byte-level map ----
 // byte_to_unicode(b): the code point GPT-2 spells byte b with (printable bytes stay, others go to U+0100+n).
@@ -117,6 +122,13 @@ class AddedTokenSplitter {
   const std::vector<AddedToken>& tokens() const { return tokens_; }
   // Pieces in text order; plain pieces are never empty.
   std::vector<TextPiece> split(std::string_view text) const;
+  // One of split()'s two passes alone: the tokens with normalized=false (`normalized` false), to be run on the raw
+  // text, or those with normalized=true, to be run on the normalized plain pieces (Hugging Face's order).
+  std::vector<TextPiece> split_pass(std::string_view text, bool normalized) const {
+    std::vector<TextPiece> out;
+    split_pass(text, normalized ? 1 : 0, out);
+    return out;
+  }
 
  private:
   void split_pass(std::string_view text, int pass, std::vector<TextPiece>& out) const;
@@ -153,8 +165,10 @@ class TokenizerBase : public Tokenizer {
   int64_t eos_id_ = -1;
 };
 
-// `j` is a parsed tokenizer.json (model.type BPE with a ByteLevel pre-tokenizer), `source` its path.
-std::unique_ptr<TokenizerBase> make_byte_level_bpe(const nlohmann::json& j, const std::string& source);
+// `j` is a parsed tokenizer.json with model.type BPE, `source` its path: byte-level BPE when the pre-tokenizer has a
+// ByteLevel step (kind "bpe"), else SentencePiece-style BPE over characters with Metaspace / Prepend+Replace and
+// byte fallback (kind "sentencepiece": Llama-2, Mistral, Gemma).
+std::unique_ptr<TokenizerBase> make_bpe(const nlohmann::json& j, const std::string& source);
 // A parsed tokenizer.json with model.type WordPiece.
 std::unique_ptr<TokenizerBase> make_wordpiece_from_json(const nlohmann::json& j, const std::string& source);
 // The added_tokens array of a parsed tokenizer.json (empty when absent).

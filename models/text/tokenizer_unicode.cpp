@@ -3,12 +3,15 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstddef>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include "models/text/tokenizer_internal.h"
+#include "models/text/unicode_normalization_table.h"
 
 namespace sinkflow::tokenizer_detail {
 namespace {
@@ -16,12 +19,6 @@ namespace {
 struct Range {
   uint32_t lo;
   uint32_t hi;
-};
-struct LowerRun {
-  uint32_t first;
-  uint32_t last;
-  int32_t delta;
-  uint32_t stride;
 };
 
 // ---- Tables generated from Unicode 14.0 (UnicodeData via Python's unicodedata; the generator is not part of the
@@ -207,81 +204,6 @@ constexpr Range kMark[] = {
     {0x1DA9B, 0x1DAAF}, {0x1E000, 0x1E02A}, {0x1E130, 0x1E136}, {0x1E2AE, 0x1E2AE}, {0x1E2EC, 0x1E2EF},
     {0x1E8D0, 0x1E8D6}, {0x1E944, 0x1E94A}, {0xE0100, 0xE01EF},
 };
-// Simple lowercase mapping of the BMP: {first, last, delta, stride} (172 runs)
-constexpr LowerRun kLower[] = {
-    {0x41, 0x5A, 32, 1}, {0xC0, 0xD6, 32, 1}, {0xD8, 0xDE, 32, 1}, {0x100, 0x12E, 1, 2}, {0x130, 0x130, -199, 1},
-    {0x132, 0x136, 1, 2}, {0x139, 0x147, 1, 2}, {0x14A, 0x176, 1, 2}, {0x178, 0x178, -121, 1}, {0x179, 0x17D, 1, 2},
-    {0x181, 0x181, 210, 1}, {0x182, 0x184, 1, 2}, {0x186, 0x186, 206, 1}, {0x187, 0x187, 1, 1},
-    {0x189, 0x18A, 205, 1}, {0x18B, 0x18B, 1, 1}, {0x18E, 0x18E, 79, 1}, {0x18F, 0x18F, 202, 1},
-    {0x190, 0x190, 203, 1}, {0x191, 0x191, 1, 1}, {0x193, 0x193, 205, 1}, {0x194, 0x194, 207, 1},
-    {0x196, 0x196, 211, 1}, {0x197, 0x197, 209, 1}, {0x198, 0x198, 1, 1}, {0x19C, 0x19C, 211, 1},
-    {0x19D, 0x19D, 213, 1}, {0x19F, 0x19F, 214, 1}, {0x1A0, 0x1A4, 1, 2}, {0x1A6, 0x1A6, 218, 1},
-    {0x1A7, 0x1A7, 1, 1}, {0x1A9, 0x1A9, 218, 1}, {0x1AC, 0x1AC, 1, 1}, {0x1AE, 0x1AE, 218, 1}, {0x1AF, 0x1AF, 1, 1},
-    {0x1B1, 0x1B2, 217, 1}, {0x1B3, 0x1B5, 1, 2}, {0x1B7, 0x1B7, 219, 1}, {0x1B8, 0x1B8, 1, 1}, {0x1BC, 0x1BC, 1, 1},
-    {0x1C4, 0x1C4, 2, 1}, {0x1C5, 0x1C5, 1, 1}, {0x1C7, 0x1C7, 2, 1}, {0x1C8, 0x1C8, 1, 1}, {0x1CA, 0x1CA, 2, 1},
-    {0x1CB, 0x1DB, 1, 2}, {0x1DE, 0x1EE, 1, 2}, {0x1F1, 0x1F1, 2, 1}, {0x1F2, 0x1F4, 1, 2}, {0x1F6, 0x1F6, -97, 1},
-    {0x1F7, 0x1F7, -56, 1}, {0x1F8, 0x21E, 1, 2}, {0x220, 0x220, -130, 1}, {0x222, 0x232, 1, 2},
-    {0x23A, 0x23A, 10795, 1}, {0x23B, 0x23B, 1, 1}, {0x23D, 0x23D, -163, 1}, {0x23E, 0x23E, 10792, 1},
-    {0x241, 0x241, 1, 1}, {0x243, 0x243, -195, 1}, {0x244, 0x244, 69, 1}, {0x245, 0x245, 71, 1}, {0x246, 0x24E, 1, 2},
-    {0x370, 0x372, 1, 2}, {0x376, 0x376, 1, 1}, {0x37F, 0x37F, 116, 1}, {0x386, 0x386, 38, 1}, {0x388, 0x38A, 37, 1},
-    {0x38C, 0x38C, 64, 1}, {0x38E, 0x38F, 63, 1}, {0x391, 0x3A1, 32, 1}, {0x3A3, 0x3AB, 32, 1}, {0x3CF, 0x3CF, 8, 1},
-    {0x3D8, 0x3EE, 1, 2}, {0x3F4, 0x3F4, -60, 1}, {0x3F7, 0x3F7, 1, 1}, {0x3F9, 0x3F9, -7, 1}, {0x3FA, 0x3FA, 1, 1},
-    {0x3FD, 0x3FF, -130, 1}, {0x400, 0x40F, 80, 1}, {0x410, 0x42F, 32, 1}, {0x460, 0x480, 1, 2}, {0x48A, 0x4BE, 1, 2},
-    {0x4C0, 0x4C0, 15, 1}, {0x4C1, 0x4CD, 1, 2}, {0x4D0, 0x52E, 1, 2}, {0x531, 0x556, 48, 1},
-    {0x10A0, 0x10C5, 7264, 1}, {0x10C7, 0x10C7, 7264, 1}, {0x10CD, 0x10CD, 7264, 1}, {0x13A0, 0x13EF, 38864, 1},
-    {0x13F0, 0x13F5, 8, 1}, {0x1C90, 0x1CBA, -3008, 1}, {0x1CBD, 0x1CBF, -3008, 1}, {0x1E00, 0x1E94, 1, 2},
-    {0x1E9E, 0x1E9E, -7615, 1}, {0x1EA0, 0x1EFE, 1, 2}, {0x1F08, 0x1F0F, -8, 1}, {0x1F18, 0x1F1D, -8, 1},
-    {0x1F28, 0x1F2F, -8, 1}, {0x1F38, 0x1F3F, -8, 1}, {0x1F48, 0x1F4D, -8, 1}, {0x1F59, 0x1F5F, -8, 2},
-    {0x1F68, 0x1F6F, -8, 1}, {0x1F88, 0x1F8F, -8, 1}, {0x1F98, 0x1F9F, -8, 1}, {0x1FA8, 0x1FAF, -8, 1},
-    {0x1FB8, 0x1FB9, -8, 1}, {0x1FBA, 0x1FBB, -74, 1}, {0x1FBC, 0x1FBC, -9, 1}, {0x1FC8, 0x1FCB, -86, 1},
-    {0x1FCC, 0x1FCC, -9, 1}, {0x1FD8, 0x1FD9, -8, 1}, {0x1FDA, 0x1FDB, -100, 1}, {0x1FE8, 0x1FE9, -8, 1},
-    {0x1FEA, 0x1FEB, -112, 1}, {0x1FEC, 0x1FEC, -7, 1}, {0x1FF8, 0x1FF9, -128, 1}, {0x1FFA, 0x1FFB, -126, 1},
-    {0x1FFC, 0x1FFC, -9, 1}, {0x2126, 0x2126, -7517, 1}, {0x212A, 0x212A, -8383, 1}, {0x212B, 0x212B, -8262, 1},
-    {0x2132, 0x2132, 28, 1}, {0x2160, 0x216F, 16, 1}, {0x2183, 0x2183, 1, 1}, {0x24B6, 0x24CF, 26, 1},
-    {0x2C00, 0x2C2F, 48, 1}, {0x2C60, 0x2C60, 1, 1}, {0x2C62, 0x2C62, -10743, 1}, {0x2C63, 0x2C63, -3814, 1},
-    {0x2C64, 0x2C64, -10727, 1}, {0x2C67, 0x2C6B, 1, 2}, {0x2C6D, 0x2C6D, -10780, 1}, {0x2C6E, 0x2C6E, -10749, 1},
-    {0x2C6F, 0x2C6F, -10783, 1}, {0x2C70, 0x2C70, -10782, 1}, {0x2C72, 0x2C72, 1, 1}, {0x2C75, 0x2C75, 1, 1},
-    {0x2C7E, 0x2C7F, -10815, 1}, {0x2C80, 0x2CE2, 1, 2}, {0x2CEB, 0x2CED, 1, 2}, {0x2CF2, 0x2CF2, 1, 1},
-    {0xA640, 0xA66C, 1, 2}, {0xA680, 0xA69A, 1, 2}, {0xA722, 0xA72E, 1, 2}, {0xA732, 0xA76E, 1, 2},
-    {0xA779, 0xA77B, 1, 2}, {0xA77D, 0xA77D, -35332, 1}, {0xA77E, 0xA786, 1, 2}, {0xA78B, 0xA78B, 1, 1},
-    {0xA78D, 0xA78D, -42280, 1}, {0xA790, 0xA792, 1, 2}, {0xA796, 0xA7A8, 1, 2}, {0xA7AA, 0xA7AA, -42308, 1},
-    {0xA7AB, 0xA7AB, -42319, 1}, {0xA7AC, 0xA7AC, -42315, 1}, {0xA7AD, 0xA7AD, -42305, 1},
-    {0xA7AE, 0xA7AE, -42308, 1}, {0xA7B0, 0xA7B0, -42258, 1}, {0xA7B1, 0xA7B1, -42282, 1},
-    {0xA7B2, 0xA7B2, -42261, 1}, {0xA7B3, 0xA7B3, 928, 1}, {0xA7B4, 0xA7C2, 1, 2}, {0xA7C4, 0xA7C4, -48, 1},
-    {0xA7C5, 0xA7C5, -42307, 1}, {0xA7C6, 0xA7C6, -35384, 1}, {0xA7C7, 0xA7C9, 1, 2}, {0xA7D0, 0xA7D0, 1, 1},
-    {0xA7D6, 0xA7D8, 1, 2}, {0xA7F5, 0xA7F5, 1, 1}, {0xFF21, 0xFF3A, 32, 1},
-};
-// ASCII base letter of U+00C0..U+024F ('.' = none)
-constexpr const char* kBase00C0 =
-    "AAAAAA.CEEEEIIII.NOOOOO..UUUUY..aaaaaa.ceeeeiiii.nooooo..uuuuy.y"
-    "AaAaAaCcCcCcCcDd..EeEeEeEeEeGgGgGgGgHh..IiIiIiIiI...JjKk.LlLlLl."
-    "...NnNnNn...OoOoOo..RrRrRrSsSsSsSsTtTt..UuUuUuUuUuUuWwYyYZzZzZz."
-    "................................Oo.............Uu..............."
-    ".............AaIiOoUuUuUuUuUu.AaAa....GgKkOoOo..j...Gg..NnAa...."
-    "AaAaEeEeIiIiOoOoRrRrUuUuSsTt..Hh......AaEeOoOoOoOoYy............"
-    "................"
-    ;
-// ASCII base letter of U+1E00..U+1EFF ('.' = none)
-constexpr const char* kBase1E00 =
-    "AaBbBbBbCcDdDdDdDdDdEeEeEeEeEeFfGgHhHhHhHhHhIiIiKkKkKkLlLlLlLlMm"
-    "MmMmNnNnNnNnOoOoOoOoPpPpRrRrRrRrSsSsSsSsSsTtTtTtTtUuUuUuUuUuVvVv"
-    "WwWwWwWwWwXxXxYyZzZzZzhtwy......AaAaAaAaAaAaAaAaAaAaAaAaEeEeEeEe"
-    "EeEeEeEeIiIiOoOoOoOoOoOoOoOoOoOoOoOoUuUuUuUuUuUuUuYyYyYyYy......"
-    ;
-// Greek and Cyrillic letters with a diacritic -> base letter (74 pairs)
-constexpr uint32_t kBaseGreekCyrillic[][2] = {
-    {0x386, 0x391}, {0x388, 0x395}, {0x389, 0x397}, {0x38A, 0x399}, {0x38C, 0x39F}, {0x38E, 0x3A5}, {0x38F, 0x3A9},
-    {0x390, 0x3B9}, {0x3AA, 0x399}, {0x3AB, 0x3A5}, {0x3AC, 0x3B1}, {0x3AD, 0x3B5}, {0x3AE, 0x3B7}, {0x3AF, 0x3B9},
-    {0x3B0, 0x3C5}, {0x3CA, 0x3B9}, {0x3CB, 0x3C5}, {0x3CC, 0x3BF}, {0x3CD, 0x3C5}, {0x3CE, 0x3C9}, {0x3D3, 0x3D2},
-    {0x3D4, 0x3D2}, {0x400, 0x415}, {0x401, 0x415}, {0x403, 0x413}, {0x407, 0x406}, {0x40C, 0x41A}, {0x40D, 0x418},
-    {0x40E, 0x423}, {0x419, 0x418}, {0x439, 0x438}, {0x450, 0x435}, {0x451, 0x435}, {0x453, 0x433}, {0x457, 0x456},
-    {0x45C, 0x43A}, {0x45D, 0x438}, {0x45E, 0x443}, {0x476, 0x474}, {0x477, 0x475}, {0x4C1, 0x416}, {0x4C2, 0x436},
-    {0x4D0, 0x410}, {0x4D1, 0x430}, {0x4D2, 0x410}, {0x4D3, 0x430}, {0x4D6, 0x415}, {0x4D7, 0x435}, {0x4DA, 0x4D8},
-    {0x4DB, 0x4D9}, {0x4DC, 0x416}, {0x4DD, 0x436}, {0x4DE, 0x417}, {0x4DF, 0x437}, {0x4E2, 0x418}, {0x4E3, 0x438},
-    {0x4E4, 0x418}, {0x4E5, 0x438}, {0x4E6, 0x41E}, {0x4E7, 0x43E}, {0x4EA, 0x4E8}, {0x4EB, 0x4E9}, {0x4EC, 0x42D},
-    {0x4ED, 0x44D}, {0x4EE, 0x423}, {0x4EF, 0x443}, {0x4F0, 0x423}, {0x4F1, 0x443}, {0x4F2, 0x423}, {0x4F3, 0x443},
-    {0x4F4, 0x427}, {0x4F5, 0x447}, {0x4F8, 0x42B}, {0x4F9, 0x44B},
-};
 
 template <size_t N>
 bool in_ranges(const Range (&table)[N], uint32_t cp) {
@@ -439,32 +361,14 @@ bool is_whitespace(uint32_t cp) {
 
 uint32_t to_lower(uint32_t cp) {
   if (cp < 0x80) return (cp >= 'A' && cp <= 'Z') ? cp + 32 : cp;
-  if (cp > 0xFFFF) return cp;
-  const LowerRun* end = std::end(kLower);
-  const LowerRun* it =
-      std::upper_bound(std::begin(kLower), end, cp, [](uint32_t v, const LowerRun& r) { return v < r.first; });
-  if (it == std::begin(kLower)) return cp;
+  namespace ud = unicode_data;
+  const ud::LowercaseRun* end = ud::kLowercaseRuns + ud::kLowercaseRunCount;
+  const ud::LowercaseRun* it = std::upper_bound(ud::kLowercaseRuns, end, cp,
+                                                [](uint32_t v, const ud::LowercaseRun& r) { return v < r.first; });
+  if (it == ud::kLowercaseRuns) return cp;
   --it;
   if (cp > it->last || (cp - it->first) % it->stride != 0) return cp;
   return static_cast<uint32_t>(static_cast<int64_t>(cp) + it->delta);
-}
-
-uint32_t strip_accent_base(uint32_t cp) {
-  if (cp >= 0xC0 && cp < 0x250) {
-    const char c = kBase00C0[cp - 0xC0];
-    return c == '.' ? cp : static_cast<uint32_t>(c);
-  }
-  if (cp >= 0x1E00 && cp < 0x1F00) {
-    const char c = kBase1E00[cp - 0x1E00];
-    return c == '.' ? cp : static_cast<uint32_t>(c);
-  }
-  if (cp >= 0x370 && cp < 0x530) {
-    const auto* end = std::end(kBaseGreekCyrillic);
-    const auto* it = std::lower_bound(std::begin(kBaseGreekCyrillic), end, cp,
-                                      [](const uint32_t(&p)[2], uint32_t v) { return p[0] < v; });
-    if (it != end && (*it)[0] == cp) return (*it)[1];
-  }
-  return cp;
 }
 
 // ---- GPT-2 byte-level alphabet ----
@@ -767,6 +671,150 @@ std::vector<std::pair<size_t, size_t>> split_pattern(std::string_view text, Spli
 std::vector<std::string> split_pattern_strings(std::string_view text, SplitPattern pattern) {
   std::vector<std::string> out;
   for (const auto& [b, e] : split_pattern(text, pattern)) out.emplace_back(text.substr(b, e - b));
+  return out;
+}
+
+}  // namespace sinkflow::tokenizer_detail
+
+// ---- Unicode normalization forms (UAX #15) ----
+
+namespace sinkflow::tokenizer_detail {
+namespace {
+namespace ud = unicode_data;
+
+// Hangul syllables: algorithmic (de)composition.
+constexpr uint32_t kHangulS = 0xAC00, kHangulL = 0x1100, kHangulV = 0x1161, kHangulT = 0x11A7;
+constexpr uint32_t kHangulLCount = 19, kHangulVCount = 21, kHangulTCount = 28;
+constexpr uint32_t kHangulNCount = kHangulVCount * kHangulTCount, kHangulSCount = kHangulLCount * kHangulNCount;
+// An invalid byte b of the input travels as kRawByte + b: class 0, no mapping, never composed.
+constexpr uint32_t kRawByte = 0x110000;
+
+uint8_t combining_class(uint32_t cp) {
+  if (cp < 0x300 || cp >= kRawByte) return 0;
+  const ud::CombiningClassRun* end = ud::kCombiningClassRuns + ud::kCombiningClassRunCount;
+  const ud::CombiningClassRun* it =
+      std::upper_bound(ud::kCombiningClassRuns, end, cp, [](uint32_t c, const auto& r) { return c < r.first; });
+  if (it == ud::kCombiningClassRuns) return 0;
+  --it;
+  return cp <= it->last ? it->combining_class : 0;
+}
+
+const ud::Decomposition* find_decomposition(uint32_t cp) {
+  const ud::Decomposition* end = ud::kDecompositions + ud::kDecompositionCount;
+  const ud::Decomposition* it =
+      std::lower_bound(ud::kDecompositions, end, cp, [](const auto& d, uint32_t c) { return d.code_point < c; });
+  return it != end && it->code_point == cp ? it : nullptr;
+}
+
+void decompose(uint32_t cp, bool compat, std::vector<uint32_t>& out) {
+  if (cp >= kHangulS && cp < kHangulS + kHangulSCount) {
+    const uint32_t s = cp - kHangulS;
+    out.push_back(kHangulL + s / kHangulNCount);
+    out.push_back(kHangulV + (s % kHangulNCount) / kHangulTCount);
+    if (s % kHangulTCount != 0) out.push_back(kHangulT + s % kHangulTCount);
+    return;
+  }
+  const ud::Decomposition* d = cp < 0xA0 ? nullptr : find_decomposition(cp);
+  if (d == nullptr || (!compat && (d->flags & ud::kCompatibility))) {
+    out.push_back(cp);
+    return;
+  }
+  for (uint32_t k = 0; k < d->length; ++k) decompose(ud::kDecompositionPool[d->offset + k], compat, out);
+}
+
+// Primary composites: (first, second) -> composite.
+const std::unordered_map<uint64_t, uint32_t>& composition_pairs() {
+  static const auto pairs = [] {
+    std::unordered_map<uint64_t, uint32_t> m;
+    for (size_t k = 0; k < ud::kDecompositionCount; ++k) {
+      const ud::Decomposition& d = ud::kDecompositions[k];
+      if (d.flags & (ud::kCompatibility | ud::kNotComposite)) continue;
+      const uint32_t a = ud::kDecompositionPool[d.offset];
+      const uint32_t b = ud::kDecompositionPool[d.offset + 1];
+      m.emplace((static_cast<uint64_t>(a) << 32) | b, d.code_point);
+    }
+    return m;
+  }();
+  return pairs;
+}
+
+uint32_t compose_pair(uint32_t a, uint32_t b) {
+  if (a >= kHangulL && a < kHangulL + kHangulLCount && b >= kHangulV && b < kHangulV + kHangulVCount) {
+    return kHangulS + ((a - kHangulL) * kHangulVCount + (b - kHangulV)) * kHangulTCount;
+  }
+  if (a >= kHangulS && a < kHangulS + kHangulSCount && (a - kHangulS) % kHangulTCount == 0 && b > kHangulT &&
+      b < kHangulT + kHangulTCount) {
+    return a + (b - kHangulT);
+  }
+  const auto& pairs = composition_pairs();
+  auto it = pairs.find((static_cast<uint64_t>(a) << 32) | b);
+  return it == pairs.end() ? 0 : it->second;
+}
+}  // namespace
+
+bool is_other_category(uint32_t cp) {
+  const ud::CodePointRange* end = ud::kOtherCategoryRanges + ud::kOtherCategoryRangeCount;
+  const ud::CodePointRange* it =
+      std::upper_bound(ud::kOtherCategoryRanges, end, cp, [](uint32_t c, const auto& r) { return c < r.first; });
+  return it != ud::kOtherCategoryRanges && cp <= (it - 1)->last;
+}
+
+std::string normalize_unicode(std::string_view text, NormalForm form) {
+  bool ascii = true;
+  for (char c : text) ascii = ascii && static_cast<uint8_t>(c) < 0x80;
+  if (ascii) return std::string(text);
+  const bool compat = form == NormalForm::nfkc || form == NormalForm::nfkd;
+  const bool compose = form == NormalForm::nfc || form == NormalForm::nfkc;
+  std::vector<uint32_t> cps;
+  cps.reserve(text.size());
+  for (size_t i = 0; i < text.size();) {
+    uint32_t cp = 0;
+    const size_t len = decode_utf8(text, i, cp);
+    if (cp == kInvalidCodePoint) cps.push_back(kRawByte + static_cast<uint8_t>(text[i]));
+    else decompose(cp, compat, cps);
+    i += len;
+  }
+  // Canonical ordering: stable sort of each run of non-starters by combining class.
+  for (size_t i = 0; i < cps.size();) {
+    if (combining_class(cps[i]) == 0) {
+      ++i;
+      continue;
+    }
+    size_t j = i;
+    while (j < cps.size() && combining_class(cps[j]) != 0) ++j;
+    std::stable_sort(cps.begin() + static_cast<std::ptrdiff_t>(i), cps.begin() + static_cast<std::ptrdiff_t>(j),
+                     [](uint32_t a, uint32_t b) { return combining_class(a) < combining_class(b); });
+    i = j;
+  }
+  if (compose) {
+    std::vector<uint32_t> out;
+    out.reserve(cps.size());
+    size_t starter = SIZE_MAX;  // index in out of the last starter
+    int last_class = -1;        // class of the last character kept after that starter; -1 = none
+    for (uint32_t cp : cps) {
+      const int cls = combining_class(cp);
+      if (starter != SIZE_MAX && (last_class == -1 || last_class < cls)) {
+        if (const uint32_t c = cp < kRawByte && out[starter] < kRawByte ? compose_pair(out[starter], cp) : 0) {
+          out[starter] = c;
+          continue;
+        }
+      }
+      if (cls == 0) {
+        starter = out.size();
+        last_class = -1;
+      } else {
+        last_class = cls;
+      }
+      out.push_back(cp);
+    }
+    cps.swap(out);
+  }
+  std::string out;
+  out.reserve(text.size() + 8);
+  for (uint32_t cp : cps) {
+    if (cp >= kRawByte) out.push_back(static_cast<char>(cp - kRawByte));
+    else append_utf8(out, cp);
+  }
   return out;
 }
 

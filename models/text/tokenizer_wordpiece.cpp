@@ -1,4 +1,4 @@
-// WordPiece (BERT, MiniLM): BERT basic tokenizer (clean text, CJK characters as words, lower case, strip accents,
+// WordPiece (BERT, MiniLM): BERT basic tokenizer (clean text, CJK characters as words, strip accents, lower case,
 // split on whitespace and punctuation) then greedy longest-match-first with "##" continuations, as Hugging Face's
 // BertNormalizer + BertPreTokenizer + WordPiece model + WordPiece decoder.
 #include <nlohmann/json.hpp>
@@ -12,28 +12,22 @@ namespace sinkflow::tokenizer_detail {
 namespace {
 using nlohmann::json;
 
+// BertNormalizer's "Chinese characters" (CJK Unified Ideographs and their extensions, compatibility ideographs),
+// with Hugging Face's ranges.
 bool is_cjk(uint32_t cp) {
   return (cp >= 0x4E00 && cp <= 0x9FFF) || (cp >= 0x3400 && cp <= 0x4DBF) || (cp >= 0x20000 && cp <= 0x2A6DF) ||
-         (cp >= 0x2A700 && cp <= 0x2B73F) || (cp >= 0x2B740 && cp <= 0x2B81F) || (cp >= 0x2B820 && cp <= 0x2CEAF) ||
+         (cp >= 0x2A700 && cp <= 0x2B73F) || (cp >= 0x2B740 && cp <= 0x2B81F) || (cp >= 0x2B920 && cp <= 0x2CEAF) ||
          (cp >= 0xF900 && cp <= 0xFAFF) || (cp >= 0x2F800 && cp <= 0x2FA1F);
 }
 
-// BERT's whitespace: space, \t, \n, \r and the space separators (Zs).
-bool is_bert_whitespace(uint32_t cp) {
-  return cp == ' ' || cp == '\t' || cp == '\n' || cp == '\r' || cp == 0xA0 || cp == 0x1680 ||
-         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x202F || cp == 0x205F || cp == 0x3000;
-}
+// BERT's whitespace: \t \n \r and the White_Space property (U+0085, U+2028, U+2029, U+000B, U+000C, Zs...).
+bool is_bert_whitespace(uint32_t cp) { return cp == '\t' || cp == '\n' || cp == '\r' || is_whitespace(cp); }
 
-// Control (Cc) and format (Cf) characters, except \t \n \r which count as whitespace.
-bool is_bert_control(uint32_t cp) {
+// What clean_text removes: NUL, U+FFFD and General Category Cc, Cf, Cs, Co (unassigned code points stay), except
+// \t \n \r.
+bool is_bert_removed(uint32_t cp) {
   if (cp == '\t' || cp == '\n' || cp == '\r') return false;
-  if (cp < 0x20 || (cp >= 0x7F && cp <= 0x9F)) return true;
-  return cp == 0xAD || (cp >= 0x600 && cp <= 0x605) || cp == 0x61C || cp == 0x6DD || cp == 0x70F || cp == 0x8E2 ||
-         cp == 0x180E || (cp >= 0x200B && cp <= 0x200F) || (cp >= 0x202A && cp <= 0x202E) ||
-         (cp >= 0x2060 && cp <= 0x2064) || (cp >= 0x2066 && cp <= 0x206F) || cp == 0xFEFF ||
-         (cp >= 0xFFF9 && cp <= 0xFFFB) || cp == 0x110BD || cp == 0x110CD || (cp >= 0x13430 && cp <= 0x13438) ||
-         (cp >= 0x1BCA0 && cp <= 0x1BCA3) || (cp >= 0x1D173 && cp <= 0x1D17A) || cp == 0xE0001 ||
-         (cp >= 0xE0020 && cp <= 0xE007F);
+  return cp == 0 || cp == 0xFFFD || is_other_category(cp);
 }
 
 // BERT's punctuation: every ASCII non-alphanumeric printable character, and General Category P.
@@ -144,35 +138,62 @@ class WordPieceTokenizer final : public TokenizerBase {
   bool stream_drops_leading_space() const override { return true; }
 
  private:
-  // BertNormalizer then BertPreTokenizer: the words of `text`.
+  // BertNormalizer (in Hugging Face's order: clean text, space around CJK characters, strip accents = NFD then
+  // drop nonspacing marks, lower case) then BertPreTokenizer (split on whitespace, punctuation isolated).
   std::vector<std::string> basic_tokenize(std::string_view text) const {
+    std::string normalized;
+    normalized.reserve(text.size() + 8);
+    for (size_t i = 0; i < text.size();) {
+      uint32_t cp = 0;
+      i += decode_utf8(text, i, cp);
+      if (cp == kInvalidCodePoint) cp = 0xFFFD;
+      if (options_.clean_text) {
+        if (is_bert_removed(cp)) continue;
+        if (is_bert_whitespace(cp)) cp = ' ';
+      }
+      const bool cjk = options_.handle_chinese_chars && is_cjk(cp);
+      if (cjk) normalized += ' ';
+      append_utf8(normalized, cp);
+      if (cjk) normalized += ' ';
+    }
+    if (options_.strip_accents) {
+      const std::string decomposed = normalize_unicode(normalized, NormalForm::nfd);
+      normalized.clear();
+      for (size_t i = 0; i < decomposed.size();) {
+        uint32_t cp = 0;
+        const size_t len = decode_utf8(decomposed, i, cp);
+        if (cp == kInvalidCodePoint || !is_nonspacing_mark(cp)) normalized.append(decomposed, i, len);
+        i += len;
+      }
+    }
     std::vector<std::string> words;
     std::string word;
     auto end_word = [&] {
       if (!word.empty()) words.push_back(std::move(word));
       word.clear();
     };
-    size_t i = 0;
-    while (i < text.size()) {
+    for (size_t i = 0; i < normalized.size();) {
       uint32_t cp = 0;
-      i += decode_utf8(text, i, cp);
+      i += decode_utf8(normalized, i, cp);
       if (cp == kInvalidCodePoint) cp = 0xFFFD;
-      if (options_.clean_text && (cp == 0 || cp == 0xFFFD || is_bert_control(cp))) continue;
+      if (options_.lowercase) {
+        if (cp == 0x130) {  // İ: the one unconditional lower-case mapping to two code points (SpecialCasing)
+          word += 'i';
+          cp = 0x307;
+        } else {
+          cp = to_lower(cp);
+        }
+      }
       if (is_bert_whitespace(cp)) {
         end_word();
         continue;
       }
-      if ((options_.handle_chinese_chars && is_cjk(cp)) || is_bert_punctuation(cp)) {
+      if (is_bert_punctuation(cp)) {
         end_word();
-        append_utf8(word, options_.lowercase ? to_lower(cp) : cp);
+        append_utf8(word, cp);
         end_word();
         continue;
       }
-      if (options_.strip_accents) {
-        if (is_nonspacing_mark(cp)) continue;
-        cp = strip_accent_base(cp);
-      }
-      if (options_.lowercase) cp = to_lower(cp);
       append_utf8(word, cp);
     }
     end_word();
