@@ -250,6 +250,12 @@ const char* type_name(const Value& v) {
   return "value";
 }
 
+// "a string", "an integer", ... for messages.
+std::string a_type(const Value& v) {
+  const std::string name = type_name(v);
+  return (name[0] == 'u' || name[0] == 'i' ? "an " : "a ") + name;
+}
+
 [[noreturn]] void fail_undefined(const Value& v, const std::string& use) {
   fail((v.s.empty() ? std::string("an undefined value") : v.s) + " (" + use + ")");
 }
@@ -494,7 +500,7 @@ bool py_less(const Value& a, const Value& b, const char* op) {
   }
   if (a.is(Kind::undefined)) fail_undefined(a, std::string("operand of '") + op + "'");
   if (b.is(Kind::undefined)) fail_undefined(b, std::string("operand of '") + op + "'");
-  fail(std::string("'") + op + "' is not supported between a " + type_name(a) + " and a " + type_name(b));
+  fail(std::string("'") + op + "' is not supported between " + a_type(a) + " and " + a_type(b));
 }
 
 Value from_json(const nlohmann::json& j) {
@@ -543,7 +549,7 @@ ValueList iterate(const Value& v, const std::string& use) {
       return keys;
     }
     case Kind::string: return string_chars(v.s);
-    default: fail(std::string("a ") + type_name(v) + " is not iterable (" + use + ")");
+    default: fail(a_type(v) + " is not iterable (" + use + ")");
   }
 }
 
@@ -554,7 +560,7 @@ int64_t py_len(const Value& v, const std::string& use) {
     case Kind::list: return static_cast<int64_t>(v.list->size());
     case Kind::dict:
     case Kind::ns: return static_cast<int64_t>(v.dict->items.size());
-    default: fail(std::string("a ") + type_name(v) + " has no length (" + use + ")");
+    default: fail(a_type(v) + " has no length (" + use + ")");
   }
 }
 
@@ -1495,8 +1501,9 @@ class Interp {
 
   std::string run(const Body& body, const nlohmann::json& variables) {
     frames_.emplace_back();
-    if (!variables.is_object()) fail("the template's variables must be a JSON object");
-    for (auto it = variables.begin(); it != variables.end(); ++it) frames_.back()[it.key()] = from_json(it.value());
+    if (!variables.is_object() && !variables.is_null()) fail("the template's variables must be a JSON object");
+    if (variables.is_object())
+      for (auto it = variables.begin(); it != variables.end(); ++it) frames_.back()[it.key()] = from_json(it.value());
     frames_.emplace_back();  // the template's own top-level set
     exec(body);
     return std::move(out_);
@@ -1542,7 +1549,7 @@ class Interp {
         Value target = lookup(n.str);
         line_ = n.line;
         if (!target.is(Kind::ns))
-          fail("cannot set attribute '" + n.attr + "' of '" + n.str + "', a " + type_name(target) + " (only a namespace() can be changed)");
+          fail("cannot set attribute '" + n.attr + "' of '" + n.str + "', " + a_type(target) + " (only a namespace() can be changed)");
         Value v = eval(*n.kids[0]);
         target.dict->set(n.attr, std::move(v));
         return Flow::normal;
@@ -1649,7 +1656,7 @@ class Interp {
       return Value::function([name](CallArgs& a) -> Value {
         Dict d;
         for (const auto& p : a.pos) {
-          if (!p.is(Kind::dict)) fail(name + "() takes a dict or keyword arguments, found a " + type_name(p));
+          if (!p.is(Kind::dict)) fail(name + "() takes a dict or keyword arguments, found " + a_type(p));
           for (const auto& [k, v] : p.dict->items) d.set(k, v);
         }
         for (const auto& [k, v] : a.kw) d.set(k, v);
@@ -1659,7 +1666,7 @@ class Interp {
       return Value::function([this](CallArgs& a) -> Value {
         if (a.pos.empty() || a.pos.size() > 3) fail("range() takes 1 to 3 integers");
         for (const auto& p : a.pos)
-          if (!p.is(Kind::integer)) fail(std::string("range() takes integers, found a ") + type_name(p));
+          if (!p.is(Kind::integer)) fail(std::string("range() takes integers, found ") + a_type(p));
         const int64_t start = a.pos.size() > 1 ? a.pos[0].i : 0;
         const int64_t stop = a.pos.size() > 1 ? a.pos[1].i : a.pos[0].i;
         const int64_t stride = a.pos.size() > 2 ? a.pos[2].i : 1;
@@ -1698,7 +1705,7 @@ class Interp {
         CallArgs args = eval_args(n, 1, "call");
         line_ = n.line;
         if (callee.is(Kind::undefined)) fail_undefined(callee, "called as a function");
-        if (!callee.is(Kind::function)) fail(std::string("a ") + type_name(callee) + " is not callable");
+        if (!callee.is(Kind::function)) fail(a_type(callee) + " is not callable");
         return (*callee.fn)(args);
       }
       case N::filter: {
@@ -1719,7 +1726,7 @@ class Interp {
         line_ = n.line;
         if (!v.is_number()) {
           if (v.is(Kind::undefined)) fail_undefined(v, "operand of unary '-'");
-          fail(std::string("bad operand for unary ") + (n.kind == N::neg ? "'-'" : "'+'") + ": a " + type_name(v));
+          fail(std::string("bad operand for unary ") + (n.kind == N::neg ? "'-'" : "'+'") + ": " + a_type(v));
         }
         if (n.kind == N::pos) return v.is(Kind::boolean) ? Value::integer(v.whole()) : v;
         if (v.is(Kind::floating)) return Value::floating(-v.f);
@@ -1843,7 +1850,7 @@ class Interp {
       if (v.is(Kind::none)) continue;
       line_ = n.line;
       if (!v.is(Kind::integer) && !v.is(Kind::boolean))
-        fail(std::string("slice indices must be integers or none, found a ") + type_name(v));
+        fail(std::string("slice indices must be integers or none, found ") + a_type(v));
       bounds[k] = v.whole();
     }
     line_ = n.line;
@@ -1859,7 +1866,7 @@ class Interp {
       starts = code_point_starts(obj.s);
       size = static_cast<int64_t>(starts.size() - 1);
     } else {
-      fail(std::string("a ") + type_name(obj) + " cannot be sliced");
+      fail(a_type(obj) + " cannot be sliced");
     }
     // Python's slice.indices().
     auto clamp = [&](std::optional<int64_t> v, int64_t fallback) {
@@ -1917,14 +1924,14 @@ class Interp {
   static std::string string_arg(const CallArgs& a, std::size_t index, std::string_view name) {
     const auto v = a.get(index, name);
     if (!v || !v->is(Kind::string))
-      fail(a.what + " needs a string as argument '" + std::string(name) + "'" + (v ? std::string(", found a ") + type_name(*v) : ""));
+      fail(a.what + " needs a string as argument '" + std::string(name) + "'" + (v ? std::string(", found ") + a_type(*v) : ""));
     return v->s;
   }
 
   static std::optional<std::string> chars_arg(const CallArgs& a) {
     const auto v = a.get(0, "chars");
     if (!v || v->is(Kind::none)) return std::nullopt;
-    if (!v->is(Kind::string)) fail(a.what + " takes a string of characters, found a " + type_name(*v));
+    if (!v->is(Kind::string)) fail(a.what + " takes a string of characters, found " + a_type(*v));
     return v->s;
   }
 
@@ -1947,7 +1954,7 @@ class Interp {
         if (!arg) fail(a.what + " needs an argument");
         ValueList options = arg->is(Kind::list) ? *arg->list : ValueList{*arg};
         for (const auto& o : options) {
-          if (!o.is(Kind::string)) fail(a.what + " takes a string or a tuple of strings, found a " + type_name(o));
+          if (!o.is(Kind::string)) fail(a.what + " takes a string or a tuple of strings, found " + a_type(o));
           if (o.s.size() <= s.size() && (start ? s.compare(0, o.s.size(), o.s) == 0 : s.compare(s.size() - o.s.size(), o.s.size(), o.s) == 0))
             return Value::boolean(true);
         }
@@ -1984,7 +1991,7 @@ class Interp {
         std::string out;
         bool first = true;
         for (const auto& v : iterate(*items, a.what)) {
-          if (!v.is(Kind::string)) fail(a.what + " joins strings, found a " + type_name(v));
+          if (!v.is(Kind::string)) fail(a.what + " joins strings, found " + a_type(v));
           out += (first ? "" : s) + v.s;
           first = false;
           check_size(out.size(), "a joined string");
@@ -2037,7 +2044,7 @@ class Interp {
         std::reverse(parts.begin(), parts.end());
       }
     } else {
-      if (!sep->is(Kind::string)) fail(a.what + " takes a string separator, found a " + type_name(*sep));
+      if (!sep->is(Kind::string)) fail(a.what + " takes a string separator, found " + a_type(*sep));
       if (sep->s.empty()) fail(a.what + ": empty separator");
       const std::string& d = sep->s;
       if (!from_right) {
@@ -2125,7 +2132,7 @@ class Interp {
     if (l.is(Kind::undefined)) fail_undefined(l, "left operand of '" + op + "'");
     if (r.is(Kind::undefined)) fail_undefined(r, "right operand of '" + op + "'");
     auto type_error = [&]() -> Value {
-      fail("unsupported operand types for '" + op + "': a " + type_name(l) + " and a " + type_name(r));
+      fail("unsupported operand types for '" + op + "': " + a_type(l) + " and " + a_type(r));
     };
     if (op == "+") {
       if (l.is(Kind::string) && r.is(Kind::string)) {
@@ -2210,7 +2217,7 @@ class Interp {
     switch (container.kind) {
       case Kind::undefined: return false;
       case Kind::string:
-        if (!item.is(Kind::string)) fail(std::string("'in <string>' needs a string on the left, found a ") + type_name(item));
+        if (!item.is(Kind::string)) fail(std::string("'in <string>' needs a string on the left, found ") + a_type(item));
         return container.s.find(item.s) != std::string::npos;
       case Kind::list:
         for (const auto& v : *container.list)
@@ -2218,7 +2225,7 @@ class Interp {
         return false;
       case Kind::dict:
         return item.is(Kind::string) && container.dict->find(item.s) != nullptr;
-      default: fail(std::string("'in' needs a string, list or dict on the right, found a ") + type_name(container));
+      default: fail(std::string("'in' needs a string, list or dict on the right, found ") + a_type(container));
     }
   }
 
@@ -2263,7 +2270,7 @@ class Interp {
     if (name == "ge") return !py_less(v, arg(), ">=");
     if (name == "in") return contains(arg(), v);
     if (name == "odd" || name == "even" || name == "divisibleby") {
-      if (!v.is(Kind::integer) && !v.is(Kind::boolean)) fail("test '" + name + "' needs an integer, found a " + type_name(v));
+      if (!v.is(Kind::integer) && !v.is(Kind::boolean)) fail("test '" + name + "' needs an integer, found " + a_type(v));
       const int64_t d = name == "divisibleby" ? arg().whole() : 2;
       if (d == 0) fail("test 'divisibleby' by zero");
       const bool divisible = v.whole() % d == 0;
@@ -2305,7 +2312,7 @@ class Interp {
       const auto sort = a.get(4, "sort_keys");
       int width = -1;
       if (indent && !indent->is(Kind::none)) {
-        if (!indent->is(Kind::integer)) fail("filter 'tojson': indent must be an integer, found a " + std::string(type_name(*indent)));
+        if (!indent->is(Kind::integer)) fail("filter 'tojson': indent must be an integer, found " + a_type(*indent));
         width = static_cast<int>(std::clamp<int64_t>(indent->i, 0, 64));
       }
       if (sort && truthy(*sort)) fail("filter 'tojson': sort_keys is not supported by this engine");
@@ -2316,7 +2323,7 @@ class Interp {
     }
     if (name == "items") {
       if (v.is(Kind::undefined)) return Value::of_list({});
-      if (!v.is(Kind::dict)) fail("filter 'items' needs a dict, found a " + std::string(type_name(v)));
+      if (!v.is(Kind::dict)) fail("filter 'items' needs a dict, found " + a_type(v));
       CallArgs none{{}, {}, *this, "items"};
       return (*dict_method(v, "items").fn)(none);
     }
@@ -2383,7 +2390,7 @@ class Interp {
       return Value::of_list(std::move(items));
     }
     if (name == "abs") {
-      if (!v.is_number()) fail("filter 'abs' needs a number, found a " + std::string(type_name(v)));
+      if (!v.is_number()) fail("filter 'abs' needs a number, found " + a_type(v));
       if (v.is(Kind::floating)) return Value::floating(std::fabs(v.f));
       if (v.whole() == INT64_MIN) fail("integer overflow in filter 'abs' (beyond 64 bits)");
       return Value::integer(std::llabs(v.whole()));
@@ -2447,7 +2454,7 @@ class Interp {
       return Value::of_list(std::move(out));
     }
     if (name == "round") {
-      if (!v.is_number()) fail("filter 'round' needs a number, found a " + std::string(type_name(v)));
+      if (!v.is_number()) fail("filter 'round' needs a number, found " + a_type(v));
       const auto precision = a.get(0, "precision");
       const double scale = std::pow(10.0, precision && precision->is(Kind::integer) ? double(precision->i) : 0.0);
       return Value::floating(std::round(v.number() * scale) / scale);

@@ -64,8 +64,8 @@ class Template {
   Template(Template&&) noexcept;
   Template& operator=(Template&&) noexcept;
 
-  // Renders with `variables` (a JSON object: each key a template variable; JSON null is Python None, a key that
-  // is absent is undefined). Throws TemplateRaised for raise_exception(), std::invalid_argument
+  // Renders with `variables` (a JSON object, or null for none: each key a template variable; a JSON null value is
+  // Python None, a key that is absent is undefined). Throws TemplateRaised for raise_exception(), std::invalid_argument
   // "<name>: line N: ..." for anything the template cannot do (an unknown filter, a type error, an undefined
   // value used as an object, a bound exceeded).
   std::string render(const nlohmann::json& variables, const RenderOptions& options = {}) const;
