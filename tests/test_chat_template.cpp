@@ -1,8 +1,6 @@
 // Chat templates: the Jinja engine (models/text/jinja.h) construct by construct, its errors and bounds; the real
 // templates of tests/data/chat_templates against jinja2's renders (expected.json, tools/make_template_fixtures.py);
 // loading a model folder's template (chat_template.h) and reading a messages file.
-#include <catch2/catch.hpp>
-
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -12,6 +10,10 @@
 #include "models/text/chat_template.h"
 #include "models/text/jinja.h"
 #include "tests/test_util.h"
+
+// test_util.h brings ATen, whose logging defines its own CHECK: Catch's must win.
+#undef CHECK
+#include <catch2/catch.hpp>
 
 using namespace sinkflow;
 using nlohmann::json;
@@ -112,6 +114,10 @@ TEST_CASE("jinja: filters", "[jinja]") {
                "{{ ms | selectattr('extra', 'undefined') | list | length }}",
                {{"ms", ms}}) == "a,c|1|2");
   CHECK(render("{{ ['a', 'b'] | map('upper') | join }}") == "AB");
+  CHECK(render("{{ x | tojson(ensure_ascii=true) }}|{{ {'b': 1, 'a': [1, 2]} | tojson(sort_keys=true, separators=(',', ':')) }}",
+               {{"x", "\xC3\xA9\xF0\x9F\x99\x82\x7F"}}) == "\"\\u00e9\\ud83d\\ude42\\u007f\"|{\"a\":[1,2],\"b\":1}");
+  // The title filter (words begin after '-', spaces, brackets) is not str.title() (words begin after any non-letter).
+  CHECK(render("{{ \"they're here-now (ok) [x]\" | title }}|{{ \"they're\".title() }}") == "They're Here-Now (Ok) [X]|They'Re");
 }
 
 TEST_CASE("jinja: tests, operators, conditional expressions", "[jinja]") {

@@ -379,14 +379,29 @@ std::string py_str(const Value& v, std::size_t depth) {
   return "";
 }
 
-// json.dumps(value, ensure_ascii=False, indent=indent) of Python; indent < 0 = on one line.
-void to_json(const Value& v, int indent, std::size_t depth, std::string& out) {
+// How json.dumps writes: indent < 0 = on one line; separators default to (", ", ": "), (",", ": ") with an indent.
+struct JsonStyle {
+  int indent = -1;
+  bool ensure_ascii = false;
+  bool sort_keys = false;
+  std::optional<std::pair<std::string, std::string>> separators;
+};
+
+// json.dumps(value, ...) of Python.
+void to_json(const Value& v, const JsonStyle& style, std::size_t depth, std::string& out) {
   walk_step();
   walk_size(out.size());
   if (depth > kValueDepth) fail("tojson: a value nested deeper than " + std::to_string(kValueDepth) + " levels");
+  const int indent = style.indent;
   const std::string pad = indent >= 0 ? "\n" + std::string(static_cast<std::size_t>(indent) * (depth + 1), ' ') : "";
   const std::string close_pad = indent >= 0 ? "\n" + std::string(static_cast<std::size_t>(indent) * depth, ' ') : "";
-  const std::string sep = indent >= 0 ? "," : ", ";
+  const std::string sep = style.separators ? style.separators->first : indent >= 0 ? "," : ", ";
+  const std::string key_sep = style.separators ? style.separators->second : ": ";
+  static const char* hex = "0123456789abcdef";
+  auto u_escape = [&](uint32_t unit) {
+    out += "\\u";
+    for (int shift = 12; shift >= 0; shift -= 4) out += hex[(unit >> shift) & 15];
+  };
   switch (v.kind) {
     case Kind::undefined: fail("tojson: an undefined value is not JSON serializable");
     case Kind::none: out += "null"; return;
@@ -397,8 +412,25 @@ void to_json(const Value& v, int indent, std::size_t depth, std::string& out) {
       return;
     case Kind::string: {
       out += '"';
-      for (char ch : v.s) {
+      const auto starts = code_point_starts(v.s);
+      for (std::size_t k = 0; k + 1 < starts.size(); ++k) {
+        const std::size_t b = starts[k], e = starts[k + 1];
+        const char ch = v.s[b];
         const auto c = static_cast<unsigned char>(ch);
+        if (e - b > 1 || c >= 0x80) {
+          if (!style.ensure_ascii) {
+            out.append(v.s, b, e - b);
+            continue;
+          }
+          const uint32_t cp = decode_at(v.s, b, e);
+          if (cp >= 0x10000) {
+            u_escape(0xD800 + ((cp - 0x10000) >> 10));
+            u_escape(0xDC00 + ((cp - 0x10000) & 0x3FF));
+          } else {
+            u_escape(cp);
+          }
+          continue;
+        }
         switch (ch) {
           case '"': out += "\\\""; break;
           case '\\': out += "\\\\"; break;
@@ -408,11 +440,8 @@ void to_json(const Value& v, int indent, std::size_t depth, std::string& out) {
           case '\b': out += "\\b"; break;
           case '\f': out += "\\f"; break;
           default:
-            if (c < 0x20) {
-              static const char* hex = "0123456789abcdef";
-              out += "\\u00";
-              out += hex[c >> 4];
-              out += hex[c & 15];
+            if (c < 0x20 || (c == 0x7F && style.ensure_ascii)) {
+              u_escape(c);
             } else {
               out += ch;
             }
@@ -429,7 +458,7 @@ void to_json(const Value& v, int indent, std::size_t depth, std::string& out) {
       out += "[";
       for (std::size_t k = 0; k < v.list->size(); ++k) {
         out += k ? sep + pad : pad;
-        to_json((*v.list)[k], indent, depth + 1, out);
+        to_json((*v.list)[k], style, depth + 1, out);
       }
       out += close_pad + "]";
       return;
@@ -439,14 +468,17 @@ void to_json(const Value& v, int indent, std::size_t depth, std::string& out) {
         out += "{}";
         return;
       }
+      std::vector<const std::pair<std::string, Value>*> items;
+      for (const auto& item : v.dict->items) items.push_back(&item);
+      if (style.sort_keys) std::sort(items.begin(), items.end(), [](auto* x, auto* y) { return x->first < y->first; });
       out += "{";
       bool first = true;
-      for (const auto& [k, item] : v.dict->items) {
+      for (const auto* item : items) {
         out += first ? pad : sep + pad;
         first = false;
-        to_json(Value::string(k), indent, depth + 1, out);
-        out += ": ";
-        to_json(item, indent, depth + 1, out);
+        to_json(Value::string(item->first), style, depth + 1, out);
+        out += key_sep;
+        to_json(item->second, style, depth + 1, out);
       }
       out += close_pad + "}";
       return;
@@ -2307,17 +2339,21 @@ class Interp {
       return Value::string(py_strip(py_str(v), chars_arg(a), true, true));
     }
     if (name == "length" || name == "count") return Value::integer(py_len(v, "filter '" + name + "'"));
-    if (name == "tojson") {
-      const auto indent = a.get(1, "indent");  // tojson(x, ensure_ascii, indent, ...) as transformers defines it
-      const auto sort = a.get(4, "sort_keys");
-      int width = -1;
-      if (indent && !indent->is(Kind::none)) {
+    if (name == "tojson") {  // tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
+      JsonStyle style;
+      if (const auto ascii = a.get(0, "ensure_ascii")) style.ensure_ascii = truthy(*ascii);
+      if (const auto indent = a.get(1, "indent"); indent && !indent->is(Kind::none)) {
         if (!indent->is(Kind::integer)) fail("filter 'tojson': indent must be an integer, found " + a_type(*indent));
-        width = static_cast<int>(std::clamp<int64_t>(indent->i, 0, 64));
+        style.indent = static_cast<int>(std::clamp<int64_t>(indent->i, 0, 64));
       }
-      if (sort && truthy(*sort)) fail("filter 'tojson': sort_keys is not supported by this engine");
+      if (const auto seps = a.get(2, "separators"); seps && !seps->is(Kind::none)) {
+        if (!seps->is(Kind::list) || seps->list->size() != 2 || !(*seps->list)[0].is(Kind::string) || !(*seps->list)[1].is(Kind::string))
+          fail("filter 'tojson': separators must be two strings");
+        style.separators = std::make_pair((*seps->list)[0].s, (*seps->list)[1].s);
+      }
+      if (const auto sort = a.get(3, "sort_keys")) style.sort_keys = truthy(*sort);
       std::string out;
-      to_json(v, width, 0, out);
+      to_json(v, style, 0, out);
       check_size(out.size(), "tojson output");
       return Value::string(std::move(out));
     }
@@ -2327,8 +2363,18 @@ class Interp {
       CallArgs none{{}, {}, *this, "items"};
       return (*dict_method(v, "items").fn)(none);
     }
-    if (name == "upper" || name == "lower" || name == "title" || name == "capitalize")
-      return Value::string(change_case(py_str(v), name));
+    if (name == "title") {  // jinja2's title: words begin after '-', whitespace or an opening bracket
+      std::string out = py_str(v);
+      bool word_start = true;
+      for (char& ch : out) {
+        const auto c = static_cast<unsigned char>(ch);
+        const bool boundary = ch == '-' || ch == '(' || ch == '{' || ch == '[' || ch == '<' || std::isspace(c);
+        if (!boundary) ch = static_cast<char>(word_start ? std::toupper(c) : std::tolower(c));
+        word_start = boundary;
+      }
+      return Value::string(std::move(out));
+    }
+    if (name == "upper" || name == "lower" || name == "capitalize") return Value::string(change_case(py_str(v), name));
     if (name == "default" || name == "d") {
       const auto fallback = a.get(0, "default_value").value_or(Value::string(""));
       const auto boolean = a.get(1, "boolean");
