@@ -114,6 +114,8 @@ TEST_CASE("jinja: filters", "[jinja]") {
                "{{ ms | selectattr('extra', 'undefined') | list | length }}",
                {{"ms", ms}}) == "a,c|1|2");
   CHECK(render("{{ ['a', 'b'] | map('upper') | join }}") == "AB");
+  CHECK(jinja::Template("{{ m | tojson }}|{{ m }}", "t").render(nlohmann::ordered_json::parse(R"({"m": {"z": 1, "a": 2}})")) ==
+        "{\"z\": 1, \"a\": 2}|{'z': 1, 'a': 2}");  // dicts keep their key order, as Python's
   CHECK(render("{{ x | tojson(ensure_ascii=true) }}|{{ {'b': 1, 'a': [1, 2]} | tojson(sort_keys=true, separators=(',', ':')) }}",
                {{"x", "\xC3\xA9\xF0\x9F\x99\x82\x7F"}}) == "\"\\u00e9\\ud83d\\ude42\\u007f\"|{\"a\":[1,2],\"b\":1}");
   // The title filter (words begin after '-', spaces, brackets) is not str.title() (words begin after any non-letter).
@@ -213,17 +215,18 @@ TEST_CASE("jinja: strftime_now formats the time it is given", "[jinja]") {
 }
 
 TEST_CASE("chat templates of real models render byte for byte as jinja2 renders them", "[chat_template]") {
-  const json expected = json::parse(test::read_file(kData / "expected.json"));
+  // Ordered: the conversations' dicts keep the key order jinja2 saw.
+  const auto expected = nlohmann::ordered_json::parse(test::read_file(kData / "expected.json"));
   std::map<std::string, std::pair<int, int>> per_family;  // family -> (matches, renders)
   for (const auto& r : expected["renders"]) {
     const std::string family = r["family"];
     ChatTemplate t;
     t.source = test::read_file(kData / (family + ".jinja"));
     t.origin = family + ".jinja";
-    const json& tokens = expected["families"][family];
+    const auto& tokens = expected["families"][family];
     if (tokens["bos_token"].is_string()) t.bos_token = tokens["bos_token"].get<std::string>();
     if (tokens["eos_token"].is_string()) t.eos_token = tokens["eos_token"].get<std::string>();
-    const json& messages = expected["cases"][r["case"].get<std::string>()];
+    const auto& messages = expected["cases"][r["case"].get<std::string>()];
     std::string got, raised;
     try {
       got = ChatFormatter(t).render(messages, r["add_generation_prompt"].get<bool>(), fixture_now());

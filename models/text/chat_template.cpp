@@ -202,10 +202,10 @@ ChatTemplate select_chat_template(const std::string& model_dir, const std::strin
   return builtin_chat_template("plain");
 }
 
-nlohmann::json read_chat_messages(const std::string& path) {
+nlohmann::ordered_json read_chat_messages(const std::string& path) {
   JsonLimits limits;
   limits.max_bytes = std::size_t{64} << 20;
-  nlohmann::json doc = read_json_file(path, limits);
+  nlohmann::ordered_json doc = parse_ordered_json(read_json_text(path, limits), path, limits);
   std::string field = "messages";
   if (doc.is_object()) {
     if (!doc.contains("messages"))
@@ -230,8 +230,8 @@ nlohmann::json read_chat_messages(const std::string& path) {
 ChatFormatter::ChatFormatter(ChatTemplate t, const jinja::Limits& limits)
     : template_(std::move(t)), compiled_(template_.source, template_.origin, limits) {}
 
-std::string ChatFormatter::render(const nlohmann::json& messages, bool add_generation_prompt, std::time_t now) const {
-  nlohmann::json vars = {{"messages", messages},
+std::string ChatFormatter::render(const nlohmann::ordered_json& messages, bool add_generation_prompt, std::time_t now) const {
+  nlohmann::ordered_json vars = {{"messages", messages},
                          {"add_generation_prompt", add_generation_prompt},
                          {"tools", nullptr},
                          {"documents", nullptr}};
@@ -242,7 +242,7 @@ std::string ChatFormatter::render(const nlohmann::json& messages, bool add_gener
   return compiled_.render(vars, options);
 }
 
-std::string render_chat(const ChatTemplate& t, const nlohmann::json& messages, const ChatRenderOptions& options) {
+std::string render_chat(const ChatTemplate& t, const nlohmann::ordered_json& messages, const ChatRenderOptions& options) {
   return ChatFormatter(t, options.limits).render(messages, options.add_generation_prompt, options.now);
 }
 

@@ -49,7 +49,7 @@ ChatTemplate select_chat_template(const std::string& model_dir, const std::strin
 // object with "role" (a string) and "content" (a string, null, or a list of parts as multimodal templates take
 // them); other fields (tool_calls, ...) pass through to the template. Throws std::invalid_argument naming the file
 // and the field ("conv.json: messages[1].role: expected a string, found 3"); at most 64 MiB and 64 levels deep.
-nlohmann::json read_chat_messages(const std::string& path);
+nlohmann::ordered_json read_chat_messages(const std::string& path);
 
 struct ChatRenderOptions {
   bool add_generation_prompt = false;  // end with the header of an assistant turn
@@ -63,11 +63,12 @@ class ChatFormatter {
   // Parses t.source; errors are std::invalid_argument naming t.origin and the line.
   explicit ChatFormatter(ChatTemplate t, const jinja::Limits& limits = {});
 
-  // The prompt text of `messages` (a JSON array as read_chat_messages returns it), rendered with the variables
+  // The prompt text of `messages` (a JSON array as read_chat_messages returns it: objects keep their key order),
+  // rendered with the variables
   // transformers passes: messages, add_generation_prompt, tools = None, documents = None, and bos_token/eos_token
   // when defined. Throws jinja::TemplateRaised when the template calls raise_exception (its message kept),
   // std::invalid_argument "ORIGIN: line N: ..." for anything else the template cannot do.
-  std::string render(const nlohmann::json& messages, bool add_generation_prompt, std::time_t now = -1) const;
+  std::string render(const nlohmann::ordered_json& messages, bool add_generation_prompt, std::time_t now = -1) const;
 
   const ChatTemplate& chat_template() const { return template_; }
 
@@ -77,6 +78,7 @@ class ChatFormatter {
 };
 
 // ChatFormatter(t, options.limits).render(messages, options.add_generation_prompt, options.now).
-std::string render_chat(const ChatTemplate& t, const nlohmann::json& messages, const ChatRenderOptions& options = {});
+std::string render_chat(const ChatTemplate& t, const nlohmann::ordered_json& messages,
+                        const ChatRenderOptions& options = {});
 
 }  // namespace sinkflow

@@ -535,25 +535,25 @@ bool py_less(const Value& a, const Value& b, const char* op) {
   fail(std::string("'") + op + "' is not supported between " + a_type(a) + " and " + a_type(b));
 }
 
-Value from_json(const nlohmann::json& j) {
+Value from_json(const nlohmann::ordered_json& j) {
   switch (j.type()) {
-    case nlohmann::json::value_t::null: return Value::none();
-    case nlohmann::json::value_t::boolean: return Value::boolean(j.get<bool>());
-    case nlohmann::json::value_t::number_integer: return Value::integer(j.get<int64_t>());
-    case nlohmann::json::value_t::number_unsigned: {
+    case nlohmann::ordered_json::value_t::null: return Value::none();
+    case nlohmann::ordered_json::value_t::boolean: return Value::boolean(j.get<bool>());
+    case nlohmann::ordered_json::value_t::number_integer: return Value::integer(j.get<int64_t>());
+    case nlohmann::ordered_json::value_t::number_unsigned: {
       const auto u = j.get<uint64_t>();
       if (u > static_cast<uint64_t>(INT64_MAX)) return Value::floating(static_cast<double>(u));
       return Value::integer(static_cast<int64_t>(u));
     }
-    case nlohmann::json::value_t::number_float: return Value::floating(j.get<double>());
-    case nlohmann::json::value_t::string: return Value::string(j.get<std::string>());
-    case nlohmann::json::value_t::array: {
+    case nlohmann::ordered_json::value_t::number_float: return Value::floating(j.get<double>());
+    case nlohmann::ordered_json::value_t::string: return Value::string(j.get<std::string>());
+    case nlohmann::ordered_json::value_t::array: {
       ValueList items;
       items.reserve(j.size());
       for (const auto& e : j) items.push_back(from_json(e));
       return Value::of_list(std::move(items));
     }
-    case nlohmann::json::value_t::object: {
+    case nlohmann::ordered_json::value_t::object: {
       Dict d;
       for (auto it = j.begin(); it != j.end(); ++it) d.items.emplace_back(it.key(), from_json(it.value()));
       return make_dict(std::move(d));
@@ -1531,7 +1531,7 @@ class Interp {
 
   enum class Flow { normal, break_, continue_ };
 
-  std::string run(const Body& body, const nlohmann::json& variables) {
+  std::string run(const Body& body, const nlohmann::ordered_json& variables) {
     frames_.emplace_back();
     if (!variables.is_object() && !variables.is_null()) fail("the template's variables must be a JSON object");
     if (variables.is_object())
@@ -2541,7 +2541,7 @@ Template::~Template() = default;
 Template::Template(Template&&) noexcept = default;
 Template& Template::operator=(Template&&) noexcept = default;
 
-std::string Template::render(const nlohmann::json& variables, const RenderOptions& options) const {
+std::string Template::render(const nlohmann::ordered_json& variables, const RenderOptions& options) const {
   Interp interp(limits_, options.now);
   struct BudgetScope {
     WalkBudget saved = tl_walk;

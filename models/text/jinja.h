@@ -12,8 +12,7 @@
 // filters, tests, `x if c else y`, and/or/not, in/not in, comparisons, + - * / // % ** ~.
 // Not supported (a clear error naming the construct): macro, call, include/import/extends/block, filter blocks,
 // with, autoescape, raw, string % formatting and str.format. Differences from Python kept on purpose: upper/lower/
-// title/capitalize change ASCII letters only, and dict keys iterate in sorted order (the JSON reader of the project
-// does not keep key order).
+// title/capitalize change ASCII letters only.
 //
 // Hostile templates are bounded: source size, nesting depth (parse and render), steps (loop iterations and
 // statements) and output size; every failure is std::invalid_argument "<name>: line N: ...".
@@ -68,7 +67,8 @@ class Template {
   // Python None, a key that is absent is undefined). Throws TemplateRaised for raise_exception(), std::invalid_argument
   // "<name>: line N: ..." for anything the template cannot do (an unknown filter, a type error, an undefined
   // value used as an object, a bound exceeded).
-  std::string render(const nlohmann::json& variables, const RenderOptions& options = {}) const;
+  // Dicts keep the key order of `variables` (an nlohmann::json converted here has sorted keys).
+  std::string render(const nlohmann::ordered_json& variables, const RenderOptions& options = {}) const;
 
   const std::string& name() const { return name_; }
 
