@@ -17,6 +17,7 @@ Run with Debian's python3-jinja2:  /usr/bin/python3 tools/make_template_fixtures
 import datetime
 import json
 import os
+import random
 import sys
 
 import jinja2
@@ -76,6 +77,35 @@ CASES = {
 }
 
 
+
+def random_conversations(n, seed=1):
+    """n conversations of 1 to 6 messages with random roles (system, user, assistant, tool) and contents: strings
+    built of whitespace, quotes, unicode and template-like fragments, and now and then null, a list of parts or a
+    number (most templates fail on those: the C++ engine must fail too)."""
+    rng = random.Random(seed)
+    words = ["hi", " ", "\n", "\t", "\u00e9", "\U0001F642", "'", '"', "{{", "%}", "<think>", "</think>",
+             "<tool_response>", "</tool_response>", "a b", "  x  ", "\\", "[INST]", "None", "0"]
+    roles = ["system", "user", "assistant", "user", "assistant", "tool"]
+    out = {}
+    for i in range(n):
+        messages = []
+        for _ in range(rng.randint(1, 6)):
+            content = "".join(rng.choice(words) for _ in range(rng.randint(0, 6)))
+            x = rng.random()
+            if x < 0.08:
+                content = None
+            elif x < 0.16:
+                content = [{"type": "text", "text": content}, {"type": "image"}]
+            elif x < 0.2:
+                content = 7
+            messages.append({"role": rng.choice(roles), "content": content})
+        out["random_%d" % i] = messages
+    return out
+
+
+CASES.update(random_conversations(12))
+
+
 class TemplateRaised(Exception):
     pass
 
@@ -119,13 +149,16 @@ def main():
                                                     add_generation_prompt=agp, **special)
                 except TemplateRaised as e:
                     row["error"] = str(e)
+                except Exception as e:  # a Python error (None + str, ...): the C++ engine must fail as well
+                    row["fails"] = type(e).__name__ + ": " + str(e)
                 out["renders"].append(row)
     path = os.path.join(DATA, "expected.json")
     with open(path, "w", encoding="utf-8") as f:
         json.dump(out, f, ensure_ascii=False, indent=1)
         f.write("\n")
     n_err = sum(1 for r in out["renders"] if "error" in r)
-    print(f"wrote {path}: {len(out['renders'])} renders ({n_err} raise)", file=sys.stderr)
+    n_fail = sum(1 for r in out["renders"] if "fails" in r)
+    print(f"wrote {path}: {len(out['renders'])} renders ({n_err} raise, {n_fail} fail in Python)", file=sys.stderr)
 
 
 if __name__ == "__main__":
