@@ -3,10 +3,12 @@
 #include "models/text/jinja.h"
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <cmath>
+#include <cstdint>
+#include <ctime>
 #include <functional>
-#include <map>
 #include <optional>
 #include <string_view>
 #include <unordered_map>
@@ -223,6 +225,7 @@ struct CallArgs {
 struct WalkBudget {
   std::size_t max_bytes = SIZE_MAX;   // longest string a walk may build
   std::size_t steps_left = SIZE_MAX;  // elements walked, all walks of the render together
+  std::size_t max_depth = 128;        // nesting of the values walked (a namespace can hold itself)
 };
 thread_local WalkBudget tl_walk;
 
@@ -341,12 +344,12 @@ std::string py_repr(const Value& v, std::size_t depth) {
   return py_str(v, depth);
 }
 
-constexpr std::size_t kValueDepth = 128;  // nesting of values printed, compared or converted to JSON
 
 // str() of a Python value, as {{ }} prints it.
 std::string py_str(const Value& v, std::size_t depth) {
   walk_step();
-  if (depth > kValueDepth) fail("a value nested deeper than " + std::to_string(kValueDepth) + " levels (a namespace that holds itself?)");
+  if (depth > tl_walk.max_depth)
+    fail("a value nested deeper than " + std::to_string(tl_walk.max_depth) + " levels (a namespace that holds itself?)");
   switch (v.kind) {
     case Kind::undefined: return "";
     case Kind::none: return "None";
@@ -391,7 +394,7 @@ struct JsonStyle {
 void to_json(const Value& v, const JsonStyle& style, std::size_t depth, std::string& out) {
   walk_step();
   walk_size(out.size());
-  if (depth > kValueDepth) fail("tojson: a value nested deeper than " + std::to_string(kValueDepth) + " levels");
+  if (depth > tl_walk.max_depth) fail("tojson: a value nested deeper than " + std::to_string(tl_walk.max_depth) + " levels");
   const int indent = style.indent;
   const std::string pad = indent >= 0 ? "\n" + std::string(static_cast<std::size_t>(indent) * (depth + 1), ' ') : "";
   const std::string close_pad = indent >= 0 ? "\n" + std::string(static_cast<std::size_t>(indent) * depth, ' ') : "";
@@ -490,7 +493,7 @@ void to_json(const Value& v, const JsonStyle& style, std::size_t depth, std::str
 // Python ==. Numbers compare by value (True == 1), an undefined equals only an undefined.
 bool py_eq(const Value& a, const Value& b, std::size_t depth = 0) {
   walk_step();
-  if (depth > kValueDepth) fail("a value nested deeper than " + std::to_string(kValueDepth) + " levels");
+  if (depth > tl_walk.max_depth) fail("a value nested deeper than " + std::to_string(tl_walk.max_depth) + " levels");
   if (a.is_number() && b.is_number()) {
     if (a.is(Kind::floating) || b.is(Kind::floating)) return a.number() == b.number();
     return a.whole() == b.whole();
@@ -2545,7 +2548,7 @@ std::string Template::render(const nlohmann::ordered_json& variables, const Rend
   Interp interp(limits_, options.now);
   struct BudgetScope {
     WalkBudget saved = tl_walk;
-    BudgetScope(const Limits& l) { tl_walk = {l.max_output_bytes, l.max_steps}; }
+    explicit BudgetScope(const Limits& l) { tl_walk = {l.max_output_bytes, l.max_steps, l.max_depth}; }
     ~BudgetScope() { tl_walk = saved; }
   } budget(limits_);
   try {
