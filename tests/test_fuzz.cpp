@@ -1,8 +1,9 @@
 // Fuzz harness (issue 19): random mutations of the files sinkflow reads (config.json, a safetensors header,
-// tokenizer.json, a YAML config, a memory directory's meta.json, a JSONL line), each parsed in a forked child with
-// a 2 GiB address-space cap and a 10 s alarm. A case passes when the child exits 0 (accepted), 2 (bad input:
-// std::invalid_argument) or 1 (another exception), and fails on a signal (a crash, the alarm, an allocation past
-// the cap). The default run does 60 cases per file kind; `[.slow]` does 1,000 per kind. Counts are printed.
+// tokenizer.json, a YAML config, a memory directory's meta.json, a JSONL line, a chat template, a messages file),
+// each parsed in a forked child with a 2 GiB address-space cap and a 10 s alarm. A case passes when the child exits
+// 0 (accepted), 2 (bad input: std::invalid_argument) or 1 (another exception), and fails on a signal (a crash, the
+// alarm, an allocation past the cap). The default run does 60 cases per file kind; `[.slow]` does 1,000 per kind.
+// Counts are printed.
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -25,6 +26,7 @@
 #include "models/io/safetensors.h"
 #include "models/lab/make_model.h"
 #include "models/memory/chunk_store.h"
+#include "models/text/chat_template.h"
 #include "models/text/tokenizer.h"
 #include "tests/test_util.h"
 
@@ -152,11 +154,24 @@ void fuzz_all(int cases) {
 
   const std::string jsonl = R"({"role": "user", "content": "What is the best thing to do in San Francisco?"})";
   fuzz("jsonl", cases, jsonl, dir / "line.jsonl", [&] { parse_json(test::read_file(dir / "line.jsonl"), "line.jsonl:1"); });
+
+  // A real chat template (Qwen3's: loops, namespace, string methods) mutated, parsed and rendered over a conversation
+  // with every role it handles; and a mutated messages file.
+  const std::string conversation = R"([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "<think>\nhm\n</think>\n\nHello"}, {"role": "tool", "content": "42"}])";
+  const fs::path templates = fs::path(SINKFLOW_SOURCE_DIR) / "tests/data/chat_templates";
+  fuzz("chat template", cases, test::read_file(templates / "qwen3.jinja"), dir / "chat_template.jinja", [&] {
+    const ChatTemplate t{test::read_file(dir / "chat_template.jinja"), "chat_template.jinja", std::nullopt, "<|im_end|>"};
+    ChatFormatter(t).render(nlohmann::json::parse(conversation), true);
+  });
+  fuzz("messages", cases, conversation, dir / "messages.json", [&] {
+    render_chat(builtin_chat_template("chatml"), read_chat_messages((dir / "messages.json").string()));
+  });
 }
 
 }  // namespace
 
-TEST_CASE("fuzz: mutated config.json, safetensors, tokenizer.json, YAML and JSONL never crash (60 each)", "[fuzz]") {
+TEST_CASE("fuzz: mutated config.json, safetensors, tokenizer.json, YAML, JSONL, chat templates and messages never crash (60 each)", "[fuzz]") {
   fuzz_all(60);
 }
 

@@ -10,6 +10,7 @@ void add_stream_commands(CLI::App& app);  // ppl, bench latency/stream (cmd_stre
 void add_needle_commands(CLI::App& app);  // needle, copy              (cmd_needle.cpp)
 void add_train_commands(CLI::App& app);   // train, bench loss         (cmd_train.cpp)
 void add_run_commands(CLI::App& app);     // run, bench pipeline       (cmd_run.cpp)
+void add_template_commands(CLI::App& app);  // template                (cmd_template.cpp)
 
 inline void register_commands(CLI::App& app) {
   add_model_commands(app);
@@ -17,6 +18,7 @@ inline void register_commands(CLI::App& app) {
   add_needle_commands(app);
   add_train_commands(app);
   add_run_commands(app);
+  add_template_commands(app);
 }
 
 }  // namespace sinkflow::cli

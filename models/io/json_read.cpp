@@ -64,9 +64,8 @@ class Checker final : public nlohmann::json_sax<json> {
   std::string error_;
 };
 
-}  // namespace
-
-json parse_json(std::string_view text, const std::string& what, const JsonLimits& limits) {
+// The streaming check every reader runs before building a value.
+void check_json(std::string_view text, const std::string& what, const JsonLimits& limits) {
   if (text.size() > limits.max_bytes)
     throw std::invalid_argument(what + ": " + std::to_string(text.size()) + " bytes of JSON, more than the limit of " +
                                 std::to_string(limits.max_bytes));
@@ -74,7 +73,18 @@ json parse_json(std::string_view text, const std::string& what, const JsonLimits
   if (!json::sax_parse(text.begin(), text.end(), &checker)) {
     throw std::invalid_argument(what + ": " + (checker.error().empty() ? std::string("malformed JSON") : checker.error()));
   }
+}
+
+}  // namespace
+
+json parse_json(std::string_view text, const std::string& what, const JsonLimits& limits) {
+  check_json(text, what, limits);
   return json::parse(text.begin(), text.end());
+}
+
+nlohmann::ordered_json parse_ordered_json(std::string_view text, const std::string& what, const JsonLimits& limits) {
+  check_json(text, what, limits);
+  return nlohmann::ordered_json::parse(text.begin(), text.end());
 }
 
 std::string read_bounded_file(const std::string& path, std::size_t max_bytes, const std::string& label,

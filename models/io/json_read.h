@@ -36,4 +36,8 @@ std::string read_json_text(const std::string& path, const JsonLimits& limits = {
 // read_json_text, then parse_json.
 nlohmann::json read_json_file(const std::string& path, const JsonLimits& limits = {});
 
+// parse_json with the same checks, into a value whose objects keep the key order of the text (what a template or
+// a Python program iterating a dict would see; nlohmann::json sorts keys).
+nlohmann::ordered_json parse_ordered_json(std::string_view text, const std::string& what, const JsonLimits& limits = {});
+
 }  // namespace sinkflow
