@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "models/io/safetensors.h"
+#include "models/nn/runtime.h"
 
 // ATen pulls in glog, whose one-argument CHECK macro would replace Catch's: include Catch last.
 #undef CHECK
@@ -306,4 +307,21 @@ TEST_CASE("safetensors: looking up a missing tensor", "[safetensors]") {
   CHECK(file.contains("w"));
   CHECK_FALSE(file.contains("v"));
   REQUIRE_THROWS_WITH(file.tensor("v"), Catch::Contains(path + ": tensor 'v' is missing"));
+}
+
+TEST_CASE("safetensors: release() gives a read tensor's pages back, and the bytes read again are the same",
+          "[safetensors]") {
+  TempDir dir;
+  const at::Tensor big = at::arange(16 << 20, at::kFloat);  // 64 MiB
+  save_safetensors(dir.file("big.safetensors"), {{"a", at::ones({3})}, {"big", big}, {"z", at::ones({5})}});
+  const SafetensorsFile file(dir.file("big.safetensors"));
+  const double sum = file.tensor("big").sum().item<double>();  // touches every page of the mapping
+  const int64_t touched = current_rss_bytes();
+  file.release("big");
+  const int64_t released = current_rss_bytes();
+  INFO("RSS " << touched / 1048576 << " MiB after reading, " << released / 1048576 << " MiB after release()");
+  CHECK(touched - released > (48 << 20));
+  CHECK(file.tensor("big").sum().item<double>() == sum);
+  CHECK(file.tensor("z").sum().item<double>() == 5.0);  // the neighbours' bytes are untouched
+  CHECK(file.tensor("a").sum().item<double>() == 3.0);
 }

@@ -191,6 +191,11 @@ at::Tensor CheckpointTensors::load(const std::string& name, const std::vector<in
   return t;
 }
 
+void CheckpointTensors::release(const std::string& name) const {
+  const std::string stored = resolve(name);
+  if (!stored.empty()) file_of(stored).release(stored);
+}
+
 ModelConfig load_model_config(const std::string& dir) {
   const fs::path path = fs::path(dir) / "config.json";
   std::error_code error;

@@ -53,6 +53,8 @@ class CheckpointTensors {
   //   "<dir>/model.safetensors: tensor 'X' has shape [64, 32], expected [64, 64] (from config.json)"
   at::Tensor load(const std::string& name, const std::vector<int64_t>& expected_shape, at::ScalarType dtype,
                   at::Device device) const;
+  // SafetensorsFile::release of `name` (after resolve()) in its file.
+  void release(const std::string& name) const;
 
  private:
   const SafetensorsFile& file_of(const std::string& stored_name) const;

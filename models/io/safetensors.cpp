@@ -252,6 +252,14 @@ at::Tensor SafetensorsFile::tensor(const std::string& name) const {
       data, e.shape, [keep](void*) mutable { keep.reset(); }, options);
 }
 
+void SafetensorsFile::release(const std::string& name) const {
+  const TensorEntry& e = entry(name);
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  const uint64_t begin = (data_offset_ + e.data_begin + page - 1) / page * page;
+  const uint64_t end = (data_offset_ + e.data_end) / page * page;
+  if (end > begin) madvise(static_cast<unsigned char*>(mapping_->address) + begin, end - begin, MADV_DONTNEED);
+}
+
 void save_safetensors(const std::string& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
                       const std::map<std::string, std::string>& metadata) {
   std::vector<at::Tensor> data;

@@ -46,6 +46,10 @@ class SafetensorsFile {
   // A CPU tensor with the stored dtype and shape that views the mapped bytes; it keeps the mapping alive
   // (it may outlive this object). A tensor whose bytes are not aligned to its element size is copied.
   at::Tensor tensor(const std::string& name) const;
+  // Drops the resident pages of `name`'s bytes (whole pages inside them) from this process (madvise DONTNEED):
+  // a loader that copied the tensor out keeps its RSS from growing with the file. Only once no tensor() view of
+  // `name` is in use: the bytes read back from the file, so a view that was written to would see them again.
+  void release(const std::string& name) const;
   // The "__metadata__" map (empty when absent).
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   // Size in bytes of the data section.

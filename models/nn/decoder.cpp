@@ -17,16 +17,19 @@
 
 namespace sinkflow {
 
-std::shared_ptr<Decoder> make_llama(const ModelConfig& config, at::Device device, at::ScalarType dtype);
+std::shared_ptr<Decoder> make_llama(const ModelConfig& config, at::Device device, at::ScalarType dtype,
+                                    bool zero_weights);
 std::shared_ptr<Decoder> make_gpt2(const ModelConfig& config, at::Device device, at::ScalarType dtype);
 
 std::unique_ptr<KvCache> Decoder::make_cache(const CacheConfig& config) const {
   return std::make_unique<KvCache>(config_, config, rope(), device_, dtype_);
 }
 
-void Decoder::load_weights(
-    const std::function<at::Tensor(const std::string&, const std::vector<int64_t>&)>& fetch) {
-  fill_parameters(named_parameters(), fetch);
+void Decoder::load_weights(const Fetch& fetch) { fill_parameters(named_parameters(), fetch); }
+
+void Decoder::load_weights_narrow(const Fetch& fetch, at::ScalarType matrix_dtype) {
+  load_weights(fetch);
+  store_matrices_as(matrix_dtype);
 }
 
 at::Tensor Decoder::forward_full(const at::Tensor& tokens, int64_t start_position) const {
@@ -41,9 +44,10 @@ at::Tensor Decoder::first_layer_kv(const std::vector<int64_t>&, const std::vecto
   throw std::logic_error("first_layer_kv: model_type '" + config_.model_type + "' has no learned absolute positions");
 }
 
-std::shared_ptr<Decoder> make_decoder(const ModelConfig& config, at::Device device, at::ScalarType dtype) {
+std::shared_ptr<Decoder> make_decoder(const ModelConfig& config, at::Device device, at::ScalarType dtype,
+                                      bool zero_weights) {
   switch (config.family) {
-    case Family::llama: return make_llama(config, device, dtype);
+    case Family::llama: return make_llama(config, device, dtype, zero_weights);
     case Family::gpt2: return make_gpt2(config, device, dtype);
     default:
       throw std::invalid_argument("model_type '" + config.model_type + "' is not a decoder (expected a llama or gpt2 family model)");
@@ -94,23 +98,43 @@ std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device,
   // bfloat16 (Llama family) or int8 on the CPU: float32 compute over narrower matrices.
   const bool split = device.is_cpu() && ((dtype == at::kBFloat16 && config.family == Family::llama) || dtype == at::kChar);
   const at::ScalarType compute = split ? at::kFloat : dtype;
-  // The weights are loaded in the compute dtype: more than this machine's memory is an error before any allocation.
+  // What the loaded weights take (matrices narrowed one by one when split): more than this machine's memory is an
+  // error before any allocation.
   const double params = config.parameter_estimate();
-  const double bytes = params * static_cast<double>(c10::elementSize(compute));
+  const double element = !split ? static_cast<double>(c10::elementSize(compute))
+                         : dtype == at::kChar ? 1.0 + 2.0 / 32.0  // int8 values and a float16 scale per 32
+                                              : static_cast<double>(c10::elementSize(dtype));
+  const double bytes = params * element;
   const int64_t memory = physical_memory_bytes();
   if (device.is_cpu() && memory > 0 && bytes > static_cast<double>(memory))
     throw std::invalid_argument(dir + ": about " + std::to_string(static_cast<int64_t>(params / 1e6)) +
-                                "M parameters need " + gib_text(bytes) + " as " + dtype_name(compute) +
+                                "M parameters need " + gib_text(bytes) + " as " + dtype_name(split ? dtype : compute) +
                                 ", more than this machine's " + gib_text(static_cast<double>(memory)));
-  auto decoder = make_decoder(config, device, compute);
+  auto decoder = make_decoder(config, device, compute, /*zero_weights=*/!split);
   CheckpointTensors tensors(dir);
   std::set<std::string> used;
-  decoder->load_weights([&](const std::string& name, const std::vector<int64_t>& shape) {
+  const Decoder::Fetch fetch = [&](const std::string& name, const std::vector<int64_t>& shape) {
     used.insert(tensors.resolve(name));
     return tensors.load(name, shape, compute, device);
-  });
+  };
+  if (split) {
+    // Each matrix is copied out of the file, narrowed, and its file pages and float32 copy given back at once:
+    // the peak stays near the narrowed model (glibc is told to return freed blocks while loading).
+    const bool kept = keeps_freed_memory();
+    return_freed_memory();
+    decoder->load_weights_narrow(
+        [&](const std::string& name, const std::vector<int64_t>& shape) {
+          at::Tensor t = fetch(name, shape);
+          if (tensors.dtype(tensors.resolve(name)) == "F32") t = t.clone();  // a view of the file: copy it out
+          tensors.release(name);
+          return t;
+        },
+        dtype);
+    if (kept) keep_freed_memory();
+  } else {
+    decoder->load_weights(fetch);
+  }
   check_all_used(tensors, used, config);
-  if (split) decoder->store_matrices_as(dtype);
   return decoder;
 }
 

@@ -65,7 +65,12 @@ class Decoder {
   virtual std::vector<std::pair<std::string, at::Tensor>> named_parameters() const = 0;
 
   // Fills every parameter from `fetch(name, expected_shape)` (which must return a tensor of that shape).
-  void load_weights(const std::function<at::Tensor(const std::string&, const std::vector<int64_t>&)>& fetch);
+  using Fetch = std::function<at::Tensor(const std::string&, const std::vector<int64_t>&)>;
+  void load_weights(const Fetch& fetch);
+  // load_weights, then store_matrices_as(matrix_dtype), but each matrix is narrowed as soon as it is read (Llama
+  // family): the float32 copy of the whole model never exists, so a 7B checkpoint loads as int8 in ~8 GB of RAM.
+  // For a decoder made with zero_weights = false.
+  virtual void load_weights_narrow(const Fetch& fetch, at::ScalarType matrix_dtype);
 
  protected:
   Decoder(ModelConfig config, at::Device device, at::ScalarType dtype)
@@ -76,8 +81,10 @@ class Decoder {
   at::ScalarType weight_dtype_;
 };
 
-// A model of `config` with zero weights (fill them with load_weights) on device/dtype.
-std::shared_ptr<Decoder> make_decoder(const ModelConfig& config, at::Device device, at::ScalarType dtype);
+// A model of `config` with zero weights (fill them with load_weights) on device/dtype. zero_weights = false leaves
+// the matrices allocated but never written (their pages untouched) until load_weights_narrow replaces them.
+std::shared_ptr<Decoder> make_decoder(const ModelConfig& config, at::Device device, at::ScalarType dtype,
+                                      bool zero_weights = true);
 
 // Loads a Hugging Face folder (config.json + model.safetensors or sharded index). dtype: float32; float16 or
 // bfloat16 on accelerators. On the CPU, bfloat16 means bfloat16 matrices with float32 compute for the Llama

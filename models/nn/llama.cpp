@@ -7,6 +7,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <map>
 
 #include "models/nn/decoder.h"
 #include "models/nn/quant.h"
@@ -184,13 +185,13 @@ TORCH_MODULE(LlamaForCausalLm);
 
 class Llama final : public Decoder {
  public:
-  Llama(const ModelConfig& c, at::Device device, at::ScalarType dtype)
+  Llama(const ModelConfig& c, at::Device device, at::ScalarType dtype, bool zero_weights)
       : Decoder(c, device, dtype), net_(c), rope_(c) {
     net_->to(device, dtype);
     net_->eval();
     torch::NoGradGuard no_grad;
     // Inference by default: the trainer turns gradients on for the parameters it optimizes.
-    for (auto& p : net_->parameters()) p.zero_().set_requires_grad(false);
+    for (auto& p : net_->parameters()) (zero_weights ? p.zero_() : p).set_requires_grad(false);
     for (auto& m : *net_->model->layers) layers_.push_back(m->as<LlamaLayerImpl>());
     scale_ = 1.0 / std::sqrt(c.query_pre_attn_scalar > 0.0 ? c.query_pre_attn_scalar : static_cast<double>(c.d_head));
     for (int64_t l = 0; l < c.n_layer; ++l) window_.push_back(c.is_sliding(l) ? c.sliding_window : 0);
@@ -204,6 +205,32 @@ class Llama final : public Decoder {
     torch::NoGradGuard no_grad;
     for (const auto& m : net_->modules(false))
       if (auto* matrix = dynamic_cast<MatrixImpl*>(m.get())) matrix->store_as(dtype);
+    weight_dtype_ = dtype;
+  }
+
+  void load_weights_narrow(const Fetch& fetch, at::ScalarType dtype) override {
+    if (!device_.is_cpu() || dtype_ != at::kFloat || (dtype != at::kBFloat16 && dtype != at::kChar))
+      Decoder::store_matrices_as(dtype);  // throws
+    torch::NoGradGuard no_grad;
+    std::map<std::string, MatrixImpl*> matrices;  // "model.layers.0.self_attn.q_proj" -> its module
+    for (const auto& item : net_->named_modules())
+      if (auto* m = dynamic_cast<MatrixImpl*>(item.value().get())) matrices[item.key()] = m;
+    for (auto& [name, param] : named_parameters()) {
+      const std::vector<int64_t> shape = param.sizes().vec();
+      const at::Tensor src = fetch(name, shape);
+      if (src.sizes().vec() != shape)
+        throw std::invalid_argument("tensor '" + name + "' has shape " + std::string(c10::str(src.sizes())) +
+                                    ", expected " + std::string(c10::str(param.sizes())));
+      const size_t dot = name.rfind('.');
+      const auto matrix = matrices.find(name.substr(0, dot));
+      if (matrix != matrices.end() && name.compare(dot, std::string::npos, ".weight") == 0) {
+        // The untouched float32 allocation is dropped for the loaded matrix, which is narrowed at once.
+        param.set_data(src.to(param.device(), param.scalar_type()).contiguous());
+        matrix->second->store_as(dtype);
+      } else {
+        param.copy_(src.to(param.device(), param.scalar_type()));
+      }
+    }
     weight_dtype_ = dtype;
   }
 
@@ -308,8 +335,9 @@ class Llama final : public Decoder {
 
 }  // namespace
 
-std::shared_ptr<Decoder> make_llama(const ModelConfig& config, at::Device device, at::ScalarType dtype) {
-  return std::make_shared<Llama>(config, device, dtype);
+std::shared_ptr<Decoder> make_llama(const ModelConfig& config, at::Device device, at::ScalarType dtype,
+                                    bool zero_weights) {
+  return std::make_shared<Llama>(config, device, dtype, zero_weights);
 }
 
 }  // namespace sinkflow

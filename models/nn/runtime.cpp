@@ -67,7 +67,14 @@ void configure_threads(int intra_op_threads) {
   if (auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) fn(1);
 }
 
+namespace {
+bool g_keep_freed = false;
+}  // namespace
+
+bool keeps_freed_memory() { return g_keep_freed; }
+
 void keep_freed_memory() {
+  g_keep_freed = true;
 #if defined(__GLIBC__)
   // Blocks above the mmap threshold (32 MB at most) are otherwise mapped per allocation and unmapped on free,
   // and the heap's top is trimmed back to the OS; both make the next step fault its pages in again.
@@ -107,6 +114,7 @@ std::string select_blas_kernels() {
 }
 
 void return_freed_memory() {
+  g_keep_freed = false;
 #if defined(__GLIBC__)
   // glibc's defaults raise the mmap threshold, as mapped blocks are freed, up to 32 MB and trim at twice it.
   mallopt(M_MMAP_MAX, 65536);

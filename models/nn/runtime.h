@@ -40,6 +40,8 @@ std::string select_blas_kernels();
 // Back to glibc's behaviour at its steady state (blocks above 32 MB mapped per allocation, the heap's top
 // trimmed above 64 MB): the other arm of `sinkflow bench loss`.
 void return_freed_memory();
+// Whether keep_freed_memory() is in force (the last of the two called).
+bool keeps_freed_memory();
 
 // Peak resident set size of this process in bytes (VmHWM), and the current one (VmRSS).
 int64_t peak_rss_bytes();
