@@ -96,7 +96,11 @@ cuda_flags=()
 if ((!dry)); then
   cuda_flags=(-DSINKFLOW_WITH_CUDA=ON)
   export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # H100/H200; spares LibTorch's CMake the detection
-  command -v nvcc >/dev/null && cuda_flags+=(-DCUDAToolkit_ROOT="$(dirname "$(dirname "$(command -v nvcc)")")")
+  # LibTorch 2.x's CMake (cmake/public/cuda.cmake) calls enable_language(CUDA) and requires nvcc's version to
+  # equal the toolkit's: name one nvcc for both, and the architecture, so that nothing is guessed.
+  nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+  cuda_flags+=(-DCMAKE_CUDA_COMPILER="$nvcc" -DCUDAToolkit_ROOT="$(dirname "$(dirname "$nvcc")")"
+               -DCMAKE_CUDA_ARCHITECTURES=${CMAKE_CUDA_ARCHITECTURES:-90})
 fi
 # CMAKE_PREFIX_PATH is searched before the system paths: the unpacked prefix wins over anything in /usr.
 step configure 120 "$out/build.log" cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
