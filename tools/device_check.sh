@@ -115,7 +115,7 @@ fi
 read -r -a targets <<<"${DEVICE_CHECK_TARGETS:-all}"
 step build 300 "$out/build.log" ninja -C "$build" -j"$jobs" "${targets[@]}" || { tail -60 "$out/build.log"; exit 1; }
 for exe in "$build/tools/sinkflow" "$build"/tests/test_*; do
-  [[ -x $exe ]] && ldd "$exe" | grep -E 'yaml-cpp|tbb|spdlog|fmt|torch\.so|c10' | sed "s|^|$(basename "$exe"): |" >>"$steps" && break
+  [[ -x $exe ]] && ldd "$exe" | grep -E 'yaml-cpp|tbb|spdlog|fmt|libtorch|c10' | sed "s|^|$(basename "$exe"): |" >>"$steps" && break
 done
 
 # --- 5. Tests on the device -------------------------------------------------------------------------------
