@@ -92,7 +92,7 @@ TEST_CASE("the cache realigns from the originals: realignments never compound", 
 
 TEST_CASE("an untrained kv-align network is the identity: the policy equals sink bit for bit", "[kv_align]") {
   c10::InferenceMode guard;
-  auto d = test::random_decoder(test::tiny_gpt2_config(), 3);
+  auto d = test::random_decoder(test::tiny_gpt2_config(), 3, 0.2, test::device());
   KvAlignConfig c = KvAlignConfig::for_model(d->config());
   c.exact_first_layer = false;  // every layer by the (identity) networks
   auto net = std::make_shared<KvAlign>(c);

@@ -127,8 +127,9 @@ namespace {
 
 // Streams `tokens` through fast and naive sessions and returns the largest logit difference. With
 // inject_at >= 0, the span evicted at that step is written into the memory region of both caches.
+// On test::device().
 double fast_vs_naive(const std::vector<int64_t>& tokens, int64_t n_memory, int64_t inject_at, double* scale) {
-  auto d = test::random_decoder(test::tiny_llama_config(), 21);
+  auto d = test::random_decoder(test::tiny_llama_config(), 21, 0.2, test::device());
   StreamConfig fast;
   fast.cache.n_sink = 4;
   fast.cache.n_memory = n_memory;
@@ -176,12 +177,12 @@ TEST_CASE("fast RoPE position scheme equals the naive definition over 2,000 step
     const double diff = fast_vs_naive(tokens, 0, -1, &scale);
     INFO("max |logit| " << scale << ", max diff " << diff);
     CHECK(scale > 0.5);
-    CHECK(diff < 1e-5 * std::max(1.0, scale));
+    CHECK(diff < test::tol(1e-5) * std::max(1.0, scale));
   }
   SECTION("n_memory = 8, filled from evicted K/V") {
     const double diff = fast_vs_naive(tokens, 8, 100, &scale);
     INFO("max |logit| " << scale << ", max diff " << diff);
-    CHECK(diff < 1e-5 * std::max(1.0, scale));
+    CHECK(diff < test::tol(1e-5) * std::max(1.0, scale));
   }
 }
 
@@ -314,15 +315,15 @@ TEST_CASE("a just-evicted chunk re-injected by kv or text restores the logits of
           "[kv_cache][memory]") {
   c10::InferenceMode guard;
   for (const auto& cfg : {test::tiny_llama_config(), test::tiny_gpt2_config()}) {
-    auto d = test::random_decoder(cfg, 71);
+    auto d = test::random_decoder(cfg, 71, 0.2, test::device());
     auto stream = test::random_tokens(4 + 8 + 8 + 1, 97, 72);
     at::Tensor never = logits_with_chunk(d, stream, "never");
     at::Tensor kv = logits_with_chunk(d, stream, "kv");
     at::Tensor text = logits_with_chunk(d, stream, "text");
     INFO(family_name(cfg.family));
-    CHECK(test::max_abs_diff(kv, never) < 1e-4);
+    CHECK(test::max_abs_diff(kv, never) < test::tol(1e-4));
     // text recomputes C over the sinks alone, which is exactly C's original context here.
-    CHECK(test::max_abs_diff(text, never) < 1e-4);
+    CHECK(test::max_abs_diff(text, never) < test::tol(1e-4));
   }
 }
 

@@ -79,10 +79,11 @@ TEST_CASE("cosine schedule with linear warm-up", "[train]") {
 }
 
 TEST_CASE("the chunked loss equals cross_entropy of the whole logits, value and gradients", "[train]") {
-  at::manual_seed(3);
-  const at::Tensor h0 = at::randn({37, 12}, at::kDouble);
-  const at::Tensor w0 = at::randn({50, 12}, at::kDouble);
-  const at::Tensor y = at::randint(0, 50, {37}, at::kLong);
+  at::manual_seed(3);  // drawn on the CPU, run on test::device()
+  const at::Device dev = test::device();
+  const at::Tensor h0 = at::randn({37, 12}, at::kDouble).to(dev);
+  const at::Tensor w0 = at::randn({50, 12}, at::kDouble).to(dev);
+  const at::Tensor y = at::randint(0, 50, {37}, at::kLong).to(dev);
   auto reference = [&](at::Tensor* gh, at::Tensor* gw) {
     at::Tensor h = h0.clone().requires_grad_(), w = w0.clone().requires_grad_();
     at::Tensor l = torch::nn::functional::cross_entropy(at::matmul(h, w.t()), y);
@@ -97,14 +98,14 @@ TEST_CASE("the chunked loss equals cross_entropy of the whole logits, value and 
     INFO("chunk_rows " << chunk);
     at::Tensor h = h0.to(at::kFloat).requires_grad_(), w = w0.to(at::kFloat).requires_grad_();
     at::Tensor l = linear_cross_entropy(h, w, y, chunk);
-    REQUIRE(l.item<double>() == Approx(want).epsilon(1e-6));
+    REQUIRE(l.item<double>() == Approx(want).epsilon(test::tol(1e-6)));
     (3.0 * l).backward();
-    REQUIRE(test::max_abs_diff(h.grad().to(at::kDouble), rh) < 1e-6);
-    REQUIRE(test::max_abs_diff(w.grad().to(at::kDouble), rw) < 1e-6);
+    REQUIRE(test::max_abs_diff(h.grad(), rh) < test::tol(1e-6));
+    REQUIRE(test::max_abs_diff(w.grad(), rw) < test::tol(1e-6));
   }
   {
     torch::NoGradGuard no_grad;  // the held-out loss: no gradients kept
-    REQUIRE(linear_cross_entropy(h0.to(at::kFloat), w0.to(at::kFloat), y, 8).item<double>() == Approx(want).epsilon(1e-6));
+    REQUIRE(linear_cross_entropy(h0.to(at::kFloat), w0.to(at::kFloat), y, 8).item<double>() == Approx(want).epsilon(test::tol(1e-6)));
   }
   REQUIRE_THROWS_WITH(linear_cross_entropy(h0, w0.narrow(1, 0, 11), y),
                       Catch::Contains("expected hidden [N, D], weight [V, D] and int64 targets [N] (N >= 1); found "
@@ -113,11 +114,13 @@ TEST_CASE("the chunked loss equals cross_entropy of the whole logits, value and 
 
 TEST_CASE("a tied model's gradients through the chunked loss are those of its full logits", "[train]") {
   // The tied embedding is both the lookup table and the output projection: its gradient sums both paths.
+  // A training step's forward and backward, on test::device().
   for (const ModelConfig& config : {test::tiny_llama_config(), test::tiny_gpt2_config()}) {
     INFO(config.model_type);
-    auto d = test::random_decoder(config, 11, 0.1);
+    auto d = test::random_decoder(config, 11, 0.1, test::device());
     for (auto& [name, p] : d->named_parameters()) p.set_requires_grad(true);
-    const at::Tensor tokens = at::tensor(test::random_tokens(2 * 17, config.vocab_size, 5)).view({2, 17});
+    const at::Tensor tokens =
+        at::tensor(test::random_tokens(2 * 17, config.vocab_size, 5)).view({2, 17}).to(test::device());
     const at::Tensor inputs = tokens.narrow(1, 0, 16), targets = tokens.narrow(1, 1, 16).reshape({-1});
     auto grads = [&](bool fused) {
       for (auto& [name, p] : d->named_parameters()) p.mutable_grad() = at::Tensor();
@@ -136,11 +139,11 @@ TEST_CASE("a tied model's gradients through the chunked loss are those of its fu
     };
     const auto a = grads(true), b = grads(false);
     REQUIRE(a.size() == b.size());
-    REQUIRE(a[0].item<double>() == Approx(b[0].item<double>()).epsilon(1e-5));
+    REQUIRE(a[0].item<double>() == Approx(b[0].item<double>()).epsilon(test::tol(1e-5)));
     for (size_t i = 1; i < a.size(); ++i) {
       INFO(d->named_parameters()[i - 1].first);
       REQUIRE(b[i].abs().max().item<double>() > 0);
-      REQUIRE(test::max_abs_diff(a[i], b[i]) < 1e-5 * (1 + b[i].abs().max().item<double>()));
+      REQUIRE(test::max_abs_diff(a[i], b[i]) < test::tol(1e-5) * (1 + b[i].abs().max().item<double>()));
     }
     for (auto& [name, p] : d->named_parameters()) p.set_requires_grad(false);
   }

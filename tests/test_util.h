@@ -10,8 +10,11 @@
 #include <vector>
 #include <memory>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <unistd.h>
+
+#include <cstdlib>
 
 #include "models/io/config.h"
 #include "models/nn/decoder.h"
@@ -19,6 +22,27 @@
 #include "models/text/tokenizer.h"
 
 namespace sinkflow::test {
+
+// The device of the equivalence tests: SINKFLOW_TEST_DEVICE (cpu, cuda or cuda:N; default cpu). Naming a CUDA
+// device that this LibTorch or machine lacks is an error, not a silent fall-back to the CPU. On CUDA, float32
+// matrix products are kept TF32-free so that float32 stays float32 (the tolerances below assume it).
+inline at::Device device() {
+  const char* env = std::getenv("SINKFLOW_TEST_DEVICE");
+  const std::string name = env && *env ? env : "cpu";
+  if (name == "cpu") return at::Device(at::kCPU);
+  if (name != "cuda" && name.rfind("cuda:", 0) != 0)
+    throw std::invalid_argument("SINKFLOW_TEST_DEVICE: expected cpu, cuda or cuda:N, found '" + name + "'");
+  if (!at::hasCUDA())
+    throw std::runtime_error("SINKFLOW_TEST_DEVICE=" + name +
+                             " but CUDA is not available (a LibTorch without CUDA, or no GPU visible)");
+  at::globalContext().setAllowTF32CuBLAS(false);
+  return at::Device(name);
+}
+
+// A tolerance written for the CPU, widened tenfold on a GPU: its kernels (cuBLAS split-K, fused softmax) sum
+// in other orders than the CPU's, and differently for a 1-row and an n-row product, so two float32 paths
+// that agree to ~1e-7 on the CPU agree to ~1e-6 there.
+inline double tol(double cpu_tolerance) { return device().is_cpu() ? cpu_tolerance : 10 * cpu_tolerance; }
 
 inline ModelConfig tiny_llama_config() {
   ModelConfig c;
@@ -56,8 +80,10 @@ inline ModelConfig tiny_gpt2_config() {
 }
 
 // A decoder with seeded random weights: matrices N(0, std), norm weights 1 + N(0, 0.1), biases N(0, 0.02).
-inline std::shared_ptr<Decoder> random_decoder(const ModelConfig& config, uint64_t seed, double std = 0.2) {
-  auto d = make_decoder(config, at::Device(at::kCPU), at::kFloat);
+// The weights are drawn on the CPU (the same values on every device), then placed on `on`.
+inline std::shared_ptr<Decoder> random_decoder(const ModelConfig& config, uint64_t seed, double std = 0.2,
+                                               at::Device on = at::Device(at::kCPU)) {
+  auto d = make_decoder(config, on, at::kFloat);
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   d->load_weights([&](const std::string& name, const std::vector<int64_t>& shape) {
     at::Tensor noise = at::normal(0.0, 1.0, shape, gen);
@@ -93,8 +119,9 @@ inline std::filesystem::path temp_dir(const std::string& name) {
   return dir;
 }
 
+// Largest |a - b|, compared on the CPU in double (a and b may live on different devices).
 inline double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
-  return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+  return (a.to(at::kCPU, at::kDouble) - b.to(at::kCPU, at::kDouble)).abs().max().item<double>();
 }
 
 // The bare loop the graph must equal: BOS + the prompt fed to a StreamSession of `cache` in blocks of `block`

@@ -171,10 +171,13 @@ std::pair<at::Tensor, at::Tensor> KvAlign::realign(const at::Tensor& k, const at
     torch::Tensor g = torch::arange(first * heads, config_.n_layer * heads, cpu_long).repeat_interleave(m).to(k.device());
     torch::Tensor fr = torch::tensor(f, cpu_long).repeat({groups}).to(k.device());
     torch::Tensor tt = torch::tensor(t, cpu_long).repeat({groups}).to(k.device());
+    // The networks stay where they were built or loaded (the CPU); a cache on another device sends them the
+    // moved rows and takes the result back (no-op moves on the CPU).
     auto run = [&](AlignNet& net, const at::Tensor& x, at::Tensor& outp) {
+      const at::Device nd = net->mu.device();
       torch::Tensor sel = x.narrow(0, first, layers).index_select(2, idx);  // [layers, KV, m, dh]
-      torch::Tensor y = net->forward(sel.reshape({groups * m, dh}).to(torch::kFloat), fr, tt, g);
-      outp.narrow(0, first, layers).index_copy_(2, idx, y.reshape({layers, heads, m, dh}).to(x.scalar_type()));
+      torch::Tensor y = net->forward(sel.reshape({groups * m, dh}).to(nd, torch::kFloat), fr.to(nd), tt.to(nd), g.to(nd));
+      outp.narrow(0, first, layers).index_copy_(2, idx, y.reshape({layers, heads, m, dh}).to(x.device(), x.scalar_type()));
     };
     run(impl_->key, k, k_out);
     run(impl_->value, v, v_out);
