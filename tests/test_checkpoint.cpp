@@ -297,6 +297,8 @@ TEST_CASE("config: unsupported features are refused by name", "[config]") {
   REQUIRE_THROWS_WITH(parse(j), Catch::Contains("field 'rope_scaling': field 'factor' is missing"));
   j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 4}};
   CHECK(parse(j).rope_scaling.factor == 4.0);
+  j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 1e308}};
+  REQUIRE_THROWS_WITH(parse(j), Catch::Contains("field 'rope_scaling.factor' must be in (0, 1024]"));
   j["rope_scaling"] = {{"rope_type", "default"}};
   CHECK(parse(j).rope_scaling.type.empty());
   j = tiny_llama_json();

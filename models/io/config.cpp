@@ -442,8 +442,8 @@ void ModelConfig::validate(const std::string& source_name) const {
     if (!r.type.empty()) {
       if (r.type != "linear" && r.type != "dynamic" && r.type != "llama3" && r.type != "yarn")
         fail(s, "field 'rope_scaling' has rope_type '" + r.type + "', expected one of linear, dynamic, llama3, yarn");
-      if (!(r.factor > 0.0) || !std::isfinite(r.factor))
-        fail(s, "field 'rope_scaling' needs a positive 'factor', found " + std::to_string(r.factor));
+      if (!(r.factor > 0.0) || !(r.factor <= 1024.0))  // released models: 4 (Qwen3 yarn) .. 32 (Llama-3.2)
+        fail(s, "field 'rope_scaling.factor' must be in (0, 1024], found " + std::to_string(r.factor));
       if (r.type == "llama3" && (r.original_max_positions <= 0 || !(r.high_freq_factor > r.low_freq_factor) ||
                                  !(r.low_freq_factor > 0.0)))
         fail(s, "field 'rope_scaling' of type llama3 needs original_max_position_embeddings > 0 and "
