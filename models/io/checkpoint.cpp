@@ -33,15 +33,6 @@ const std::regex kShardPattern(R"(model-\d{5}-of-\d{5}\.safetensors)");
 
 std::string show(const json& value) { return json_preview(value); }
 
-std::string read_text(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error(path + ": cannot open the file");
-  std::stringstream text;
-  text << in.rdbuf();
-  if (in.bad()) throw std::runtime_error(path + ": reading the file failed");
-  return text.str();
-}
-
 // Writes `text` to `path` through a temporary file in the same folder and a rename.
 void write_text_atomically(const std::string& path, const std::string& text) {
   const std::string temp = path + ".tmp-" + std::to_string(::getpid());

@@ -262,7 +262,7 @@ class Llama final : public Decoder {
   }
 
   at::Tensor hidden_full(const at::Tensor& tokens, int64_t start_position) const override {
-    const int64_t b = tokens.size(0), t = tokens.size(1);
+    const int64_t t = tokens.size(1);
     std::vector<int64_t> positions(t);
     for (int64_t j = 0; j < t; ++j) positions[j] = start_position + j;
     const Tables tables = make_tables(positions, start_position + t);
