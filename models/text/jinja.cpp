@@ -1,6 +1,7 @@
 // The Jinja2 subset of jinja.h: a lexer that applies whitespace control as jinja2's does, a recursive-descent
 // parser with jinja2's operator precedence, and a tree-walking interpreter over Python-like values.
 #include "models/text/jinja.h"
+#include "models/text/tokenizer_internal.h"
 
 #include <algorithm>
 #include <cctype>
@@ -18,6 +19,8 @@
 namespace sinkflow::jinja {
 
 namespace {
+
+using tokenizer_detail::append_utf8;
 
 // ---------------------------------------------------------------------------------------------------------------
 // Errors. Inside the engine a failure is an Error (the message) or a Raised (raise_exception); Template turns
@@ -59,24 +62,6 @@ uint32_t decode_at(std::string_view s, std::size_t begin, std::size_t end) {
   uint32_t cp = end - begin == 2 ? (c & 0x1F) : end - begin == 3 ? (c & 0x0F) : (c & 0x07);
   for (std::size_t k = begin + 1; k < end; ++k) cp = (cp << 6) | (static_cast<unsigned char>(s[k]) & 0x3F);
   return cp;
-}
-
-void append_utf8(std::string& out, uint32_t cp) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
 }
 
 // str.isspace() of Python for one code point.

@@ -889,6 +889,19 @@ void BpeTokenizer::merge_word(std::string_view word, std::vector<int64_t>& out) 
     const auto n = static_cast<int32_t>(symbols.size());
     symbols.push_back({static_cast<int32_t>(id), n - 1, n + 1, true});
   };
+  // A character the vocabulary lacks: its UTF-8 bytes as <0xNN> tokens (byte_fallback, when all exist), else
+  // unk_token (one for a run of unknown characters with fuse_unk); without unk_token Hugging Face drops it.
+  auto fallback_or_unk = [&](std::string_view ch) {
+    bool all = byte_fallback_;
+    for (char x : ch) all = all && fallback_id_[static_cast<uint8_t>(x)] >= 0;
+    if (all) {
+      for (char x : ch) add(fallback_id_[static_cast<uint8_t>(x)]);
+      last_was_unk = false;
+      return;
+    }
+    if (unk_id_ >= 0 && !(fuse_unk_ && last_was_unk)) add(unk_id_);
+    last_was_unk = unk_id_ >= 0;
+  };
   if (!byte_level_) {
     // Characters: each is a token of the vocabulary, else its UTF-8 bytes as <0xNN> tokens (byte_fallback, when
     // all exist), else unk_token (one for a run of unknown characters with fuse_unk), else dropped.
@@ -903,17 +916,7 @@ void BpeTokenizer::merge_word(std::string_view word, std::vector<int64_t>& out) 
         last_was_unk = false;
         continue;
       }
-      if (byte_fallback_) {
-        bool all = true;
-        for (char x : ch) all = all && fallback_id_[static_cast<uint8_t>(x)] >= 0;
-        if (all) {
-          for (char x : ch) add(fallback_id_[static_cast<uint8_t>(x)]);
-          last_was_unk = false;
-          continue;
-        }
-      }
-      if (unk_id_ >= 0 && !(fuse_unk_ && last_was_unk)) add(unk_id_);
-      last_was_unk = unk_id_ >= 0;
+      fallback_or_unk(ch);
     }
   }
   for (char c : byte_level_ ? word : std::string_view()) {
@@ -923,21 +926,10 @@ void BpeTokenizer::merge_word(std::string_view word, std::vector<int64_t>& out) 
       last_was_unk = false;
       continue;
     }
-    if (byte_fallback_) {
-      // Hugging Face falls back to the UTF-8 bytes of the (byte-level) character.
-      std::string ch;
-      append_utf8(ch, byte_to_unicode(b));
-      bool all = true;
-      for (char x : ch) all = all && fallback_id_[static_cast<uint8_t>(x)] >= 0;
-      if (all) {
-        for (char x : ch) add(fallback_id_[static_cast<uint8_t>(x)]);
-        last_was_unk = false;
-        continue;
-      }
-    }
-    if (unk_id_ >= 0 && !(fuse_unk_ && last_was_unk)) add(unk_id_);
-    last_was_unk = unk_id_ >= 0;
-    // Without unk_token Hugging Face drops a character the vocabulary lacks.
+    // Hugging Face falls back to the UTF-8 bytes of the (byte-level) character.
+    std::string ch;
+    append_utf8(ch, byte_to_unicode(b));
+    fallback_or_unk(ch);
   }
   if (!symbols.empty()) symbols.back().next = -1;
 
