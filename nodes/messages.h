@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,32 @@ struct TokenBlock {
   bool turn = false;            // the last block of a user turn / prompt: model-step answers it (decodes)
   std::string text;             // turn blocks: the turn's text (the retrieval query of trigger `turn`)
   bool last = false;            // the last block of the input (end of document / dialogue)
+  // Chat (token-source format `chat`): a message that model-step writes through the chat template itself, so the
+  // block carries no tokens. role: "user" (answered; text = its content, also the retrieval query), or context
+  // ("system", "assistant", ...). command: a chat command instead of a message: "reset", "stats" or "memory".
+  std::string role;
+  std::string command;
+};
+
+// What model-step says at the end of a chat turn or command (StepResult::report).
+struct TurnReport {
+  std::string command;            // "" for a reply; else the command it answers (reset, stats, memory)
+  std::string info;               // a command's answer, as text lines
+  std::string stop;               // a reply's end: eos, length, stop (a stop string)
+  int64_t prompt_tokens = 0;      // tokens fed for the turn (template, retrieved text, the message)
+  int64_t reply_tokens = 0;
+  double prefill_s = 0;           // feeding the turn
+  double first_token_s = 0;       // from the turn's arrival at model-step to its first reply token
+  double decode_s = 0;
+  struct Hit {
+    int64_t chunk_id = -1;
+    float score = 0;
+    int64_t first_position = -1, last_position = -1;  // where its tokens were in the stream
+    bool placed = false;          // written now (region) or placed before the turn (prompt); false: already there
+    std::string text;             // its first 160 bytes
+  };
+  std::string placement;          // region | prompt ("" when nothing was retrieved)
+  std::vector<Hit> retrieved;
 };
 
 // What one decode step produced (model-step -> text-out, metrics).
@@ -38,6 +65,7 @@ struct StepResult {
   std::vector<int64_t> tokens;   // [n] generated token ids (n = 1 today)
   std::string text;              // printable text those tokens completed (may be "" inside a UTF-8 character)
   bool end_of_turn = false;      // the answer to the current turn is complete (text may be "")
+  std::shared_ptr<const TurnReport> report;  // chat: with end_of_turn, what the turn did
   std::chrono::steady_clock::time_point produced{};  // when model-step emitted it (rates are timed at the source:
                                                      // messages may reach a consumer in bursts)
 };

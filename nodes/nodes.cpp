@@ -1,6 +1,7 @@
 #include "nodes/nodes.h"
 
 #include "nodes/embedding.h"
+#include "nodes/chat_out.h"
 #include "nodes/eviction.h"
 #include "nodes/index_insert.h"
 #include "nodes/metrics.h"
@@ -22,6 +23,7 @@ void register_builtin_nodes(Registry& registry) {
   registry.add(retrieve_kind());
   registry.add(re_inject_kind());
   registry.add(text_out_kind());
+  registry.add(chat_out_kind());
   registry.add(metrics_kind());
 }
 

@@ -3,7 +3,11 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <fstream>
 #include <iostream>
 #include <iterator>
@@ -26,7 +30,7 @@ TokenSourceConfig TokenSourceConfig::from_params(const ParamMap& params, const s
   ParamReader r(params, where, c.origin);
   r.require("model", c.model);
   r.read("path", c.path);
-  r.read_choice("format", c.format, {"text", "jsonl"});
+  r.read_choice("format", c.format, {"text", "jsonl", "chat"});
   r.read("block", c.block);
   r.read("read_bytes", c.read_bytes);
   r.read("prompt", c.prompt);
@@ -44,6 +48,9 @@ void TokenSourceConfig::validate() const {
   origin.require(read_bytes >= 64 && read_bytes <= (int64_t{1} << 26), "read_bytes", "an integer in [64, 67108864]", read_bytes);
   origin.require(seq >= 0, "seq", "an integer >= 0", seq);
   origin.require(!path.empty() || !prompt.empty(), "path", "an input file (or a prompt)", path);
+  origin.require(format != "chat" || !path.empty(), "path", "an input file or \"-\" (stdin) with format chat", path);
+  origin.require(format != "chat" || prompt.empty(), "prompt",
+                 "empty with format chat (the messages come from the input)", prompt.substr(0, 64));
   origin.require(turn_template.find("{content}") != std::string::npos, "turn_template",
                  "a template containing {content}", turn_template);
 }
@@ -63,6 +70,7 @@ class TokenSource : public NodeInstance {
     if (!config_.path.empty()) {
       RunContext* run = &context.run;
       in_ = std::make_unique<InputStream>(config_.path, [run] { return run->stop_requested(); });
+      interactive_ = config_.format == "chat" && config_.path == "-" && ::isatty(0) && ::isatty(1);
     } else {
       eof_ = true;
     }
@@ -74,6 +82,7 @@ class TokenSource : public NodeInstance {
  private:
   bool produce(Emitter<TokenBlock>& out) {
     if (config_.format == "jsonl") return produce_jsonl(out);
+    if (config_.format == "chat") return produce_chat(out);
     // Refill until a full block is pending (strictly more than a block while input remains, so that the
     // last block of the input is always known to be the last).
     while (!eof_ && static_cast<int64_t>(pending_.size()) <= config_.block) refill_text();
@@ -149,6 +158,61 @@ class TokenSource : public NodeInstance {
     return have_next_;
   }
 
+  // Chat: one message per line, sent as soon as it is read (never a line behind): a JSON object {"role",
+  // "content"}, or (any other line) the user's text. "/quit" ends; "/reset", "/stats", "/memory" (any "/word")
+  // are commands that model-step answers. At the end of the input an empty last block flushes the memory path.
+  bool produce_chat(Emitter<TokenBlock>& out) {
+    if (interactive_ && step_ == 0) {
+      std::fputs("> ", stdout);
+      std::fflush(stdout);
+    }
+    std::string line;
+    for (;;) {
+      if (!in_->getline(line)) {
+        if (in_->stopped()) return false;
+        emit(out, {}, false, {}, true);
+        return false;
+      }
+      ++line_no_;
+      if (line.find_first_not_of(" \t\r") != std::string::npos) break;
+      if (interactive_) {
+        std::fputs("> ", stdout);
+        std::fflush(stdout);
+      }
+    }
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    std::string role = "user", content = line;
+    if (line.find_first_not_of(" \t") != std::string::npos && line[line.find_first_not_of(" \t")] == '{') {
+      const std::string where = config_.path + ":" + std::to_string(line_no_);
+      const nlohmann::json j = parse_json(line, where);
+      if (!j.is_object() || !j.contains("content") || !j["content"].is_string())
+        throw std::invalid_argument(where + ": expected a JSON object with a string field 'content', found " + json_preview(j));
+      if (j.contains("role") && !j["role"].is_string())
+        throw std::invalid_argument(where + ": field 'role': expected a string, found " + json_preview(j["role"]));
+      role = j.value("role", std::string("user"));
+      content = j["content"].get<std::string>();
+    }
+    TokenBlock b;
+    b.seq = config_.seq;
+    b.step = step_++;
+    b.role = role;
+    b.text = content;
+    b.turn = role == "user";
+    if (role == "user" && content.size() >= 2 && content.size() <= 16 && content[0] == '/' &&
+        std::all_of(content.begin() + 1, content.end(), [](char c) { return std::islower(static_cast<unsigned char>(c)); })) {
+      const std::string command = content.substr(1);
+      if (command == "quit" || command == "exit") {
+        emit(out, {}, false, {}, true);
+        return false;
+      }
+      b.command = command;
+      b.turn = false;
+      b.role.clear();
+    }
+    out.put<0>(b);
+    return true;
+  }
+
   void read_turn() {
     std::string line;
     while (in_ && in_->getline(line)) {
@@ -207,6 +271,7 @@ class TokenSource : public NodeInstance {
   int64_t line_no_ = 0;
   bool have_next_ = false;
   std::string next_role_, next_content_;
+  bool interactive_ = false;         // chat on a terminal: "> " before each line
   Source<Out<TokenBlock>> source_;
 };
 

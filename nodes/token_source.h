@@ -4,6 +4,9 @@
 // any length, and the source gate (the node's max_in_flight) is its backpressure. Or reads JSONL dialogue
 // turns {"role": "user", "content": ...}, one line at a time: user turns are answered by model-step, other
 // roles are context. An optional `prompt` follows the input as a final turn (a question about the document).
+// Format `chat` (sinkflow chat): each line is a message ({"role", "content"} or plain text from the user), sent
+// at once without tokens (model-step writes it through the chat template); "/quit" ends, other "/word" lines are
+// commands (TokenBlock::command).
 #pragma once
 
 #include <cstdint>
@@ -17,7 +20,8 @@ namespace sinkflow {
 struct TokenSourceConfig {
   std::string model;                  // model resource whose tokenizer is used (required)
   std::string path;                   // input file; "-" = stdin; "" = no input (only the prompt)
-  std::string format = "text";        // text | jsonl (dialogue turns, one JSON object per line)
+  std::string format = "text";        // text | jsonl (dialogue turns, one JSON object per line) | chat (messages
+                                      // for model-step's chat template, sent untokenized as soon as read)
   int64_t block = 256;                // tokens per TokenBlock, >= 1
   int64_t read_bytes = 16384;         // bytes read per refill (text), >= 64
   std::string prompt;                 // text appended after the input as a user turn ("" = none)

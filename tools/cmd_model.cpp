@@ -72,17 +72,8 @@ struct GenerateArgs {
   RuntimeOptions rt;
 };
 
-// The sampling a model folder asks for (generation_config.json) when the command line gave none, as transformers'
-// generate() applies it: do_sample true samples with its temperature, top_k and top_p (transformers' defaults
-// 1.0, 50 and 1.0 where absent); otherwise greedy.
-SamplerConfig folder_sampling(const GenerationConfig& g, SamplerConfig s) {
-  if (!g.do_sample.value_or(false)) return s;
-  s.temperature = g.temperature.value_or(1.0);
-  s.top_k = g.top_k.value_or(50);
-  s.top_p = g.top_p.value_or(1.0);
-  return s;
-}
-
+// The sampling a model folder asks for (generation_config.json, with_model_defaults) applies when the command line
+// gave none.
 void run_generate(const GenerateArgs& a) {
   a.rt.apply();
   c10::InferenceMode guard;
@@ -95,7 +86,7 @@ void run_generate(const GenerateArgs& a) {
   if (sc.policy == Policy::kv_align) sc.kv_align = KvAlign::load_for(a.model, a.kv_align);
   SamplerConfig sampling = a.sampler;
   if (!a.sampling_given) {
-    sampling = folder_sampling(m.generation, a.sampler);
+    sampling = with_model_defaults(a.sampler, m.generation);
     if (sampling.temperature > 0.0)
       spdlog::info("generate: sampling as {}/generation_config.json asks (temperature {}, top_k {}, top_p {}); "
                    "--temperature 0 decodes greedily", a.model, sampling.temperature, sampling.top_k, sampling.top_p);

@@ -420,3 +420,94 @@ std::pair<at::Tensor, at::Tensor> KvCache::layer_kv(int64_t layer) const {
 }
 
 }  // namespace sinkflow
+
+namespace sinkflow {
+
+namespace {
+
+at::Tensor int_tensor(const std::vector<int64_t>& v) {
+  return at::from_blob(const_cast<int64_t*>(v.data()), {static_cast<int64_t>(v.size())}, at::kLong).clone();
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, at::Tensor>> KvCache::state_tensors() const {
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  out.emplace_back("k", k_.cpu());
+  out.emplace_back("v", v_.cpu());
+  if (k_raw_.defined()) out.emplace_back("k_raw", k_raw_.cpu());
+  if (k_orig_.defined()) {
+    out.emplace_back("k_orig", k_orig_.cpu());
+    out.emplace_back("v_orig", v_orig_.cpu());
+    out.emplace_back("orig_index", int_tensor(orig_index_));
+    out.emplace_back("aligned_index", int_tensor(aligned_index_));
+  }
+  out.emplace_back("slot_token", int_tensor(slot_token_));
+  out.emplace_back("slot_pos", int_tensor(slot_pos_));
+  out.emplace_back("slot_chunk", int_tensor(slot_chunk_));
+  out.emplace_back("rot_pos", int_tensor(rot_pos_));
+  std::vector<int64_t> used(used_.begin(), used_.end());
+  out.emplace_back("used", int_tensor(used));
+  out.emplace_back("scalars", int_tensor({n_sink_used_, ring_start_, ring_count_, next_pos_}));
+  return out;
+}
+
+void KvCache::restore_state(const std::map<std::string, at::Tensor>& tensors, const std::string& where) {
+  auto get = [&](const std::string& name, const at::Tensor& like) -> at::Tensor {
+    const auto it = tensors.find(name);
+    if (it == tensors.end()) throw std::invalid_argument(where + ": tensor '" + name + "' is missing");
+    const at::Tensor& t = it->second;
+    if (t.scalar_type() != like.scalar_type() || !t.sizes().equals(like.sizes()))
+      throw std::invalid_argument(where + ": tensor '" + name + "': expected " + std::string(c10::toString(like.scalar_type())) +
+                                  " " + std::string(c10::str(like.sizes())) + " (this model and cache), found " +
+                                  c10::toString(t.scalar_type()) + " " + std::string(c10::str(t.sizes())));
+    return t.contiguous();
+  };
+  const int64_t cap = capacity();
+  auto ints = [&](const std::string& name, int64_t n, int64_t lo, int64_t hi) {
+    const at::Tensor t = get(name, at::zeros({n}, at::kLong));
+    std::vector<int64_t> v(t.data_ptr<int64_t>(), t.data_ptr<int64_t>() + n);
+    for (int64_t x : v)
+      if (x < lo || x > hi)
+        throw std::invalid_argument(where + ": tensor '" + name + "': expected values in [" + str(lo) + ", " + str(hi) +
+                                    "], found " + str(x));
+    return v;
+  };
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max() / 4;
+  const std::vector<int64_t> scalars = ints("scalars", 4, 0, kMax);
+  if (scalars[0] > config_.n_sink || scalars[1] >= config_.n_recent || scalars[2] > config_.n_recent)
+    throw std::invalid_argument(where + ": tensor 'scalars': sink/ring counters outside this cache's regions");
+  std::vector<int64_t> slot_token = ints("slot_token", cap, -1, kMax), slot_pos = ints("slot_pos", cap, -1, kMax),
+                       slot_chunk = ints("slot_chunk", cap, -1, kMax), rot_pos = ints("rot_pos", cap, -1, kMax),
+                       used = ints("used", cap, 0, 1), orig_index, aligned_index;
+  const at::Tensor k = get("k", k_), v = get("v", v_);
+  at::Tensor k_raw, k_orig, v_orig;
+  if (k_raw_.defined()) k_raw = get("k_raw", k_raw_);
+  if (k_orig_.defined()) {
+    k_orig = get("k_orig", k_orig_);
+    v_orig = get("v_orig", v_orig_);
+    orig_index = ints("orig_index", cap, -1, cap);
+    aligned_index = ints("aligned_index", cap, -1, cap);
+  }
+  // Everything checked: take it.
+  k_.copy_(k);
+  v_.copy_(v);
+  if (k_raw_.defined()) k_raw_.copy_(k_raw);
+  if (k_orig_.defined()) {
+    k_orig_.copy_(k_orig);
+    v_orig_.copy_(v_orig);
+    orig_index_ = std::move(orig_index);
+    aligned_index_ = std::move(aligned_index);
+  }
+  slot_token_ = std::move(slot_token);
+  slot_pos_ = std::move(slot_pos);
+  slot_chunk_ = std::move(slot_chunk);
+  rot_pos_ = std::move(rot_pos);
+  used_.assign(used.begin(), used.end());
+  n_sink_used_ = scalars[0];
+  ring_start_ = scalars[1];
+  ring_count_ = scalars[2];
+  next_pos_ = scalars[3];
+}
+
+}  // namespace sinkflow

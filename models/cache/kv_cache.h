@@ -22,6 +22,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -143,6 +144,13 @@ class KvCache {
                                                                     const std::vector<int64_t>& from,
                                                                     const std::vector<int64_t>& to)>;
   int64_t realign(const RealignFn& fn);
+
+  // The whole state as named CPU tensors (K/V buffers, per-slot tables, and "scalars": n_sink_used, ring_start,
+  // ring_count, next_pos), to save a conversation. restore_state() takes them back into a cache built with the same
+  // model and CacheConfig; std::invalid_argument naming `where` and the tensor when one is missing or has another
+  // shape or dtype, or when a value is out of range (nothing is changed then).
+  std::vector<std::pair<std::string, at::Tensor>> state_tensors() const;
+  void restore_state(const std::map<std::string, at::Tensor>& tensors, const std::string& where);
 
   // Whole buffers, [n_layer, n_kv_head, capacity, d_head] (tests, KV-Align, clustering).
   const at::Tensor& keys() const { return k_; }

@@ -17,6 +17,8 @@ void RetrievalOptions::validate() const {
   if (sync && trigger != RetrievalTrigger::turn)
     throw FieldError("sync", std::string("sync must be false unless trigger is turn, found trigger ") +
                                  enum_name(kRetrievalTriggerNames, trigger));
+  if (placement == Placement::prompt && inject == InjectMode::kv)
+    throw FieldError("placement", "placement prompt places retrieved text in the stream, so inject must be text, found kv");
 }
 
 std::vector<Chunk> chunk_span(Chunker& chunker, int64_t stream_id, const EvictedSpan& span, const Tokenizer& tokenizer) {
@@ -88,6 +90,10 @@ std::vector<int64_t> MemoryRegion::resident() const {
 bool MemoryRegion::contains(int64_t chunk_id) const {
   return std::any_of(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.chunk_id == chunk_id; });
 }
+
+std::vector<MemoryRegion::Resident> MemoryRegion::residents() const { return entries_; }
+
+void MemoryRegion::restore(std::vector<Resident> residents) { entries_ = std::move(residents); }
 
 std::vector<int64_t> MemoryRegion::resident_positions() const {
   std::vector<int64_t> out;

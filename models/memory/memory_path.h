@@ -27,6 +27,11 @@ enum class RetrievalTrigger { none, turn, always };
 inline constexpr NameTable<RetrievalTrigger, 3> kRetrievalTriggerNames{
     {{{RetrievalTrigger::none, "none"}, {RetrievalTrigger::turn, "turn"}, {RetrievalTrigger::always, "always"}}}};
 
+// Where retrieved chunks go: into the cache's memory region between the sinks and the window (`region`), or as
+// text placed right before the turn that asked for them, fed into the stream and never indexed again (`prompt`).
+enum class Placement { region, prompt };
+inline constexpr NameTable<Placement, 2> kPlacementNames{{{{Placement::region, "region"}, {Placement::prompt, "prompt"}}}};
+
 // How a stream asks its memory for context and how what comes back enters the cache.
 struct RetrievalOptions {
   RetrievalTrigger trigger = RetrievalTrigger::turn;  // none | turn | always
@@ -36,6 +41,7 @@ struct RetrievalOptions {
                                // retrieval is injected (deterministic; evaluation)
   InjectMode inject = InjectMode::text;        // text (prefill the chunk) | kv (restore its stored K/V)
   ReplacePolicy replace = ReplacePolicy::score;  // which resident chunk leaves the memory region when full
+  Placement placement = Placement::region;       // region | prompt (a turn then always waits for its retrieval)
   // FieldError (a std::invalid_argument) naming the field and its range.
   void validate() const;
 };
@@ -75,13 +81,20 @@ class MemoryRegion {
   // Absolute positions of the tokens of the resident chunks (the original ones, in the stream).
   std::vector<int64_t> resident_positions() const;
 
- private:
-  struct Entry {
-    int64_t chunk_id;
-    float score;
-    int64_t last_used;
+  // One resident chunk: its id, the retrieval score it came with, the step it was last used at, and the stream
+  // positions of its tokens. In the order they entered.
+  struct Resident {
+    int64_t chunk_id = -1;
+    float score = 0;
+    int64_t last_used = 0;
     std::vector<int64_t> positions;
   };
+  std::vector<Resident> residents() const;
+  // Takes back residents() (a resumed stream whose cache already holds those chunks).
+  void restore(std::vector<Resident> residents);
+
+ private:
+  using Entry = Resident;
   ReplacePolicy policy_;
   std::vector<Entry> entries_;
 };

@@ -172,3 +172,38 @@ void StreamSession::inject(const MemoryChunk& chunk, InjectMode mode) {
 }
 
 }  // namespace sinkflow
+
+namespace sinkflow {
+
+namespace {
+
+void require_saveable(Policy policy, const std::string& where) {
+  if (policy != Policy::dense && policy != Policy::window && policy != Policy::sink)
+    throw std::invalid_argument(where + "policy '" + policy_name(policy) +
+                                "' cannot be saved and resumed (its state is more than the cache); use sink, window or dense");
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, at::Tensor>> StreamSession::state_tensors() const {
+  require_saveable(config_.policy, "");
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (auto& [name, t] : cache_->state_tensors()) out.emplace_back("cache." + name, t);
+  out.emplace_back("session.tokens_evicted", at::full({1}, tokens_evicted_, at::kLong));
+  return out;
+}
+
+void StreamSession::restore_state(const std::map<std::string, at::Tensor>& tensors, const std::string& where) {
+  require_saveable(config_.policy, where + ": ");
+  std::map<std::string, at::Tensor> cache;
+  for (const auto& [name, t] : tensors)
+    if (name.rfind("cache.", 0) == 0) cache.emplace(name.substr(6), t);
+  const auto it = tensors.find("session.tokens_evicted");
+  if (it == tensors.end() || it->second.scalar_type() != at::kLong || it->second.numel() != 1 ||
+      it->second.item<int64_t>() < 0)
+    throw std::invalid_argument(where + ": tensor 'session.tokens_evicted': expected one int64 >= 0");
+  cache_->restore_state(cache, where);
+  tokens_evicted_ = it->second.item<int64_t>();
+}
+
+}  // namespace sinkflow

@@ -13,6 +13,7 @@
 
 #include <ATen/ATen.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -77,6 +78,13 @@ class StreamSession {
   void inject(const MemoryChunk& chunk, InjectMode mode);
   // Frees the memory slots of `chunk_id`; returns how many.
   int64_t release(int64_t chunk_id) { return cache_->release_memory(chunk_id); }
+
+  // The session's whole state (its cache and counters) as named CPU tensors, and back into a session built with
+  // the same decoder and StreamConfig (to resume a conversation exactly). Only the policies whose state is the
+  // cache alone can be saved: dense, window and sink; std::invalid_argument naming the policy for the others, and
+  // as KvCache::restore_state for a tensor that does not fit.
+  std::vector<std::pair<std::string, at::Tensor>> state_tensors() const;
+  void restore_state(const std::map<std::string, at::Tensor>& tensors, const std::string& where);
 
   const Decoder& decoder() const { return *decoder_; }
   const StreamConfig& config() const { return config_; }
