@@ -3,6 +3,8 @@
 // prompt never indexing the text it places.
 #include <ATen/ATen.h>
 #include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -328,4 +330,51 @@ TEST_CASE("chat pipeline: placement prompt never indexes the text it places", "[
   for (const auto& [b, e] : r.stats.unindexed_ranges)
     for (int64_t p = b; p < e; ++p) placed_evicted += p < r.stats.tokens_evicted + 4 ? 1 : 0;
   CHECK(stored_tokens + placed_evicted == r.stats.tokens_evicted);
+}
+
+TEST_CASE("chat: a conversation killed (SIGKILL) after a reply resumes as one that never stopped", "[chat]") {
+  const fs::path dir = test::temp_dir("chat_kill");
+  fs::create_directories(dir / "a");
+  fs::create_directories(dir / "b");
+  // Never stopped: both turns in one run.
+  const ChatRun a = run_chat(chat_spec(dir / "a", write_lines(dir / "a.jsonl", {kTurns[0], kTurns[1]}),
+                                       {"model.checkpoint=" + (dir / "a" / "state.safetensors").string()}));
+  REQUIRE(a.turns.size() == 2);
+  // The launcher, fed one line through a pipe that stays open, killed once its first reply is saved.
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  const std::string state = (dir / "b" / "state.safetensors").string();
+  // Everything the child needs is made before fork (it only calls async-signal-safe functions until exec).
+  const std::string model = test::tiny_model(), conv = (dir / "b").string(), out_path = (dir / "b" / "out.jsonl").string();
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(fds[0], 0);
+    ::close(fds[1]);
+    const int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(out, 1);
+    ::execl(SINKFLOW_CLI, SINKFLOW_CLI, "chat", "--model", model.c_str(), "--conversation", conv.c_str(), "--format",
+            "jsonl", "--n-sink", "4", "--n-memory", "32", "--n-recent", "28", "--chunk", "8", "--max-new-tokens", "6",
+            "--temperature", "0", "--set", "model.prefill_block=16", "--set", "resources.memories.mem.embedder.dim=64",
+            static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  ::close(fds[0]);
+  const std::string line = kTurns[0] + "\n";
+  REQUIRE(::write(fds[1], line.data(), line.size()) == static_cast<ssize_t>(line.size()));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!fs::exists(state) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  REQUIRE(fs::exists(state));
+  ::kill(pid, SIGKILL);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  ::close(fds[1]);
+  CHECK(WIFSIGNALED(status));
+  // Resumed in this process with the second turn.
+  const ChatRun b = run_chat(chat_spec(dir / "b", write_lines(dir / "b.jsonl", {kTurns[1]}), {"model.checkpoint=" + state}));
+  CHECK(b.stats.resumed);
+  REQUIRE(b.turns.size() == 1);
+  CHECK(b.turns[0]["content"] == a.turns[1]["content"]);
+  CHECK(b.turns[0]["retrieved"] == a.turns[1]["retrieved"]);
+  CHECK(b.stats.first_logits == a.stats.first_logits);
 }
