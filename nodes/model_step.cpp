@@ -253,7 +253,7 @@ class ModelStep : public NodeInstance {
       return;
     }
     const RetrievalOptions& ro = config_.retrieval;
-    if (b.turn && config_.memory && ro.trigger == RetrievalTrigger::turn && !b.text.empty() && query_connected()) {
+    if (b.turn && config_.memory && retrieves_per_turn(ro.trigger) && !b.text.empty() && query_connected()) {
       Query q = query(b.seq, b.text);
       if (turn_waits()) {
         // Flush the chunker's tail; retrieve answers once index-insert has stored it. The turn waits (without
@@ -329,7 +329,7 @@ class ModelStep : public NodeInstance {
       stats_.prefill_busy_s += seconds(Clock::now() - start);
       stats_.ingest_wall_s = seconds(Clock::now() - first_block_);
     }
-    if (config_.memory && config_.retrieval.trigger == RetrievalTrigger::always &&
+    if (config_.memory && retrieves_every(config_.retrieval.trigger) &&
         since_query_ >= config_.retrieval.every && query_connected()) {
       const std::vector<int64_t> cached = session_->cache().cached_tokens();
       const size_t n = std::min<size_t>(cached.size(), static_cast<size_t>(config_.retrieval.query_tokens));

@@ -14,8 +14,8 @@ ReplacePolicy parse_replace_policy(const std::string& name) {
 void RetrievalOptions::validate() const {
   if (every < 1) throw FieldError("every", "every must be >= 1 (tokens between two queries), found " + std::to_string(every));
   if (query_tokens < 1) throw FieldError("query_tokens", "query_tokens must be >= 1, found " + std::to_string(query_tokens));
-  if (sync && trigger != RetrievalTrigger::turn)
-    throw FieldError("sync", std::string("sync must be false unless trigger is turn, found trigger ") +
+  if (sync && !retrieves_per_turn(trigger))
+    throw FieldError("sync", std::string("sync must be false unless trigger is turn or both, found trigger ") +
                                  enum_name(kRetrievalTriggerNames, trigger));
   if (placement == Placement::prompt && inject == InjectMode::kv)
     throw FieldError("placement", "placement prompt places retrieved text in the stream, so inject must be text, found kv");

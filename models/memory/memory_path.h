@@ -23,9 +23,14 @@ ReplacePolicy parse_replace_policy(const std::string& name);  // "score" | "lru"
 
 // When model-step asks the memory for context: never, at each user turn (query = the turn), or every N tokens
 // (query = the recent text).
-enum class RetrievalTrigger { none, turn, always };
-inline constexpr NameTable<RetrievalTrigger, 3> kRetrievalTriggerNames{
-    {{{RetrievalTrigger::none, "none"}, {RetrievalTrigger::turn, "turn"}, {RetrievalTrigger::always, "always"}}}};
+enum class RetrievalTrigger { none, turn, always, both };
+inline constexpr NameTable<RetrievalTrigger, 4> kRetrievalTriggerNames{{{{RetrievalTrigger::none, "none"},
+                                                                        {RetrievalTrigger::turn, "turn"},
+                                                                        {RetrievalTrigger::always, "always"},
+                                                                        {RetrievalTrigger::both, "both"}}}};
+// Whether `t` asks at each user turn / every N tokens.
+inline bool retrieves_per_turn(RetrievalTrigger t) { return t == RetrievalTrigger::turn || t == RetrievalTrigger::both; }
+inline bool retrieves_every(RetrievalTrigger t) { return t == RetrievalTrigger::always || t == RetrievalTrigger::both; }
 
 // Where retrieved chunks go: into the cache's memory region between the sinks and the window (`region`), or as
 // text placed right before the turn that asked for them, fed into the stream and never indexed again (`prompt`).
@@ -34,7 +39,7 @@ inline constexpr NameTable<Placement, 2> kPlacementNames{{{{Placement::region, "
 
 // How a stream asks its memory for context and how what comes back enters the cache.
 struct RetrievalOptions {
-  RetrievalTrigger trigger = RetrievalTrigger::turn;  // none | turn | always
+  RetrievalTrigger trigger = RetrievalTrigger::turn;  // none | turn | always | both (turn and always)
   int64_t every = 128;         // always: tokens between two queries, >= 1
   int64_t query_tokens = 64;   // always: recent tokens that make the query text, >= 1
   bool sync = false;           // turn: the turn waits until everything evicted so far is indexed and its
