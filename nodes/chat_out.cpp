@@ -85,8 +85,10 @@ class ChatOut : public NodeInstance {
 
   void on_step(const StepResult& r) {
     if (!file_) context().run.before_output();
-    reply_ += r.text;
-    if (!jsonl_ && !r.text.empty()) write(r.text);
+    std::string text = r.text;
+    if (reply_.empty()) text.erase(0, text.find_first_not_of(" \n"));  // a reply starts at its first word
+    reply_ += text;
+    if (!jsonl_ && !text.empty()) write(text);
     if (!r.end_of_turn) return;
     const TurnReport empty;
     const TurnReport& report = r.report ? *r.report : empty;

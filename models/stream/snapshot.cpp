@@ -17,13 +17,16 @@ namespace {
 
 constexpr const char* kFormat = "sinkflow-stream-snapshot-1";
 
-// FNV-1a, 64 bits, over each tensor's name and bytes in order.
-uint64_t digest(const std::vector<std::pair<std::string, at::Tensor>>& tensors) {
+// FNV-1a, 64 bits, over the identity and meta texts, then each tensor's name and bytes in order.
+uint64_t digest(const std::vector<std::pair<std::string, at::Tensor>>& tensors, const std::string& identity,
+                const std::string& meta) {
   uint64_t h = 1469598103934665603ull;
   auto mix = [&](const void* data, size_t n) {
     const auto* p = static_cast<const unsigned char*>(data);
     for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
   };
+  mix(identity.data(), identity.size());
+  mix(meta.data(), meta.size());
   for (const auto& [name, t] : tensors) {
     mix(name.data(), name.size());
     const at::Tensor c = t.contiguous();
@@ -54,7 +57,7 @@ nlohmann::ordered_json stream_identity(const StreamSession& session) {
   id["num_hidden_layers"] = m.n_layer;
   id["num_key_value_heads"] = m.n_kv_head;
   id["head_dim"] = m.d_head;
-  id["weights"] = hex(digest({{"head", rows}}));
+  id["weights"] = hex(digest({{"head", rows}}, "", ""));
   id["dtype"] = std::string(c10::toString(d.dtype()));
   id["weight_dtype"] = std::string(c10::toString(d.weight_dtype()));
   id["policy"] = policy_name(session.config().policy);
@@ -79,7 +82,7 @@ void write_snapshot(const std::string& path, const Snapshot& snapshot) {
   md["format"] = kFormat;
   md["identity"] = snapshot.identity.dump();
   md["meta"] = snapshot.meta.dump();
-  md["digest"] = hex(digest(snapshot.tensors));
+  md["digest"] = hex(digest(snapshot.tensors, md["identity"], md["meta"]));
   save_safetensors(path, snapshot.tensors, md);
 }
 
@@ -114,9 +117,9 @@ nlohmann::ordered_json load_snapshot(const std::string& path, StreamSession& ses
     if (it == by_name.end()) throw std::invalid_argument(path + ": tensor '" + name + "' is missing");
     tensors.emplace_back(name, it->second);
   }
-  if (hex(digest(tensors)) != field("digest"))
-    throw std::invalid_argument(path + ": damaged: its tensors' digest is " + hex(digest(tensors)) + ", the file says " +
-                                field("digest"));
+  const std::string found = hex(digest(tensors, field("identity"), field("meta")));
+  if (found != field("digest"))
+    throw std::invalid_argument(path + ": damaged: its digest is " + found + ", the file says " + field("digest"));
   const nlohmann::ordered_json meta = parse_ordered_json(field("meta"), path + " (metadata 'meta')");
   session.restore_state(by_name, path);
   return meta;
