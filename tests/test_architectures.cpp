@@ -28,8 +28,8 @@ using namespace sinkflow;
 namespace {
 
 const std::string kSource = SINKFLOW_SOURCE_DIR;
-const std::vector<std::string> kTiny = {"tiny-llama3", "tiny-yarn",   "tiny-qwen3",
-                                        "tiny-gemma2", "tiny-gemma3", "tiny-mistral"};
+const std::vector<std::string> kTiny = {"tiny-llama3", "tiny-yarn",   "tiny-qwen3",  "tiny-gemma2",
+                                        "tiny-gemma3", "tiny-mistral", "tiny-phi3"};
 
 at::Tensor stream_logits(std::shared_ptr<Decoder> d, const std::vector<int64_t>& tokens, int64_t block,
                          int64_t n_sink = -1) {
@@ -58,16 +58,17 @@ TEST_CASE("golden: each tiny architecture equals the reference forward written f
   c10::InferenceMode guard;
   const std::filesystem::path dir = test::temp_dir("golden-architectures");
   for (const std::string name : {"tiny-llama3", "tiny-yarn", "tiny-qwen3", "tiny-gemma2", "tiny-gemma3",
-                                 "tiny-mistral", "tiny-dynamic"}) {
+                                 "tiny-mistral", "tiny-dynamic", "tiny-phi3", "tiny-phi3-long"}) {
     DYNAMIC_SECTION(name) {
-      const bool dynamic = name == "tiny-dynamic";
+      const bool dynamic = name == "tiny-dynamic", long_rope = name == "tiny-phi3-long";
       MakeModelOptions options;
-      options.config = shape_preset(dynamic ? "tiny-llama" : name);
+      options.config = shape_preset(dynamic ? "tiny-llama" : long_rope ? "tiny-phi3" : name);
       if (dynamic) {  // as tools/make_golden.sh patches it: dynamic NTK over 32 positions
         options.config.max_positions = 32;
         options.config.rope_scaling.type = "dynamic";
         options.config.rope_scaling.factor = 2.0;
       }
+      if (long_rope) options.config.rope_scaling.original_max_positions = 32;  // the 64 tokens take the long factors
       options.seed = 7;
       const std::string model = (dir / name).string();
       make_model(model, options);
@@ -110,7 +111,8 @@ TEST_CASE("golden: each tiny architecture equals the reference forward written f
       CHECK(scale > 0.1);
       CHECK(test::max_abs_diff(full, expected) < 1e-4 * scale + 1e-5);
       CHECK(at::equal(full.argmax(-1), expected.argmax(-1)));
-      if (!dynamic) {  // dynamic NTK rescales by sequence length: the cache path keeps the unscaled frequencies
+      if (long_rope) CHECK(rel_diff(as_tensor(rope.inv_freq(0, seq_len)), as_tensor(rope.inv_freq(0))) > 1e-3);
+      if (!dynamic && !long_rope) {  // scaled by sequence length: the cache path keeps the frequencies of its own
         const std::vector<int64_t> ids(tokens.data_ptr<int64_t>(), tokens.data_ptr<int64_t>() + tokens.size(0));
         const at::Tensor streamed = stream_logits(decoder, ids, 7).index_select(0, positions);
         INFO("streaming error " << test::max_abs_diff(streamed, expected));

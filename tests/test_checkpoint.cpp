@@ -209,7 +209,7 @@ TEST_CASE("config: unknown model_type", "[config]") {
   json j = tiny_llama_json();
   j["model_type"] = "falcon";
   REQUIRE_THROWS_WITH(parse(j), Catch::Contains("config.json: field 'model_type' is \"falcon\", expected one of "
-                                                "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, gpt2, bert"));
+                                                "llama, mistral, qwen2, qwen3, gemma2, gemma3_text, phi3, gpt2, bert"));
   REQUIRE_THROWS_AS(parse(j), std::invalid_argument);
   j.erase("model_type");
   REQUIRE_THROWS_WITH(parse(j), Catch::Contains("config.json: field 'model_type' is missing"));
@@ -287,9 +287,9 @@ TEST_CASE("config: inconsistent sizes", "[config]") {
 
 TEST_CASE("config: unsupported features are refused by name", "[config]") {
   json j = tiny_llama_json();
-  j["rope_scaling"] = {{"type", "longrope"}, {"factor", 2.0}};
-  REQUIRE_THROWS_WITH(parse(j), Catch::Contains("config.json: field 'rope_scaling': field 'type' is \"longrope\", "
-                                                "expected one of default, linear, dynamic, llama3, yarn"));
+  j["rope_scaling"] = {{"type", "mrope"}, {"factor", 2.0}};
+  REQUIRE_THROWS_WITH(parse(j), Catch::Contains("config.json: field 'rope_scaling': field 'type' is \"mrope\", "
+                                                "expected one of default, linear, dynamic, llama3, yarn, longrope, su"));
   j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}};
   REQUIRE_THROWS_WITH(parse(j), Catch::Contains("config.json: field 'rope_scaling': field "
                                                 "'original_max_position_embeddings' is missing"));
@@ -725,4 +725,37 @@ TEST_CASE("config: real config.json files parse to the make-model preset of the 
   CHECK(qwen3.qk_norm);
   CHECK(qwen3.d_head == 128);
   CHECK(qwen3.sliding_window == 0);  // use_sliding_window: false
+}
+
+TEST_CASE("config: Phi-3-mini-4k-instruct's fields parse to the phi-3-mini-4k preset; longrope is checked", "[config]") {
+  // The fields of microsoft/Phi-3-mini-4k-instruct's config.json as NVIDIA/TensorRT-LLM's test carries them
+  // (tests/unittest/_torch/modeling/test_modeling_phi3.py @ cb4c622c, PHI3_MINI_4K_CONFIG; no verbatim copy of
+  // the file was found, so this is not a byte-for-byte fixture).
+  const std::string phi3 = R"({"_name_or_path": "Phi-3-mini-4k-instruct", "architectures": ["Phi3ForCausalLM"],
+    "attention_dropout": 0.0, "auto_map": {"AutoConfig": "configuration_phi3.Phi3Config",
+    "AutoModelForCausalLM": "modeling_phi3.Phi3ForCausalLM"}, "bos_token_id": 1, "embd_pdrop": 0.0,
+    "eos_token_id": 32000, "hidden_act": "silu", "hidden_size": 3072, "initializer_range": 0.02,
+    "intermediate_size": 8192, "max_position_embeddings": 4096, "model_type": "phi3", "num_attention_heads": 32,
+    "num_hidden_layers": 32, "num_key_value_heads": 32, "original_max_position_embeddings": 4096, "pad_token_id": 32000,
+    "resid_pdrop": 0.0, "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 10000.0, "sliding_window": 2047,
+    "tie_word_embeddings": false, "torch_dtype": "bfloat16", "transformers_version": "4.40.2", "use_cache": true,
+    "attention_bias": false, "vocab_size": 32064})";
+  const ModelConfig real = ModelConfig::from_json_text(phi3, "Phi-3-mini-4k-instruct/config.json");
+  CHECK(real == shape_preset("phi-3-mini-4k"));
+  CHECK(real.is_sliding(0));
+  CHECK(real.is_sliding(31));
+  // What make-model writes parses back to the same config (longrope with its factors, the top-level original context).
+  const ModelConfig tiny = shape_preset("tiny-phi3");
+  CHECK(ModelConfig::from_json_text(tiny.to_json_text(), "tiny-phi3") == tiny);
+  // Factors that do not match the rotated dims, and the older "su" name.
+  nlohmann::json j = nlohmann::json::parse(tiny.to_json_text());
+  j["rope_scaling"]["short_factor"] = {1.0, 2.0};
+  CHECK_THROWS_WITH(ModelConfig::from_json_text(j.dump(), "c.json"),
+                    Catch::Contains("one number per rotated frequency (6), found 2 and 6"));
+  j = nlohmann::json::parse(tiny.to_json_text());
+  j["rope_scaling"].erase("rope_type");
+  j["rope_scaling"]["type"] = "su";
+  CHECK(ModelConfig::from_json_text(j.dump(), "c.json") == tiny);
+  j["rope_scaling"]["long_factor"] = "many";
+  CHECK_THROWS_WITH(ModelConfig::from_json_text(j.dump(), "c.json"), Catch::Contains("needs field 'long_factor'"));
 }

@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Reference forward of a sinkflow model folder, written from Hugging Face's modeling code conventions
 (transformers' LlamaForCausalLM: rotate_half RoPE, repeat_kv grouping, RMSNorm in float32, SwiGLU; the RoPE
-scalings of modeling_rope_utils.py (linear, dynamic, llama3, yarn); Qwen3's per-head q/k norms; Mistral's and
-Gemma's sliding windows; Gemma2/Gemma3: scaled embeddings, (1 + w) RMSNorm, sandwich norms, GeGLU,
+scalings of modeling_rope_utils.py (linear, dynamic, llama3, yarn, longrope); Qwen3's per-head q/k norms; Mistral's,
+Phi-3's and Gemma's sliding windows; Phi-3's fused qkv_proj and gate_up_proj; Gemma2/Gemma3: scaled embeddings, (1 + w) RMSNorm, sandwich norms, GeGLU,
 query_pre_attn_scalar, soft-capping, local RoPE base; GPT2LMHeadModel: Conv1D [in, out] weights, fused c_attn,
 gelu_new, LayerNorm), independently of the C++ code, in Debian's python3-torch. transformers itself is not
 installable on this machine; this is the stand-in golden check.
@@ -70,6 +70,22 @@ def rope_parameters(cfg, dim, seq_len=None):
     inv = default_inv_freq(base, dim)
     if kind == "default":
         return inv, 1.0
+    if kind in ("longrope", "su"):
+        # Phi-3: the ratio of the two contexts sets the attention factor; short factors up to the original context,
+        # long ones beyond it (the frequency update of a longer sequence).
+        factor = rs.get("factor")
+        original = cfg.get("original_max_position_embeddings")
+        if original:
+            factor = max_pos / original
+        else:
+            original = max_pos
+        attention = rs.get("attention_factor")
+        if attention is None:
+            attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+        ext = torch.tensor(rs["long_factor"] if seq_len and seq_len > original else rs["short_factor"],
+                           dtype=torch.float32)
+        shape = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+        return 1.0 / (ext * base ** shape), attention
     factor = rs["factor"]
     if kind == "linear":
         return inv / factor, 1.0
@@ -195,7 +211,13 @@ def llama_logits(cfg, w, toks, extra):
             y = hn @ w[p + f"self_attn.{name}.weight"].T
             return y + w[p + f"self_attn.{name}.bias"] if p + f"self_attn.{name}.bias" in w else y
 
-        q, k, v = proj("q_proj").view(t, h, dh), proj("k_proj").view(t, kv, dh), proj("v_proj").view(t, kv, dh)
+        if mt == "phi3":  # Phi3Attention: one qkv_proj, sliced q | k | v
+            qkv = hn @ w[p + "self_attn.qkv_proj.weight"].T
+            q = qkv[:, :h * dh].reshape(t, h, dh)
+            k = qkv[:, h * dh:(h + kv) * dh].reshape(t, kv, dh)
+            v = qkv[:, (h + kv) * dh:].reshape(t, kv, dh)
+        else:
+            q, k, v = proj("q_proj").view(t, h, dh), proj("k_proj").view(t, kv, dh), proj("v_proj").view(t, kv, dh)
         if p + "self_attn.q_norm.weight" in w:  # qwen3, gemma3: RMSNorm over each head before RoPE
             q, k = rms(q, w[p + "self_attn.q_norm.weight"]), rms(k, w[p + "self_attn.k_norm.weight"])
         q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)
@@ -218,7 +240,11 @@ def llama_logits(cfg, w, toks, extra):
         else:
             x = x + o
             hn = rms(x, w[p + "post_attention_layernorm.weight"])
-            act = torch.nn.functional.silu(hn @ w[p + "mlp.gate_proj.weight"].T) * (hn @ w[p + "mlp.up_proj.weight"].T)
+            if mt == "phi3":  # Phi3MLP: gate_up_proj, chunked gate | up
+                gate, up = (hn @ w[p + "mlp.gate_up_proj.weight"].T).chunk(2, dim=-1)
+                act = up * torch.nn.functional.silu(gate)
+            else:
+                act = torch.nn.functional.silu(hn @ w[p + "mlp.gate_proj.weight"].T) * (hn @ w[p + "mlp.up_proj.weight"].T)
             x = x + act @ w[p + "mlp.down_proj.weight"].T
     head = w.get("lm_head.weight", w["model.embed_tokens.weight"])
     logits = rms(x, w["model.norm.weight"]) @ head.T
@@ -266,13 +292,13 @@ def main():
     toks[0] = cfg.get("bos_token_id", 1) if cfg["model_type"] == "llama" else toks[0]
     extra, meta = {}, {}
     with torch.no_grad():
-        if cfg["model_type"] in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text"):
+        if cfg["model_type"] in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3"):
             logits, meta = llama_logits(cfg, w, toks, extra)
         elif cfg["model_type"] == "gpt2":
             logits = gpt2_logits(cfg, w, toks)
         else:
             sys.exit(f"{model}/config.json: model_type '{cfg['model_type']}', expected llama, mistral, qwen2, qwen3, "
-                     "gemma2, gemma3_text or gpt2")
+                     "gemma2, gemma3_text, phi3 or gpt2")
     sha = hashlib.sha256(open(weights_path, "rb").read()).hexdigest()
     pos = torch.tensor(POSITIONS, dtype=torch.int64)
     tensors = {"tokens": toks, "positions": pos, "logits": logits[pos].float()}

@@ -84,6 +84,16 @@ double yarn(std::vector<float>& inv, const RopeScaling& r, int64_t n_rot, double
 
 std::vector<double> widen(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
+// _compute_longrope_parameters: 1 / (ext_factors * base ** (arange(0, dim, 2) / dim)), in float32.
+std::vector<float> longrope_freqs(int64_t n_rot, double theta, const std::vector<double>& factors) {
+  std::vector<float> out(static_cast<size_t>(n_rot / 2));
+  for (int64_t i = 0; i < n_rot / 2; ++i) {
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(n_rot);
+    out[i] = 1.0f / (f32(factors[i]) * f32(std::pow(theta, static_cast<double>(exponent))));
+  }
+  return out;
+}
+
 }  // namespace
 
 Rope::Rope(int64_t n_rot, int64_t d_head, double theta) : n_rot_(n_rot), d_head_(d_head), theta_(theta) {
@@ -106,6 +116,20 @@ Rope::Rope(const ModelConfig& c) : Rope(c.n_rot(), c.d_head, c.rope_theta) {
   } else if (r.type == "dynamic") {
     dynamic_factor_ = r.factor;
     dynamic_max_ = r.original_max_positions > 0 ? r.original_max_positions : c.max_positions;
+  } else if (r.type == "longrope") {
+    // Short factors up to the original context, long ones beyond; the attention factor from the ratio of the two
+    // contexts (Phi-3: max_position_embeddings over original_max_position_embeddings) unless the config gives it.
+    if (static_cast<int64_t>(r.short_factor.size()) != n_rot_ / 2 || static_cast<int64_t>(r.long_factor.size()) != n_rot_ / 2)
+      throw std::invalid_argument("rope: longrope needs n_rot / 2 = " + std::to_string(n_rot_ / 2) + " short and long factors");
+    inv = longrope_freqs(n_rot_, c.rope_theta, r.short_factor);
+    long_inv_freq_ = widen(longrope_freqs(n_rot_, c.rope_theta, r.long_factor));
+    long_from_ = r.original_max_positions > 0 ? r.original_max_positions : c.max_positions;
+    const double factor = r.original_max_positions > 0
+                              ? static_cast<double>(c.max_positions) / static_cast<double>(r.original_max_positions)
+                              : r.factor;
+    attention_factor_ = r.attention_factor > 0.0 ? r.attention_factor
+                        : factor <= 1.0        ? 1.0
+                                               : std::sqrt(1.0 + std::log(factor) / std::log(static_cast<double>(long_from_)));
   } else if (!r.type.empty()) {
     throw std::invalid_argument("rope: rope_scaling type '" + r.type + "' is not supported");
   }
@@ -123,6 +147,7 @@ const std::vector<double>& Rope::freqs(int64_t layer) const {
 
 std::vector<double> Rope::inv_freq(int64_t layer, int64_t seq_len) const {
   const bool local = layer >= 0 && layer < static_cast<int64_t>(local_layers_.size()) && local_layers_[layer];
+  if (!long_inv_freq_.empty() && !local && seq_len > long_from_) return long_inv_freq_;
   if (dynamic_factor_ <= 0.0 || local || seq_len <= dynamic_max_) return freqs(layer);
   // _compute_dynamic_ntk_parameters: base * ((factor * seq_len / max) - (factor - 1)) ** (dim / (dim - 2)).
   const double dim = static_cast<double>(n_rot_);
@@ -140,8 +165,9 @@ at::Tensor Rope::scale_qk(const at::Tensor& x) const {
 
 std::pair<at::Tensor, at::Tensor> Rope::tables(const std::vector<int64_t>& positions, at::Device device,
                                                int64_t layer, int64_t seq_len) const {
-  const std::vector<double> dynamic = dynamic_factor_ > 0.0 ? inv_freq(layer, seq_len) : std::vector<double>{};
-  const std::vector<double>& inv = dynamic_factor_ > 0.0 ? dynamic : freqs(layer);
+  const bool by_length = dynamic_factor_ > 0.0 || !long_inv_freq_.empty();
+  const std::vector<double> scaled = by_length ? inv_freq(layer, seq_len) : std::vector<double>{};
+  const std::vector<double>& inv = by_length ? scaled : freqs(layer);
   const int64_t t = static_cast<int64_t>(positions.size());
   const int64_t h = n_rot_ / 2;
   at::Tensor cos = at::empty({t, h}, at::kFloat);

@@ -1,5 +1,5 @@
 // Rotary position embedding (Llama family), exact at any absolute position, with the RoPE scalings of
-// context-extended checkpoints (config.json "rope_scaling": linear, dynamic, llama3, yarn) and a separate base for
+// context-extended checkpoints (config.json "rope_scaling": linear, dynamic, llama3, yarn, longrope) and a separate base for
 // sliding-window layers (gemma3's rope_local_base_freq).
 #pragma once
 
@@ -38,9 +38,10 @@ class Rope {
   bool per_layer() const { return !local_layers_.empty(); }
 
   // The float32-rounded frequencies of `layer` ([n_rot / 2]); seq_len > max_position_embeddings rescales a
-  // dynamic (NTK) RoPE as transformers does for a sequence of that length (0: not beyond).
+  // dynamic (NTK) RoPE as transformers does for a sequence of that length, and seq_len > the original context
+  // selects longrope's long factors (0: not beyond).
   std::vector<double> inv_freq(int64_t layer = 0, int64_t seq_len = 0) const;
-  // yarn's attention factor (1 for the other types).
+  // yarn's and longrope's attention factor (1 for the other types).
   double attention_factor() const { return attention_factor_; }
   // x [..., d_head] with its first n_rot dims times attention_factor() (x itself when the factor is 1).
   at::Tensor scale_qk(const at::Tensor& x) const;
@@ -69,6 +70,8 @@ class Rope {
   double theta_ = 10000.0;              // dynamic: the base it rescales
   double dynamic_factor_ = 0.0;         // dynamic: rope_scaling.factor (0 = not dynamic)
   int64_t dynamic_max_ = 0;             // dynamic: the length beyond which it rescales
+  std::vector<double> long_inv_freq_;   // longrope: the frequencies beyond long_from_ (empty: not longrope)
+  int64_t long_from_ = 0;               // longrope: original_max_position_embeddings
 };
 
 }  // namespace sinkflow

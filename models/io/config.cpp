@@ -18,8 +18,9 @@ namespace {
 using nlohmann::json;
 using ordered_json = nlohmann::ordered_json;
 
-const std::vector<std::string> kModelTypes = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gpt2", "bert"};
-const std::vector<std::string> kRopeTypes = {"default", "linear", "dynamic", "llama3", "yarn"};
+const std::vector<std::string> kModelTypes = {"llama",       "mistral", "qwen2", "qwen3", "gemma2",
+                                             "gemma3_text", "phi3",    "gpt2",  "bert"};
+const std::vector<std::string> kRopeTypes = {"default", "linear", "dynamic", "llama3", "yarn", "longrope", "su"};
 const std::vector<std::string> kTorchDtypes = {"float32", "float16", "bfloat16"};
 
 std::string join(const std::vector<std::string>& items, const std::string& separator = ", ") {
@@ -131,9 +132,29 @@ RopeScaling parse_rope_scaling(const json& root, const std::string& source, int6
   const std::string key = f.has("rope_type") ? "rope_type" : "type";
   r.type = f.one_of(key, kRopeTypes, "");
   if (r.type == "default") r.type.clear();
+  if (r.type == "su") r.type = "longrope";  // the name of Phi-3's first configs
   if (r.type.empty()) return r;
-  r.factor = f.positive_number("factor", 0.0);
+  r.factor = f.positive_number("factor", r.type == "longrope" ? 1.0 : 0.0);
   if (r.factor == 0.0) fail(where, "field 'factor' is missing (expected a positive number for rope_type '" + r.type + "')");
+  if (r.type == "longrope") {
+    // Phi-3: original_max_position_embeddings is a top-level field (newer files also put it here).
+    r.original_max_positions = f.positive_int("original_max_position_embeddings", 0);
+    if (root.contains("original_max_position_embeddings") && !root.at("original_max_position_embeddings").is_null())
+      r.original_max_positions = Fields(root, source).positive_int("original_max_position_embeddings");
+    r.attention_factor = f.positive_number("attention_factor", 0.0);
+    for (const char* name : {"short_factor", "long_factor"}) {
+      if (!scaling.contains(name) || !scaling.at(name).is_array() || scaling.at(name).empty() ||
+          scaling.at(name).size() > 4096)
+        fail(where, std::string("rope_type 'longrope' needs field '") + name + "', a list of numbers (one per rotated "
+                    "frequency), found " + (scaling.contains(name) ? show(scaling.at(name)) : std::string("none")));
+      std::vector<double>& out = std::string(name) == "short_factor" ? r.short_factor : r.long_factor;
+      for (const json& v : scaling.at(name)) {
+        if (!v.is_number() || !(v.get<double>() > 0.0) || !std::isfinite(v.get<double>()))
+          fail(where, std::string("field '") + name + "' holds " + show(v) + ", expected positive numbers");
+        out.push_back(v.get<double>());
+      }
+    }
+  }
   if (r.type == "llama3") {
     r.low_freq_factor = f.positive_number("low_freq_factor", 0.0);
     r.high_freq_factor = f.positive_number("high_freq_factor", 0.0);
@@ -221,6 +242,8 @@ void parse_llama(const Fields& f, const json& root, const std::string& source, M
     c.attention_bias = true;  // Qwen2Attention: q/k/v with bias, o_proj without
     c.attention_out_bias = false;
     c.mlp_bias = false;
+  } else if (c.model_type == "phi3") {
+    c.attention_bias = c.attention_out_bias = c.mlp_bias = false;  // Phi3Attention, Phi3MLP: no biases
   } else if (c.model_type == "llama" || c.model_type == "qwen3" || gemma) {
     // Qwen3Attention and GemmaAttention: attention_bias on q/k/v and o_proj alike (false in every released model).
     c.attention_bias = c.attention_out_bias = f.boolean("attention_bias", false);
@@ -440,8 +463,17 @@ void ModelConfig::validate(const std::string& source_name) const {
                   std::to_string(rot));
     const RopeScaling& r = rope_scaling;
     if (!r.type.empty()) {
-      if (r.type != "linear" && r.type != "dynamic" && r.type != "llama3" && r.type != "yarn")
-        fail(s, "field 'rope_scaling' has rope_type '" + r.type + "', expected one of linear, dynamic, llama3, yarn");
+      if (r.type != "linear" && r.type != "dynamic" && r.type != "llama3" && r.type != "yarn" && r.type != "longrope")
+        fail(s, "field 'rope_scaling' has rope_type '" + r.type +
+                    "', expected one of linear, dynamic, llama3, yarn, longrope");
+      if (r.type == "longrope" && (static_cast<int64_t>(r.short_factor.size()) != rot / 2 ||
+                                   static_cast<int64_t>(r.long_factor.size()) != rot / 2))
+        fail(s, "fields 'rope_scaling.short_factor' and 'long_factor' must hold one number per rotated frequency (" +
+                    std::to_string(rot / 2) + "), found " + std::to_string(r.short_factor.size()) + " and " +
+                    std::to_string(r.long_factor.size()));
+      for (const std::vector<double>* v : {&r.short_factor, &r.long_factor})
+        for (double x : *v)
+          if (!(x > 0.0) || !std::isfinite(x)) fail(s, "longrope factors must be positive numbers, found " + std::to_string(x));
       if (!(r.factor > 0.0) || !(r.factor <= 1024.0))  // released models: 4 (Qwen3 yarn) .. 32 (Llama-3.2)
         fail(s, "field 'rope_scaling.factor' must be in (0, 1024], found " + std::to_string(r.factor));
       if (r.type == "llama3" && (r.original_max_positions <= 0 || !(r.high_freq_factor > r.low_freq_factor) ||
@@ -507,6 +539,7 @@ std::string ModelConfig::to_json_text() const {
     const char* arch = model_type == "qwen2"         ? "Qwen2ForCausalLM"
                        : model_type == "qwen3"       ? "Qwen3ForCausalLM"
                        : model_type == "mistral"     ? "MistralForCausalLM"
+                       : model_type == "phi3"        ? "Phi3ForCausalLM"
                        : model_type == "gemma2"      ? "Gemma2ForCausalLM"
                        : model_type == "gemma3_text" ? "Gemma3ForCausalLM"
                                                      : "LlamaForCausalLM";
@@ -537,7 +570,12 @@ std::string ModelConfig::to_json_text() const {
       const RopeScaling& r = rope_scaling;
       ordered_json rs;
       rs["rope_type"] = r.type;
-      rs["factor"] = r.factor;
+      if (r.type != "longrope" || r.factor != 1.0) rs["factor"] = r.factor;
+      if (r.type == "longrope") {
+        rs["short_factor"] = r.short_factor;
+        rs["long_factor"] = r.long_factor;
+        if (r.attention_factor > 0.0) rs["attention_factor"] = r.attention_factor;
+      }
       if (r.type == "llama3") {
         rs["low_freq_factor"] = r.low_freq_factor;
         rs["high_freq_factor"] = r.high_freq_factor;
@@ -550,9 +588,13 @@ std::string ModelConfig::to_json_text() const {
         if (r.attention_factor > 0.0) rs["attention_factor"] = r.attention_factor;
         if (!r.truncate) rs["truncate"] = false;
       }
-      if (r.original_max_positions > 0) rs["original_max_position_embeddings"] = r.original_max_positions;
+      if (r.original_max_positions > 0 && model_type != "phi3")
+        rs["original_max_position_embeddings"] = r.original_max_positions;
       j["rope_scaling"] = rs;
     }
+    if (model_type == "phi3")  // a top-level field of Phi3Config
+      j["original_max_position_embeddings"] =
+          rope_scaling.original_max_positions > 0 ? rope_scaling.original_max_positions : max_positions;
     if (partial_rotary_factor != 1.0) j["partial_rotary_factor"] = partial_rotary_factor;
     j["tie_word_embeddings"] = tie_word_embeddings;
     if (model_type == "llama" || model_type == "qwen3" || gemma()) j["attention_bias"] = attention_bias;
@@ -619,7 +661,8 @@ std::string ModelConfig::to_json_text() const {
 
 std::vector<std::string> shape_preset_names() {
   return {"tiny-llama",   "tiny-gpt2",     "tiny-bert",      "tiny-llama3",  "tiny-yarn",   "tiny-qwen3",
-          "tiny-gemma2",  "tiny-gemma3",   "tiny-mistral",   "smollm2-135m", "smollm2-360m", "tinyllama-1.1b",
+          "tiny-gemma2",  "tiny-gemma3",   "tiny-mistral",   "tiny-phi3",    "smollm2-135m", "smollm2-360m",
+          "tinyllama-1.1b", "phi-3-mini-4k",
           "llama-2-7b",   "llama-3.2-1b",  "llama-3.1-8b",   "qwen2-0.5b",   "qwen3-0.6b",   "gemma-2-2b",
           "gemma-3-1b",   "mistral-7b",    "gpt2",           "distilgpt2",   "gpt2-medium",  "minilm-l6",
           "bge-small"};
@@ -767,6 +810,22 @@ ModelConfig shape_preset(const std::string& name) {
     c.bos_token_id = 1;
     c.eos_token_id = 2;
     c.torch_dtype = "bfloat16";
+  } else if (name == "tiny-phi3") {  // fused qkv and gate_up, 3/4 of each head rotated, longrope, a 16-token window
+    llama(512, 64, 2, 4, 2, 128, 256, 10000.0, 1e-5, false);
+    c.model_type = "phi3";
+    c.partial_rotary_factor = 0.75;
+    c.rope_scaling.type = "longrope";
+    c.rope_scaling.original_max_positions = 64;
+    c.rope_scaling.short_factor = {1.0, 1.05, 1.1, 1.3, 1.6, 2.0};
+    c.rope_scaling.long_factor = {1.0, 1.25, 1.9, 3.2, 5.5, 9.0};
+    sliding_everywhere(16);
+  } else if (name == "phi-3-mini-4k") {  // microsoft/Phi-3-mini-4k-instruct
+    llama(32064, 3072, 32, 32, 32, 8192, 4096, 10000.0, 1e-5, false);
+    c.model_type = "phi3";
+    sliding_everywhere(2047);
+    c.bos_token_id = 1;
+    c.eos_token_id = 32000;
+    c.torch_dtype = "bfloat16";
   } else if (name == "tiny-gpt2") {
     gpt2(512, 64, 2, 4, 512);
   } else if (name == "tiny-bert") {
@@ -830,12 +889,16 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
     for (int64_t n = 0; n < c.n_layer; ++n) {
       const std::string p = "model.layers." + std::to_string(n) + ".";
       add(p + "input_layernorm.weight", {D});
-      add(p + "self_attn.q_proj.weight", {q_dim, D});
-      if (c.attention_bias) add(p + "self_attn.q_proj.bias", {q_dim});
-      add(p + "self_attn.k_proj.weight", {kv_dim, D});
-      if (c.attention_bias) add(p + "self_attn.k_proj.bias", {kv_dim});
-      add(p + "self_attn.v_proj.weight", {kv_dim, D});
-      if (c.attention_bias) add(p + "self_attn.v_proj.bias", {kv_dim});
+      if (c.model_type == "phi3") {  // fused: q, k, v rows in one matrix
+        add(p + "self_attn.qkv_proj.weight", {q_dim + 2 * kv_dim, D});
+      } else {
+        add(p + "self_attn.q_proj.weight", {q_dim, D});
+        if (c.attention_bias) add(p + "self_attn.q_proj.bias", {q_dim});
+        add(p + "self_attn.k_proj.weight", {kv_dim, D});
+        if (c.attention_bias) add(p + "self_attn.k_proj.bias", {kv_dim});
+        add(p + "self_attn.v_proj.weight", {kv_dim, D});
+        if (c.attention_bias) add(p + "self_attn.v_proj.bias", {kv_dim});
+      }
       add(p + "self_attn.o_proj.weight", {D, q_dim});
       if (c.attention_out_bias) add(p + "self_attn.o_proj.bias", {D});
       if (c.qk_norm) {
@@ -847,10 +910,14 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
         add(p + "pre_feedforward_layernorm.weight", {D});
         add(p + "post_feedforward_layernorm.weight", {D});
       }
-      add(p + "mlp.gate_proj.weight", {F, D});
-      if (c.mlp_bias) add(p + "mlp.gate_proj.bias", {F});
-      add(p + "mlp.up_proj.weight", {F, D});
-      if (c.mlp_bias) add(p + "mlp.up_proj.bias", {F});
+      if (c.model_type == "phi3") {  // fused: gate rows, then up rows
+        add(p + "mlp.gate_up_proj.weight", {2 * F, D});
+      } else {
+        add(p + "mlp.gate_proj.weight", {F, D});
+        if (c.mlp_bias) add(p + "mlp.gate_proj.bias", {F});
+        add(p + "mlp.up_proj.weight", {F, D});
+        if (c.mlp_bias) add(p + "mlp.up_proj.bias", {F});
+      }
       add(p + "mlp.down_proj.weight", {D, F});
       if (c.mlp_bias) add(p + "mlp.down_proj.bias", {D});
     }
@@ -901,6 +968,28 @@ std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const
     }
   }
   return out;
+}
+
+}  // namespace sinkflow
+
+namespace sinkflow {
+
+StoredSlice stored_slice(const ModelConfig& c, const std::string& param) {
+  StoredSlice s{param};
+  if (c.model_type != "phi3") return s;
+  auto ends_with = [&](const std::string& tail) {
+    return param.size() >= tail.size() && param.compare(param.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  const int64_t q_dim = c.n_head * c.d_head, kv_dim = c.n_kv_head * c.d_head;
+  const size_t layer_end = param.rfind('.', param.rfind('.', param.rfind('.') - 1) - 1);  // "model.layers.N"
+  const std::string prefix = param.substr(0, layer_end + 1);
+  if (ends_with(".self_attn.q_proj.weight")) return {prefix + "self_attn.qkv_proj.weight", 0, q_dim, q_dim + 2 * kv_dim};
+  if (ends_with(".self_attn.k_proj.weight")) return {prefix + "self_attn.qkv_proj.weight", q_dim, kv_dim, q_dim + 2 * kv_dim};
+  if (ends_with(".self_attn.v_proj.weight"))
+    return {prefix + "self_attn.qkv_proj.weight", q_dim + kv_dim, kv_dim, q_dim + 2 * kv_dim};
+  if (ends_with(".mlp.gate_proj.weight")) return {prefix + "mlp.gate_up_proj.weight", 0, c.d_ff, 2 * c.d_ff};
+  if (ends_with(".mlp.up_proj.weight")) return {prefix + "mlp.gate_up_proj.weight", c.d_ff, c.d_ff, 2 * c.d_ff};
+  return s;
 }
 
 }  // namespace sinkflow

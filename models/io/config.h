@@ -17,14 +17,16 @@ Family parse_family(const std::string& name);
 // config.json "rope_scaling" as transformers reads it (modeling_rope_utils.py): how the RoPE frequencies of a
 // context-extended model are derived from the plain ones.
 struct RopeScaling {
-  std::string type;                     // "" (none), "linear", "dynamic", "llama3", "yarn"
+  std::string type;                     // "" (none), "linear", "dynamic", "llama3", "yarn", "longrope" (or "su")
   double factor = 1.0;                  // every type
   double low_freq_factor = 1.0;         // llama3
   double high_freq_factor = 4.0;        // llama3
   int64_t original_max_positions = 0;   // llama3 (required), yarn (optional: then factor = max / original); 0 = none
   double beta_fast = 32.0, beta_slow = 1.0;  // yarn
   double mscale = 0.0, mscale_all_dim = 0.0;  // yarn (0 = absent)
-  double attention_factor = 0.0;        // yarn: explicit cos/sin scale (0 = derived from factor)
+  double attention_factor = 0.0;        // yarn, longrope: explicit cos/sin scale (0 = derived from factor)
+  std::vector<double> short_factor, long_factor;  // longrope: per rotated frequency, [n_rot / 2] each; long beyond
+                                                  // original_max_position_embeddings (phi3: a top-level field)
   bool truncate = true;                 // yarn: correction range rounded to whole dims
   bool operator==(const RopeScaling& other) const = default;
 };
@@ -100,5 +102,14 @@ std::vector<std::string> shape_preset_names();
 // (model.layers.N.self_attn.q_proj.weight, transformer.h.N.attn.c_attn.weight, ...). Tied
 // lm_head weights are not listed.
 std::vector<std::pair<std::string, std::vector<int64_t>>> expected_tensors(const ModelConfig& config);
+
+// Where a llama-family decoder parameter (q_proj, gate_proj, ... as the decoder names them) is stored in a
+// checkpoint of `config`: under its own name (rows = -1), or (phi3) as rows [begin, begin + rows) of a fused matrix
+// of `total` rows: self_attn.qkv_proj (q, k, v) and mlp.gate_up_proj (gate, up).
+struct StoredSlice {
+  std::string name;
+  int64_t begin = 0, rows = -1, total = -1;
+};
+StoredSlice stored_slice(const ModelConfig& config, const std::string& param);
 
 }  // namespace sinkflow

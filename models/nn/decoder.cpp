@@ -113,9 +113,23 @@ std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device,
   auto decoder = make_decoder(config, device, compute, /*zero_weights=*/!split);
   CheckpointTensors tensors(dir);
   std::set<std::string> used;
+  // A parameter stored whole, or rows of a fused matrix (phi3's qkv_proj and gate_up_proj), copied out.
   const Decoder::Fetch fetch = [&](const std::string& name, const std::vector<int64_t>& shape) {
-    used.insert(tensors.resolve(name));
-    return tensors.load(name, shape, compute, device);
+    const StoredSlice slice = stored_slice(config, name);
+    if (slice.rows < 0) {
+      used.insert(tensors.resolve(name));
+      return tensors.load(name, shape, compute, device);
+    }
+    used.insert(tensors.resolve(slice.name));
+    std::vector<int64_t> whole = shape;
+    whole[0] = slice.total;
+    return tensors.load(slice.name, whole, compute, device).narrow(0, slice.begin, slice.rows).clone();
+  };
+  // Gives back the file pages of what `name` was read from (a fused matrix once its last rows are read).
+  const auto release = [&](const std::string& name) {
+    const StoredSlice slice = stored_slice(config, name);
+    if (slice.rows < 0) tensors.release(name);
+    else if (slice.begin + slice.rows == slice.total) tensors.release(slice.name);
   };
   if (split) {
     // Each matrix is copied out of the file, narrowed, and its file pages and float32 copy given back at once:
@@ -125,8 +139,9 @@ std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device,
     decoder->load_weights_narrow(
         [&](const std::string& name, const std::vector<int64_t>& shape) {
           at::Tensor t = fetch(name, shape);
-          if (tensors.dtype(tensors.resolve(name)) == "F32") t = t.clone();  // a view of the file: copy it out
-          tensors.release(name);
+          const std::string stored = tensors.resolve(name);
+          if (!stored.empty() && tensors.dtype(stored) == "F32") t = t.clone();  // a view of the file: copy it out
+          release(name);
           return t;
         },
         dtype);
