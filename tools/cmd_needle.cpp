@@ -42,7 +42,7 @@ struct NeedleArgs {
   PasskeySpec passkey;
   EvalOptions eval;
   int64_t turn_tokens = 1000;
-  std::string inject = "text", select = "topk";
+  std::string inject = "text", select = "topk", index = "hnsw";
   bool json = false;
   RuntimeOptions rt;
 };
@@ -211,6 +211,7 @@ void run_needle(NeedleArgs a) {
   const std::vector<EvalArm> arms = parse_arms(a.modes, a.placements, task);
   a.eval.inject = parse_inject_mode(a.inject);
   a.eval.select = enum_from_name(kSelectModeNames, a.select, "--select");
+  a.eval.index = enum_from_name(kStoreIndexNames, a.index, "--index");
   a.eval.validate();
   if (task != NeedleTask::passkey && a.haystack.empty()) {
     throw std::invalid_argument("--haystack: expected a text file for --task " + a.task + ", found none");
@@ -333,13 +334,14 @@ void run_needle(NeedleArgs a) {
                        {"oracle_gain_recovered", Totals::num(oracle_gain_recovered(c.none.nll, r.arm->nll, c.oracle.nll))},
                        {"output", r.arm->output}, {"evicted_tokens", r.arm->evicted}, {"chunks", r.arm->chunks},
                        {"retrievals", r.arm->retrievals}, {"prompt_tokens", r.arm->prompt_tokens},
+                       {"retrieved", r.arm->retrieved},
                        {"ingest_seconds", c.ingest_seconds}, {"ingest_tokens", c.ingest_tokens}});
   }
   nlohmann::json doc = {{"model", a.model},   {"task", a.task},        {"haystack", a.haystack},
                         {"filler", task == NeedleTask::passkey ? nlohmann::json(a.filler.empty() ? "default" : a.filler) : nlohmann::json(nullptr)},
                         {"cache", cache},     {"n_sink", a.eval.n_sink}, {"n_recent", a.eval.n_recent},
                         {"n_memory", a.eval.memory_slots()}, {"chunk_size", a.eval.chunk}, {"overlap", a.eval.overlap},
-                        {"top_k", a.eval.top_k}, {"inject", a.inject}, {"oracle", "needle re-placed right before the question"},
+                        {"top_k", a.eval.top_k}, {"inject", a.inject}, {"index", a.index}, {"oracle", "needle re-placed right before the question"},
                         {"summary", summary}, {"cells", results}, {"seconds", secs}};
   if (task != NeedleTask::passkey) {
     doc["needle"] = a.spec.needle;
@@ -442,6 +444,7 @@ void add_needle_commands(CLI::App& app) {
   n->add_option("--every", a->eval.every, "always mode: retrieve every N ingested tokens")->capture_default_str();
   n->add_option("--inject", a->inject, "text or kv")->capture_default_str();
   n->add_option("--select", a->select, "topk, mmr or farthest")->capture_default_str();
+  n->add_option("--index", a->index, "chunk index: hnsw or brute (exact)")->capture_default_str();
   n->add_option("--max-new-tokens", a->eval.max_new_tokens, "answer length")->capture_default_str();
   n->add_flag("--json", a->json, "print a JSON summary line");
   a->rt.add_to(*n);

@@ -47,6 +47,7 @@ struct Ingestion {
   std::vector<int64_t> segment_start;  // absolute position of each segment's first token
   std::vector<int64_t> prompt_positions;  // retrieved text placed in the stream (always:prompt), absolute
   int64_t retrievals = 0;
+  std::vector<std::pair<int64_t, float>> last_retrieved;
   int64_t fed = 0;
 };
 
@@ -75,6 +76,7 @@ class CellRunner {
       so.embedder_name = embedder_.name();
       so.dim = embedder_.dim();
       so.fsync = StoreOptions::Fsync::none;
+      so.index = o_.index;
       in->store = ChunkStore::open(store_dir_, so);
       in->indexer.emplace(*in->store, embedder_, tok_, o_.chunk, o_.overlap);
     }
@@ -125,6 +127,8 @@ class CellRunner {
     sel.mode = o_.select;
     std::vector<Retrieved> hits = retrieve(*in.store, embedder_, query, sel, o_.inject == InjectMode::kv);
     ++in.retrievals;
+    in.last_retrieved.clear();
+    for (const Retrieved& r : hits) in.last_retrieved.emplace_back(r.chunk.positions.front(), r.score);
     if (placement == Placement::region) {
       in.region.inject(in.session, hits, o_.inject, in.session.position());
       return {};
@@ -199,6 +203,7 @@ class CellRunner {
 
   void fill_counts(const Ingestion& in, ArmResult& r) const {
     r.retrievals = in.retrievals;
+    r.retrieved = in.last_retrieved;
     r.chunks = in.indexer ? in.indexer->chunks() : 0;
     r.evicted = in.indexer ? in.indexer->evicted() : in.session.tokens_evicted();
   }

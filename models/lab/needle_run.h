@@ -43,6 +43,9 @@ inline constexpr NameTable<MemoryMode, 4> kMemoryModeNames{{{{MemoryMode::none, 
 enum class Placement { region, prompt };
 inline constexpr NameTable<Placement, 2> kPlacementNames{{{{Placement::region, "region"}, {Placement::prompt, "prompt"}}}};
 
+inline constexpr NameTable<StoreOptions::IndexKind, 2> kStoreIndexNames{
+    {{{StoreOptions::IndexKind::hnsw, "hnsw"}, {StoreOptions::IndexKind::brute, "brute"}}}};
+
 struct EvalArm {
   MemoryMode mode = MemoryMode::none;
   Placement placement = Placement::region;  // evicted and always only
@@ -63,6 +66,7 @@ struct EvalOptions {
   int64_t turn_answer_tokens = 8; // dialogue: greedy tokens the model answers each user turn with, >= 0
   InjectMode inject = InjectMode::text;               // region placement: text | kv
   SelectOptions::Mode select = SelectOptions::Mode::topk;
+  StoreOptions::IndexKind index = StoreOptions::IndexKind::hnsw;  // the chunk store's index: hnsw | brute (exact)
   // std::invalid_argument naming the flag (--window, --chunk, ...) and its range.
   void validate() const;
   int64_t memory_slots() const { return n_memory > 0 ? n_memory : top_k * chunk; }
@@ -116,6 +120,7 @@ struct ArmResult {
   double nll = std::numeric_limits<double>::quiet_NaN();  // mean NLL per answer token after the question
   std::string output;
   int64_t retrievals = 0, chunks = 0, evicted = 0, prompt_tokens = 0;  // prompt_tokens: retrieved text fed (prompt)
+  std::vector<std::pair<int64_t, float>> retrieved;  // the question's retrieval: each chunk's first position, score
 };
 
 struct CellResult {
