@@ -87,11 +87,18 @@ std::vector<EvalArm> parse_arms(const std::string& modes, const std::string& pla
       arms.push_back({mode, Placement::region});
       continue;
     }
+    // always:prompt places retrieved text before each user turn: dialogue only. Left out of a grid that has
+    // other placements (with a note), an error when it would be always's only arm.
+    const bool turns = task == NeedleTask::dialogue;
+    if (mode == MemoryMode::always && !turns && places.size() == 1 && places[0] == Placement::prompt) {
+      throw std::invalid_argument("--placement prompt with --memory always: expected --task dialogue (retrieved text "
+                                  "is placed before each user turn), found --task " +
+                                  std::string(enum_name(kNeedleTaskNames, task)));
+    }
     for (Placement p : places) {
-      if (mode == MemoryMode::always && p == Placement::prompt && task != NeedleTask::dialogue) {
-        throw std::invalid_argument("--placement prompt with --memory always: expected --task dialogue (retrieved text "
-                                    "is placed before each user turn), found --task " +
-                                    std::string(enum_name(kNeedleTaskNames, task)));
+      if (mode == MemoryMode::always && p == Placement::prompt && !turns) {
+        std::fprintf(stderr, "needle: arm always:prompt left out (dialogue only)\n");
+        continue;
       }
       arms.push_back({mode, p});
     }
