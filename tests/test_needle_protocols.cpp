@@ -13,6 +13,7 @@
 #include "models/lab/needle_run.h"
 #include "models/memory/embedder.h"
 #include "models/memory/memory_path.h"
+#include "models/text/sentencepiece.h"
 #include "tests/test_util.h"
 
 #undef CHECK
@@ -128,6 +129,18 @@ TEST_CASE("passkey case: filler ids repeated, the line at a sentence end near th
   CHECK(keys.size() == 6);
   spec.seed = 7;
   CHECK(build_passkey_case(tok, 1, spec, 30, 50, 4).passkey != c.passkey);
+}
+
+TEST_CASE("passkey case with the shipped tokenizer (no dummy prefix): the seams read as running text", "[needle][passkey]") {
+  auto tok = load_sentencepiece_model(std::string(SINKFLOW_SOURCE_DIR) + "/data/models/sinkflow-llama/tokenizer.model");
+  const PasskeySpec spec;
+  const EvalCase c = build_passkey_case(*tok, tok->bos_id(), spec, 300, 50, 4);
+  const std::string text = tok->decode(c.segments[0]) + tok->decode(c.question);
+  CHECK(text.find("again. The grass is green.") != std::string::npos);
+  CHECK(text.find("again.The") == std::string::npos);
+  CHECK(text.find(". The pass key is " + c.passkey + ". Remember it. " + c.passkey + " is the pass key.") != std::string::npos);
+  CHECK(tok->decode(c.question) == " What is the pass key? The pass key is");
+  CHECK(tok->decode(c.answer) == " " + c.passkey);
 }
 
 TEST_CASE("passkey case bad input names the problem", "[needle][passkey][errors]") {

@@ -7,19 +7,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
-#include <set>
 #include <sstream>
 
 #include "graph/progress.h"
-#include "models/memory/chunk_store.h"
 #include "models/lab/copy_check.h"
-#include "models/memory/embedder.h"
-#include "models/memory/memory_dir.h"
 #include "models/memory/memory_path.h"
 #include "models/lab/needle.h"
 #include "models/lab/needle_run.h"

@@ -175,7 +175,9 @@ EvalCase build_passkey_case(const Tokenizer& tokenizer, int64_t bos, const Passk
     throw std::invalid_argument("passkey: the filler is empty");
   }
   check_depth(depth, "passkey");
-  const std::vector<int64_t> unit = tokenizer.encode(spec.filler);
+  // Everything in running-text form, as it follows the filler (a tokenizer without a dummy prefix would
+  // otherwise glue "again." to the next "The").
+  const std::vector<int64_t> unit = answer_tokens(tokenizer, spec.filler, spec.filler);
   const int64_t u = static_cast<int64_t>(unit.size());
   EvalCase c;
   c.task = NeedleTask::passkey;
@@ -185,8 +187,8 @@ EvalCase build_passkey_case(const Tokenizer& tokenizer, int64_t bos, const Passk
   c.answer_text = c.passkey;
   c.keywords = {c.passkey};
   c.query = spec.query;
-  c.needle = tokenizer.encode(replace_all(spec.line, "{}", c.passkey));
-  c.question = tokenizer.encode(spec.question);
+  c.needle = answer_tokens(tokenizer, spec.filler, replace_all(spec.line, "{}", c.passkey));
+  c.question = answer_tokens(tokenizer, spec.filler, spec.question);
   c.answer = answer_tokens(tokenizer, spec.question, c.passkey);
   const int64_t lead = bos >= 0 ? 1 : 0;
   const int64_t body = length - lead - static_cast<int64_t>(c.needle.size());

@@ -85,8 +85,8 @@ std::string passkey_digits(uint64_t seed, int64_t length, double depth);
 // Tokens at whose end a sentence ends (the decoded piece ends with '.', '!' or '?'), as indices into `tokens`.
 std::vector<int64_t> sentence_ends(const Tokenizer& tokenizer, const std::vector<int64_t>& tokens);
 
-// The passkey case: BOS, the filler's token ids repeated (never its text) and cut at a sentence end, the pass-key
-// line inserted after the sentence end at or before depth% of the filler (never inside the sinks), length tokens in
+// The passkey case: BOS, the filler's token ids repeated (never its text; the ids of the filler as it follows
+// itself, so that the seams read as running text) and cut at a sentence end, the pass-key line inserted after the sentence end at or before depth% of the filler (never inside the sinks), length tokens in
 // all (at most one sentence fewer); the question last. Throws std::invalid_argument for an empty filler, a depth
 // outside [0, 100] or a length that cannot hold the sinks and the line.
 EvalCase build_passkey_case(const Tokenizer& tokenizer, int64_t bos, const PasskeySpec& spec, int64_t length,
