@@ -45,7 +45,7 @@ struct Ingestion {
   std::optional<EvictionIndexer> indexer;
   MemoryRegion region{ReplacePolicy::score};
   std::vector<int64_t> segment_start;  // absolute position of each segment's first token
-  std::vector<int64_t> prompt_positions;  // retrieved text placed in the stream (always:prompt), absolute
+  std::vector<int64_t> prompt_positions;  // original positions of the chunks the latest prompt retrieval placed
   int64_t retrievals = 0;
   std::vector<std::pair<int64_t, float>> last_retrieved;
   int64_t fed = 0;
@@ -58,8 +58,8 @@ class CellRunner {
              const std::function<void(int64_t)>& progress)
       : decoder_(decoder), tok_(tokenizer), gen_(generation), c_(c), o_(o), store_dir_(store_dir), progress_(progress) {}
 
-  // Feeds the case up to (not including) the question. region_slots: memory-region size; retrieve_every: the
-  // always trigger (0 = none); placement: where always puts what it retrieves.
+  // Feeds the case up to (not including) the question. region_slots: memory-region size; index: chunk and store
+  // what is evicted; always: retrieve every `every` tokens (dialogue: at every user turn) and put it by `placement`.
   std::unique_ptr<Ingestion> ingest(Policy policy, int64_t region_slots, bool index, bool always, Placement placement) {
     StreamConfig sc;
     sc.policy = policy;
@@ -137,6 +137,7 @@ class CellRunner {
       return a.chunk.positions.front() < b.chunk.positions.front();
     });
     std::string text = "\n";
+    in.prompt_positions.clear();  // a hit counts what the latest retrieval placed
     for (const Retrieved& r : hits) {
       text += r.chunk.text + "\n";
       in.prompt_positions.insert(in.prompt_positions.end(), r.chunk.positions.begin(), r.chunk.positions.end());
@@ -249,7 +250,6 @@ class CellRunner {
       r->prompt_tokens = static_cast<int64_t>(block.size());
       fill_counts(*shared, *r);
       ask(*shared, block, *r);
-      shared->prompt_positions.clear();
     }
     if (ArmResult* r = find(MemoryMode::evicted, Placement::region)) {
       shared->retrievals = 0;

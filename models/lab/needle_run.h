@@ -114,7 +114,7 @@ class CacheSnapshot {
 
 struct ArmResult {
   std::string arm;
-  bool hit = false;     // the needle's tokens were in the cache (or in the prompt) when the question was asked
+  bool hit = false;     // every needle token was in the cache, or in the text the question's retrieval placed
   bool answer = false;  // answer_text in the greedy output
   double keywords = 0;  // keyword_fraction of the output
   double nll = std::numeric_limits<double>::quiet_NaN();  // mean NLL per answer token after the question
