@@ -235,6 +235,37 @@ TEST_CASE("prompt placement: retrieved text fed into the stream is never indexed
   }
 }
 
+TEST_CASE("grid runner, dialogue always:prompt: the text placed before each turn leaves the window unindexed", "[needle][memory][run]") {
+  c10::InferenceMode guard;
+  auto decoder = test::random_decoder(test::tiny_llama_config(), 12);
+  WordTokenizer tok;
+  GenerationConfig gen;
+  std::string hay;
+  for (int i = 0; i < 60; ++i) hay += "x y z. ";
+  const EvalCase c = build_dialogue_case(tok, 1, hay, NeedleSpec{}, 160, 50, 4, 32, 16);
+  REQUIRE(c.segments.size() >= 8);
+  EvalOptions o;
+  o.n_sink = 4;
+  o.n_recent = 32;
+  o.chunk = 8;
+  o.overlap = 0;
+  o.top_k = 2;
+  o.max_new_tokens = 2;
+  o.turn_answer_tokens = 2;
+  const auto dir = test::temp_dir("dialogue_prompt");
+  const std::vector<EvalArm> arms = {{MemoryMode::always, Placement::prompt}, {MemoryMode::always, Placement::region}};
+  const CellResult r = run_eval_cell(decoder, tok, gen, c, arms, o, (dir / "mem").string());
+  const ArmResult& prompt = r.arms[0];
+  const ArmResult& region = r.arms[1];
+  CHECK(prompt.retrievals >= 7);        // every turn after the first, and the question
+  CHECK(prompt.not_indexed > 0);        // blocks of retrieved text left the window ...
+  CHECK(region.not_indexed == 0);       // (the region placement feeds nothing into the stream)
+  // ... and the store holds exactly the rest, in chunks of 8 (the last one partial).
+  CHECK(prompt.chunks == (prompt.evicted - prompt.not_indexed + 7) / 8);
+  CHECK(region.chunks == (region.evicted + 7) / 8);
+  std::filesystem::remove_all(dir);
+}
+
 TEST_CASE("cache snapshot: a question asked after restore sees exactly the stream before it", "[needle][snapshot]") {
   c10::InferenceMode guard;
   auto decoder = test::random_decoder(test::tiny_llama_config(), 6);

@@ -336,7 +336,7 @@ void run_needle(NeedleArgs a) {
                        {"keywords", r.arm->keywords}, {"answer_nll", Totals::num(r.arm->nll)},
                        {"none_nll", Totals::num(c.none.nll)}, {"oracle_nll", Totals::num(c.oracle.nll)},
                        {"oracle_gain_recovered", Totals::num(oracle_gain_recovered(c.none.nll, r.arm->nll, c.oracle.nll))},
-                       {"output", r.arm->output}, {"evicted_tokens", r.arm->evicted}, {"chunks", r.arm->chunks},
+                       {"output", r.arm->output}, {"evicted_tokens", r.arm->evicted}, {"not_indexed_tokens", r.arm->not_indexed}, {"chunks", r.arm->chunks},
                        {"retrievals", r.arm->retrievals}, {"prompt_tokens", r.arm->prompt_tokens},
                        {"retrieved", r.arm->retrieved},
                        {"ingest_seconds", c.ingest_seconds}, {"ingest_tokens", c.ingest_tokens}});

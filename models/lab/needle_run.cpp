@@ -207,6 +207,7 @@ class CellRunner {
     r.retrieved = in.last_retrieved;
     r.chunks = in.indexer ? in.indexer->chunks() : 0;
     r.evicted = in.indexer ? in.indexer->evicted() : in.session.tokens_evicted();
+    r.not_indexed = in.indexer ? in.indexer->dropped() : 0;
   }
 
   CellResult run(const std::vector<EvalArm>& arms) {

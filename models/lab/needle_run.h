@@ -120,6 +120,7 @@ struct ArmResult {
   double nll = std::numeric_limits<double>::quiet_NaN();  // mean NLL per answer token after the question
   std::string output;
   int64_t retrievals = 0, chunks = 0, evicted = 0, prompt_tokens = 0;  // prompt_tokens: retrieved text fed (prompt)
+  int64_t not_indexed = 0;  // evicted tokens left out of the memory: retrieved text placed in the stream earlier
   std::vector<std::pair<int64_t, float>> retrieved;  // the question's retrieval: each chunk's first position, score
 };
 
