@@ -83,6 +83,18 @@ class WordTokenizer final : public Tokenizer {
   mutable std::vector<std::string> words_;
 };
 
+// 4 sinks + 32 window, top-2 chunks of `chunk` tokens without overlap, `answer_tokens` greedy tokens.
+EvalOptions small_cache(int64_t chunk, int64_t answer_tokens) {
+  EvalOptions o;
+  o.n_sink = 4;
+  o.n_recent = 32;
+  o.chunk = chunk;
+  o.overlap = 0;
+  o.top_k = 2;
+  o.max_new_tokens = answer_tokens;
+  return o;
+}
+
 std::vector<int64_t> slice(const std::vector<int64_t>& v, int64_t b, int64_t e) {
   return std::vector<int64_t>(v.begin() + b, v.begin() + e);
 }
@@ -244,13 +256,7 @@ TEST_CASE("grid runner, dialogue always:prompt: the text placed before each turn
   for (int i = 0; i < 60; ++i) hay += "x y z. ";
   const EvalCase c = build_dialogue_case(tok, 1, hay, NeedleSpec{}, 160, 50, 4, 32, 16);
   REQUIRE(c.segments.size() >= 8);
-  EvalOptions o;
-  o.n_sink = 4;
-  o.n_recent = 32;
-  o.chunk = 8;
-  o.overlap = 0;
-  o.top_k = 2;
-  o.max_new_tokens = 2;
+  EvalOptions o = small_cache(8, 2);
   o.turn_answer_tokens = 2;
   const auto dir = test::temp_dir("dialogue_prompt");
   const std::vector<EvalArm> arms = {{MemoryMode::always, Placement::prompt}, {MemoryMode::always, Placement::region}};
@@ -321,13 +327,7 @@ TEST_CASE("grid runner: the none arm's NLL equals a fresh stream's; the oracle a
   WordTokenizer tok;
   GenerationConfig gen;
   PasskeySpec spec;
-  EvalOptions o;
-  o.n_sink = 4;
-  o.n_recent = 32;
-  o.chunk = 16;
-  o.overlap = 0;
-  o.top_k = 2;
-  o.max_new_tokens = 4;
+  EvalOptions o = small_cache(16, 4);
   const EvalCase c = build_passkey_case(tok, 1, spec, 160, 10, 4);
   REQUIRE(tok.vocab_size() < 97);
   const auto dir = test::temp_dir("grid_runner");
