@@ -1,26 +1,25 @@
-// needle: the needle-in-a-haystack grid in streaming mode (lengths from inside the cache to far beyond it
-// x depths x memory modes), scored by retrieval hit (the needle is in the cache when the question is asked)
-// and by the answer (expected words in the greedy output). Writes results.json and heatmap.svg.
+// needle: the long-context grid in streaming mode (--task needle | passkey | dialogue; lengths from inside the
+// cache to far beyond it x depths x memory arms (mode x placement) + an oracle), scored by retrieval hit (the
+// needle is in the cache or the prompt when the question is asked), the answer (expected words in the greedy
+// output) and the answer's NLL. Writes results.json and heatmap.svg. The runner is models/lab/needle_run.h.
 #include <c10/core/InferenceMode.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
-#include <set>
 #include <sstream>
 
 #include "graph/progress.h"
-#include "models/memory/chunk_store.h"
 #include "models/lab/copy_check.h"
-#include "models/memory/embedder.h"
-#include "models/memory/memory_dir.h"
 #include "models/memory/memory_path.h"
 #include "models/lab/needle.h"
+#include "models/lab/needle_run.h"
 #include "models/nn/runtime.h"
 #include "models/stream/stream.h"
 #include "tools/commands.h"
@@ -33,266 +32,334 @@ namespace {
 namespace fs = std::filesystem;
 
 struct NeedleArgs {
-  std::string model, haystack, out = "needle-out";
-  std::string lengths = "auto", depths = "0,25,50,75,100", modes = "none,evicted,always";
+  std::string model, haystack, filler, out = "needle-out";
+  std::string task = "needle", lengths = "auto", depths = "0,25,50,75,100", modes = "none,evicted,always";
+  std::string placements = "region", keywords;
   NeedleSpec spec;
-  int64_t sinks = 4, window = 252, chunk = 64, overlap = 32, top_k = 2, memory = 0, every = 128;
-  int64_t max_new_tokens = 16;
-  std::string inject = "text", select = "topk", embedder = "hash";
+  PasskeySpec passkey;
+  EvalOptions eval;
+  int64_t turn_tokens = 1000;
+  std::string inject = "text", select = "topk", index = "hnsw";
   bool json = false;
   RuntimeOptions rt;
 };
 
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream ss(s);
+  for (std::string item; std::getline(ss, item, ',');) {
+    if (!item.empty()) out.push_back(item);
+  }
+  return out;
+}
+
+// Numbers with an optional K (x1024) or M (x1024^2) suffix: "1K,4K,1M".
 std::vector<double> parse_numbers(const std::string& s, const std::string& what) {
   std::vector<double> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ',')) {
+  for (std::string item : split_list(s)) {
+    double scale = 1;
+    if (!item.empty() && (item.back() == 'K' || item.back() == 'k')) scale = 1024, item.pop_back();
+    else if (!item.empty() && (item.back() == 'M' || item.back() == 'm')) scale = 1024.0 * 1024.0, item.pop_back();
     try {
       size_t used = 0;
-      out.push_back(std::stod(item, &used));
+      out.push_back(std::stod(item, &used) * scale);
       if (used != item.size()) throw std::invalid_argument(item);
     } catch (const std::exception&) {
-      throw std::invalid_argument(what + ": expected comma-separated numbers, found '" + s + "'");
+      throw std::invalid_argument(what + ": expected comma-separated numbers (K, M suffixes allowed), found '" + s + "'");
     }
   }
-  if (out.empty()) throw std::invalid_argument(what + ": empty list");
+  if (out.empty()) throw std::invalid_argument(what + ": expected comma-separated numbers, found an empty list");
   return out;
 }
 
-struct Cell {
-  std::string mode;
-  int64_t length = 0;
-  double depth = 0;
-  bool hit = false;
-  bool answer = false;
-  double keywords = 0;
-  std::string output;
-  int64_t evicted = 0, chunks = 0, retrievals = 0;
-};
-
-// Positions (absolute) of everything the model can attend to: sinks, window and memory-region chunks.
-std::set<int64_t> cached_positions(const StreamSession& s, const MemoryRegion& region) {
-  std::set<int64_t> out;
-  const KvCache& c = s.cache();
-  for (int64_t slot : c.ordered_slots()) {
-    const bool memory = slot >= c.config().n_sink && slot < c.config().n_sink + c.config().n_memory;
-    if (!memory) out.insert(c.slot_position(slot));
-  }
-  for (int64_t p : region.resident_positions()) out.insert(p);
-  return out;
-}
-
-Cell run_cell(const LoadedModel& m, const NeedleArgs& a, const NeedleCase& nc, const std::string& mode,
-              const std::string& store_dir) {
-  Cell cell;
-  cell.mode = mode;
-  cell.length = nc.length;
-  cell.depth = nc.depth;
-  // cluster: no retrieval; the memory region holds centroids of the evicted K/V (the cluster policy).
-  const bool cluster = mode == "cluster";
-  const bool memory = mode == "evicted" || mode == "always";
-  StreamConfig sc;
-  sc.policy = cluster ? Policy::cluster : Policy::sink;
-  sc.cache.n_sink = a.sinks;
-  sc.cache.n_recent = a.window;
-  sc.cache.n_memory = memory ? (a.memory > 0 ? a.memory : a.top_k * a.chunk) : cluster ? (a.memory > 0 ? a.memory : 16) : 0;
-  sc.cache.evict_kv = a.inject == "kv";
-  sc.prefill_block = 32;
-  StreamSession session(m.decoder, sc);
-  HashEmbedder embedder(384);
-  MemoryDirLock store_lock(store_dir);  // a sinkflow memory directory only, then emptied: never anything else
-  store_lock.reset();
-  StoreOptions so;
-  so.embedder_name = embedder.name();
-  so.dim = embedder.dim();
-  auto store = ChunkStore::open(store_dir, so);
-  Chunker chunker(a.chunk, a.overlap);
-  MemoryRegion region(ReplacePolicy::score);
-  SelectOptions sel;
-  sel.k = static_cast<int>(a.top_k);
-  sel.mode = enum_from_name(kSelectModeNames, a.select, "--select");
-  const InjectMode inject = parse_inject_mode(a.inject);
-  auto retrieve_into_cache = [&](const std::string& query, int64_t step) {
-    // Resident chunks stay eligible: MemoryRegion refreshes one that is retrieved again instead of
-    // injecting it twice, and never gives up a chunk that the current query wants.
-    auto hits = retrieve(*store, embedder, query, sel, inject == InjectMode::kv);
-    region.inject(session, hits, inject, step);
-    ++cell.retrievals;
-  };
-  // Ingest the haystack; the memory path runs inline (deterministic).
-  const int64_t block = 32;
-  int64_t since_query = 0;
-  for (size_t b = 0; b < nc.tokens.size(); b += block) {
-    std::vector<int64_t> part(nc.tokens.begin() + b, nc.tokens.begin() + std::min(nc.tokens.size(), b + block));
-    std::vector<EvictedSpan> evicted;
-    session.feed(part, memory ? &evicted : nullptr);
-    for (auto& span : evicted) {
-      cell.evicted += static_cast<int64_t>(span.tokens.size());
-      for (Chunk& c : chunk_span(chunker, 0, span, *m.tokenizer)) {
-        store_chunk(*store, embedder, c);
-        ++cell.chunks;
+// The arms: each memory mode, and each placement of the modes that retrieve.
+std::vector<EvalArm> parse_arms(const std::string& modes, const std::string& placements, NeedleTask task) {
+  std::vector<Placement> places;
+  for (const std::string& p : split_list(placements)) places.push_back(enum_from_name(kPlacementNames, p, "--placement"));
+  if (places.empty()) throw std::invalid_argument("--placement: expected region and/or prompt, found an empty list");
+  std::vector<EvalArm> arms;
+  for (const std::string& m : split_list(modes)) {
+    const MemoryMode mode = enum_from_name(kMemoryModeNames, m, "--memory");
+    if (mode != MemoryMode::evicted && mode != MemoryMode::always) {
+      arms.push_back({mode, Placement::region});
+      continue;
+    }
+    // always:prompt places retrieved text before each user turn: dialogue only. Left out of a grid that has
+    // other placements (with a note), an error when it would be always's only arm.
+    const bool turns = task == NeedleTask::dialogue;
+    if (mode == MemoryMode::always && !turns && places.size() == 1 && places[0] == Placement::prompt) {
+      throw std::invalid_argument("--placement prompt with --memory always: expected --task dialogue (retrieved text "
+                                  "is placed before each user turn), found --task " +
+                                  std::string(enum_name(kNeedleTaskNames, task)));
+    }
+    for (Placement p : places) {
+      if (mode == MemoryMode::always && p == Placement::prompt && !turns) {
+        std::fprintf(stderr, "needle: arm always:prompt left out (dialogue only)\n");
+        continue;
       }
-    }
-    since_query += static_cast<int64_t>(part.size());
-    if (mode == "always" && since_query >= a.every && store->size() > 0) {
-      const auto recent = session.cache().cached_tokens();
-      const std::vector<int64_t> tail(recent.end() - std::min<size_t>(recent.size(), 64), recent.end());
-      retrieve_into_cache(m.tokenizer->decode(tail), static_cast<int64_t>(b));
-      since_query = 0;
+      arms.push_back({mode, p});
     }
   }
-  if (!memory) cell.evicted = session.tokens_evicted();
-  // The partial tail chunk is evicted text too.
-  for (Chunk& c : chunker.flush()) {
-    c.text = m.tokenizer->decode(c.tokens);
-    store_chunk(*store, embedder, c);
-    ++cell.chunks;
-  }
-  if (memory && store->size() > 0) retrieve_into_cache(a.spec.question, static_cast<int64_t>(nc.tokens.size()));
-  const std::set<int64_t> in_cache = cached_positions(session, region);
-  cell.hit = true;
-  for (int64_t p = nc.needle_begin; p < nc.needle_end; ++p) cell.hit = cell.hit && in_cache.count(p);
-  // Ask in cloze form, greedy.
-  std::vector<int64_t> prompt = m.tokenizer->encode("\n" + a.spec.cloze);
-  at::Tensor logits = session.feed(prompt);
-  std::vector<int64_t> out;
-  for (int64_t i = 0; i < a.max_new_tokens; ++i) {
-    const int64_t next = logits.argmax(-1).item<int64_t>();
-    if (m.generation.is_stop(next)) break;
-    out.push_back(next);
-    if (m.tokenizer->decode(out).find('\n') != std::string::npos) break;
-    logits = session.feed({next});
-  }
-  cell.output = m.tokenizer->decode(out);
-  cell.answer = answer_found(cell.output, a.spec);
-  cell.keywords = keyword_score(cell.output, a.spec);
-  return cell;
+  if (arms.empty()) throw std::invalid_argument("--memory: expected at least one of " + enum_choices(kMemoryModeNames));
+  return arms;
 }
 
 std::string color(double v) {
   // 0 -> red, 1 -> green
+  v = std::clamp(v, 0.0, 1.0);
   const int r = static_cast<int>(220 * (1 - v) + 30 * v), g = static_cast<int>(60 * (1 - v) + 170 * v);
   char buf[16];
   std::snprintf(buf, sizeof buf, "#%02x%02x50", r, g);
   return buf;
 }
 
-void write_heatmap(const std::string& path, const std::vector<Cell>& cells, const std::vector<std::string>& modes,
-                   const std::vector<int64_t>& lengths, const std::vector<double>& depths, int64_t cache) {
-  const int cw = 56, ch = 28, left = 70, top = 50, gap = 40;
+struct Row {  // one cell of one arm (the oracle is an arm here)
+  const CellResult* cell;
+  const ArmResult* arm;
+};
+
+void write_heatmap(const std::string& path, const std::string& title, const std::vector<Row>& rows,
+                   const std::vector<std::string>& arms, const std::vector<int64_t>& lengths,
+                   const std::vector<double>& depths) {
+  const int cw = 62, ch = 30, left = 80, top = 60, gap = 30;
   const int pw = cw * static_cast<int>(lengths.size());
-  const int width = left + static_cast<int>(modes.size()) * (pw + gap);
-  const int height = top + ch * static_cast<int>(depths.size()) + 70;
+  const int width = std::max(left + static_cast<int>(arms.size()) * (pw + gap), 560);
+  const int height = top + ch * static_cast<int>(depths.size()) + 110;
   std::ofstream f(path);
   f << "<svg xmlns='http://www.w3.org/2000/svg' width='" << width << "' height='" << height
     << "' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n";
-  f << "<text x='10' y='18' font-size='13'>needle in a haystack (cache " << cache
-    << " tokens): keyword score (colour), retrieval hit (H), exact answer (A)</text>\n";
-  for (size_t mi = 0; mi < modes.size(); ++mi) {
-    const int x0 = left + static_cast<int>(mi) * (pw + gap);
-    f << "<text x='" << x0 << "' y='" << top - 10 << "' font-size='12'>memory: " << modes[mi] << "</text>\n";
+  f << "<text x='10' y='18' font-size='13'>" << title << "</text>\n";
+  for (size_t ai = 0; ai < arms.size(); ++ai) {
+    const int x0 = left + static_cast<int>(ai) * (pw + gap);
+    f << "<text x='" << x0 << "' y='" << top - 10 << "' font-size='12'>" << arms[ai] << "</text>\n";
     for (size_t li = 0; li < lengths.size(); ++li) {
       f << "<text x='" << x0 + static_cast<int>(li) * cw + 4 << "' y='" << top + ch * static_cast<int>(depths.size()) + 14
-        << "'>" << lengths[li] << "</text>\n";
+        << "' font-size='10'>" << lengths[li] << "</text>\n";
       for (size_t di = 0; di < depths.size(); ++di) {
-        for (const Cell& c : cells) {
-          if (c.mode != modes[mi] || c.length != lengths[li] || c.depth != depths[di]) continue;
+        for (const Row& r : rows) {
+          if (r.arm->arm != arms[ai] || r.cell->length != lengths[li] || r.cell->depth != depths[di]) continue;
           const int x = x0 + static_cast<int>(li) * cw, y = top + static_cast<int>(di) * ch;
+          char nll[32];
+          std::snprintf(nll, sizeof nll, "%.2f", r.arm->nll);
           f << "<rect x='" << x << "' y='" << y << "' width='" << cw - 2 << "' height='" << ch - 2 << "' fill='"
-            << color(c.keywords) << "'/>\n<text x='" << x + 6 << "' y='" << y + 17 << "' fill='white'>"
-            << (c.hit ? "H" : "-") << (c.answer ? "A" : "") << "</text>\n";
+            << color(r.arm->keywords) << "'/>\n<text x='" << x + 4 << "' y='" << y + 18 << "' fill='white'>"
+            << (r.arm->hit ? "H" : "-") << (r.arm->answer ? "A" : "-") << " " << nll << "</text>\n";
         }
       }
     }
-    if (mi == 0) {
-      for (size_t di = 0; di < depths.size(); ++di) {
-        f << "<text x='10' y='" << top + static_cast<int>(di) * ch + 17 << "'>depth " << depths[di] << "%</text>\n";
+  }
+  for (size_t di = 0; di < depths.size(); ++di) {
+    f << "<text x='10' y='" << top + static_cast<int>(di) * ch + 18 << "'>depth " << depths[di] << "%</text>\n";
+  }
+  // Colour scale and legend.
+  const int ly = top + ch * static_cast<int>(depths.size()) + 34;
+  f << "<text x='" << left << "' y='" << ly - 4 << "'>context length (tokens)</text>\n";
+  f << "<defs><linearGradient id='scale'><stop offset='0' stop-color='" << color(0) << "'/><stop offset='1' stop-color='"
+    << color(1) << "'/></linearGradient></defs>\n";
+  f << "<rect x='10' y='" << ly + 10 << "' width='200' height='14' fill='url(#scale)'/>\n";
+  f << "<text x='10' y='" << ly + 38 << "'>0</text><text x='102' y='" << ly + 38 << "'>0.5</text><text x='200' y='"
+    << ly + 38 << "'>1</text>\n";
+  f << "<text x='225' y='" << ly + 21 << "'>colour: keyword score of the greedy answer (passkey: the exact digits)</text>\n";
+  f << "<text x='225' y='" << ly + 38 << "'>H: the needle was in the cache (or the prompt) at the question; A: exact "
+       "answer; number: answer NLL per token (nats)</text>\n";
+  f << "</svg>\n";
+}
+
+struct Totals {
+  int64_t n = 0, evicted = 0, nll_n = 0;
+  double hit = 0, ans = 0, kw = 0, far_hit = 0, nll = 0, none_nll = 0, oracle_nll = 0;
+  double far_nll = 0, far_none = 0, far_oracle = 0;
+  int64_t far_nll_n = 0;
+  void add(const CellResult& c, const ArmResult& a) {
+    ++n;
+    hit += a.hit;
+    ans += a.answer;
+    kw += a.keywords;
+    const bool far = !c.none.hit;  // the needle had left the cache
+    if (far) {
+      ++evicted;
+      far_hit += a.hit;
+    }
+    if (std::isfinite(a.nll) && std::isfinite(c.none.nll) && std::isfinite(c.oracle.nll)) {
+      ++nll_n;
+      nll += a.nll;
+      none_nll += c.none.nll;
+      oracle_nll += c.oracle.nll;
+      if (far) {
+        ++far_nll_n;
+        far_nll += a.nll;
+        far_none += c.none.nll;
+        far_oracle += c.oracle.nll;
       }
     }
   }
-  f << "<text x='" << left << "' y='" << height - 18 << "'>context length (tokens)</text>\n</svg>\n";
-}
+  static nlohmann::json num(double v) { return std::isfinite(v) ? nlohmann::json(v) : nlohmann::json(nullptr); }
+  nlohmann::json json() const {
+    const double m = nll_n ? 1.0 / static_cast<double>(nll_n) : 0, fm = far_nll_n ? 1.0 / static_cast<double>(far_nll_n) : 0;
+    return {{"cells", n},
+            {"answer_rate", ans / static_cast<double>(n)},
+            {"hit_rate", hit / static_cast<double>(n)},
+            {"hit_rate_beyond_cache", evicted ? num(far_hit / static_cast<double>(evicted)) : nlohmann::json(nullptr)},
+            {"cells_beyond_cache", evicted},
+            {"keyword_score", kw / static_cast<double>(n)},
+            {"answer_nll", nll_n ? num(nll * m) : nlohmann::json(nullptr)},
+            {"oracle_gain_recovered", nll_n ? num(oracle_gain_recovered(none_nll * m, nll * m, oracle_nll * m)) : nlohmann::json(nullptr)},
+            {"oracle_gain_recovered_beyond_cache",
+             far_nll_n ? num(oracle_gain_recovered(far_none * fm, far_nll * fm, far_oracle * fm)) : nlohmann::json(nullptr)}};
+  }
+};
 
-void run_needle(const NeedleArgs& a) {
+void run_needle(NeedleArgs a) {
   FILE* table = table_stream(a.json);  // with --json, stdout carries the JSON line alone
+  const NeedleTask task = enum_from_name(kNeedleTaskNames, a.task, "--task");
+  const std::vector<EvalArm> arms = parse_arms(a.modes, a.placements, task);
+  a.eval.inject = parse_inject_mode(a.inject);
+  a.eval.select = enum_from_name(kSelectModeNames, a.select, "--select");
+  a.eval.index = enum_from_name(kStoreIndexNames, a.index, "--index");
+  a.eval.validate();
+  if (task != NeedleTask::passkey && a.haystack.empty()) {
+    throw std::invalid_argument("--haystack: expected a text file for --task " + a.task + ", found none");
+  }
+  if (task == NeedleTask::passkey && !a.haystack.empty()) {
+    throw std::invalid_argument("--haystack: --task passkey takes --filler FILE instead, found --haystack " + a.haystack);
+  }
+  if (task != NeedleTask::passkey && !a.filler.empty()) {
+    throw std::invalid_argument("--filler: only --task passkey takes a filler, found --task " + a.task);
+  }
+  const std::vector<double> depths = parse_numbers(a.depths, "--depths");
   a.rt.apply();
   c10::InferenceMode guard;
   LoadedModel m = load_model(a.model, a.rt);
-  const std::string haystack = read_file(a.haystack, "--haystack");
-  const int64_t cache = a.sinks + a.window;
+  const std::string haystack = a.haystack.empty() ? "" : read_file(a.haystack, "--haystack");
+  if (!a.filler.empty()) a.passkey.filler = read_file(a.filler, "--filler");
+  const int64_t cache = a.eval.n_sink + a.eval.n_recent;
   std::vector<int64_t> lengths;
   if (a.lengths == "auto") {
-    for (double f : {0.5, 1.0, 2.0, 4.0, 8.0, 16.0}) lengths.push_back(static_cast<int64_t>(f * cache));
+    for (double f : {0.5, 1.0, 2.0, 4.0, 8.0, 16.0}) lengths.push_back(static_cast<int64_t>(f * static_cast<double>(cache)));
   } else {
     for (double v : parse_numbers(a.lengths, "--lengths")) lengths.push_back(static_cast<int64_t>(v));
   }
-  const std::vector<double> depths = parse_numbers(a.depths, "--depths");
-  std::vector<std::string> modes;
-  {
-    std::stringstream ss(a.modes);
-    std::string m2;
-    while (std::getline(ss, m2, ',')) {
-      if (m2 != "none" && m2 != "evicted" && m2 != "always" && m2 != "cluster") {
-        throw std::invalid_argument("--memory: unknown mode '" + m2 + "', expected none, evicted, always or cluster");
-      }
-      modes.push_back(m2);
-    }
-  }
   const int64_t bos = prompt_bos(m);
-  std::vector<NeedleCase> cases;
-  for (int64_t len : lengths) {
-    for (double d : depths) cases.push_back(build_needle_case(*m.tokenizer, bos, haystack, a.spec, len, d, a.sinks, a.window));
-  }
+  auto build = [&](int64_t len, double d) {
+    EvalCase c;
+    switch (task) {
+      case NeedleTask::passkey: c = build_passkey_case(*m.tokenizer, bos, a.passkey, len, d, a.eval.n_sink); break;
+      case NeedleTask::needle:
+        c = needle_eval_case(*m.tokenizer, bos, haystack, a.spec, len, d, a.eval.n_sink, a.eval.n_recent);
+        break;
+      case NeedleTask::dialogue:
+        c = build_dialogue_case(*m.tokenizer, bos, haystack, a.spec, len, d, a.eval.n_sink, a.eval.n_recent, a.turn_tokens);
+        break;
+    }
+    if (!a.keywords.empty() && task != NeedleTask::passkey) c.keywords = split_list(a.keywords);
+    return c;
+  };
+  // Bad input fails before any cell runs: the shortest case at every depth.
+  for (double d : depths) build(*std::min_element(lengths.begin(), lengths.end()), d);
+  int64_t ingestions = 1;
+  for (const EvalArm& arm : arms) ingestions += arm.mode == MemoryMode::always ? 1 : arm.mode == MemoryMode::cluster ? 2 : 0;
+  int64_t total = 0;
+  for (int64_t len : lengths) total += len * static_cast<int64_t>(depths.size()) * ingestions;
+  std::fprintf(stderr, "needle: task %s, %zu lengths x %zu depths x %zu arms (+ oracle), cache %lld (%lld sinks + %lld window, "
+               "%lld memory slots), chunk %lld, top-k %d\n", a.task.c_str(), lengths.size(), depths.size(), arms.size(),
+               static_cast<long long>(cache), static_cast<long long>(a.eval.n_sink), static_cast<long long>(a.eval.n_recent),
+               static_cast<long long>(a.eval.memory_slots()), static_cast<long long>(a.eval.chunk), a.eval.top_k);
   fs::create_directories(a.out);
-  std::vector<Cell> cells;
-  Progress progress("needle", static_cast<int64_t>(cases.size() * modes.size()), ProgressOptions{"cells"});
+  std::vector<CellResult> cells;
+  cells.reserve(lengths.size() * depths.size());
+  Progress progress("needle", total, ProgressOptions{"tok"});
   const auto t0 = std::chrono::steady_clock::now();
-  for (const std::string& mode : modes) {
-    for (const NeedleCase& nc : cases) {
-      cells.push_back(run_cell(m, a, nc, mode, (fs::path(a.out) / "memory").string()));
-      progress.add();
+  for (int64_t len : lengths) {
+    for (double d : depths) {
+      const EvalCase c = build(len, d);
+      cells.push_back(run_eval_cell(m.decoder, *m.tokenizer, m.generation, c, arms, a.eval,
+                                    (fs::path(a.out) / "memory").string(), [&](int64_t n) { progress.add(n); }));
+      const CellResult& r = cells.back();
+      std::string line;
+      for (const ArmResult& x : r.arms) {
+        char buf[160];
+        std::snprintf(buf, sizeof buf, " | %s %s%s nll %.3f", x.arm.c_str(), x.hit ? "H" : "-", x.answer ? "A" : "-", x.nll);
+        line += buf;
+      }
+      std::fprintf(stderr, "\ncell length %lld depth %g: %lld tokens, ingest %.0f tok/s | oracle %s nll %.3f%s\n",
+                   static_cast<long long>(len), d, static_cast<long long>(r.tokens),
+                   static_cast<double>(r.ingest_tokens) / std::max(r.ingest_seconds, 1e-9), r.oracle.answer ? "A" : "-",
+                   r.oracle.nll, line.c_str());
     }
   }
   progress.done();
   fs::remove_all(fs::path(a.out) / "memory");
-  nlohmann::json results = nlohmann::json::array();
-  nlohmann::json summary = nlohmann::json::object();
-  std::fprintf(table, "%-8s %8s %8s %8s %10s %10s\n", "memory", "cells", "hit", "answer", "keywords", "hit>cache");
-  for (const std::string& mode : modes) {
-    double hit = 0, ans = 0, kw = 0, far_hit = 0;
-    int64_t n = 0, far = 0;
-    for (const Cell& c : cells) {
-      if (c.mode != mode) continue;
-      ++n;
-      hit += c.hit;
-      ans += c.answer;
-      kw += c.keywords;
-      if (c.length > cache) {
-        ++far;
-        far_hit += c.hit;
-      }
-    }
-    summary[mode] = {{"cells", n}, {"hit_rate", hit / n}, {"answer_rate", ans / n}, {"keyword_score", kw / n},
-                     {"hit_rate_beyond_cache", far ? far_hit / far : 0.0}};
-    std::fprintf(table, "%-8s %8ld %8.3f %8.3f %10.3f %10.3f\n", mode.c_str(), static_cast<long>(n), hit / n, ans / n, kw / n,
-                far ? far_hit / far : 0.0);
-  }
-  for (const Cell& c : cells) {
-    results.push_back({{"memory", c.mode}, {"length", c.length}, {"depth", c.depth}, {"hit", c.hit}, {"answer", c.answer},
-                       {"keywords", c.keywords}, {"output", c.output}, {"evicted_tokens", c.evicted},
-                       {"chunks", c.chunks}, {"retrievals", c.retrievals}});
-  }
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  nlohmann::json doc = {{"model", a.model},   {"haystack", a.haystack}, {"cache", cache},
-                        {"n_sink", a.sinks},  {"n_recent", a.window},   {"chunk_size", a.chunk},
-                        {"overlap", a.overlap}, {"top_k", a.top_k},     {"inject", a.inject},
-                        {"needle", a.spec.needle}, {"cloze", a.spec.cloze}, {"answer", a.spec.answer},
-                        {"summary", summary}, {"cells", results},       {"seconds", secs}};
+  // Summary per arm, and the oracle's own.
+  std::vector<std::string> arm_names;
+  for (const EvalArm& arm : arms) arm_names.push_back(arm.name());
+  nlohmann::json summary = nlohmann::json::object();
+  std::vector<Row> rows;
+  std::fprintf(table, "%-15s %6s %6s %9s %7s %8s %9s %9s %13s\n", "arm", "cells", "hit", "hit>cache", "answer", "keywords",
+               "nll", "recovered", "recovered>cache");
+  auto print = [&](const std::string& name, const nlohmann::json& j) {
+    auto f = [&](const char* k) { return j[k].is_null() ? std::nan("") : j[k].get<double>(); };
+    std::fprintf(table, "%-15s %6lld %6.3f %9.3f %7.3f %8.3f %9.3f %9.3f %13.3f\n", name.c_str(),
+                 static_cast<long long>(j["cells"].get<int64_t>()), f("hit_rate"), f("hit_rate_beyond_cache"),
+                 f("answer_rate"), f("keyword_score"), f("answer_nll"), f("oracle_gain_recovered"),
+                 f("oracle_gain_recovered_beyond_cache"));
+  };
+  for (size_t i = 0; i < arms.size(); ++i) {
+    Totals t;
+    for (const CellResult& c : cells) {
+      t.add(c, c.arms[i]);
+      rows.push_back({&c, &c.arms[i]});
+    }
+    nlohmann::json j = t.json();
+    j["memory"] = enum_name(kMemoryModeNames, arms[i].mode);
+    j["placement"] = arms[i].retrieves() ? nlohmann::json(enum_name(kPlacementNames, arms[i].placement)) : nlohmann::json(nullptr);
+    print(arm_names[i], j);
+    summary[arm_names[i]] = j;
+  }
+  {
+    Totals t;
+    for (const CellResult& c : cells) {
+      t.add(c, c.oracle);
+      rows.push_back({&c, &c.oracle});
+    }
+    nlohmann::json j = t.json();
+    j["memory"] = "oracle";
+    j["placement"] = "needle re-placed right before the question";
+    print("oracle", j);
+    summary["oracle"] = j;
+  }
+  nlohmann::json results = nlohmann::json::array();
+  for (const Row& r : rows) {
+    const CellResult& c = *r.cell;
+    results.push_back({{"arm", r.arm->arm}, {"length", c.length}, {"depth", c.depth}, {"tokens", c.tokens},
+                       {"passkey", c.passkey}, {"hit", r.arm->hit}, {"answer", r.arm->answer},
+                       {"keywords", r.arm->keywords}, {"answer_nll", Totals::num(r.arm->nll)},
+                       {"none_nll", Totals::num(c.none.nll)}, {"oracle_nll", Totals::num(c.oracle.nll)},
+                       {"oracle_gain_recovered", Totals::num(oracle_gain_recovered(c.none.nll, r.arm->nll, c.oracle.nll))},
+                       {"output", r.arm->output}, {"evicted_tokens", r.arm->evicted}, {"not_indexed_tokens", r.arm->not_indexed}, {"chunks", r.arm->chunks},
+                       {"retrievals", r.arm->retrievals}, {"prompt_tokens", r.arm->prompt_tokens},
+                       {"retrieved", r.arm->retrieved},
+                       {"ingest_seconds", c.ingest_seconds}, {"ingest_tokens", c.ingest_tokens}});
+  }
+  nlohmann::json doc = {{"model", a.model},   {"task", a.task},        {"haystack", a.haystack},
+                        {"filler", task == NeedleTask::passkey ? nlohmann::json(a.filler.empty() ? "default" : a.filler) : nlohmann::json(nullptr)},
+                        {"cache", cache},     {"n_sink", a.eval.n_sink}, {"n_recent", a.eval.n_recent},
+                        {"n_memory", a.eval.memory_slots()}, {"chunk_size", a.eval.chunk}, {"overlap", a.eval.overlap},
+                        {"top_k", a.eval.top_k}, {"inject", a.inject}, {"index", a.index}, {"oracle", "needle re-placed right before the question"},
+                        {"summary", summary}, {"cells", results}, {"seconds", secs}};
+  if (task != NeedleTask::passkey) {
+    doc["needle"] = a.spec.needle;
+    doc["cloze"] = a.spec.cloze;
+    doc["answer"] = a.spec.answer;
+  }
   std::ofstream(fs::path(a.out) / "results.json") << doc.dump(2) << "\n";
-  write_heatmap((fs::path(a.out) / "heatmap.svg").string(), cells, modes, lengths, depths, cache);
+  arm_names.push_back("oracle");
+  write_heatmap((fs::path(a.out) / "heatmap.svg").string(),
+                a.task + " (cache " + std::to_string(cache) + " tokens, " + std::to_string(a.eval.memory_slots()) +
+                    " memory slots for the region placement)",
+                rows, arm_names, lengths, depths);
   std::cerr << "wrote " << (fs::path(a.out) / "results.json").string() << " and heatmap.svg\n";
-  if (a.json) print_json({{"command", "needle"}, {"summary", summary}, {"seconds", secs}, {"out", a.out}});
+  if (a.json) print_json({{"command", "needle"}, {"task", a.task}, {"summary", summary}, {"seconds", secs}, {"out", a.out}});
 }
 
 }  // namespace
@@ -354,27 +421,35 @@ void run_copy(const CopyArgs& a) {
 
 void add_needle_commands(CLI::App& app) {
   auto a = std::make_shared<NeedleArgs>();
-  CLI::App* n = app.add_subcommand("needle", "Needle-in-a-haystack grid through the streaming cache and memory");
+  CLI::App* n = app.add_subcommand("needle", "Long-context grid (needle, passkey, dialogue) through the streaming cache and memory");
   n->add_option("--model", a->model, "model folder")->required();
-  n->add_option("--haystack", a->haystack, "haystack text file")->required();
+  n->add_option("--task", a->task, "needle, passkey (Landmark Attention / InfLLM) or dialogue (seed 001)")->capture_default_str();
+  n->add_option("--haystack", a->haystack, "haystack text file (needle, dialogue)");
+  n->add_option("--filler", a->filler, "passkey: filler text file (default: the grass is green ...)");
   n->add_option("--out", a->out, "output folder (results.json, heatmap.svg)")->capture_default_str();
-  n->add_option("--lengths", a->lengths, "context lengths in tokens, or auto (0.5x..16x the cache)")->capture_default_str();
+  n->add_option("--lengths", a->lengths, "context lengths in tokens (K = 1024, M = 1024^2), or auto (0.5x..16x the cache)")->capture_default_str();
   n->add_option("--depths", a->depths, "needle depths in percent")->capture_default_str();
   n->add_option("--memory", a->modes, "memory modes: none, evicted, always, cluster (centroids of the evicted K/V)")->capture_default_str();
+  n->add_option("--placement", a->placements, "where retrieved chunks go, each an arm: region (memory region), prompt (text before the question)")->capture_default_str();
   n->add_option("--needle", a->spec.needle, "needle sentence");
   n->add_option("--question", a->spec.question, "retrieval query");
   n->add_option("--cloze", a->spec.cloze, "cloze prompt the model continues");
   n->add_option("--answer", a->spec.answer, "expected answer text");
-  n->add_option("--sinks", a->sinks, "attention sinks")->capture_default_str();
-  n->add_option("--window", a->window, "recent window")->capture_default_str();
-  n->add_option("--chunk", a->chunk, "tokens per memory chunk")->capture_default_str();
-  n->add_option("--overlap", a->overlap, "chunk overlap in tokens")->capture_default_str();
-  n->add_option("--top-k", a->top_k, "chunks retrieved per query")->capture_default_str();
-  n->add_option("--memory-slots", a->memory, "memory-region slots (0 = top_k x chunk; cluster: 16 centroids)")->capture_default_str();
-  n->add_option("--every", a->every, "always mode: retrieve every N ingested tokens")->capture_default_str();
+  n->add_option("--keywords", a->keywords, "keyword score's words, comma-separated (default: the needle's content words after the cloze)");
+  n->add_option("--seed", a->passkey.seed, "passkey: seed of the digits")->capture_default_str();
+  n->add_option("--turn-tokens", a->turn_tokens, "dialogue: tokens per user turn")->capture_default_str();
+  n->add_option("--turn-answer-tokens", a->eval.turn_answer_tokens, "dialogue: greedy tokens the model answers each turn with")->capture_default_str();
+  n->add_option("--sinks", a->eval.n_sink, "attention sinks")->capture_default_str();
+  n->add_option("--window", a->eval.n_recent, "recent window")->capture_default_str();
+  n->add_option("--chunk", a->eval.chunk, "tokens per memory chunk")->capture_default_str();
+  n->add_option("--overlap", a->eval.overlap, "chunk overlap in tokens")->capture_default_str();
+  n->add_option("--top-k", a->eval.top_k, "chunks retrieved per query")->capture_default_str();
+  n->add_option("--memory-slots", a->eval.n_memory, "memory-region slots (0 = top_k x chunk; cluster: 16 centroids)")->capture_default_str();
+  n->add_option("--every", a->eval.every, "always mode: retrieve every N ingested tokens")->capture_default_str();
   n->add_option("--inject", a->inject, "text or kv")->capture_default_str();
   n->add_option("--select", a->select, "topk, mmr or farthest")->capture_default_str();
-  n->add_option("--max-new-tokens", a->max_new_tokens, "answer length")->capture_default_str();
+  n->add_option("--index", a->index, "chunk index: hnsw or brute (exact)")->capture_default_str();
+  n->add_option("--max-new-tokens", a->eval.max_new_tokens, "answer length")->capture_default_str();
   n->add_flag("--json", a->json, "print a JSON summary line");
   a->rt.add_to(*n);
   n->callback([a] { run_needle(*a); });
