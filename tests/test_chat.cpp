@@ -76,7 +76,7 @@ TEST_CASE("chat turns: the preamble is placed before the message and reported", 
   CHECK(t.text.substr(t.preamble_end) == "Who won?<|im_end|>\n<|im_start|>assistant\n");
 }
 
-TEST_CASE("chat turns: a restored state writes the same next turn; a bad state is refused", "[chat]") {
+TEST_CASE("chat turns: a restored state writes the same next turn, a bad state is refused", "[chat]") {
   ChatTurns a(builtin_chat_template("chatml"));
   a.add("system", "S");
   a.user("one");
@@ -112,7 +112,7 @@ TEST_CASE("sampler: min-p, repetition penalty, and a restored generator", "[chat
   CHECK_THROWS_WITH(bad.validate("sampler"), Catch::Contains("min_p must be in [0, 1], found 1.5"));
 }
 
-TEST_CASE("snapshot: a restored stream continues exactly; another cache or damage is refused", "[chat]") {
+TEST_CASE("snapshot: a restored stream continues exactly, another cache or damage is refused", "[chat]") {
   const std::shared_ptr<Decoder> d = make_decoder(test::tiny_llama_config(), at::kCPU, at::kFloat);
   {
     at::NoGradGuard no_grad;

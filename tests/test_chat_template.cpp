@@ -88,7 +88,7 @@ TEST_CASE("jinja: for loops (loop.*, else, filter, break/continue, unpacking, ne
   CHECK(render("{% if a == 1 %}one{% elif a == 2 %}two{% else %}other{% endif %}", {{"a", 5}}) == "other");
 }
 
-TEST_CASE("jinja: set is scoped to the loop body, a namespace is not; block set captures output", "[jinja]") {
+TEST_CASE("jinja: set is scoped to the loop body, a namespace is not, block set captures output", "[jinja]") {
   CHECK(render("{% set x = 1 %}{% for m in [1, 2] %}{% set x = m %}{{ x }}{% endfor %}{{ x }}") == "121");
   CHECK(render("{% for x in [1, 2, 3] %}{% if loop.first %}{% set y = 5 %}{% endif %}{{ y }},{% endfor %}") == "5,,,");
   CHECK(render("{% set ns = namespace(x=1) %}{% for m in [1, 2] %}{% set ns.x = ns.x + m %}{% endfor %}{{ ns.x }}") == "4");
@@ -147,7 +147,7 @@ TEST_CASE("jinja: string methods, slices, subscripts and attributes of dicts", "
                {{"m", m}}) == "hi|hi||False|f||user");
 }
 
-TEST_CASE("jinja: undefined prints empty, is false, iterates as empty; reading from it is an error", "[jinja]") {
+TEST_CASE("jinja: undefined prints empty, is false, iterates as empty, reading from it is an error", "[jinja]") {
   CHECK(render("{{ x }}|{{ x | length }}|{% for i in x %}i{% endfor %}|{{ x ~ 'a' }}") == "|0||a");
   CHECK_THAT(render_error("{{ x.y }}"), Catch::Contains("'x' is undefined") && Catch::Contains("attribute 'y'"));
   CHECK_THAT(render_error("{{ x + 1 }}"), Catch::Contains("'x' is undefined"));
@@ -269,7 +269,7 @@ TEST_CASE("built-in chat formats are the files the fixtures render", "[chat_temp
                     "unknown chat format 'vicuna' (expected one of chatml, llama3, llama2, gemma, phi3, mistral, plain)");
 }
 
-TEST_CASE("a model folder's template: chat_template.jinja, then tokenizer_config.json; bos/eos from the config", "[chat_template]") {
+TEST_CASE("a model folder's template: chat_template.jinja, then tokenizer_config.json, bos/eos from the config", "[chat_template]") {
   const auto dir = test::temp_dir("chat_template_load");
   const std::string d = dir.string();
   CHECK_FALSE(load_chat_template(d).has_value());

@@ -727,7 +727,7 @@ TEST_CASE("config: real config.json files parse to the make-model preset of the 
   CHECK(qwen3.sliding_window == 0);  // use_sliding_window: false
 }
 
-TEST_CASE("config: Phi-3-mini-4k-instruct's fields parse to the phi-3-mini-4k preset; longrope is checked", "[config]") {
+TEST_CASE("config: Phi-3-mini-4k-instruct's fields parse to the phi-3-mini-4k preset, longrope is checked", "[config]") {
   // The fields of microsoft/Phi-3-mini-4k-instruct's config.json as NVIDIA/TensorRT-LLM's test carries them
   // (tests/unittest/_torch/modeling/test_modeling_phi3.py @ cb4c622c, PHI3_MINI_4K_CONFIG; no verbatim copy of
   // the file was found, so this is not a byte-for-byte fixture).

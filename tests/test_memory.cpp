@@ -851,7 +851,7 @@ TEST_CASE("chunk store: wrong embedder or dim, bad input, second open", "[memory
   REQUIRE_THROWS_WITH(store->search(std::vector<float>(3, 1.0f), 2), Catch::Contains("query has 3 floats, expected dim 384"));
 }
 
-TEST_CASE("chunk store: search uses select (exclude, MMR); a zero query finds nothing", "[memory][store]") {
+TEST_CASE("chunk store: search uses select (exclude, MMR), a zero query finds nothing", "[memory][store]") {
   TempDir tmp;
   StoreOptions o;
   o.embedder_name = "test-3";

@@ -152,7 +152,7 @@ TEST_CASE("safetensors: byte layout follows the spec", "[safetensors]") {
   CHECK(values[2] == 3.0f);
 }
 
-TEST_CASE("safetensors: non-contiguous input is saved in logical order; tensors outlive the file", "[safetensors]") {
+TEST_CASE("safetensors: non-contiguous input is saved in logical order, tensors outlive the file", "[safetensors]") {
   TempDir dir;
   const at::Tensor m = at::arange(6, at::kFloat).reshape({2, 3});
   const std::string path = dir.file("t.safetensors");
