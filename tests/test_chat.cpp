@@ -198,6 +198,8 @@ RunSpec chat_spec(const fs::path& dir, const std::string& input, const std::vect
                                    "model.prefill_block=16",
                                    "model.max_new_tokens=6",
                                    "eviction.chunk_size=8",
+                                   "eviction.overlap=0",
+                                   "model.retrieval.placement=region",
                                    "out.format=jsonl",
                                    "out.path=" + (dir / "out.jsonl").string()};
   sets.insert(sets.end(), extra.begin(), extra.end());
@@ -379,7 +381,8 @@ TEST_CASE("chat: a conversation killed (SIGKILL) after a reply resumes as one th
     const int out = ::open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(out, 1);
     ::execl(SINKFLOW_CLI, SINKFLOW_CLI, "chat", "--model", model.c_str(), "--conversation", conv.c_str(), "--format",
-            "jsonl", "--n-sink", "4", "--n-memory", "32", "--n-recent", "28", "--chunk", "8", "--max-new-tokens", "6",
+            "jsonl", "--n-sink", "4", "--n-memory", "32", "--n-recent", "28", "--chunk", "8", "--overlap", "0", "--placement",
+            "region", "--max-new-tokens", "6",
             "--temperature", "0", "--set", "model.prefill_block=16", "--set", "resources.memories.mem.embedder.dim=64",
             static_cast<char*>(nullptr));
     ::_exit(127);

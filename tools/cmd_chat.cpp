@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <filesystem>
@@ -30,9 +31,9 @@ namespace {
 namespace fs = std::filesystem;
 
 struct ChatArgs {
-  std::string model, conversation, input = "-", placement = "region", chat_template = "auto", system, format = "auto";
+  std::string model, conversation, input = "-", placement = "prompt", chat_template = "auto", system, format = "auto";
   bool no_memory = false, show_retrieval = false;
-  int64_t max_new_tokens = 256, n_sink = 4, n_memory = 64, n_recent = 252, chunk = 32, retrieve_k = 2;
+  int64_t max_new_tokens = 256, n_sink = 4, n_memory = -1, n_recent = -1, chunk = 64, overlap = 32, retrieve_k = 2;
   SamplerConfig sampler;
   int64_t seed = 0;
   bool sampling_given = false;
@@ -81,6 +82,10 @@ void run_chat(const ChatArgs& a) {
     scratch = std::make_unique<fs::path>(tmpl);
     memory_dir = (*scratch / "memory").string();
   }
+  // The cache: 320 slots by default, all sinks and window with placement prompt, 64 of them a memory region with
+  // placement region.
+  const int64_t n_memory = a.n_memory >= 0 ? a.n_memory : a.placement == "region" ? 64 : 0;
+  const int64_t n_recent = a.n_recent >= 0 ? a.n_recent : std::max<int64_t>(1, 320 - a.n_sink - n_memory);
   PipelineSpec spec = parse_pipeline(kChatPipeline, "pipelines/chat.yaml (built in)");
   std::vector<std::string> sets = {
       "resources.models.lm.path=" + yaml_string(model),
@@ -90,8 +95,8 @@ void run_chat(const ChatArgs& a) {
       "src.path=" + yaml_string(a.input),
       "model.threads=" + std::to_string(a.rt.threads),
       "model.max_new_tokens=" + std::to_string(a.max_new_tokens),
-      "model.cache={n_sink: " + std::to_string(a.n_sink) + ", n_memory: " + std::to_string(a.n_memory) +
-          ", n_recent: " + std::to_string(a.n_recent) + "}",
+      "model.cache={n_sink: " + std::to_string(a.n_sink) + ", n_memory: " + std::to_string(n_memory) +
+          ", n_recent: " + std::to_string(n_recent) + "}",
       "model.memory=" + std::string(a.no_memory ? "false" : "true"),
       "model.retrieval.placement=" + yaml_string(a.placement),
       "model.chat.template=" + yaml_string(a.chat_template),
@@ -99,6 +104,7 @@ void run_chat(const ChatArgs& a) {
       "model.checkpoint=" + yaml_string(checkpoint),
       "model.show_retrieval=" + std::string(a.show_retrieval ? "true" : "false"),
       "eviction.chunk_size=" + std::to_string(a.chunk),
+      "eviction.overlap=" + std::to_string(a.overlap),
       "retrieve.select.k=" + std::to_string(a.retrieve_k),
       "reinject.max_chunks=" + std::to_string(a.retrieve_k),
       "out.format=" + yaml_string(a.format),
@@ -112,7 +118,6 @@ void run_chat(const ChatArgs& a) {
   } else {
     sets.push_back("model.sampler={model_defaults: true, seed: " + std::to_string(a.seed) + "}");
   }
-  if (a.placement == "prompt") sets.push_back("model.cache.n_memory=0");
   if (!a.stop.empty()) {
     std::string list = "[";
     for (size_t i = 0; i < a.stop.size(); ++i) list += (i ? ", " : "") + yaml_string(a.stop[i]);
@@ -161,14 +166,15 @@ void add_chat_commands(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--system", a->system, "system message");
   c->add_flag("--no-memory", a->no_memory, "no memory path: plain StreamingLLM");
-  c->add_option("--placement", a->placement, "where retrieved chunks go: region (memory region) or prompt (before the message)")
+  c->add_option("--placement", a->placement, "where retrieved chunks go: prompt (text before the message) or region (the cache's memory region)")
       ->check(CLI::IsMember({"region", "prompt"}))
       ->capture_default_str();
   c->add_option("--max-new-tokens", a->max_new_tokens, "reply length limit")->capture_default_str();
   c->add_option("--n-sink", a->n_sink, "attention sinks")->capture_default_str();
-  c->add_option("--n-memory", a->n_memory, "memory-region slots (placement region)")->capture_default_str();
-  c->add_option("--n-recent", a->n_recent, "recent-window slots")->capture_default_str();
+  c->add_option("--n-memory", a->n_memory, "memory-region slots (default: 64 with placement region, else 0)");
+  c->add_option("--n-recent", a->n_recent, "recent-window slots (default: 320 slots in all)");
   c->add_option("--chunk", a->chunk, "tokens per memory chunk")->capture_default_str();
+  c->add_option("--overlap", a->overlap, "tokens each chunk repeats from the one before")->capture_default_str();
   c->add_option("--retrieve-k", a->retrieve_k, "chunks retrieved per turn")->capture_default_str();
   c->add_option("--temperature", a->sampler.temperature, "0 = greedy (default: the folder's generation_config.json)");
   c->add_option("--top-k", a->sampler.top_k, "keep the k most likely tokens (0 = all)");

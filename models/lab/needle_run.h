@@ -40,8 +40,7 @@ inline constexpr NameTable<MemoryMode, 4> kMemoryModeNames{{{{MemoryMode::none, 
                                                              {MemoryMode::evicted, "evicted"},
                                                              {MemoryMode::always, "always"},
                                                              {MemoryMode::cluster, "cluster"}}}};
-enum class Placement { region, prompt };
-inline constexpr NameTable<Placement, 2> kPlacementNames{{{{Placement::region, "region"}, {Placement::prompt, "prompt"}}}};
+// Placement and kPlacementNames: models/memory/memory_path.h (the pipeline's retrieval.placement).
 
 inline constexpr NameTable<StoreOptions::IndexKind, 2> kStoreIndexNames{
     {{{StoreOptions::IndexKind::hnsw, "hnsw"}, {StoreOptions::IndexKind::brute, "brute"}}}};
