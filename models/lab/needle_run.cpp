@@ -384,19 +384,15 @@ void EvictionIndexer::add(const std::vector<EvictedSpan>& spans) {
 
 void EvictionIndexer::flush() { store_all(chunker_.flush()); }
 
-CacheSnapshot::CacheSnapshot(const StreamSession& session)
-    : meta_(session.cache()), k_(session.cache().keys().clone()), v_(session.cache().values().clone()) {
+CacheSnapshot::CacheSnapshot(const StreamSession& session) {
   if (session.config().policy != Policy::sink) {
     throw std::invalid_argument(std::string("cache snapshot: expected the sink policy, found ") +
                                 policy_name(session.config().policy));
   }
+  for (const auto& [name, t] : session.state_tensors()) state_.emplace(name, t.clone());  // every buffer, deep
 }
 
-void CacheSnapshot::restore(StreamSession& session) const {
-  session.cache() = meta_;
-  session.cache().keys().copy_(k_);
-  session.cache().values().copy_(v_);
-}
+void CacheSnapshot::restore(StreamSession& session) const { session.restore_state(state_, "cache snapshot"); }
 
 CellResult run_eval_cell(const std::shared_ptr<const Decoder>& decoder, const Tokenizer& tokenizer,
                          const GenerationConfig& generation, const EvalCase& c, const std::vector<EvalArm>& arms,

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -107,8 +108,7 @@ class CacheSnapshot {
   void restore(StreamSession& session) const;
 
  private:
-  KvCache meta_;
-  at::Tensor k_, v_;  // [n_layer, n_kv_head, capacity, d_head] copies
+  std::map<std::string, at::Tensor> state_;  // StreamSession::state_tensors(), copied
 };
 
 struct ArmResult {
