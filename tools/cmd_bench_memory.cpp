@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <ctime>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -43,6 +44,8 @@ struct BenchMemoryArgs {
   int64_t queries = 1000;        // latency queries per point
   int64_t recall_queries = 100;  // queries with an exact oracle
   int64_t first_point = 100000;  // first measured point; then every decade, and the end
+  int ef_search = 64;             // HnswParams::ef_search of the store
+  bool reuse = false;             // open the directory as it is (same arguments as the run that filled it)
   uint64_t seed = 1;
   std::string dir = "/tmp/sinkflow-bench-memory";
   bool json = false;
@@ -169,8 +172,16 @@ class Oracle {
 struct Point {
   int64_t chunks = 0, tokens = 0, segments = 0;
   ProcMemory mem;
-  double log_mib = 0, index_mib = 0, p50_ms = 0, p99_ms = 0, recall = 0, add_per_s = 0;
+  double log_mib = 0, index_mib = 0, p50_ms = 0, p99_ms = 0, cpu_p50_ms = 0, cpu_p99_ms = 0, recall = 0, add_per_s = 0;
 };
+
+// CPU time of this thread, ms: a query's own cost, without the time the scheduler gave other processes (the
+// wall-clock p99 of a shared 2-core machine is mostly a preempted query waiting a time slice).
+double thread_cpu_ms() {
+  timespec t{};
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return double(t.tv_sec) * 1e3 + double(t.tv_nsec) / 1e6;
+}
 
 double dir_mib(const std::string& dir, bool index_files) {
   uint64_t bytes = 0;
@@ -206,15 +217,19 @@ void bench_memory(const BenchMemoryArgs& a) {
 
   // A fresh memory directory, under its lock (reset deletes the store's files and nothing else).
   MemoryDirLock lock(a.dir);
-  lock.reset();
+  if (!a.reuse) lock.reset();
   StoreOptions so;
   so.embedder_name = embedder ? embedder->name() : "synthetic-" + std::to_string(a.dim);
   so.dim = a.dim;
   so.fsync = StoreOptions::Fsync::none;
   so.index_ram_mb = a.index_ram_mb;
   so.segment_chunks = a.segment_chunks;
+  so.hnsw.ef_search = a.ef_search;
   const ProcMemory before = proc_memory();
   auto store = ChunkStore::open(a.dir, so);
+  if (a.reuse && store->size() != a.chunks)
+    throw std::invalid_argument("bench memory: --reuse: " + a.dir + " holds " + std::to_string(store->size()) +
+                                " chunks, expected --chunks " + std::to_string(a.chunks));
   std::fprintf(stderr, "bench memory: %s, dim %ld, %ld chunks into %s (segment_chunks %ld), RSS %.1f MiB before\n",
                a.source.c_str(), static_cast<long>(a.dim), static_cast<long>(a.chunks), a.dir.c_str(),
                static_cast<long>(so.effective_segment_chunks()), before.rss_mib);
@@ -249,7 +264,7 @@ void bench_memory(const BenchMemoryArgs& a) {
       }
     }
     const auto t0 = Clock::now();
-    store->add(c, v);
+    if (!a.reuse) store->add(c, v);
     add_s += std::chrono::duration<double>(Clock::now() - t0).count();
     ++added_since;
     oracle.add(i, v.data(), a.dim);
@@ -268,19 +283,25 @@ void bench_memory(const BenchMemoryArgs& a) {
     p.segments = store->sealed_segments();
     p.log_mib = dir_mib(a.dir, false);
     p.index_mib = dir_mib(a.dir, true);
-    std::vector<double> ms;
+    std::vector<double> ms, cpu;
     std::uniform_int_distribution<int64_t> src(0, n - 1);
     for (int64_t q = 0; q < a.queries; ++q) {
       const std::vector<float> query = synth ? synth->query(src(rng), rng()) : embedder->embed(text->phrase(rng, 12));
       const auto t = Clock::now();
+      const double c0 = thread_cpu_ms();
       const auto hits = store->search(query, k);
+      cpu.push_back(thread_cpu_ms() - c0);
       ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t).count());
       if (hits.empty()) throw std::runtime_error("bench memory: a query found nothing");
     }
-    std::sort(ms.begin(), ms.end());
-    auto pct = [&](double f) { return ms[std::min(ms.size() - 1, size_t(f * double(ms.size() - 1) + 0.5))]; };
-    p.p50_ms = pct(0.50);
-    p.p99_ms = pct(0.99);
+    auto pct = [](std::vector<double>& v, double f) {
+      std::sort(v.begin(), v.end());
+      return v[std::min(v.size() - 1, size_t(f * double(v.size() - 1) + 0.5))];
+    };
+    p.p50_ms = pct(ms, 0.50);
+    p.p99_ms = pct(ms, 0.99);
+    p.cpu_p50_ms = pct(cpu, 0.50);
+    p.cpu_p99_ms = pct(cpu, 0.99);
     double recall = 0;
     for (size_t q = 0; q < oracle.queries().size(); ++q) {
       const auto hits = store->search(oracle.queries()[q], k);
@@ -292,9 +313,9 @@ void bench_memory(const BenchMemoryArgs& a) {
     p.recall = recall / double(oracle.queries().size());
     std::fprintf(stderr,
                  "  point %ld chunks: RSS %.1f MiB (anon %.1f, file %.1f), log %.0f MiB, index %.0f MiB in %ld "
-                 "sealed segments + RAM, search p50 %.3f ms p99 %.3f ms, recall@10 %.3f\n",
+                 "sealed segments + RAM, search p50 %.3f ms p99 %.3f ms (CPU p99 %.3f ms), recall@10 %.3f\n",
                  static_cast<long>(n), p.mem.rss_mib, p.mem.anon_mib, p.mem.file_mib, p.log_mib, p.index_mib,
-                 static_cast<long>(p.segments), p.p50_ms, p.p99_ms, p.recall);
+                 static_cast<long>(p.segments), p.p50_ms, p.p99_ms, p.cpu_p99_ms, p.recall);
     results.push_back(p);
     add_s = 0;
     added_since = 0;
@@ -305,19 +326,20 @@ void bench_memory(const BenchMemoryArgs& a) {
   std::fprintf(table, "bench memory: %s vectors, dim %ld, %ld tokens per chunk, index_ram_mb %ld, %.0f s\n",
                a.source.c_str(), static_cast<long>(a.dim), static_cast<long>(a.tokens_per_chunk),
                static_cast<long>(a.index_ram_mb), wall);
-  std::fprintf(table, "%10s %12s %9s %9s %9s %12s %9s %9s %4s %8s %8s %9s\n", "chunks", "tokens", "RSS MiB", "anon",
-               "file", "MiB/1e6 tok", "log MiB", "idx MiB", "seg", "p50 ms", "p99 ms", "recall@10");
+  std::fprintf(table, "%10s %12s %9s %9s %9s %12s %9s %9s %4s %8s %8s %8s %9s\n", "chunks", "tokens", "RSS MiB",
+               "anon", "file", "MiB/1e6 tok", "log MiB", "idx MiB", "seg", "p50 ms", "p99 ms", "cpu p99", "recall@10");
   nlohmann::json jp = nlohmann::json::array();
   for (const Point& p : results) {
     const double per_mtok = (p.mem.rss_mib - before.rss_mib) / (double(p.tokens) / 1e6);
-    std::fprintf(table, "%10ld %12ld %9.1f %9.1f %9.1f %12.2f %9.0f %9.0f %4ld %8.3f %8.3f %9.3f\n",
+    std::fprintf(table, "%10ld %12ld %9.1f %9.1f %9.1f %12.2f %9.0f %9.0f %4ld %8.3f %8.3f %8.3f %9.3f\n",
                  static_cast<long>(p.chunks), static_cast<long>(p.tokens), p.mem.rss_mib, p.mem.anon_mib,
                  p.mem.file_mib, per_mtok, p.log_mib, p.index_mib, static_cast<long>(p.segments), p.p50_ms, p.p99_ms,
-                 p.recall);
+                 p.cpu_p99_ms, p.recall);
     jp.push_back({{"chunks", p.chunks}, {"tokens", p.tokens}, {"rss_mib", p.mem.rss_mib},
                   {"rss_anon_mib", p.mem.anon_mib}, {"rss_file_mib", p.mem.file_mib},
                   {"rss_mib_per_1e6_tokens", per_mtok}, {"log_mib", p.log_mib}, {"index_mib", p.index_mib},
                   {"sealed_segments", p.segments}, {"p50_ms", p.p50_ms}, {"p99_ms", p.p99_ms},
+                  {"cpu_p50_ms", p.cpu_p50_ms}, {"cpu_p99_ms", p.cpu_p99_ms},
                   {"recall_at_10", p.recall}, {"adds_per_s", p.add_per_s}});
   }
   std::fprintf(table, "RSS before the store: %.1f MiB; MiB/1e6 tok = (RSS - that) / tokens\n", before.rss_mib);
@@ -353,6 +375,8 @@ void add_bench_memory_command(CLI::App& app) {
   c->add_option("--first-point", a->first_point, "first measured point (then each decade and the end)")
       ->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--seed", a->seed, "seed of vectors and queries")->capture_default_str();
+  c->add_option("--ef-search", a->ef_search, "hnsw candidate list size while searching")->capture_default_str();
+  c->add_flag("--reuse", a->reuse, "measure the directory as it is (filled by a run with the same arguments)");
   c->add_option("--dir", a->dir, "memory directory (reset first)")->capture_default_str();
   c->add_flag("--json", a->json, "print a one-line JSON summary on stdout");
   c->callback([a] { bench_memory(*a); });

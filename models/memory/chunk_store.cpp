@@ -650,9 +650,20 @@ uint32_t range_digest(const std::vector<uint32_t>& crcs, int64_t first, int64_t 
 
 }  // namespace
 
+namespace {
+
+// Capacity of a new in-RAM segment: the whole segment at once when sealing is on (up to 2^22 vectors), so that
+// hnswlib never grows it by realloc: a copy would leave the old block resident in the heap (glibc keeps blocks
+// below its mmap threshold, which rises to 32 MiB) and cost up to half as much RAM again.
+int64_t segment_capacity(const HnswParams& p, int64_t segment_chunks, int64_t at_least) {
+  return std::max({p.initial_capacity, std::min<int64_t>(segment_chunks, int64_t(1) << 22), at_least});
+}
+
+}  // namespace
+
 std::unique_ptr<HnswIndex> ChunkStore::build_hnsw(int64_t first, int64_t last) const {
   HnswParams p = options_.hnsw;
-  p.initial_capacity = std::max<int64_t>(p.initial_capacity, last - first);
+  p.initial_capacity = segment_capacity(p, segment_chunks_, last - first);
   auto index = std::make_unique<HnswIndex>(options_.dim, p);
   std::vector<float> emb(size_t(options_.dim));
   for (int64_t i = first; i < last; ++i) {
@@ -850,10 +861,7 @@ void ChunkStore::seal() {
   const std::string path = segment_path(k);
   const int64_t count = segmented_->active().size();
   segmented_->active().save(path, active_digest_);
-  auto mapped = MappedHnswIndex::open(path, options_.dim, options_.hnsw.ef_search);
-  HnswParams p = segmented_->active().params();
-  p.initial_capacity = options_.hnsw.initial_capacity;
-  segmented_->seal(std::move(mapped), std::make_unique<HnswIndex>(options_.dim, p));
+  segmented_->seal(MappedHnswIndex::open(path, options_.dim, options_.hnsw.ef_search));
   sealed_end_ += count;
   active_digest_ = 0;
   index_dirty_ = true;  // index.bin still holds the sealed vectors: the next flush writes the empty segment

@@ -77,10 +77,12 @@ void SegmentedIndex::save(const std::string& path, uint64_t tag) const {
   active_->save(path, tag);
 }
 
-void SegmentedIndex::seal(std::unique_ptr<MappedHnswIndex> sealed, std::unique_ptr<HnswIndex> fresh_active) {
+void SegmentedIndex::seal(std::unique_ptr<MappedHnswIndex> sealed) {
   std::unique_lock lock(mutex_);
   sealed_.push_back(std::move(sealed));
-  active_ = std::move(fresh_active);
+  const HnswParams params = active_->params();
+  active_.reset();
+  active_ = std::make_unique<HnswIndex>(dim_, params);
 }
 
 int64_t SegmentedIndex::sealed_count() const {

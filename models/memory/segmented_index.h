@@ -42,8 +42,10 @@ class SegmentedIndex final : public VectorIndex {
   // The active segment, for its owner (save, size, sealing).
   const HnswIndex& active() const { return *active_; }
   // Replaces the active segment by `sealed` (the same vectors, read back from the file it was saved to) and a
-  // fresh empty active segment. Searches never see the vectors twice or not at all.
-  void seal(std::unique_ptr<MappedHnswIndex> sealed, std::unique_ptr<HnswIndex> fresh_active);
+  // fresh empty active segment with the same params, built after the old one is freed (a heap that keeps freed
+  // blocks, as the launcher's, then reuses them: RAM holds one active segment, never two). Searches never see the
+  // vectors twice or not at all.
+  void seal(std::unique_ptr<MappedHnswIndex> sealed);
   int64_t sealed_count() const;
   // Bytes of sealed segment files (on disk, mapped).
   uint64_t sealed_bytes() const;
