@@ -44,7 +44,8 @@ struct BenchMemoryArgs {
   int64_t queries = 1000;        // latency queries per point
   int64_t recall_queries = 100;  // queries with an exact oracle
   int64_t first_point = 100000;  // first measured point; then every decade, and the end
-  int ef_search = 64;             // HnswParams::ef_search of the store
+  int ef_search = 0;              // HnswParams::ef_search of the store; 0 = StoreOptions' default
+  std::string storage = "i8";     // HnswParams::storage: i8 | f32 (f32 = the vectors as before session 10)
   bool reuse = false;             // open the directory as it is (same arguments as the run that filled it)
   uint64_t seed = 1;
   std::string dir = "/tmp/sinkflow-bench-memory";
@@ -127,6 +128,13 @@ class TextWindows {
   std::string phrase(std::mt19937_64& rng, int64_t n) const {
     std::uniform_int_distribution<int64_t> at(0, int64_t(words_.size()) - n - 1);
     return span(at(rng), n);
+  }
+  // The embedding of a random phrase that embeds to a non-zero vector (a run of verse numbers embeds to zero).
+  std::vector<float> query(const Embedder& e, std::mt19937_64& rng, int64_t n) const {
+    for (;;) {
+      std::vector<float> q = e.embed(phrase(rng, n));
+      if (std::any_of(q.begin(), q.end(), [](float x) { return x != 0.0f; })) return q;
+    }
   }
   size_t words() const { return words_.size(); }
 
@@ -211,7 +219,7 @@ void bench_memory(const BenchMemoryArgs& a) {
   } else {
     text = std::make_unique<TextWindows>(a.text, a.window_words);
     embedder = std::make_unique<HashEmbedder>(a.dim);
-    for (int64_t q = 0; q < a.recall_queries; ++q) recall_queries.push_back(embedder->embed(text->phrase(rng, 12)));
+    for (int64_t q = 0; q < a.recall_queries; ++q) recall_queries.push_back(text->query(*embedder, rng, 12));
   }
   Oracle oracle(recall_queries, k);
 
@@ -224,7 +232,10 @@ void bench_memory(const BenchMemoryArgs& a) {
   so.fsync = StoreOptions::Fsync::none;
   so.index_ram_mb = a.index_ram_mb;
   so.segment_chunks = a.segment_chunks;
-  so.hnsw.ef_search = a.ef_search;
+  if (a.ef_search > 0) so.hnsw.ef_search = a.ef_search;
+  if (a.storage != "i8" && a.storage != "f32")
+    throw std::invalid_argument("bench memory: --storage is '" + a.storage + "', expected i8 or f32");
+  so.hnsw.storage = a.storage == "i8" ? HnswParams::Storage::i8 : HnswParams::Storage::f32;
   const ProcMemory before = proc_memory();
   auto store = ChunkStore::open(a.dir, so);
   if (a.reuse && store->size() != a.chunks)
@@ -286,7 +297,7 @@ void bench_memory(const BenchMemoryArgs& a) {
     std::vector<double> ms, cpu;
     std::uniform_int_distribution<int64_t> src(0, n - 1);
     for (int64_t q = 0; q < a.queries; ++q) {
-      const std::vector<float> query = synth ? synth->query(src(rng), rng()) : embedder->embed(text->phrase(rng, 12));
+      const std::vector<float> query = synth ? synth->query(src(rng), rng()) : text->query(*embedder, rng, 12);
       const auto t = Clock::now();
       const double c0 = thread_cpu_ms();
       const auto hits = store->search(query, k);
@@ -323,9 +334,9 @@ void bench_memory(const BenchMemoryArgs& a) {
   const double wall = std::chrono::duration<double>(Clock::now() - t_add).count();
 
   FILE* table = table_stream(a.json);
-  std::fprintf(table, "bench memory: %s vectors, dim %ld, %ld tokens per chunk, index_ram_mb %ld, %.0f s\n",
+  std::fprintf(table, "bench memory: %s vectors, dim %ld, %ld tokens per chunk, index_ram_mb %ld, ef_search %d, %.0f s\n",
                a.source.c_str(), static_cast<long>(a.dim), static_cast<long>(a.tokens_per_chunk),
-               static_cast<long>(a.index_ram_mb), wall);
+               static_cast<long>(a.index_ram_mb), so.hnsw.ef_search, wall);
   std::fprintf(table, "%10s %12s %9s %9s %9s %12s %9s %9s %4s %8s %8s %8s %9s\n", "chunks", "tokens", "RSS MiB",
                "anon", "file", "MiB/1e6 tok", "log MiB", "idx MiB", "seg", "p50 ms", "p99 ms", "cpu p99", "recall@10");
   nlohmann::json jp = nlohmann::json::array();
@@ -346,7 +357,7 @@ void bench_memory(const BenchMemoryArgs& a) {
   if (a.json)
     print_json({{"command", "bench memory"}, {"source", a.source}, {"dim", a.dim},
                 {"tokens_per_chunk", a.tokens_per_chunk}, {"index_ram_mb", a.index_ram_mb},
-                {"segment_chunks", so.effective_segment_chunks()}, {"rss_before_mib", before.rss_mib},
+                {"segment_chunks", so.effective_segment_chunks()}, {"ef_search", so.hnsw.ef_search}, {"rss_before_mib", before.rss_mib},
                 {"wall_s", wall}, {"points", jp}});
 }
 
@@ -375,7 +386,9 @@ void add_bench_memory_command(CLI::App& app) {
   c->add_option("--first-point", a->first_point, "first measured point (then each decade and the end)")
       ->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--seed", a->seed, "seed of vectors and queries")->capture_default_str();
-  c->add_option("--ef-search", a->ef_search, "hnsw candidate list size while searching")->capture_default_str();
+  c->add_option("--ef-search", a->ef_search, "hnsw candidate list size while searching (0 = the store's default)")
+      ->capture_default_str();
+  c->add_option("--storage", a->storage, "vectors in the hnsw graphs: i8 or f32")->capture_default_str();
   c->add_flag("--reuse", a->reuse, "measure the directory as it is (filled by a run with the same arguments)");
   c->add_option("--dir", a->dir, "memory directory (reset first)")->capture_default_str();
   c->add_flag("--json", a->json, "print a one-line JSON summary on stdout");

@@ -105,7 +105,9 @@ struct StoreOptions {
   enum class IndexKind { hnsw, brute };
   IndexKind index = IndexKind::hnsw;
   // Used when index == hnsw (M, ef_construction and storage of a saved index win). Vectors are kept as int8
-  // codes (HnswParams::Storage::i8) and the best candidates re-scored with the exact embeddings of the log.
+  // codes (HnswParams::Storage::i8) and the best candidates re-scored with the exact embeddings of the log;
+  // ef_search 128: hash vectors of text are sparse, and at 64 hnsw's recall@10 on them is ~0.85-0.90
+  // (tools/BENCHMARKS.md, "Memory without end").
   HnswParams hnsw = default_hnsw();
   // RAM cap of the in-memory (newest) hnsw segment, MiB, >= 0: when it holds about this much it is sealed into
   // a segment file, memory-mapped and searched from disk; 0 = never seal (one in-RAM index). hnsw only.
@@ -118,6 +120,7 @@ struct StoreOptions {
   static HnswParams default_hnsw() {
     HnswParams p;
     p.storage = HnswParams::Storage::i8;
+    p.ef_search = 128;
     return p;
   }
 };
