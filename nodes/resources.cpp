@@ -60,6 +60,7 @@ MemoryResourceConfig MemoryResourceConfig::from_params(const ParamMap& params, c
   ParamReader r(params, where, c.origin);
   r.require("dir", c.dir);
   r.read("reset", c.reset);
+  r.read("index_ram_mb", c.index_ram_mb);
   ParamMap embedder;
   r.read("embedder", embedder);
   r.done();
@@ -69,6 +70,8 @@ MemoryResourceConfig MemoryResourceConfig::from_params(const ParamMap& params, c
 
 void MemoryResourceConfig::validate() const {
   origin.require(!dir.empty(), "dir", "a directory path", dir);
+  origin.require(index_ram_mb >= 0 && index_ram_mb <= (int64_t(1) << 30), "index_ram_mb",
+                 "MiB in [0, 2^30] (0 = never seal)", index_ram_mb);
   embedder.validate();
 }
 
@@ -122,6 +125,7 @@ void Resources::add_memory(const std::string& name, const MemoryResourceConfig& 
   StoreOptions so;
   so.embedder_name = m->embedder->name();
   so.dim = m->embedder->dim();
+  so.index_ram_mb = config.index_ram_mb;
   m->store = ChunkStore::open(config.dir, so);
   spdlog::info("resource memories.{}: dir={} embedder={} dim={} chunks={}{}", name, config.dir, so.embedder_name, so.dim,
                m->store->size(), config.reset ? " (reset: " + std::to_string(deleted.size()) + " files deleted)" : "");

@@ -65,6 +65,9 @@ struct EmbedderParams {
 struct MemoryResourceConfig {
   std::string dir;          // memory directory (required; created if missing)
   bool reset = false;       // empty it first: only a sinkflow memory directory, and only under the run's lock
+  // RAM cap of the in-memory hnsw segment, MiB: beyond it the segment is sealed into a file that is memory-mapped
+  // and searched from disk, so RAM stops growing with the stream; 0 = never seal (StoreOptions::index_ram_mb).
+  int64_t index_ram_mb = 64;
   EmbedderParams embedder;  // how chunks and queries become vectors
   ParamOrigin origin;
 

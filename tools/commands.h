@@ -12,6 +12,7 @@ void add_train_commands(CLI::App& app);   // train, bench loss         (cmd_trai
 void add_run_commands(CLI::App& app);     // run, bench pipeline       (cmd_run.cpp)
 void add_template_commands(CLI::App& app);  // template                (cmd_template.cpp)
 void add_chat_commands(CLI::App& app);      // chat                    (cmd_chat.cpp)
+void add_bench_memory_command(CLI::App& app);  // bench memory         (cmd_bench_memory.cpp)
 
 inline void register_commands(CLI::App& app) {
   add_model_commands(app);
@@ -21,6 +22,7 @@ inline void register_commands(CLI::App& app) {
   add_run_commands(app);
   add_template_commands(app);
   add_chat_commands(app);
+  add_bench_memory_command(app);
 }
 
 }  // namespace sinkflow::cli

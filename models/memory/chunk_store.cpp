@@ -21,6 +21,7 @@
 #include <optional>
 #include <sstream>
 #include <stdexcept>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
@@ -114,8 +115,7 @@ at::ScalarType dtype_of_code(uint8_t c) {
 }
 
 // `kv` is CPU, contiguous, supported dtype (checked by the caller).
-std::string encode(const Chunk& c, int64_t id, const std::vector<float>& embedding, const at::Tensor& kv,
-                   uint32_t* embedding_at) {
+std::string encode(const Chunk& c, int64_t id, const std::vector<float>& embedding, const at::Tensor& kv) {
   Writer w;
   w.buf.resize(kRecordHeader);  // header filled in by the caller
   w.pod(id);
@@ -127,7 +127,6 @@ std::string encode(const Chunk& c, int64_t id, const std::vector<float>& embeddi
   w.pod(uint64_t(c.text.size()));
   w.bytes(c.text.data(), c.text.size());
   w.pod(uint64_t(embedding.size()));
-  *embedding_at = uint32_t(w.buf.size() - kRecordHeader);
   w.bytes(embedding.data(), embedding.size() * 4);
   if (!kv.defined()) {
     w.pod(uint8_t(0));
@@ -141,8 +140,7 @@ std::string encode(const Chunk& c, int64_t id, const std::vector<float>& embeddi
 }
 
 // Decodes a payload whose CRC has been checked. Throws ParseError on inconsistent content.
-Chunk decode(const char* p, uint64_t n, int64_t dim, bool load_kv, uint32_t* embedding_at,
-             std::vector<float>* embedding = nullptr) {
+Chunk decode(const char* p, uint64_t n, int64_t dim, bool load_kv, std::vector<float>* embedding = nullptr) {
   Reader r(p, n);
   Chunk c;
   c.id = r.pod<int64_t>("id");
@@ -163,7 +161,6 @@ Chunk decode(const char* p, uint64_t n, int64_t dim, bool load_kv, uint32_t* emb
   const auto n_emb = r.pod<uint64_t>("embedding length");
   if (n_emb != uint64_t(dim))
     throw ParseError("embedding length " + std::to_string(n_emb) + ", expected " + std::to_string(dim));
-  if (embedding_at) *embedding_at = uint32_t(r.offset());
   r.need(n_emb * 4, "embedding");
   if (embedding) {
     embedding->resize(n_emb);
@@ -448,12 +445,43 @@ void StoreOptions::validate() const {
   if (embedder_name.empty()) throw std::invalid_argument("StoreOptions: embedder_name is empty, expected an Embedder::name()");
   if (dim < 1) throw std::invalid_argument("StoreOptions: dim is " + std::to_string(dim) + ", expected >= 1");
   hnsw.validate();
+  if (index_ram_mb < 0 || index_ram_mb > (int64_t(1) << 30))
+    throw FieldError("index_ram_mb", "StoreOptions: index_ram_mb is " + std::to_string(index_ram_mb) +
+                                         ", expected [0, 2^30] MiB (0 = never seal)");
+  if (segment_chunks < 0 || segment_chunks >= (int64_t(1) << 32) - 2)
+    throw FieldError("segment_chunks", "StoreOptions: segment_chunks is " + std::to_string(segment_chunks) +
+                                           ", expected [0, 2^32 - 2) (0 = from index_ram_mb)");
+}
+
+int64_t StoreOptions::effective_segment_chunks() const {
+  if (index != IndexKind::hnsw) return 0;
+  if (segment_chunks > 0) return segment_chunks;
+  if (index_ram_mb == 0) return 0;
+  return std::max<int64_t>(1024, (index_ram_mb << 20) / HnswIndex::bytes_per_element(dim, hnsw));
+}
+
+std::string store_segment_file(int64_t k) {
+  char b[40];
+  std::snprintf(b, sizeof b, "segment-%06lld.bin", static_cast<long long>(k));
+  return b;
+}
+
+bool is_store_segment_file(const std::string& name) {
+  std::string_view n = name;
+  if (n.size() > 4 && n.substr(n.size() - 4) == ".tmp") n.remove_suffix(4);
+  constexpr std::string_view prefix = "segment-", suffix = ".bin";
+  if (n.size() < prefix.size() + 6 + suffix.size() || n.substr(0, prefix.size()) != prefix ||
+      n.substr(n.size() - suffix.size()) != suffix)
+    return false;
+  const std::string_view digits = n.substr(prefix.size(), n.size() - prefix.size() - suffix.size());
+  return digits.size() <= 18 && std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 ChunkStore::ChunkStore(std::string dir, StoreOptions options) : dir_(std::move(dir)), options_(std::move(options)) {}
 
 std::string ChunkStore::log_path() const { return (fs::path(dir_) / kStoreLogFile).string(); }
 std::string ChunkStore::index_path() const { return (fs::path(dir_) / kStoreIndexFile).string(); }
+std::string ChunkStore::segment_path(int64_t k) const { return (fs::path(dir_) / store_segment_file(k)).string(); }
 
 std::unique_ptr<ChunkStore> ChunkStore::open(const std::string& dir, const StoreOptions& options) {
   options.validate();
@@ -505,11 +533,17 @@ std::unique_ptr<ChunkStore> ChunkStore::open(const std::string& dir, const Store
     write_file_atomic(meta, j.dump(2) + "\n");
   }
 
-  store->scan_log();
-  store->open_index();
+  {
+    std::vector<uint32_t> crcs;
+    store->scan_log(crcs);
+    store->open_index(crcs);
+  }
   static const char* fsync_names[] = {"none", "flush", "every"};
-  spdlog::info("chunk_store: dir={} embedder={} dim={} records={} index={} fsync={}", dir, options.embedder_name,
-               options.dim, store->records_.size(), store->index_->name(), fsync_names[int(options.fsync)]);
+  spdlog::info("chunk_store: dir={} embedder={} dim={} records={} index={} storage={} segment_chunks={} sealed={} "
+               "fsync={}",
+               dir, options.embedder_name, options.dim, store->offsets_.size(), store->index_->name(),
+               options.hnsw.storage == HnswParams::Storage::i8 ? "i8" : "f32", store->segment_chunks_,
+               store->sealed_segments(), fsync_names[int(options.fsync)]);
   return store;
 }
 
@@ -560,7 +594,7 @@ std::optional<uint64_t> find_valid_record(int fd, const std::string& path, uint6
 
 }  // namespace
 
-void ChunkStore::scan_log() {
+void ChunkStore::scan_log(std::vector<uint32_t>& crcs) {
   const std::string path = log_path();
   fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
   if (fd_ < 0) throw std::runtime_error(path + ": cannot open (" + errno_text() + ")");
@@ -577,74 +611,170 @@ void ChunkStore::scan_log() {
     const std::string bad = check_record(fd_, path, pos, size, payload, len, crc);
     if (!bad.empty()) {
       if (auto next = find_valid_record(fd_, path, pos + 1, size))
-        throw std::invalid_argument(path + ": record " + std::to_string(records_.size()) + " at byte offset " +
+        throw std::invalid_argument(path + ": record " + std::to_string(offsets_.size()) + " at byte offset " +
                                     std::to_string(pos) + " is corrupt (" + bad + ") but a valid record follows at byte offset " +
                                     std::to_string(*next) + "; expected corruption only at the tail (refusing to drop data)");
       spdlog::warn("chunk_store: {}: dropping {} bytes at byte offset {}, a torn or corrupt last record ({}); keeping {} records",
-                   path, size - pos, pos, bad, records_.size());
+                   path, size - pos, pos, bad, offsets_.size());
       if (::ftruncate(fd_, off_t(pos)) != 0 || ::fsync(fd_) != 0)
         throw std::runtime_error(path + ": cannot truncate to " + std::to_string(pos) + " bytes (" + errno_text() + ")");
       break;
     }
-    uint32_t embedding_at = 0;
     Chunk c;
     try {
-      c = decode(payload.data(), len, options_.dim, false, &embedding_at);
+      c = decode(payload.data(), len, options_.dim, false);
     } catch (const ParseError& e) {
-      throw std::invalid_argument(path + ": record " + std::to_string(records_.size()) + " at byte offset " +
+      throw std::invalid_argument(path + ": record " + std::to_string(offsets_.size()) + " at byte offset " +
                                   std::to_string(pos) + " has a valid CRC32 but " + e.what());
     }
-    if (c.id != int64_t(records_.size()))
+    if (c.id != int64_t(offsets_.size()))
       throw std::invalid_argument(path + ": record at byte offset " + std::to_string(pos) + " has id " +
-                                  std::to_string(c.id) + ", expected " + std::to_string(records_.size()) +
+                                  std::to_string(c.id) + ", expected " + std::to_string(offsets_.size()) +
                                   " (its position in the log)");
-    records_.push_back({pos, len, crc, embedding_at});
+    offsets_.push_back(pos);
+    crcs.push_back(crc);
     digest_ = crc32(&crc, 4, digest_);
     pos += kRecordHeader + len;
   }
   end_ = pos;
 }
 
-void ChunkStore::open_index() {
+namespace {
+
+// Chained CRC32 of crcs[first, last).
+uint32_t range_digest(const std::vector<uint32_t>& crcs, int64_t first, int64_t last) {
+  uint32_t d = 0;
+  for (int64_t i = first; i < last; ++i) d = crc32(&crcs[size_t(i)], 4, d);
+  return d;
+}
+
+}  // namespace
+
+namespace {
+
+// Capacity of a new in-RAM segment: the whole segment at once when sealing is on (up to 2^22 vectors), so that
+// hnswlib never grows it by realloc: a copy would leave the old block resident in the heap (glibc keeps blocks
+// below its mmap threshold, which rises to 32 MiB) and cost up to half as much RAM again.
+int64_t segment_capacity(const HnswParams& p, int64_t segment_chunks, int64_t at_least) {
+  return std::max({p.initial_capacity, std::min<int64_t>(segment_chunks, int64_t(1) << 22), at_least});
+}
+
+}  // namespace
+
+std::unique_ptr<HnswIndex> ChunkStore::build_hnsw(int64_t first, int64_t last) const {
+  HnswParams p = options_.hnsw;
+  p.initial_capacity = segment_capacity(p, segment_chunks_, last - first);
+  auto index = std::make_unique<HnswIndex>(options_.dim, p);
+  std::vector<float> emb(size_t(options_.dim));
+  for (int64_t i = first; i < last; ++i) {
+    read_embedding(i, emb.data());
+    index->add(i, emb.data());
+  }
+  return index;
+}
+
+std::vector<std::unique_ptr<MappedHnswIndex>> ChunkStore::open_segments(const std::vector<uint32_t>& crcs) {
+  const int64_t n = int64_t(offsets_.size());
+  std::vector<std::unique_ptr<MappedHnswIndex>> sealed;
+  // Segments in order while each covers the next records.
+  for (int64_t k = 0;; ++k) {
+    const std::string path = segment_path(k);
+    if (!fs::exists(path)) break;
+    std::string reason;
+    try {
+      uint64_t tag = 0;
+      auto seg = MappedHnswIndex::open(path, options_.dim, options_.hnsw.ef_search, &tag);
+      const auto [lo, hi] = seg->id_range();
+      if (seg->size() == 0 || lo != sealed_end_ || hi != sealed_end_ + seg->size() - 1 || hi >= n)
+        reason = "it covers ids " + std::to_string(lo) + ".." + std::to_string(hi) + ", expected " +
+                 std::to_string(sealed_end_) + ".. within the log's " + std::to_string(n) + " records";
+      else if (tag != range_digest(crcs, lo, hi + 1))
+        reason = "its digest " + hex32(uint32_t(tag)) + " is not that of records " + std::to_string(lo) + ".." +
+                 std::to_string(hi) + " of the log (" + hex32(range_digest(crcs, lo, hi + 1)) + ")";
+      if (reason.empty()) {
+        sealed_end_ = hi + 1;
+        sealed.push_back(std::move(seg));
+        continue;
+      }
+    } catch (const std::exception& e) {
+      reason = e.what();
+    }
+    // This one and every later segment are derived data that no longer fit the log: rebuilt below.
+    std::vector<std::string> dropped;
+    for (int64_t j = k; fs::exists(segment_path(j)); ++j) {
+      fs::remove(segment_path(j));
+      dropped.push_back(store_segment_file(j));
+    }
+    spdlog::info("chunk_store: deleting {} segment file(s) from {} on ({}); rebuilding from the log", dropped.size(),
+                 path, reason);
+    fsync_dir(dir_);
+    break;
+  }
+  // Full segments' worth of records past them: build, save, map.
+  while (segment_chunks_ > 0 && n - sealed_end_ >= segment_chunks_) {
+    const int64_t k = int64_t(sealed.size()), last = sealed_end_ + segment_chunks_;
+    spdlog::info("chunk_store: rebuilding {} from records {}..{} of the log", segment_path(k), sealed_end_, last - 1);
+    build_hnsw(sealed_end_, last)->save(segment_path(k), range_digest(crcs, sealed_end_, last));
+    sealed.push_back(MappedHnswIndex::open(segment_path(k), options_.dim, options_.hnsw.ef_search));
+    sealed_end_ = last;
+  }
+  return sealed;
+}
+
+void ChunkStore::open_index(const std::vector<uint32_t>& crcs) {
   const std::string path = index_path();
-  const int64_t n = int64_t(records_.size());
+  const bool hnsw = options_.index == StoreOptions::IndexKind::hnsw;
+  segment_chunks_ = options_.effective_segment_chunks();
+  std::vector<std::unique_ptr<MappedHnswIndex>> sealed;
+  if (hnsw) sealed = open_segments(crcs);
+  const int64_t n = int64_t(offsets_.size()) - sealed_end_;  // records the in-RAM index covers
+  const uint32_t digest = range_digest(crcs, sealed_end_, int64_t(offsets_.size()));
+  active_digest_ = digest;
+  std::unique_ptr<VectorIndex> idx;
   std::string reason;
   if (fs::exists(path)) {
     try {
       uint64_t tag = 0;
-      std::unique_ptr<VectorIndex> idx;
-      if (options_.index == StoreOptions::IndexKind::hnsw)
+      if (hnsw)
         idx = HnswIndex::load(path, options_.dim, options_.hnsw, &tag);
       else
         idx = BruteForceIndex::load(path, options_.dim, &tag);
-      if (idx->size() == n && tag == digest_) {
-        index_ = std::move(idx);
-        return;
+      if (idx->size() != n || tag != digest) {
+        reason = "it covers " + std::to_string(idx->size()) + " records (digest " + hex32(uint32_t(tag)) +
+                 "), the log holds " + std::to_string(n) + (sealed_end_ > 0 ? " after the sealed segments" : "") +
+                 " (digest " + hex32(digest) + ")";
+        idx.reset();
       }
-      reason = "it covers " + std::to_string(idx->size()) + " records (digest " + hex32(uint32_t(tag)) +
-               "), the log holds " + std::to_string(n) + " (digest " + hex32(digest_) + ")";
     } catch (const std::exception& e) {
       reason = e.what();
+      idx.reset();
     }
   } else {
     reason = "missing";
   }
-  if (n > 0) spdlog::info("chunk_store: rebuilding {} from {} records of the log ({})", path, n, reason);
-  if (options_.index == StoreOptions::IndexKind::hnsw) {
-    HnswParams p = options_.hnsw;
-    p.initial_capacity = std::max<int64_t>(p.initial_capacity, n);
-    index_ = std::make_unique<HnswIndex>(options_.dim, p);
+  if (!idx) {
+    if (n > 0) spdlog::info("chunk_store: rebuilding {} from {} records of the log ({})", path, n, reason);
+    if (hnsw) {
+      idx = build_hnsw(sealed_end_, int64_t(offsets_.size()));
+    } else {
+      idx = std::make_unique<BruteForceIndex>(options_.dim);
+      std::vector<float> emb(size_t(options_.dim));
+      for (int64_t i = 0; i < n; ++i) {
+        read_embedding(i, emb.data());
+        idx->add(i, emb.data());
+      }
+    }
+    index_dirty_ = true;
+  }
+  if (hnsw) {
+    std::unique_ptr<HnswIndex> active(static_cast<HnswIndex*>(idx.release()));
+    auto seg = std::make_unique<SegmentedIndex>(options_.dim, std::move(sealed), std::move(active),
+                                                [this](int64_t id, float* out) { read_embedding(id, out); });
+    segmented_ = seg.get();
+    index_ = std::move(seg);
   } else {
-    index_ = std::make_unique<BruteForceIndex>(options_.dim);
+    index_ = std::move(idx);
   }
-  std::vector<float> emb(size_t(options_.dim));
-  const std::string log = log_path();
-  for (int64_t i = 0; i < n; ++i) {
-    const Record& r = records_[size_t(i)];
-    pread_all(fd_, emb.data(), uint64_t(options_.dim) * 4, r.offset + kRecordHeader + r.embedding_at, log);
-    index_->add(i, emb.data());
-  }
-  index_dirty_ = true;
 }
 
 ChunkStore::~ChunkStore() {
@@ -681,9 +811,8 @@ int64_t ChunkStore::add(const Chunk& chunk, const std::vector<float>& embedding)
                                   ", expected Float, Half, BFloat16 or Double");
     kv = chunk.kv.to(at::kCPU).contiguous();
   }
-  const int64_t id = int64_t(records_.size());  // only this (writer) thread changes records_
-  uint32_t embedding_at = 0;
-  std::string buf = encode(chunk, id, embedding, kv, &embedding_at);
+  const int64_t id = int64_t(offsets_.size());  // only this (writer) thread changes offsets_
+  std::string buf = encode(chunk, id, embedding, kv);
   const uint64_t len = buf.size() - kRecordHeader;
   const uint32_t crc = record_crc(len, buf.data() + kRecordHeader);
   std::memcpy(buf.data(), &kRecordMagic, 4);
@@ -710,54 +839,119 @@ int64_t ChunkStore::add(const Chunk& chunk, const std::vector<float>& embedding)
   if (options_.fsync == StoreOptions::Fsync::every && ::fsync(fd_) != 0) roll_back("fsync");
   {
     std::unique_lock lock(mutex_);
-    records_.push_back({end_, len, crc, embedding_at});
+    offsets_.push_back(end_);
     end_ += buf.size();
-    digest_ = crc32(&crc, 4, digest_);
   }
+  digest_ = crc32(&crc, 4, digest_);
+  active_digest_ = crc32(&crc, 4, active_digest_);
   index_->add(id, embedding.data());
   index_dirty_ = true;
+  if (segmented_ && segment_chunks_ > 0 && segmented_->active().size() >= segment_chunks_) {
+    try {
+      seal();
+    } catch (const std::exception& e) {  // the chunk is stored and indexed: only the sealing is postponed
+      spdlog::error("chunk_store: {}: sealing the in-RAM index failed ({}); retried at the next add", dir_, e.what());
+    }
+  }
   return id;
 }
 
-std::string ChunkStore::read_payload(const Record& r) const {
-  std::string payload(size_t(r.payload_len), '\0');
+void ChunkStore::seal() {
+  const int64_t k = segmented_->sealed_count();
+  const std::string path = segment_path(k);
+  const int64_t count = segmented_->active().size();
+  segmented_->active().save(path, active_digest_);
+  segmented_->seal(MappedHnswIndex::open(path, options_.dim, options_.hnsw.ef_search));
+  sealed_end_ += count;
+  active_digest_ = 0;
+  index_dirty_ = true;  // index.bin still holds the sealed vectors: the next flush writes the empty segment
+  spdlog::info("chunk_store: sealed ids {}..{} into {}", sealed_end_ - count, sealed_end_ - 1, path);
+}
+
+int64_t ChunkStore::sealed_segments() const { return segmented_ ? segmented_->sealed_count() : 0; }
+uint64_t ChunkStore::sealed_bytes() const { return segmented_ ? segmented_->sealed_bytes() : 0; }
+
+std::pair<uint64_t, uint64_t> ChunkStore::record_span(int64_t id, const char* who) const {
+  std::shared_lock lock(mutex_);
+  if (id < 0 || id >= int64_t(offsets_.size()))
+    throw std::invalid_argument(std::string(who) + ": id " + std::to_string(id) + " is not in " + log_path() +
+                                ", expected [0, " + std::to_string(offsets_.size()) + ")");
+  const uint64_t begin = offsets_[size_t(id)];
+  return {begin, size_t(id) + 1 < offsets_.size() ? offsets_[size_t(id) + 1] : end_};
+}
+
+// The whole record [offset, end), its header and CRC checked against what was scanned at open.
+std::string ChunkStore::read_record(uint64_t offset, uint64_t end) const {
   const std::string path = log_path();
-  pread_all(fd_, payload.data(), r.payload_len, r.offset + kRecordHeader, path);
-  const uint32_t got = record_crc(r.payload_len, payload.data());
-  if (got != r.crc)
-    throw std::runtime_error(path + ": record at byte offset " + std::to_string(r.offset) + " has CRC32 " + hex32(got) +
-                             ", expected " + hex32(r.crc) + " (the file changed after it was opened)");
-  return payload;
+  std::string rec(size_t(end - offset), '\0');
+  pread_all(fd_, rec.data(), end - offset, offset, path);
+  uint32_t magic, crc;
+  uint64_t len;
+  std::memcpy(&magic, rec.data(), 4);
+  std::memcpy(&crc, rec.data() + 4, 4);
+  std::memcpy(&len, rec.data() + 8, 8);
+  const uint32_t got = magic == kRecordMagic && len == end - offset - kRecordHeader
+                           ? record_crc(len, rec.data() + kRecordHeader)
+                           : ~crc;
+  if (got != crc)
+    throw std::runtime_error(path + ": record at byte offset " + std::to_string(offset) + " has CRC32 " + hex32(got) +
+                             ", expected " + hex32(crc) + " and " + std::to_string(end - offset - kRecordHeader) +
+                             " payload bytes (the file changed after it was opened)");
+  return rec;
+}
+
+// Reads the fields before the embedding from a prefix of the record (one pread in the common case: 64 tokens
+// and their text take ~1.2 KB), then the embedding. Not CRC-checked: the record was checked at open.
+void ChunkStore::read_embedding(int64_t id, float* out) const {
+  const auto [offset, end] = record_span(id, "ChunkStore::embedding");
+  const std::string path = log_path();
+  const uint64_t emb_bytes = uint64_t(options_.dim) * 4;
+  std::string buf(size_t(std::min<uint64_t>(end - offset, 4096 + emb_bytes)), '\0');
+  pread_all(fd_, buf.data(), buf.size(), offset, path);
+  auto bad = [&](const std::string& what) {
+    return std::runtime_error(path + ": record at byte offset " + std::to_string(offset) + ": " + what +
+                              " (the file changed after it was opened)");
+  };
+  auto u64_at = [&](uint64_t at) {
+    if (at + 8 > buf.size()) {
+      if (offset + at + 8 > end) throw bad("field at payload byte " + std::to_string(at) + " beyond the record");
+      buf.resize(size_t(std::min<uint64_t>(end - offset, at + 8 + 8 + emb_bytes + 4096)));
+      pread_all(fd_, buf.data(), buf.size(), offset, path);
+    }
+    uint64_t v;
+    std::memcpy(&v, buf.data() + at, 8);
+    return v;
+  };
+  uint64_t at = kRecordHeader + 24;  // id, stream_id, n_overlap
+  const uint64_t n_tok = u64_at(at);
+  if (n_tok > (end - offset) / 16) throw bad("token count " + std::to_string(n_tok) + " beyond the record");
+  at += 8 + 16 * n_tok;
+  const uint64_t n_text = u64_at(at);
+  if (n_text > end - offset) throw bad("text length " + std::to_string(n_text) + " beyond the record");
+  at += 8 + n_text;
+  const uint64_t n_emb = u64_at(at);
+  at += 8;
+  if (n_emb != uint64_t(options_.dim) || offset + at + emb_bytes > end)
+    throw bad("embedding length " + std::to_string(n_emb) + ", expected " + std::to_string(options_.dim));
+  if (at + emb_bytes <= buf.size())
+    std::memcpy(out, buf.data() + at, size_t(emb_bytes));
+  else
+    pread_all(fd_, out, emb_bytes, offset + at, path);
 }
 
 Chunk ChunkStore::get(int64_t id, bool load_kv) const {
-  Record r;
-  {
-    std::shared_lock lock(mutex_);
-    if (id < 0 || id >= int64_t(records_.size()))
-      throw std::invalid_argument("ChunkStore::get: id " + std::to_string(id) + " is not in " + log_path() + ", expected [0, " +
-                                  std::to_string(records_.size()) + ")");
-    r = records_[size_t(id)];
-  }
-  const std::string payload = read_payload(r);
+  const auto [offset, end] = record_span(id, "ChunkStore::get");
+  const std::string rec = read_record(offset, end);
   try {
-    return decode(payload.data(), r.payload_len, options_.dim, load_kv, nullptr);
+    return decode(rec.data() + kRecordHeader, end - offset - kRecordHeader, options_.dim, load_kv);
   } catch (const ParseError& e) {
-    throw std::runtime_error(log_path() + ": record at byte offset " + std::to_string(r.offset) + ": " + e.what());
+    throw std::runtime_error(log_path() + ": record at byte offset " + std::to_string(offset) + ": " + e.what());
   }
 }
 
 std::vector<float> ChunkStore::embedding(int64_t id) const {
-  Record r;
-  {
-    std::shared_lock lock(mutex_);
-    if (id < 0 || id >= int64_t(records_.size()))
-      throw std::invalid_argument("ChunkStore::embedding: id " + std::to_string(id) + " is not in " + log_path() +
-                                  ", expected [0, " + std::to_string(records_.size()) + ")");
-    r = records_[size_t(id)];
-  }
   std::vector<float> emb(size_t(options_.dim));
-  pread_all(fd_, emb.data(), uint64_t(options_.dim) * 4, r.offset + kRecordHeader + r.embedding_at, log_path());
+  read_embedding(id, emb.data());
   return emb;
 }
 
@@ -777,15 +971,16 @@ std::vector<SearchHit> ChunkStore::search(const std::vector<float>& query, int k
 
 int64_t ChunkStore::size() const {
   std::shared_lock lock(mutex_);
-  return int64_t(records_.size());
+  return int64_t(offsets_.size());
 }
 
 void ChunkStore::flush() {
   std::lock_guard writer(writer_);
   if (options_.fsync != StoreOptions::Fsync::none && ::fsync(fd_) != 0)
     throw std::runtime_error(log_path() + ": fsync failed (" + errno_text() + ")");
+  if (segmented_ && segment_chunks_ > 0 && segmented_->active().size() >= segment_chunks_) seal();  // a retry
   if (index_dirty_) {
-    index_->save(index_path(), digest_);
+    index_->save(index_path(), segmented_ ? active_digest_ : digest_);
     index_dirty_ = false;
   }
 }

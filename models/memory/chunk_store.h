@@ -15,6 +15,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include "models/memory/segmented_index.h"
 #include "models/memory/vector_index.h"
 
 namespace sinkflow {
@@ -103,14 +104,35 @@ struct StoreOptions {
   Fsync fsync = Fsync::flush;
   enum class IndexKind { hnsw, brute };
   IndexKind index = IndexKind::hnsw;
-  HnswParams hnsw;                       // used when index == hnsw (M and ef_construction of a saved index win)
+  // Used when index == hnsw (M, ef_construction and storage of a saved index win). Vectors are kept as int8
+  // codes (HnswParams::Storage::i8) and the best candidates re-scored with the exact embeddings of the log;
+  // ef_search 128: hash vectors of text are sparse, and at 64 hnsw's recall@10 on them is ~0.85-0.90
+  // (tools/BENCHMARKS.md, "Memory without end").
+  HnswParams hnsw = default_hnsw();
+  // RAM cap of the in-memory (newest) hnsw segment, MiB, >= 0: when it holds about this much it is sealed into
+  // a segment file, memory-mapped and searched from disk; 0 = never seal (one in-RAM index). hnsw only.
+  int64_t index_ram_mb = 64;
+  // Vectors per sealed segment; 0 = derived from index_ram_mb (HnswIndex::bytes_per_element). For tests.
+  int64_t segment_chunks = 0;
+  // The segment size in effect: segment_chunks, or index_ram_mb / bytes per element (at least 1,024), or 0.
+  int64_t effective_segment_chunks() const;
   void validate() const;
+  static HnswParams default_hnsw() {
+    HnswParams p;
+    p.storage = HnswParams::Storage::i8;
+    p.ef_search = 128;
+    return p;
+  }
 };
 
 // The files of a memory directory (MemoryDirLock deletes these and nothing else).
 inline constexpr const char* kStoreMetaFile = "meta.json";
 inline constexpr const char* kStoreLogFile = "chunks.log";
 inline constexpr const char* kStoreIndexFile = "index.bin";
+// Sealed segments: segment-000000.bin, segment-000001.bin, ... (6 or more digits).
+std::string store_segment_file(int64_t k);
+// True for a name store_segment_file() makes (or its ".tmp" partner).
+bool is_store_segment_file(const std::string& name);
 
 // A memory directory:
 //   meta.json   {"format": "sinkflow-chunk-store", "version": 1, "embedder": <name>, "dim": <dim>}
@@ -120,12 +142,21 @@ inline constexpr const char* kStoreIndexFile = "index.bin";
 //                 u64 text bytes, text | u64 dim, f32 embedding[dim] (as given) |
 //                 u8 kv dtype (0 none, 1 f32, 2 f16, 3 bf16, 4 f64) [| u8 ndim, i64 shape[ndim], raw kv bytes]
 //               (native little-endian)
-//   index.bin   VectorIndex::save() of the index, its tag = a digest of the records' CRCs it covers.
+//   index.bin   VectorIndex::save() of the in-RAM index, its tag = a digest (chained CRC32) of the CRCs of the
+//               records it covers: all of them (brute), those after the sealed segments (hnsw).
+//   segment-NNNNNN.bin  (hnsw, when options.index_ram_mb or segment_chunks is set) sealed segments: HnswIndex::save()
+//               of a full in-RAM segment, segment k covering the ids after segment k-1's, labels ascending; tag =
+//               the digest of the records it covers. Memory-mapped read-only (MappedHnswIndex) and searched in place.
+// What stays in RAM per chunk: one u64 (its byte offset in the log). Text, tokens, K/V and the float embeddings
+// are read from the log on demand (get, embedding, and the exact re-score of search candidates).
 // Opening checks meta.json, then every record of the log:
 //   - a torn or corrupt tail (short header, length beyond the end, bad CRC, garbage) with no valid record after it
 //     is dropped with a warning and the file is truncated to the last good record;
 //   - a bad record followed by a valid one: std::invalid_argument naming chunks.log and the byte offset (data is
 //     never dropped silently); so is a record with a good CRC but inconsistent content;
+//   - segments are taken in order while each is readable and covers the next records by its count and tag; the
+//     first that is not (missing, corrupt, stale) and all after it are deleted and rebuilt from the log (info
+//     line), as are segments for the records past them while a full segment's worth is left;
 //   - index.bin missing, unreadable, of the other kind, or covering other records: rebuilt from the log's
 //     embeddings (info line), saved at the next flush().
 // All lengths read from a file are checked against what is left of it before anything is allocated.
@@ -161,33 +192,46 @@ class ChunkStore {
   // fsyncs the log (per StoreOptions::fsync) and saves index.bin if it changed since the last save.
   void flush();
 
+  // Sealed segment files and their bytes (0 for a brute index or before the first seal).
+  int64_t sealed_segments() const;
+  uint64_t sealed_bytes() const;
+
   const std::string& dir() const { return dir_; }
   const StoreOptions& options() const { return options_; }
   const VectorIndex& index() const { return *index_; }
 
  private:
-  struct Record {
-    uint64_t offset;        // of the record header in chunks.log
-    uint64_t payload_len;
-    uint32_t crc;
-    uint32_t embedding_at;  // offset of the embedding floats inside the payload
-  };
   ChunkStore(std::string dir, StoreOptions options);
-  void scan_log();
-  void open_index();
-  std::string read_payload(const Record& r) const;
+  // Fills offsets_ and the record CRCs (kept only while opening).
+  void scan_log(std::vector<uint32_t>& crcs);
+  void open_index(const std::vector<uint32_t>& crcs);
+  // Maps the valid sealed segments and rebuilds the rest; sets sealed_end_.
+  std::vector<std::unique_ptr<MappedHnswIndex>> open_segments(const std::vector<uint32_t>& crcs);
+  // Builds a HnswIndex over ids [first, last) from the log's embeddings.
+  std::unique_ptr<HnswIndex> build_hnsw(int64_t first, int64_t last) const;
+  // Saves the active segment as the next segment file and maps it; the caller holds writer_.
+  void seal();
+  // [offset, end) of record `id` in the log; unknown id: std::invalid_argument naming `who`.
+  std::pair<uint64_t, uint64_t> record_span(int64_t id, const char* who) const;
+  std::string read_record(uint64_t offset, uint64_t end) const;
+  void read_embedding(int64_t id, float* out) const;
   std::string log_path() const;
   std::string index_path() const;
+  std::string segment_path(int64_t k) const;
 
   std::string dir_;
   StoreOptions options_;
   int fd_ = -1;
-  uint64_t end_ = 0;        // size of the valid log
-  uint32_t digest_ = 0;     // chained CRC32 of the records' CRCs
+  uint64_t end_ = 0;          // size of the valid log
+  uint32_t digest_ = 0;       // chained CRC32 of the records' CRCs
+  uint32_t active_digest_ = 0;  // the same over the records after the sealed segments (index.bin's, hnsw)
+  int64_t sealed_end_ = 0;    // ids below this are in sealed segments
+  int64_t segment_chunks_ = 0;  // options_.effective_segment_chunks() (0 for brute)
   bool index_dirty_ = false;
-  std::vector<Record> records_;
+  std::vector<uint64_t> offsets_;  // byte offset of record i in chunks.log
   std::unique_ptr<VectorIndex> index_;
-  mutable std::shared_mutex mutex_;  // records_, end_, digest_: exclusive to append, shared to read
+  SegmentedIndex* segmented_ = nullptr;  // index_ when it is hnsw
+  mutable std::shared_mutex mutex_;  // offsets_, end_: exclusive to append, shared to read
   std::mutex writer_;                // serializes add/flush
 };
 

@@ -26,7 +26,7 @@ constexpr std::string_view kLockFile = "lock";
 bool is_store_file(const std::string& name) {
   for (std::string_view f : kStoreFiles)
     if (name == f || name == std::string(f) + ".tmp") return true;
-  return false;
+  return is_store_segment_file(name);
 }
 
 }  // namespace
@@ -55,7 +55,7 @@ MemoryDirLock::MemoryDirLock(const std::string& dir) : dir_(dir) {
                                 (foreign.size() > 1 ? " and " + std::to_string(foreign.size() - 1) + " other entries"
                                                     : std::string()) +
                                 ", expected an empty directory or a sinkflow memory directory (meta.json, chunks.log, "
-                                "index.bin, lock); nothing was changed");
+                                "index.bin, segment-*.bin, lock); nothing was changed");
   }
   const std::string lock = (fs::path(dir) / std::string(kLockFile)).string();
   fd_ = ::open(lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -86,6 +86,14 @@ std::vector<std::string> MemoryDirLock::reset() {
       if (ec) throw std::runtime_error("memory directory '" + dir_ + "': cannot delete " + p.string() + " (" + ec.message() + ")");
     }
   }
+  std::error_code ec;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir_, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!is_store_segment_file(name) || !e.is_regular_file()) continue;
+    if (fs::remove(e.path(), ec)) deleted.push_back(name);
+    if (ec) throw std::runtime_error("memory directory '" + dir_ + "': cannot delete " + e.path().string() + " (" + ec.message() + ")");
+  }
+  if (ec) throw std::runtime_error("memory directory '" + dir_ + "': cannot list it (" + ec.message() + ")");
   return deleted;
 }
 

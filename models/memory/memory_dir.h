@@ -7,7 +7,8 @@
 
 namespace sinkflow {
 
-// The files a ChunkStore writes into its directory (meta.json, chunks.log, index.bin, their ".tmp" partners)
+// The files a ChunkStore writes into its directory (meta.json, chunks.log, index.bin, segment-NNNNNN.bin, their
+// ".tmp" partners)
 // and the lock file. Anything else makes the directory foreign.
 bool is_memory_dir_entry(const std::string& file_name);
 

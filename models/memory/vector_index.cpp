@@ -4,6 +4,8 @@
 #include <hnswlib/hnswlib.h>
 
 #include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,6 +18,7 @@
 #include <filesystem>
 #include <limits>
 #include <mutex>
+#include <queue>
 #include <random>
 #include <shared_mutex>
 #include <sstream>
@@ -93,9 +96,7 @@ std::vector<float> normalized(const float* v, int64_t dim, const char* what, boo
   return out;
 }
 
-namespace {
-
-float dot(const float* a, const float* b, int64_t n) {
+float inner_product(const float* a, const float* b, int64_t n) {
   // Eight independent partial sums so that the compiler can vectorize without -ffast-math.
   float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
@@ -106,12 +107,14 @@ float dot(const float* a, const float* b, int64_t n) {
   return r;
 }
 
-void check_dim(int64_t dim, const char* who) {
-  if (dim < 1) throw std::invalid_argument(std::string(who) + ": dim is " + std::to_string(dim) + ", expected >= 1");
-}
-
 bool hit_before(const SearchHit& a, const SearchHit& b) {
   return a.score != b.score ? a.score > b.score : a.id < b.id;
+}
+
+namespace {
+
+void check_dim(int64_t dim, const char* who) {
+  if (dim < 1) throw std::invalid_argument(std::string(who) + ": dim is " + std::to_string(dim) + ", expected >= 1");
 }
 
 // ----- index file container -------------------------------------------------------------------------------------
@@ -120,7 +123,11 @@ bool hit_before(const SearchHit& a, const SearchHit& b) {
 
 constexpr size_t kHeaderBytes = 48;
 constexpr char kHnswMagic[8] = {'S', 'F', 'H', 'N', 'S', 'W', '0', '1'};
+constexpr char kHnswI8Magic[8] = {'S', 'F', 'H', 'N', 'S', 'Q', '0', '1'};  // HnswParams::Storage::i8
 constexpr char kBruteMagic[8] = {'S', 'F', 'B', 'R', 'U', 'T', '0', '1'};
+// Bytes of the hnswlib preamble that HnswIndex::save() writes before the level-0 block.
+constexpr size_t kHnswPreambleBytes = 6 * sizeof(size_t) + sizeof(int) + sizeof(uint32_t) + 3 * sizeof(size_t) +
+                                      sizeof(double) + sizeof(size_t);
 
 struct FileHeader {
   char magic[8];
@@ -205,7 +212,9 @@ class IndexFileWriter {
 // every read bounded by what is left of it.
 class IndexFileReader {
  public:
-  IndexFileReader(const std::string& path, const char* magic, int64_t dim) : path_(path) {
+  // `alt_magic`, if given, is accepted too (alt() says which was found).
+  IndexFileReader(const std::string& path, const char* magic, int64_t dim, const char* alt_magic = nullptr)
+      : path_(path) {
     f_ = std::fopen(path.c_str(), "rb");
     if (!f_) throw std::runtime_error(path + ": cannot open index file (" + std::strerror(errno) + ")");
     std::setvbuf(f_, nullptr, _IOFBF, 1 << 20);
@@ -216,8 +225,10 @@ class IndexFileReader {
     std::rewind(f_);
     if (file_size < kHeaderBytes) bad("file size", std::to_string(file_size) + " bytes", ">= 48 bytes (a header)");
     if (std::fread(&header_, 1, sizeof header_, f_) != sizeof header_) io_fail("read");
-    if (std::memcmp(header_.magic, magic, 8) != 0)
-      bad("magic", std::string(header_.magic, 8), std::string(magic, 8));
+    alt_ = alt_magic && std::memcmp(header_.magic, alt_magic, 8) == 0;
+    if (!alt_ && std::memcmp(header_.magic, magic, 8) != 0)
+      bad("magic", std::string(header_.magic, 8),
+          std::string(magic, 8) + (alt_magic ? " or " + std::string(alt_magic, 8) : std::string()));
     const uint32_t hcrc = crc32(&header_, offsetof(FileHeader, header_crc));
     if (hcrc != header_.header_crc) bad("header CRC32", hex(header_.header_crc), hex(hcrc) + " (computed)");
     if (header_.dim != uint64_t(dim)) bad("dim", std::to_string(header_.dim), std::to_string(dim));
@@ -243,6 +254,7 @@ class IndexFileReader {
   }
   const FileHeader& header() const { return header_; }
   uint64_t left() const { return left_; }
+  bool alt() const { return alt_; }
 
   void read(void* p, uint64_t n, const char* what) {
     if (n > left_) bad(what, std::to_string(n) + " bytes", "at most the " + std::to_string(left_) + " bytes left");
@@ -272,7 +284,143 @@ class IndexFileReader {
   FILE* f_ = nullptr;
   FileHeader header_{};
   uint64_t left_ = 0;
+  bool alt_ = false;
 };
+
+// ----- int8 codes -------------------------------------------------------------------------------------------------
+// A vector of HnswParams::Storage::i8 is `f32 scale | i8 codes[dim]`, component = scale * code.
+
+size_t code_bytes(HnswParams::Storage storage, size_t dim) {
+  return storage == HnswParams::Storage::i8 ? dim + 4 : 4 * dim;
+}
+
+// `unit` is normalized (or zero).
+void encode_i8(const float* unit, size_t dim, char* out) {
+  float max_abs = 0.0f;
+  for (size_t i = 0; i < dim; ++i) max_abs = std::max(max_abs, std::abs(unit[i]));
+  const float scale = max_abs / 127.0f;
+  std::memcpy(out, &scale, 4);
+  auto* code = reinterpret_cast<int8_t*>(out + 4);
+  for (size_t i = 0; i < dim; ++i)
+    code[i] = scale > 0.0f ? int8_t(std::lround(std::clamp(unit[i] / scale, -127.0f, 127.0f))) : int8_t(0);
+}
+
+void decode_i8(const char* in, size_t dim, float* out) {
+  float scale;
+  std::memcpy(&scale, in, 4);
+  const auto* code = reinterpret_cast<const int8_t*>(in + 4);
+  for (size_t i = 0; i < dim; ++i) out[i] = scale * float(code[i]);
+}
+
+float ip_i8(const char* a, const char* b, size_t dim) {
+  float sa, sb;
+  std::memcpy(&sa, a, 4);
+  std::memcpy(&sb, b, 4);
+  const auto* x = reinterpret_cast<const int8_t*>(a + 4);
+  const auto* y = reinterpret_cast<const int8_t*>(b + 4);
+  int32_t s = 0;
+  for (size_t i = 0; i < dim; ++i) s += int32_t(x[i]) * int32_t(y[i]);
+  return sa * sb * float(s);
+}
+
+float dist_i8(const void* a, const void* b, const void* dim) {
+  return 1.0f - ip_i8(static_cast<const char*>(a), static_cast<const char*>(b), *static_cast<const size_t*>(dim));
+}
+
+// hnswlib space over i8 codes: distance 1 - inner product, like hnswlib's InnerProductSpace.
+class Int8InnerProductSpace final : public hnswlib::SpaceInterface<float> {
+ public:
+  explicit Int8InnerProductSpace(size_t dim) : dim_(dim) {}
+  size_t get_data_size() override { return dim_ + 4; }
+  hnswlib::DISTFUNC<float> get_dist_func() override { return dist_i8; }
+  void* get_dist_func_param() override { return &dim_; }
+
+ private:
+  size_t dim_;
+};
+
+// What a vector or a query becomes in the graph: normalized, then (i8) encoded.
+std::vector<char> to_stored(const std::vector<float>& unit, HnswParams::Storage storage) {
+  std::vector<char> out(code_bytes(storage, unit.size()));
+  if (storage == HnswParams::Storage::i8)
+    encode_i8(unit.data(), unit.size(), out.data());
+  else
+    std::memcpy(out.data(), unit.data(), out.size());
+  return out;
+}
+
+std::vector<float> from_stored(const char* p, HnswParams::Storage storage, size_t dim) {
+  std::vector<float> out(dim);
+  if (storage == HnswParams::Storage::i8)
+    decode_i8(p, dim, out.data());
+  else
+    std::memcpy(out.data(), p, 4 * dim);
+  return out;
+}
+
+
+// The hnswlib preamble of an index file (HnswIndex::save), read and checked: the counts against the file, the
+// layout fields against what hnswlib derives from dim, M and the storage, the enterpoint against the count.
+struct HnswPreamble {
+  HnswParams::Storage storage = HnswParams::Storage::f32;
+  size_t count = 0, size_per_element = 0, offset_data = 0, label_offset = 0, max_m = 0, max_m0 = 0, m = 0,
+         ef_construction = 0;
+  int maxlevel = -1;
+  uint32_t enterpoint = 0;
+  double mult = 0;
+  size_t size_links_per_element() const { return max_m * 4 + 4; }
+};
+
+HnswPreamble read_preamble(IndexFileReader& r, int64_t dim) {
+  HnswPreamble p;
+  p.storage = r.alt() ? HnswParams::Storage::i8 : HnswParams::Storage::f32;
+  const auto offset_level0 = r.pod<size_t>("offsetLevel0");
+  (void)r.pod<size_t>("maxElements");
+  p.count = r.pod<size_t>("curElementCount");
+  p.size_per_element = r.pod<size_t>("sizeDataPerElement");
+  p.label_offset = r.pod<size_t>("labelOffset");
+  p.offset_data = r.pod<size_t>("offsetData");
+  p.maxlevel = r.pod<int>("maxlevel");
+  p.enterpoint = r.pod<uint32_t>("enterpoint");
+  p.max_m = r.pod<size_t>("maxM");
+  p.max_m0 = r.pod<size_t>("maxM0");
+  p.m = r.pod<size_t>("M");
+  p.mult = r.pod<double>("mult");
+  p.ef_construction = r.pod<size_t>("efConstruction");
+  const size_t count = p.count, m = p.m;
+  if (count != r.header().count)
+    r.bad("curElementCount", std::to_string(count), std::to_string(r.header().count) + " (header count)");
+  if (m < 2 || m > 2048) r.bad("M", std::to_string(m), "[2, 2048]");
+  if (p.ef_construction < 1 || p.ef_construction > (size_t(1) << 20))
+    r.bad("efConstruction", std::to_string(p.ef_construction), "[1, 1048576]");
+  if (count >= size_t(std::numeric_limits<uint32_t>::max()) - 1)
+    r.bad("curElementCount", std::to_string(count), "fewer than 2^32 - 1");
+  auto expect_eq = [&](const char* field, size_t found, size_t expected) {
+    if (found != expected)
+      r.bad(field, std::to_string(found), std::to_string(expected) + " (for dim " + std::to_string(dim) + ", M " +
+                                              std::to_string(m) + ")");
+  };
+  const size_t links0 = 2 * m * 4 + 4, data = code_bytes(p.storage, size_t(dim));
+  expect_eq("offsetLevel0", offset_level0, 0);
+  expect_eq("maxM", p.max_m, m);
+  expect_eq("maxM0", p.max_m0, 2 * m);
+  expect_eq("offsetData", p.offset_data, links0);
+  expect_eq("labelOffset", p.label_offset, links0 + data);
+  expect_eq("sizeDataPerElement", p.size_per_element, links0 + data + 8);
+  const double mult = 1 / std::log(double(m));
+  if (!(std::abs(p.mult - mult) <= 1e-12 * mult)) r.bad("mult", std::to_string(p.mult), std::to_string(mult));
+  // Every element takes size_per_element bytes of level-0 block + a 4-byte link list size.
+  if (count > r.left() / (p.size_per_element + 4))
+    r.bad("curElementCount", std::to_string(count),
+          "at most " + std::to_string(r.left()) + " payload bytes / (sizeDataPerElement + 4)");
+  if (count == 0) {
+    if (p.maxlevel != -1) r.bad("maxlevel", std::to_string(p.maxlevel), "-1 (empty index)");
+  } else {
+    if (p.maxlevel < 0 || p.maxlevel > 255) r.bad("maxlevel", std::to_string(p.maxlevel), "[0, 255]");
+    if (p.enterpoint >= count) r.bad("enterpoint", std::to_string(p.enterpoint), "< " + std::to_string(count));
+  }
+  return p;
+}
 
 }  // namespace
 
@@ -294,9 +442,15 @@ void HnswParams::validate() const {
 using Hnsw = hnswlib::HierarchicalNSW<float>;
 
 struct HnswIndex::Impl {
-  explicit Impl(int64_t d) : dim(d), space(size_t(d)) {}
+  Impl(int64_t d, HnswParams::Storage s) : dim(d), storage(s) {
+    if (s == HnswParams::Storage::i8)
+      space = std::make_unique<Int8InnerProductSpace>(size_t(d));
+    else
+      space = std::make_unique<hnswlib::InnerProductSpace>(size_t(d));
+  }
   int64_t dim;
-  hnswlib::InnerProductSpace space;  // must outlive `hnsw`
+  HnswParams::Storage storage;
+  std::unique_ptr<hnswlib::SpaceInterface<float>> space;  // must outlive `hnsw`
   std::unique_ptr<Hnsw> hnsw;
   // add() and resize exclusive; search/contains/vector/save shared (see the header).
   mutable std::shared_mutex mutex;
@@ -305,8 +459,8 @@ struct HnswIndex::Impl {
 HnswIndex::HnswIndex(int64_t dim, HnswParams params) : params_(params) {
   check_dim(dim, "HnswIndex");
   params_.validate();
-  impl_ = std::make_unique<Impl>(dim);
-  impl_->hnsw = std::make_unique<Hnsw>(&impl_->space, size_t(params_.initial_capacity), size_t(params_.M),
+  impl_ = std::make_unique<Impl>(dim, params_.storage);
+  impl_->hnsw = std::make_unique<Hnsw>(impl_->space.get(), size_t(params_.initial_capacity), size_t(params_.M),
                                        size_t(params_.ef_construction), size_t(params_.seed));
   impl_->hnsw->setEf(size_t(params_.ef_search));
 }
@@ -330,6 +484,13 @@ int64_t HnswIndex::capacity() const {
   return int64_t(impl_->hnsw->max_elements_);
 }
 
+int64_t HnswIndex::bytes_per_element(int64_t dim, const HnswParams& params) {
+  const int64_t level0 = 4 + 2 * int64_t(params.M) * 4 + int64_t(code_bytes(params.storage, size_t(dim))) + 8;
+  // element_levels_ (4), linkLists_ (8), link_list_locks_ (a std::mutex, 40), label_lookup_ (~48 with its
+  // bucket), the visited list (2).
+  return level0 + 4 + 8 + int64_t(sizeof(std::mutex)) + 48 + 2;
+}
+
 void HnswIndex::set_ef_search(int ef_search) {
   HnswParams p = params_;
   p.ef_search = ef_search;
@@ -342,6 +503,7 @@ void HnswIndex::set_ef_search(int ef_search) {
 void HnswIndex::add(int64_t id, const float* vector) {
   const std::string what = "HnswIndex::add: vector of id " + std::to_string(id);
   std::vector<float> v = normalized(vector, impl_->dim, what.c_str());
+  const std::vector<char> stored = to_stored(v, impl_->storage);
   std::unique_lock lock(impl_->mutex);
   Hnsw& h = *impl_->hnsw;
   const auto label = hnswlib::labeltype(id);
@@ -351,7 +513,7 @@ void HnswIndex::add(int64_t id, const float* vector) {
     throw std::invalid_argument("HnswIndex::add: index holds " + std::to_string(h.cur_element_count) +
                                 " vectors, the most hnswlib can address");
   if (h.cur_element_count >= h.max_elements_) h.resizeIndex(std::max<size_t>(2 * h.max_elements_, 1));
-  h.addPoint(v.data(), label);
+  h.addPoint(stored.data(), label);
 }
 
 std::vector<SearchHit> HnswIndex::search(const float* query, int k) const {
@@ -359,10 +521,11 @@ std::vector<SearchHit> HnswIndex::search(const float* query, int k) const {
   bool nonzero = false;
   std::vector<float> q = normalized(query, impl_->dim, "HnswIndex::search: query", &nonzero);
   if (!nonzero) return {};
+  const std::vector<char> stored = to_stored(q, impl_->storage);
   std::vector<SearchHit> hits;
   {
     std::shared_lock lock(impl_->mutex);
-    auto pq = impl_->hnsw->searchKnn(q.data(), size_t(k));
+    auto pq = impl_->hnsw->searchKnn(stored.data(), size_t(k));
     hits.reserve(pq.size());
     while (!pq.empty()) {
       hits.push_back({int64_t(pq.top().second), 1.0f - pq.top().first});
@@ -384,8 +547,7 @@ std::vector<float> HnswIndex::vector(int64_t id) const {
   auto it = h.label_lookup_.find(hnswlib::labeltype(id));
   if (it == h.label_lookup_.end())
     throw std::invalid_argument("HnswIndex::vector: id " + std::to_string(id) + " is not in the index");
-  const auto* p = reinterpret_cast<const float*>(h.getDataByInternalId(it->second));
-  return std::vector<float>(p, p + impl_->dim);
+  return from_stored(h.getDataByInternalId(it->second), impl_->storage, size_t(impl_->dim));
 }
 
 // Payload = hnswlib 0.6.2 saveIndex() layout (so that the payload alone is a file hnswlib can read):
@@ -416,64 +578,31 @@ void HnswIndex::save(const std::string& path, uint64_t tag) const {
     w.pod(n);
     if (n) w.write(h.linkLists_[i], n);
   }
-  w.finish(kHnswMagic, uint64_t(impl_->dim), count, tag);
+  w.finish(impl_->storage == HnswParams::Storage::i8 ? kHnswI8Magic : kHnswMagic, uint64_t(impl_->dim), count, tag);
 }
 
 std::unique_ptr<HnswIndex> HnswIndex::load(const std::string& path, int64_t dim, HnswParams params, uint64_t* tag) {
   check_dim(dim, "HnswIndex::load");
   params.validate();
-  IndexFileReader r(path, kHnswMagic, dim);
-  const auto offset_level0 = r.pod<size_t>("offsetLevel0");
-  (void)r.pod<size_t>("maxElements");
-  const auto count = r.pod<size_t>("curElementCount");
-  const auto size_data_per_element = r.pod<size_t>("sizeDataPerElement");
-  const auto label_offset = r.pod<size_t>("labelOffset");
-  const auto offset_data = r.pod<size_t>("offsetData");
-  const auto maxlevel = r.pod<int>("maxlevel");
-  const auto enterpoint = r.pod<hnswlib::tableint>("enterpoint");
-  const auto max_m = r.pod<size_t>("maxM");
-  const auto max_m0 = r.pod<size_t>("maxM0");
-  const auto m = r.pod<size_t>("M");
-  const auto mult = r.pod<double>("mult");
-  const auto ef_construction = r.pod<size_t>("efConstruction");
-
-  if (count != r.header().count)
-    r.bad("curElementCount", std::to_string(count), std::to_string(r.header().count) + " (header count)");
-  if (m < 2 || m > 2048) r.bad("M", std::to_string(m), "[2, 2048]");
-  if (ef_construction < 1 || ef_construction > (size_t(1) << 20))
-    r.bad("efConstruction", std::to_string(ef_construction), "[1, 1048576]");
-  if (count >= size_t(std::numeric_limits<hnswlib::tableint>::max()) - 1)
-    r.bad("curElementCount", std::to_string(count), "fewer than 2^32 - 1");
-  // Every element takes size_data_per_element bytes of level-0 block + a 4-byte link list size.
-  if (size_data_per_element == 0 || count > r.left() / (size_data_per_element + 4))
-    r.bad("curElementCount", std::to_string(count),
-          "at most " + std::to_string(r.left()) + " payload bytes / (sizeDataPerElement + 4)");
+  IndexFileReader r(path, kHnswMagic, dim, kHnswI8Magic);
+  const HnswPreamble pre = read_preamble(r, dim);
+  const auto storage = pre.storage;
+  const size_t count = pre.count, m = pre.m, size_data_per_element = pre.size_per_element;
+  const int maxlevel = pre.maxlevel;
+  const auto enterpoint = hnswlib::tableint(pre.enterpoint);
 
   HnswParams p = params;
   p.M = int(m);
-  p.ef_construction = int(ef_construction);
-  auto impl = std::make_unique<Impl>(dim);
-  impl->hnsw = std::make_unique<Hnsw>(&impl->space, std::max<size_t>(count, size_t(params.initial_capacity)), m,
-                                      ef_construction, size_t(params.seed));
+  p.ef_construction = int(pre.ef_construction);
+  p.storage = storage;
+  auto impl = std::make_unique<Impl>(dim, storage);
+  impl->hnsw = std::make_unique<Hnsw>(impl->space.get(), std::max<size_t>(count, size_t(params.initial_capacity)), m,
+                                      pre.ef_construction, size_t(params.seed));
   Hnsw& h = *impl->hnsw;
-  auto expect_eq = [&](const char* field, size_t found, size_t expected) {
-    if (found != expected)
-      r.bad(field, std::to_string(found), std::to_string(expected) + " (for dim " + std::to_string(dim) + ", M " +
-                                              std::to_string(m) + ")");
-  };
-  expect_eq("offsetLevel0", offset_level0, h.offsetLevel0_);
-  expect_eq("sizeDataPerElement", size_data_per_element, h.size_data_per_element_);
-  expect_eq("labelOffset", label_offset, h.label_offset_);
-  expect_eq("offsetData", offset_data, h.offsetData_);
-  expect_eq("maxM", max_m, h.maxM_);
-  expect_eq("maxM0", max_m0, h.maxM0_);
-  if (!(std::abs(mult - h.mult_) <= 1e-12 * h.mult_)) r.bad("mult", std::to_string(mult), std::to_string(h.mult_));
-  if (count == 0) {
-    if (maxlevel != -1) r.bad("maxlevel", std::to_string(maxlevel), "-1 (empty index)");
-  } else {
-    if (maxlevel < 0 || maxlevel > 255) r.bad("maxlevel", std::to_string(maxlevel), "[0, 255]");
-    if (enterpoint >= count) r.bad("enterpoint", std::to_string(enterpoint), "< " + std::to_string(count));
-  }
+  if (h.size_data_per_element_ != size_data_per_element || h.label_offset_ != pre.label_offset ||
+      h.offsetData_ != pre.offset_data || h.maxM0_ != pre.max_m0)
+    r.bad("layout", "sizeDataPerElement " + std::to_string(size_data_per_element),
+          std::to_string(h.size_data_per_element_) + " (this hnswlib's)");
 
   r.read(h.data_level0_memory_, uint64_t(count) * size_data_per_element, "level-0 block");
   // Link lists of the upper levels. cur_element_count grows with them so that the destructor frees what was
@@ -505,9 +634,10 @@ std::unique_ptr<HnswIndex> HnswIndex::load(const std::string& path, int64_t dim,
     const auto label = h.getExternalLabel(id);
     if (!h.label_lookup_.emplace(label, id).second)
       r.bad(el + " label", std::to_string(int64_t(label)), "a label not used by an earlier element");
-    const float* v = reinterpret_cast<const float*>(h.getDataByInternalId(id));
+    const std::vector<float> v = from_stored(h.getDataByInternalId(id), storage, size_t(dim));
     for (int64_t d = 0; d < dim; ++d)
-      if (!std::isfinite(v[d])) r.bad(el + " component " + std::to_string(d), std::to_string(v[d]), "a finite value");
+      if (!std::isfinite(v[size_t(d)]))
+        r.bad(el + " component " + std::to_string(d), std::to_string(v[size_t(d)]), "a finite value");
     for (int level = 0; level <= h.element_levels_[i]; ++level) {
       auto* ll = level == 0 ? h.get_linklist0(id) : h.get_linklist(id, level);
       const size_t n = h.getListCount(ll);
@@ -533,6 +663,329 @@ std::unique_ptr<HnswIndex> HnswIndex::load(const std::string& path, int64_t dim,
   for (size_t i = 0; i < count; ++i) (void)h.getRandomLevel(h.mult_);
   if (tag) *tag = r.header().tag;
   return std::unique_ptr<HnswIndex>(new HnswIndex(dim, p, std::move(impl)));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// MappedHnswIndex.
+
+namespace {
+
+// Visited set of one search: open addressing over element ids (ids + 1, 0 = empty), grown at half load.
+class VisitedSet {
+ public:
+  VisitedSet() : slots_(4096, 0) {}
+  // True if `id` was not in the set (and inserts it).
+  bool insert(uint32_t id) {
+    if (2 * (used_ + 1) > slots_.size()) grow();
+    return put(slots_, id + 1);
+  }
+
+ private:
+  bool put(std::vector<uint32_t>& slots, uint32_t key) {
+    const size_t mask = slots.size() - 1;
+    for (size_t i = (key * 2654435761u) & mask;; i = (i + 1) & mask) {
+      if (slots[i] == key) return false;
+      if (slots[i] == 0) {
+        slots[i] = key;
+        ++used_;
+        return true;
+      }
+    }
+  }
+  void grow() {
+    std::vector<uint32_t> bigger(slots_.size() * 2, 0);
+    used_ = 0;
+    for (uint32_t key : slots_)
+      if (key) put(bigger, key);
+    slots_.swap(bigger);
+  }
+  std::vector<uint32_t> slots_;
+  size_t used_ = 0;
+};
+
+}  // namespace
+
+struct MappedHnswIndex::Impl {
+  std::string path;
+  int64_t dim = 0;
+  HnswParams::Storage storage = HnswParams::Storage::f32;
+  int ef_search = 64;
+  int fd = -1;
+  const char* base = nullptr;  // the whole file, read-only
+  size_t file_bytes = 0;
+  const char* level0 = nullptr;
+  size_t count = 0, size_per_element = 0, offset_data = 0, label_offset = 0, max_m = 0, max_m0 = 0,
+         size_links_per_element = 0;
+  int maxlevel = -1;
+  uint32_t enterpoint = 0;
+  // Elements above level 0, ascending: their id, level and the file offset of their upper link lists.
+  std::vector<uint32_t> upper_ids;
+  std::vector<uint8_t> upper_levels;
+  std::vector<uint64_t> upper_offsets;
+
+  ~Impl() {
+    if (base) ::munmap(const_cast<char*>(base), file_bytes);
+    if (fd >= 0) ::close(fd);
+  }
+  const char* element(uint32_t i) const { return level0 + size_t(i) * size_per_element; }
+  int64_t label(uint32_t i) const {
+    uint64_t l;
+    std::memcpy(&l, element(i) + label_offset, 8);
+    return int64_t(l);
+  }
+  float ip(const char* query, uint32_t i) const {
+    const char* v = element(i) + offset_data;
+    if (storage == HnswParams::Storage::i8) return ip_i8(query, v, size_t(dim));
+    return inner_product(reinterpret_cast<const float*>(query), reinterpret_cast<const float*>(v), dim);
+  }
+  // Neighbour list of element i at `level` (>= 1): count then ids. nullptr if i has no such level.
+  const uint32_t* upper(uint32_t i, int level) const {
+    auto it = std::lower_bound(upper_ids.begin(), upper_ids.end(), i);
+    if (it == upper_ids.end() || *it != i) return nullptr;
+    const size_t k = size_t(it - upper_ids.begin());
+    if (level > upper_levels[k]) return nullptr;
+    return reinterpret_cast<const uint32_t*>(base + upper_offsets[k] + size_t(level - 1) * size_links_per_element);
+  }
+  int level_of(uint32_t i) const {
+    auto it = std::lower_bound(upper_ids.begin(), upper_ids.end(), i);
+    return it != upper_ids.end() && *it == i ? upper_levels[size_t(it - upper_ids.begin())] : 0;
+  }
+  // The element labelled `id` (labels ascend), or count when there is none.
+  size_t find(int64_t id) const {
+    size_t lo = 0, hi = count;
+    while (lo < hi) {
+      const size_t mid = (lo + hi) / 2;
+      if (label(uint32_t(mid)) < id)
+        lo = mid + 1;
+      else
+        hi = mid;
+    }
+    return lo < count && label(uint32_t(lo)) == id ? lo : count;
+  }
+};
+
+MappedHnswIndex::MappedHnswIndex(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+MappedHnswIndex::~MappedHnswIndex() = default;
+
+std::unique_ptr<MappedHnswIndex> MappedHnswIndex::open(const std::string& path, int64_t dim, int ef_search,
+                                                       uint64_t* tag) {
+  check_dim(dim, "MappedHnswIndex::open");
+  if (ef_search < 1)
+    throw std::invalid_argument("MappedHnswIndex::open: ef_search is " + std::to_string(ef_search) + ", expected >= 1");
+  auto m = std::make_unique<Impl>();
+  m->path = path;
+  m->dim = dim;
+  m->ef_search = ef_search;
+  // Pass 1 (in IndexFileReader): header and payload CRC. Pass 2: every field, streamed.
+  IndexFileReader r(path, kHnswMagic, dim, kHnswI8Magic);
+  const HnswPreamble pre = read_preamble(r, dim);
+  m->storage = pre.storage;
+  const size_t count = pre.count, size_per_element = pre.size_per_element, label_offset = pre.label_offset,
+               offset_data = pre.offset_data, max_m = pre.max_m, max_m0 = pre.max_m0;
+  const int maxlevel = pre.maxlevel;
+  const uint32_t enterpoint = pre.enterpoint;
+  m->count = count;
+  m->size_per_element = size_per_element;
+  m->offset_data = offset_data;
+  m->label_offset = label_offset;
+  m->max_m = max_m;
+  m->max_m0 = max_m0;
+  m->size_links_per_element = max_m * 4 + 4;
+  m->maxlevel = maxlevel;
+  m->enterpoint = enterpoint;
+
+  // Level 0, a block of elements at a time: neighbour counts and ids, labels ascending, finite vectors.
+  std::vector<char> block;
+  std::vector<float> v;
+  int64_t previous_label = std::numeric_limits<int64_t>::min();
+  const size_t per_block = std::max<size_t>(1, (size_t(1) << 22) / size_per_element);
+  for (size_t first = 0; first < count; first += per_block) {
+    const size_t n = std::min(per_block, count - first);
+    block.resize(n * size_per_element);
+    r.read(block.data(), block.size(), "level-0 block");
+    for (size_t j = 0; j < n; ++j) {
+      const char* e = block.data() + j * size_per_element;
+      const std::string el = "element " + std::to_string(first + j);
+      uint16_t links;
+      std::memcpy(&links, e, 2);
+      if (e[2] != 0) r.bad(el, "marked deleted", "no deleted elements");
+      if (links > max_m0) r.bad(el + " level 0 neighbour count", std::to_string(links), "<= " + std::to_string(max_m0));
+      for (size_t k = 0; k < links; ++k) {
+        uint32_t nb;
+        std::memcpy(&nb, e + 4 + 4 * k, 4);
+        if (nb >= count) r.bad(el + " level 0 neighbour", std::to_string(nb), "an element < " + std::to_string(count));
+      }
+      uint64_t label;
+      std::memcpy(&label, e + label_offset, 8);
+      if (int64_t(label) <= previous_label)
+        r.bad(el + " label", std::to_string(int64_t(label)),
+              "a label above the previous element's " + std::to_string(previous_label) + " (labels ascend)");
+      previous_label = int64_t(label);
+      v = from_stored(e + offset_data, m->storage, size_t(dim));
+      for (int64_t d = 0; d < dim; ++d)
+        if (!std::isfinite(v[size_t(d)]))
+          r.bad(el + " component " + std::to_string(d), std::to_string(v[size_t(d)]), "a finite value");
+    }
+  }
+  // Upper levels: sizes, then neighbour counts (their levels are checked once every level is known).
+  uint64_t pos = kHeaderBytes + kHnswPreambleBytes + uint64_t(count) * size_per_element;
+  for (size_t i = 0; i < count; ++i) {
+    const auto n = r.pod<unsigned int>("linkListSize");
+    pos += 4;
+    const std::string field = "linkListSize of element " + std::to_string(i);
+    if (n % m->size_links_per_element != 0)
+      r.bad(field, std::to_string(n), "a multiple of " + std::to_string(m->size_links_per_element));
+    const size_t level = n / m->size_links_per_element;
+    if (level > size_t(std::max(maxlevel, 0))) r.bad(field, std::to_string(n), "at most maxlevel * " + std::to_string(m->size_links_per_element));
+    if (n > r.left()) r.bad(field, std::to_string(n), "at most the " + std::to_string(r.left()) + " bytes left");
+    if (n) {
+      block.resize(n);
+      r.read(block.data(), n, field.c_str());
+      for (size_t l = 0; l < level; ++l) {
+        uint16_t links;
+        std::memcpy(&links, block.data() + l * m->size_links_per_element, 2);
+        if (links > max_m)
+          r.bad("element " + std::to_string(i) + " level " + std::to_string(l + 1) + " neighbour count",
+                std::to_string(links), "<= " + std::to_string(max_m));
+      }
+      m->upper_ids.push_back(uint32_t(i));
+      m->upper_levels.push_back(uint8_t(level));
+      m->upper_offsets.push_back(pos);
+    }
+    pos += n;
+  }
+  if (r.left() != 0) r.bad("payload", std::to_string(r.left()) + " trailing bytes", "none");
+  if (tag) *tag = r.header().tag;
+
+  m->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (m->fd < 0) throw std::runtime_error(path + ": cannot open index file (" + std::strerror(errno) + ")");
+  struct stat st {};
+  if (::fstat(m->fd, &st) != 0 || uint64_t(st.st_size) != pos)
+    throw std::runtime_error(path + ": changed while it was being opened (size " + std::to_string(st.st_size) +
+                             ", expected " + std::to_string(pos) + ")");
+  m->file_bytes = size_t(pos);
+  void* p = ::mmap(nullptr, m->file_bytes, PROT_READ, MAP_SHARED, m->fd, 0);
+  if (p == MAP_FAILED) throw std::runtime_error(path + ": mmap failed (" + std::strerror(errno) + ")");
+  m->base = static_cast<const char*>(p);
+  m->level0 = m->base + kHeaderBytes + kHnswPreambleBytes;
+
+  auto bad = [&](const std::string& field, const std::string& found, const std::string& expected) {
+    throw std::invalid_argument(path + ": " + field + " is " + found + ", expected " + expected);
+  };
+  for (size_t k = 0; k < m->upper_ids.size(); ++k)
+    for (int level = 1; level <= m->upper_levels[k]; ++level) {
+      const uint32_t* ll = m->upper(m->upper_ids[k], level);
+      const size_t n = *reinterpret_cast<const uint16_t*>(ll);
+      for (size_t j = 0; j < n; ++j)
+        if (ll[1 + j] >= count || m->level_of(ll[1 + j]) < level)
+          bad("element " + std::to_string(m->upper_ids[k]) + " level " + std::to_string(level) + " neighbour",
+              std::to_string(ll[1 + j]), "an element < " + std::to_string(count) + " present at that level");
+    }
+  if (count > 0 && m->level_of(enterpoint) != maxlevel)
+    bad("level of the enterpoint", std::to_string(m->level_of(enterpoint)), std::to_string(maxlevel));
+  return std::unique_ptr<MappedHnswIndex>(new MappedHnswIndex(std::move(m)));
+}
+
+int64_t MappedHnswIndex::dim() const { return impl_->dim; }
+int64_t MappedHnswIndex::size() const { return int64_t(impl_->count); }
+uint64_t MappedHnswIndex::file_bytes() const { return impl_->file_bytes; }
+
+std::pair<int64_t, int64_t> MappedHnswIndex::id_range() const {
+  if (impl_->count == 0) return {0, -1};
+  return {impl_->label(0), impl_->label(uint32_t(impl_->count - 1))};
+}
+
+void MappedHnswIndex::add(int64_t id, const float*) {
+  throw std::logic_error(impl_->path + ": MappedHnswIndex::add of id " + std::to_string(id) +
+                         ": a mapped index is sealed (read-only)");
+}
+
+std::vector<SearchHit> MappedHnswIndex::search(const float* query, int k) const {
+  const Impl& m = *impl_;
+  if (k <= 0 || m.count == 0) return {};
+  bool nonzero = false;
+  std::vector<float> q = normalized(query, m.dim, "MappedHnswIndex::search: query", &nonzero);
+  if (!nonzero) return {};
+  const std::vector<char> stored = to_stored(q, m.storage);
+  const char* qs = stored.data();
+  // Greedy descent through the upper levels (distance = 1 - inner product, as hnswlib).
+  uint32_t cur = m.enterpoint;
+  float cur_d = 1.0f - m.ip(qs, cur);
+  for (int level = m.maxlevel; level > 0; --level) {
+    for (bool changed = true; changed;) {
+      changed = false;
+      const uint32_t* ll = m.upper(cur, level);
+      const size_t n = *reinterpret_cast<const uint16_t*>(ll);
+      for (size_t j = 0; j < n; ++j) {
+        const float d = 1.0f - m.ip(qs, ll[1 + j]);
+        if (d < cur_d) {
+          cur_d = d;
+          cur = ll[1 + j];
+          changed = true;
+        }
+      }
+    }
+  }
+  // Best-first search of level 0 with max(ef_search, k) candidates.
+  const size_t ef = std::max<size_t>(size_t(m.ef_search), size_t(k));
+  using Entry = std::pair<float, uint32_t>;
+  std::priority_queue<Entry> top;                                              // farthest on top
+  std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> frontier;  // nearest on top
+  VisitedSet visited;
+  visited.insert(cur);
+  top.emplace(cur_d, cur);
+  frontier.emplace(cur_d, cur);
+  while (!frontier.empty()) {
+    const auto [d, c] = frontier.top();
+    if (d > top.top().first) break;  // as hnswlib: nothing left that could enter the top ef
+    frontier.pop();
+    const char* e = m.element(c);
+    const size_t n = *reinterpret_cast<const uint16_t*>(e);
+    const auto* nb = reinterpret_cast<const uint32_t*>(e + 4);
+    // The neighbours' vectors are scattered over the file: ask for their first cache lines before the first
+    // distance is computed (hnswlib does the same with _mm_prefetch).
+    for (size_t j = 0; j < n; ++j) {
+      const char* v = m.element(nb[j]) + m.offset_data;
+      __builtin_prefetch(v);
+      __builtin_prefetch(v + 64);
+    }
+    for (size_t j = 0; j < n; ++j) {
+      const uint32_t x = nb[j];
+      if (!visited.insert(x)) continue;
+      const float dx = 1.0f - m.ip(qs, x);
+      if (top.size() < ef || dx < top.top().first) {
+        frontier.emplace(dx, x);
+        top.emplace(dx, x);
+        if (top.size() > ef) top.pop();
+      }
+    }
+  }
+  while (top.size() > size_t(k)) top.pop();
+  std::vector<SearchHit> hits;
+  hits.reserve(top.size());
+  for (; !top.empty(); top.pop()) hits.push_back({m.label(top.top().second), 1.0f - top.top().first});
+  std::sort(hits.begin(), hits.end(), hit_before);
+  return hits;
+}
+
+bool MappedHnswIndex::contains(int64_t id) const { return impl_->find(id) < impl_->count; }
+
+std::vector<float> MappedHnswIndex::vector(int64_t id) const {
+  const Impl& m = *impl_;
+  const size_t i = m.find(id);
+  if (i == m.count)
+    throw std::invalid_argument("MappedHnswIndex::vector: id " + std::to_string(id) + " is not in " + m.path);
+  return from_stored(m.element(uint32_t(i)) + m.offset_data, m.storage, size_t(m.dim));
+}
+
+void MappedHnswIndex::save(const std::string& path, uint64_t tag) const {
+  const Impl& m = *impl_;
+  if (path == m.path) return;
+  IndexFileWriter w(path);
+  FileHeader h;
+  std::memcpy(&h, m.base, sizeof h);
+  w.write(m.base + kHeaderBytes, m.file_bytes - kHeaderBytes);
+  w.finish(h.magic, h.dim, h.count, tag);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -579,7 +1032,7 @@ std::vector<SearchHit> BruteForceIndex::search(const float* query, int k) const 
   const size_t n = impl_->ids.size();
   std::vector<SearchHit> all(n);
   for (size_t i = 0; i < n; ++i)
-    all[i] = {impl_->ids[i], dot(q.data(), impl_->data.data() + i * size_t(impl_->dim), impl_->dim)};
+    all[i] = {impl_->ids[i], inner_product(q.data(), impl_->data.data() + i * size_t(impl_->dim), impl_->dim)};
   const size_t kk = std::min(n, size_t(k));
   std::partial_sort(all.begin(), all.begin() + std::ptrdiff_t(kk), all.end(), hit_before);
   all.resize(kk);
@@ -695,7 +1148,7 @@ BenchResult bench_index(int64_t n, int64_t dim, int64_t n_queries, uint64_t seed
   for (int64_t q = 0; q < res.recall_queries; ++q) {
     auto qv = normalized(queries.data() + q * dim, dim);
     std::vector<SearchHit> all(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) all[size_t(i)] = {i, dot(qv.data(), data.data() + i * dim, dim)};
+    for (int64_t i = 0; i < n; ++i) all[size_t(i)] = {i, inner_product(qv.data(), data.data() + i * dim, dim)};
     std::partial_sort(all.begin(), all.begin() + k, all.end(), hit_before);
     int got = 0;
     for (int j = 0; j < k && j < int(all.size()); ++j)

@@ -62,6 +62,11 @@ class VectorIndex {
 };
 
 struct HnswParams {
+  // How vectors are kept in the graph. f32: 4 * dim bytes, exact inner products. i8: a float scale and dim int8
+  // codes per vector (dim + 4 bytes; scale = max |component| / 127), inner products approximate to ~1e-2: the
+  // chunk store re-scores the best candidates with the exact float embeddings it reads from its log.
+  enum class Storage { f32, i8 };
+  Storage storage = Storage::f32;
   int M = 16;                        // graph degree (level 0 keeps 2*M), [2, 2048]
   int ef_construction = 100;         // candidate list size while inserting, >= 1
   int ef_search = 64;                // candidate list size while searching (raised to k when k is larger), >= 1
@@ -78,7 +83,7 @@ class HnswIndex final : public VectorIndex {
   HnswIndex(const HnswIndex&) = delete;
   HnswIndex& operator=(const HnswIndex&) = delete;
 
-  // Reads a file written by save(). M and ef_construction come from the file; ef_search, initial_capacity and seed
+  // Reads a file written by save(). M, ef_construction and storage come from the file; ef_search, initial_capacity and seed
   // from `params`. Every field, offset and neighbour id is validated against the file size and the graph before it
   // is used, so a damaged or hostile file gives std::invalid_argument naming `path`, what was expected and what was
   // found (never a crash); a missing/unreadable file gives std::runtime_error. `tag` receives the saved tag.
@@ -96,6 +101,9 @@ class HnswIndex final : public VectorIndex {
 
   // Current capacity (vectors storable before the next resize).
   int64_t capacity() const;
+  // Bytes of RAM the graph takes per stored vector (level 0 links, vector, label and hnswlib's per-element
+  // bookkeeping), for sizing; upper levels (~1/M of the elements) are left out.
+  static int64_t bytes_per_element(int64_t dim, const HnswParams& params);
   const HnswParams& params() const { return params_; }
   void set_ef_search(int ef_search);
 
@@ -103,6 +111,42 @@ class HnswIndex final : public VectorIndex {
   struct Impl;
   HnswIndex(int64_t dim, HnswParams params, std::unique_ptr<Impl> impl);
   HnswParams params_;
+  std::unique_ptr<Impl> impl_;
+};
+
+// A file written by HnswIndex::save(), memory-mapped read-only and searched in place (the same algorithm as
+// hnswlib's search: greedy descent through the upper levels, then a best-first search of level 0 with ef_search
+// candidates). It takes almost no RAM of its own: an entry per element above level 0 (~1/M of them); the graph
+// and vectors are pages of the file, read on demand by the kernel (they count as RssFile while resident, and
+// the kernel drops them under memory pressure). add() throws: a mapped index is sealed.
+class MappedHnswIndex final : public VectorIndex {
+ public:
+  // Same checks and error contract as HnswIndex::load (every field, neighbour id and level is validated before
+  // a search can follow it), done by streaming the file once; labels must ascend with the element order (an index
+  // filled in id order, as the chunk store's segments are). `storage` is read from the file.
+  static std::unique_ptr<MappedHnswIndex> open(const std::string& path, int64_t dim, int ef_search,
+                                               uint64_t* tag = nullptr);
+  ~MappedHnswIndex() override;
+  MappedHnswIndex(const MappedHnswIndex&) = delete;
+  MappedHnswIndex& operator=(const MappedHnswIndex&) = delete;
+
+  std::string name() const override { return "hnsw-mapped"; }
+  int64_t dim() const override;
+  int64_t size() const override;
+  void add(int64_t id, const float* vector) override;  // throws std::logic_error
+  std::vector<SearchHit> search(const float* query, int k) const override;
+  // Labels ascend (checked at open): contains() and vector() are binary searches.
+  bool contains(int64_t id) const override;
+  std::vector<float> vector(int64_t id) const override;  // dequantized for i8
+  void save(const std::string& path, uint64_t tag = 0) const override;  // copies the file
+  // Smallest and largest label (id) stored; {0, -1} when empty.
+  std::pair<int64_t, int64_t> id_range() const;
+  // Size of the mapped file in bytes.
+  uint64_t file_bytes() const;
+
+ private:
+  struct Impl;
+  explicit MappedHnswIndex(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
 
@@ -133,6 +177,11 @@ class BruteForceIndex final : public VectorIndex {
 // Unit-length copy of v[0..dim) (norm accumulated in double). A zero vector stays zero and sets *nonzero (if given)
 // to false. A non-finite component: std::invalid_argument naming `what`, the component and its value.
 std::vector<float> normalized(const float* v, int64_t dim, const char* what = "vector", bool* nonzero = nullptr);
+
+// sum a[i] * b[i] over [0, n), eight partial sums (vectorizable without -ffast-math).
+float inner_product(const float* a, const float* b, int64_t n);
+// Search order: score descending, ties by id ascending.
+bool hit_before(const SearchHit& a, const SearchHit& b);
 
 // CRC-32 (IEEE 802.3 / zlib polynomial), chainable: crc32(b, nb, crc32(a, na)) == crc32(a||b).
 uint32_t crc32(const void* data, size_t n, uint32_t crc = 0);

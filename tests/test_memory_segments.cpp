@@ -1,0 +1,445 @@
+// Memory without end: int8 hnsw storage, memory-mapped sealed segments, the chunk store's on-demand reads, and
+// the rebuild of every derived file (index.bin, segment-NNNNNN.bin) when it is missing, truncated, corrupt or
+// stale.
+#include <ATen/ATen.h>
+#include <spdlog/sinks/ringbuffer_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <set>
+#include <thread>
+#include <unistd.h>
+
+#include "models/memory/chunk_store.h"
+#include "models/memory/embedder.h"
+#include "models/memory/memory_dir.h"
+#include "models/memory/segmented_index.h"
+#include "models/memory/vector_index.h"
+
+#undef CHECK
+#include <catch2/catch.hpp>
+
+#include "tests/memory_test_util.h"
+
+using namespace sinkflow;
+using namespace sinkflow::memory_test;
+namespace fs = std::filesystem;
+
+namespace {
+
+// Clustered vectors (centre + 0.5 * noise, 20 per centre), as embeddings of text are.
+std::vector<float> clustered(int64_t n, int64_t dim, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  const int64_t n_centres = std::max<int64_t>(1, n / 20);
+  std::vector<float> centres(size_t(n_centres * dim));
+  for (auto& x : centres) x = g(rng);
+  std::vector<float> v(size_t(n * dim));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t d = 0; d < dim; ++d) v[size_t(i * dim + d)] = centres[size_t((i % n_centres) * dim + d)] + 0.5f * g(rng);
+  return v;
+}
+
+HnswParams i8_params() {
+  HnswParams p;
+  p.storage = HnswParams::Storage::i8;
+  return p;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// int8 storage and the mapped index
+
+TEST_CASE("hnsw i8: recall against brute force, vectors within the code's resolution, save/load", "[memory][segments]") {
+  const int64_t dim = 48, n = 3000;
+  const auto data = clustered(n, dim, 1);
+  const auto queries = clustered(50, dim, 1);  // the same centres: queries near stored points
+  HnswIndex i8(dim, i8_params());
+  BruteForceIndex brute(dim);
+  for (int64_t i = 0; i < n; ++i) {
+    i8.add(i, data.data() + i * dim);
+    brute.add(i, data.data() + i * dim);
+  }
+  CHECK(recall_at(i8, brute, queries, dim, 10) >= 0.9);
+  // The stored vector is the unit vector to within half a code step (scale / 2) per component.
+  const auto exact = brute.vector(7), approx = i8.vector(7);
+  float max_abs = 0, max_err = 0;
+  for (int64_t d = 0; d < dim; ++d) {
+    max_abs = std::max(max_abs, std::abs(exact[size_t(d)]));
+    max_err = std::max(max_err, std::abs(exact[size_t(d)] - approx[size_t(d)]));
+  }
+  CHECK(max_err <= max_abs / 127.0f / 2.0f + 1e-6f);
+  TempDir tmp("sinkflow_test_segments_");
+  i8.save(tmp / "i8.bin", 42);
+  {
+    HnswIndex f32(dim);
+    for (int64_t i = 0; i < 100; ++i) f32.add(i, data.data() + i * dim);
+    f32.save(tmp / "f32.bin");
+    HnswIndex small(dim, i8_params());
+    for (int64_t i = 0; i < 100; ++i) small.add(i, data.data() + i * dim);
+    small.save(tmp / "i8-100.bin");
+    // int8 codes and a scale instead of floats: 3 * dim - 4 bytes less per element.
+    CHECK(read_bytes(tmp / "f32.bin").size() - read_bytes(tmp / "i8-100.bin").size() == 100 * size_t(3 * dim - 4));
+  }
+  uint64_t tag = 0;
+  auto loaded = HnswIndex::load(tmp / "i8.bin", dim, {}, &tag);  // storage comes from the file
+  CHECK(tag == 42);
+  CHECK(loaded->params().storage == HnswParams::Storage::i8);
+  for (int64_t q = 0; q < 50; ++q) require_same_hits(loaded->search(queries.data() + q * dim, 10), i8.search(queries.data() + q * dim, 10));
+  CHECK(HnswIndex::bytes_per_element(384, i8_params()) < HnswIndex::bytes_per_element(384, HnswParams{}) - 1000);
+}
+
+TEST_CASE("mapped hnsw: searches the saved graph in place, same hits as hnswlib", "[memory][segments]") {
+  const int64_t dim = 32, n = 2000;
+  const auto data = clustered(n, dim, 2);
+  const auto queries = clustered(40, dim, 2);
+  TempDir tmp("sinkflow_test_segments_");
+  for (auto storage : {HnswParams::Storage::f32, HnswParams::Storage::i8}) {
+    HnswParams p;
+    p.storage = storage;
+    HnswIndex index(dim, p);
+    for (int64_t i = 0; i < n; ++i) index.add(1000 + i, data.data() + i * dim);
+    index.save(tmp / "seg.bin", 7);
+    uint64_t tag = 0;
+    auto mapped = MappedHnswIndex::open(tmp / "seg.bin", dim, p.ef_search, &tag);
+    CHECK(tag == 7);
+    CHECK(mapped->size() == n);
+    CHECK(mapped->id_range() == std::pair<int64_t, int64_t>{1000, 1000 + n - 1});
+    CHECK(mapped->contains(1500));
+    CHECK_FALSE(mapped->contains(999));
+    CHECK(mapped->vector(1005) == index.vector(1005));
+    int same = 0;
+    for (int64_t q = 0; q < 40; ++q) {
+      const auto a = mapped->search(queries.data() + q * dim, 10), b = index.search(queries.data() + q * dim, 10);
+      REQUIRE(a.size() == 10);
+      bool eq = a.size() == b.size();
+      for (size_t j = 0; eq && j < a.size(); ++j) eq = a[j].id == b[j].id && std::abs(a[j].score - b[j].score) < 1e-5f;
+      if (!eq && q < 3)
+        for (size_t j = 0; j < a.size(); ++j) UNSCOPED_INFO(a[j].id << " " << a[j].score << " | " << b[j].id << " " << b[j].score);
+      same += eq;
+    }
+    CHECK(same >= 39);  // the same algorithm on the same graph (a tie may be broken the other way)
+    REQUIRE_THROWS_WITH(mapped->add(5, data.data()), Catch::Contains("a mapped index is sealed"));
+    CHECK(mapped->search(std::vector<float>(size_t(dim), 0.0f).data(), 5).empty());
+  }
+}
+
+TEST_CASE("mapped hnsw: a damaged file is refused with its path and the field", "[memory][segments]") {
+  const int64_t dim = 16;
+  const auto data = clustered(300, dim, 3);
+  TempDir tmp("sinkflow_test_segments_");
+  HnswIndex index(dim, i8_params());
+  for (int64_t i = 0; i < 300; ++i) index.add(i, data.data() + i * dim);
+  const std::string path = tmp / "seg.bin";
+  index.save(path);
+  const auto good = read_bytes(path);
+  auto flipped = good;
+  flipped[good.size() / 2] ^= 0x10;
+  write_bytes(path, flipped);
+  REQUIRE_THROWS_WITH(MappedHnswIndex::open(path, dim, 64), Catch::Contains("seg.bin: payload CRC32"));
+  write_bytes(path, std::vector<uint8_t>(good.begin(), good.end() - 9));
+  REQUIRE_THROWS_WITH(MappedHnswIndex::open(path, dim, 64), Catch::Contains("seg.bin: payload size"));
+  write_bytes(path, good);
+  REQUIRE_THROWS_WITH(MappedHnswIndex::open(path, 8, 64), Catch::Contains("seg.bin: dim is 16, expected 8"));
+  REQUIRE_THROWS_WITH(MappedHnswIndex::open(tmp / "none.bin", dim, 64), Catch::Contains("none.bin: cannot open"));
+  // Labels must ascend (a sealed segment is filled in id order).
+  HnswIndex shuffled(dim, i8_params());
+  shuffled.add(5, data.data());
+  shuffled.add(3, data.data() + dim);
+  shuffled.save(path);
+  REQUIRE_THROWS_WITH(MappedHnswIndex::open(path, dim, 64),
+                      Catch::Contains("element 1 label is 3, expected a label above the previous element's 5"));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The chunk store in segments
+
+namespace {
+
+const char* kWords[] = {"harbour", "ships", "bread", "oven", "planets", "telescope", "violin", "orchestra",
+                        "glacier", "mountain", "river", "delta", "lantern", "market", "copper", "falcon"};
+
+Chunk text_chunk(int64_t i, bool with_kv = false) {
+  Chunk c;
+  c.stream_id = 0;
+  for (int64_t t = 0; t < 4; ++t) {
+    c.tokens.push_back(i * 4 + t);
+    c.positions.push_back(i * 4 + t);
+  }
+  c.text = std::string(kWords[i % 16]) + " " + kWords[(i / 16) % 16] + " " + kWords[(i * 7 + 3) % 16] + " item" +
+           std::to_string(i);
+  if (with_kv) c.kv = at::randn({1, 2, 1, 4, 2});
+  return c;
+}
+
+StoreOptions segmented_options(int64_t segment_chunks) {
+  StoreOptions o;
+  o.embedder_name = "hash-384";
+  o.dim = 384;
+  o.fsync = StoreOptions::Fsync::none;
+  o.segment_chunks = segment_chunks;
+  return o;
+}
+
+const std::vector<std::string> kQueries = {"harbour ships", "violin orchestra river", "item137", "copper falcon",
+                                           "glacier", "bread oven market", "item5", "delta lantern planets"};
+
+std::vector<std::vector<SearchHit>> run_queries(const ChunkStore& store) {
+  HashEmbedder e(384);
+  std::vector<std::vector<SearchHit>> out;
+  for (const auto& q : kQueries) out.push_back(store.search(e.embed(q), 8));
+  return out;
+}
+
+// Fills a store of 230 chunks in segments of 50: segments 0..3 sealed, 30 chunks in RAM.
+std::vector<std::vector<SearchHit>> fill_segmented(const std::string& dir, bool with_kv = false) {
+  HashEmbedder e(384);
+  auto store = ChunkStore::open(dir, segmented_options(50));
+  for (int64_t i = 0; i < 230; ++i) {
+    Chunk c = text_chunk(i, with_kv);
+    REQUIRE(store->add(c, e.embed(c.text)) == i);
+  }
+  REQUIRE(store->sealed_segments() == 4);
+  return run_queries(*store);
+}
+
+}  // namespace
+
+TEST_CASE("chunk store segments: sealed at the cap, exact scores, same results after reopening", "[memory][segments]") {
+  TempDir tmp("sinkflow_test_segments_");
+  const std::string dir = tmp / "mem";
+  const auto results = fill_segmented(dir);
+  for (int k = 0; k < 4; ++k) CHECK(fs::exists(dir + "/" + store_segment_file(k)));
+  CHECK_FALSE(fs::exists(dir + "/" + store_segment_file(4)));
+  // The oracle: brute force over the same embeddings. Scores are the exact cosines (re-scored from the log).
+  HashEmbedder e(384);
+  BruteForceIndex brute(384);
+  for (int64_t i = 0; i < 230; ++i) brute.add(i, e.embed(text_chunk(i).text).data());
+  double recall = 0;
+  for (size_t q = 0; q < kQueries.size(); ++q) {
+    const auto truth = brute.search(e.embed(kQueries[q]).data(), 8);
+    std::set<int64_t> ids;
+    for (const auto& h : truth) ids.insert(h.id);
+    for (const auto& h : results[q]) recall += double(ids.count(h.id)) / 8.0 / double(kQueries.size());
+  }
+  CHECK(recall >= 0.95);
+  CHECK(results[2][0].id == 137);  // "item137" is in chunk 137's text only (sealed segment 2)
+  CHECK(results[6][0].id == 5);
+  LogCapture log;
+  auto store = ChunkStore::open(dir, segmented_options(50));
+  CHECK_FALSE(log.contains("rebuilding"));
+  CHECK(store->sealed_segments() == 4);
+  CHECK(store->sealed_bytes() > 0);
+  const auto again = run_queries(*store);
+  for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(again[q], results[q]);
+  // On-demand reads across segments and the in-RAM part.
+  for (int64_t id : {0, 49, 50, 137, 199, 200, 229}) {
+    CHECK(store->get(id).text == text_chunk(id).text);
+    CHECK(store->embedding(id) == e.embed(text_chunk(id).text));
+    CHECK(store->index().vector(id) == brute.vector(id));
+  }
+  REQUIRE_THROWS_WITH(store->get(230), Catch::Contains("id 230 is not in"));
+}
+
+TEST_CASE("chunk store segments: scores equal brute force's for the ids returned", "[memory][segments]") {
+  TempDir tmp("sinkflow_test_segments_");
+  const auto results = fill_segmented(tmp / "mem");
+  HashEmbedder e(384);
+  BruteForceIndex brute(384);
+  for (int64_t i = 0; i < 230; ++i) brute.add(i, e.embed(text_chunk(i).text).data());
+  for (size_t q = 0; q < kQueries.size(); ++q) {
+    const auto all = brute.search(e.embed(kQueries[q]).data(), 230);
+    for (const auto& h : results[q]) {
+      auto it = std::find_if(all.begin(), all.end(), [&](const SearchHit& b) { return b.id == h.id; });
+      REQUIRE(it != all.end());
+      CHECK(h.score == it->score);
+    }
+  }
+}
+
+TEST_CASE("chunk store segments: a missing, truncated, corrupt or stale segment is rebuilt from the log", "[memory][segments]") {
+  TempDir tmp("sinkflow_test_segments_");
+  const std::string dir = tmp / "mem";
+  const auto results = fill_segmented(dir);
+  const std::string seg0 = dir + "/" + store_segment_file(0), seg1 = dir + "/" + store_segment_file(1),
+                    seg2 = dir + "/" + store_segment_file(2);
+  const auto seg0_bytes = read_bytes(seg0), seg1_bytes = read_bytes(seg1), seg2_bytes = read_bytes(seg2);
+  auto check_rebuilt = [&](const std::string& why, const std::string& first_rebuilt) {
+    LogCapture log;
+    auto store = ChunkStore::open(dir, segmented_options(50));
+    INFO(why);
+    CHECK(log.contains(why));
+    CHECK(log.contains("rebuilding " + first_rebuilt));
+    CHECK(store->sealed_segments() == 4);
+    const auto again = run_queries(*store);
+    for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(again[q], results[q]);
+    store.reset();
+    // Rebuilt byte for byte: same inserts, same seed, same graph.
+    CHECK(read_bytes(seg1) == seg1_bytes);
+    CHECK(read_bytes(seg2) == seg2_bytes);
+  };
+  SECTION("missing") {
+    fs::remove(seg1);
+    // Segment 1 missing: segments 2 and 3 no longer follow a valid one; all three are rebuilt.
+    check_rebuilt("rebuilding " + seg1 + " from records 50..99", seg1);
+  }
+  SECTION("truncated") {
+    write_bytes(seg2, std::vector<uint8_t>(seg2_bytes.begin(), seg2_bytes.begin() + 100));
+    check_rebuilt("payload size", seg2);
+  }
+  SECTION("corrupt") {
+    auto b = seg1_bytes;
+    b[b.size() / 2] ^= 0x01;
+    write_bytes(seg1, b);
+    check_rebuilt("payload CRC32", seg1);
+  }
+  SECTION("stale: another range") {
+    write_bytes(seg1, seg0_bytes);
+    check_rebuilt("it covers ids 0..49, expected 50..", seg1);
+  }
+  SECTION("stale: same range, other records") {
+    // A segment of the same ids from a log whose records differ: its digest does not match.
+    TempDir other("sinkflow_test_segments_");
+    {
+      HashEmbedder e(384);
+      auto store = ChunkStore::open(other / "mem", segmented_options(50));
+      for (int64_t i = 0; i < 100; ++i) {
+        Chunk c = text_chunk(i + 1000);
+        store->add(c, e.embed(c.text));
+      }
+    }
+    write_bytes(seg1, read_bytes(other / "mem/" + store_segment_file(1)));
+    check_rebuilt("its digest", seg1);
+  }
+  SECTION("index.bin missing after the segments") {
+    fs::remove(dir + "/index.bin");
+    LogCapture log;
+    auto store = ChunkStore::open(dir, segmented_options(50));
+    CHECK(log.contains("rebuilding " + dir + "/index.bin from 30 records of the log (missing)"));
+    const auto again = run_queries(*store);
+    for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(again[q], results[q]);
+  }
+}
+
+TEST_CASE("chunk store segments: the log is the truth; index.bin and segments follow a torn tail", "[memory][segments]") {
+  TempDir tmp("sinkflow_test_segments_");
+  const std::string dir = tmp / "mem";
+  fill_segmented(dir);
+  // Cut the log back into segment 3 (ids 150..199): segment 3 now covers records the log lacks.
+  const std::string log_file = dir + "/chunks.log";
+  const std::vector<uint64_t> offsets = record_offsets(log_file);
+  REQUIRE(offsets.size() == 230);
+  fs::resize_file(log_file, offsets[180] + 7);  // torn record 180
+  LogCapture log;
+  auto store = ChunkStore::open(dir, segmented_options(50));
+  CHECK(log.contains("dropping"));
+  CHECK(log.contains("it covers ids 150..199, expected 150.. within the log's 180 records"));
+  CHECK(store->size() == 180);
+  CHECK(store->sealed_segments() == 3);
+  CHECK_FALSE(fs::exists(dir + "/" + store_segment_file(3)));
+  HashEmbedder e(384);
+  // Each chunk's own text finds it (score 1), whether in a segment that survived or in the rebuilt RAM part.
+  for (int64_t id : {20, 120, 170, 179}) {
+    const auto hits = store->search(e.embed(text_chunk(id).text), 1);
+    REQUIRE(hits.size() == 1);
+    CHECK(hits[0].id == id);
+    CHECK(hits[0].score == Approx(1.0f));
+  }
+  // Adding resumes at 180 and seals segment 3 again at 200.
+  for (int64_t i = 180; i < 205; ++i) {
+    Chunk c = text_chunk(i);
+    REQUIRE(store->add(c, e.embed(c.text)) == i);
+  }
+  CHECK(store->sealed_segments() == 4);
+  CHECK(store->search(e.embed(text_chunk(190).text), 1)[0].id == 190);
+}
+
+TEST_CASE("chunk store segments: kv and text read on demand; a log changed under the store is reported", "[memory][segments]") {
+  TempDir tmp("sinkflow_test_segments_");
+  const std::string dir = tmp / "mem";
+  fill_segmented(dir, true);
+  auto store = ChunkStore::open(dir, segmented_options(50));
+  const Chunk c = store->get(60);
+  CHECK(c.text == text_chunk(60).text);
+  CHECK(c.kv.defined());
+  CHECK(c.kv.sizes() == at::IntArrayRef({1, 2, 1, 4, 2}));
+  CHECK_FALSE(store->get(60, false).kv.defined());
+  // Overwrite a byte of record 60's text behind the store's back: get() checks the CRC again.
+  const std::vector<uint64_t> offsets = record_offsets(dir + "/chunks.log");
+  {
+    std::fstream f(dir + "/chunks.log", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(std::streamoff(offsets[60] + 16 + 24 + 8 + 16 * 4 + 8));  // first byte of the text
+    f.put('X');
+  }
+  REQUIRE_THROWS_WITH(store->get(60), Catch::Contains("the file changed after it was opened"));
+}
+
+TEST_CASE("chunk store segments: sealing under concurrent readers", "[memory][segments]") {
+  TempDir tmp("sinkflow_test_segments_");
+  auto store = ChunkStore::open(tmp / "mem", segmented_options(64));
+  HashEmbedder e(384);
+  const int64_t n = 500;
+  std::atomic<bool> done{false};
+  std::atomic<int64_t> bad{0}, reads{0};
+  std::thread writer([&] {
+    for (int64_t i = 0; i < n; ++i) {
+      Chunk c = text_chunk(i);
+      if (store->add(c, e.embed(c.text)) != i) ++bad;
+    }
+    done = true;
+  });
+  std::thread reader([&] {
+    std::mt19937_64 rng(1);
+    while (!done) {
+      const int64_t size = store->size();
+      if (size == 0) continue;
+      const int64_t id = int64_t(rng() % uint64_t(size));
+      if (store->get(id).text != text_chunk(id).text) ++bad;
+      const auto hits = store->search(e.embed(text_chunk(id).text), 3);
+      // Every indexed chunk is found, whether it sits in RAM, in a segment being sealed, or in a sealed one.
+      if (store->index().size() > id && (hits.empty() || hits[0].id != id)) ++bad;
+      ++reads;
+    }
+  });
+  writer.join();
+  reader.join();
+  CHECK(bad == 0);
+  CHECK(reads > 0);
+  CHECK(store->sealed_segments() == 7);
+}
+
+TEST_CASE("chunk store segments: options, the directory's files and reset", "[memory][segments]") {
+  StoreOptions o = segmented_options(0);
+  o.index_ram_mb = -1;
+  REQUIRE_THROWS_WITH(o.validate(), Catch::Contains("index_ram_mb is -1, expected [0, 2^30] MiB"));
+  o.index_ram_mb = 64;
+  o.dim = 384;
+  // 64 MiB at ~0.6 KB per int8 element of 384 dims.
+  CHECK(o.effective_segment_chunks() > 90000);
+  CHECK(o.effective_segment_chunks() < 120000);
+  o.index_ram_mb = 0;
+  CHECK(o.effective_segment_chunks() == 0);
+  o.index = StoreOptions::IndexKind::brute;
+  o.segment_chunks = 10;
+  CHECK(o.effective_segment_chunks() == 0);
+  CHECK(store_segment_file(3) == "segment-000003.bin");
+  CHECK(is_store_segment_file("segment-000003.bin"));
+  CHECK(is_store_segment_file("segment-1234567.bin.tmp"));
+  CHECK_FALSE(is_store_segment_file("segment-12.bin"));
+  CHECK_FALSE(is_store_segment_file("segment-00000x.bin"));
+  CHECK(is_memory_dir_entry("segment-000000.bin"));
+
+  TempDir tmp("sinkflow_test_segments_");
+  const std::string dir = tmp / "mem";
+  fill_segmented(dir);
+  MemoryDirLock lock(dir);
+  const auto deleted = lock.reset();
+  CHECK(std::count_if(deleted.begin(), deleted.end(), [](const std::string& s) { return is_store_segment_file(s); }) == 4);
+  CHECK(fs::is_empty(dir) == false);  // the lock stays
+  CHECK_FALSE(fs::exists(dir + "/" + store_segment_file(0)));
+}
