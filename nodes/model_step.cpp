@@ -111,20 +111,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-// The text placed before a turn for placement `prompt`: the retrieved chunks in stream order, one per paragraph.
-std::string prompt_preamble(std::vector<Retrieved> hits) {
-  std::sort(hits.begin(), hits.end(), [](const Retrieved& a, const Retrieved& b) { return a.chunk.id < b.chunk.id; });
-  std::string text;
-  for (const Retrieved& h : hits) {
-    std::string t = h.chunk.text;
-    const size_t b = t.find_first_not_of(" \n");
-    t = b == std::string::npos ? "" : t.substr(b);
-    while (!t.empty() && (t.back() == ' ' || t.back() == '\n')) t.pop_back();
-    if (!t.empty()) text += t + "\n\n";
-  }
-  return text;
-}
-
 // Length of the longest suffix of `text` that is a proper prefix of one of `stops` (text held back while it
 // may still become a stop string).
 size_t held_back(const std::string& text, const std::vector<std::string>& stops) {
@@ -298,7 +284,7 @@ class ModelStep : public NodeInstance {
   // end-of-input flush.
   void complete(const TokenBlock& b, Emit& out) {
     const Clock::time_point start = Clock::now();
-    const std::string preamble = placed_.empty() ? std::string() : prompt_preamble(placed_);
+    const std::string preamble = placed_.empty() ? std::string() : placed_text(placed_);
     std::vector<int64_t> tokens;
     std::vector<std::pair<size_t, size_t>> unindexed;
     auto append = [&](const std::string& text, bool mark) {
@@ -506,7 +492,7 @@ class ModelStep : public NodeInstance {
   int64_t send_evicted(std::vector<EvictedSpan> spans, bool flush, Emit& out) {
     if (!spans.empty()) context().run.counters.evictions.fetch_add(static_cast<int64_t>(spans.size()),
                                                                    std::memory_order_relaxed);
-    if (!unindexed_.empty()) spans = drop_unindexed(std::move(spans));
+    if (!unindexed_.empty()) spans = drop_unindexed(spans);
     if (!config_.memory || !evicted_connected() || (spans.empty() && !flush)) return batches_ - 1;
     EvictedBatch batch;
     batch.seq = seq_;
@@ -517,41 +503,16 @@ class ModelStep : public NodeInstance {
     return batch.step;
   }
 
-  std::vector<EvictedSpan> drop_unindexed(std::vector<EvictedSpan> spans) {
+  std::vector<EvictedSpan> drop_unindexed(const std::vector<EvictedSpan>& spans) {
     std::vector<EvictedSpan> kept;
-    auto marked = [&](int64_t p) {
-      for (const auto& [b, e] : unindexed_)
-        if (p >= b && p < e) return true;
-      return false;
-    };
-    for (EvictedSpan& span : spans) {
-      const int64_t n = static_cast<int64_t>(span.tokens.size());
-      int64_t i = 0;
-      while (i < n) {
-        if (marked(span.positions[i])) {
-          ++i;
-          continue;
-        }
-        int64_t j = i;
-        while (j < n && !marked(span.positions[j])) ++j;
-        if (i == 0 && j == n) {
-          kept.push_back(std::move(span));
-          break;
-        }
-        EvictedSpan part;
-        part.tokens.assign(span.tokens.begin() + i, span.tokens.begin() + j);
-        part.positions.assign(span.positions.begin() + i, span.positions.begin() + j);
-        if (span.kv.defined()) part.kv = span.kv.narrow(3, i, j - i).clone();
-        kept.push_back(std::move(part));
-        i = j;
-      }
+    for (const EvictedSpan& span : spans) {
+      for (EvictedSpan& run : unmarked_runs(span, unindexed_)) kept.push_back(std::move(run));
       // Ranges wholly evicted now are done with.
-      if (n > 0) {
-        const int64_t last = span.positions.empty() ? -1 : span.positions.back();
-        unindexed_.erase(std::remove_if(unindexed_.begin(), unindexed_.end(),
-                                        [&](const std::pair<int64_t, int64_t>& r) { return r.second <= last + 1; }),
-                         unindexed_.end());
-      }
+      if (span.positions.empty()) continue;
+      const int64_t last = span.positions.back();
+      unindexed_.erase(std::remove_if(unindexed_.begin(), unindexed_.end(),
+                                      [&](const std::pair<int64_t, int64_t>& r) { return r.second <= last + 1; }),
+                       unindexed_.end());
     }
     return kept;
   }
@@ -609,8 +570,7 @@ class ModelStep : public NodeInstance {
     if (for_turn) {
       placed_ = std::move(hits);
     } else if (!hits.empty()) {
-      const std::string text = prompt_preamble(hits);
-      const std::vector<int64_t> ids = tokenizer_->encode(text);
+      const std::vector<int64_t> ids = tokenizer_->encode(placed_text(hits));
       feed(ids, {{0, ids.size()}}, out);
     }
   }

@@ -133,16 +133,10 @@ class CellRunner {
       in.region.inject(in.session, hits, o_.inject, in.session.position());
       return {};
     }
-    std::sort(hits.begin(), hits.end(), [](const Retrieved& a, const Retrieved& b) {
-      return a.chunk.positions.front() < b.chunk.positions.front();
-    });
-    std::string text = "\n";
     in.prompt_positions.clear();  // a hit counts what the latest retrieval placed
-    for (const Retrieved& r : hits) {
-      text += r.chunk.text + "\n";
+    for (const Retrieved& r : hits)
       in.prompt_positions.insert(in.prompt_positions.end(), r.chunk.positions.begin(), r.chunk.positions.end());
-    }
-    std::vector<int64_t> block = tok_.encode(text);
+    std::vector<int64_t> block = tok_.encode("\n" + placed_text(hits));
     const int64_t begin = in.session.position();
     if (in.indexer) in.indexer->mark(begin, begin + static_cast<int64_t>(block.size()));
     if (tail) return block;
@@ -344,13 +338,6 @@ void EvictionIndexer::mark(int64_t begin, int64_t end) {
   if (end > begin) marks_.emplace_back(begin, end);
 }
 
-bool EvictionIndexer::marked(int64_t position) const {
-  for (const auto& [b, e] : marks_) {
-    if (position >= b && position < e) return true;
-  }
-  return false;
-}
-
 void EvictionIndexer::store_all(std::vector<Chunk> chunks) {
   for (Chunk& c : chunks) {
     if (c.text.empty()) c.text = tokenizer_.decode(c.tokens);
@@ -361,24 +348,10 @@ void EvictionIndexer::store_all(std::vector<Chunk> chunks) {
 
 void EvictionIndexer::add(const std::vector<EvictedSpan>& spans) {
   for (const EvictedSpan& span : spans) {
-    const int64_t n = static_cast<int64_t>(span.tokens.size());
-    evicted_ += n;
+    evicted_ += static_cast<int64_t>(span.tokens.size());
     // Runs of unmarked tokens, each chunked as the stream's next tokens.
-    for (int64_t i = 0; i < n;) {
-      if (marked(span.positions[static_cast<size_t>(i)])) {
-        ++dropped_;
-        ++i;
-        continue;
-      }
-      int64_t j = i;
-      while (j < n && !marked(span.positions[static_cast<size_t>(j)])) ++j;
-      EvictedSpan run;
-      run.tokens.assign(span.tokens.begin() + i, span.tokens.begin() + j);
-      run.positions.assign(span.positions.begin() + i, span.positions.begin() + j);
-      if (span.kv.defined()) run.kv = span.kv.narrow(3, i, j - i);
+    for (const EvictedSpan& run : unmarked_runs(span, marks_, &dropped_))
       store_all(chunk_span(chunker_, 0, run, tokenizer_));
-      i = j;
-    }
   }
 }
 

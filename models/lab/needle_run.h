@@ -81,7 +81,6 @@ class EvictionIndexer {
                   int64_t overlap);
   // Positions [begin, end) are never indexed.
   void mark(int64_t begin, int64_t end);
-  bool marked(int64_t position) const;
   // Indexes the unmarked tokens of `spans` (chunks complete as chunk_size tokens gather).
   void add(const std::vector<EvictedSpan>& spans);
   // Indexes the partial last chunk.
@@ -99,8 +98,8 @@ class EvictionIndexer {
   int64_t evicted_ = 0, dropped_ = 0, chunks_ = 0;
 };
 
-// The state of a sink-policy session's cache (slots, positions, K/V), to go back to after a question was asked.
-// Valid while nothing is injected into the memory region between snapshot and restore (the runner's use).
+// The state of a sink-policy session's cache (slots, positions, K/V: a deep copy), to go back to after a question was
+// asked.
 class CacheSnapshot {
  public:
   // std::invalid_argument unless the session runs the sink policy.

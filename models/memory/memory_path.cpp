@@ -91,6 +91,44 @@ bool MemoryRegion::contains(int64_t chunk_id) const {
   return std::any_of(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.chunk_id == chunk_id; });
 }
 
+std::string placed_text(std::vector<Retrieved> hits) {
+  std::stable_sort(hits.begin(), hits.end(), [](const Retrieved& a, const Retrieved& b) {
+    const int64_t pa = a.chunk.positions.empty() ? -1 : a.chunk.positions.front();
+    const int64_t pb = b.chunk.positions.empty() ? -1 : b.chunk.positions.front();
+    return pa < pb;
+  });
+  std::string text;
+  for (const Retrieved& h : hits) text += h.chunk.text + "\n";
+  return text;
+}
+
+std::vector<EvictedSpan> unmarked_runs(const EvictedSpan& span, const std::vector<std::pair<int64_t, int64_t>>& ranges,
+                                       int64_t* dropped) {
+  auto marked = [&](int64_t p) {
+    for (const auto& [b, e] : ranges)
+      if (p >= b && p < e) return true;
+    return false;
+  };
+  std::vector<EvictedSpan> out;
+  const int64_t n = static_cast<int64_t>(span.tokens.size());
+  for (int64_t i = 0; i < n;) {
+    if (marked(span.positions[static_cast<size_t>(i)])) {
+      if (dropped) ++*dropped;
+      ++i;
+      continue;
+    }
+    int64_t j = i;
+    while (j < n && !marked(span.positions[static_cast<size_t>(j)])) ++j;
+    EvictedSpan run;
+    run.tokens.assign(span.tokens.begin() + i, span.tokens.begin() + j);
+    run.positions.assign(span.positions.begin() + i, span.positions.begin() + j);
+    if (span.kv.defined()) run.kv = span.kv.narrow(3, i, j - i);
+    out.push_back(std::move(run));
+    i = j;
+  }
+  return out;
+}
+
 std::vector<MemoryRegion::Resident> MemoryRegion::residents() const { return entries_; }
 
 void MemoryRegion::restore(std::vector<Resident> residents) { entries_ = std::move(residents); }

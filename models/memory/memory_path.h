@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "models/io/names.h"
@@ -65,6 +66,15 @@ struct Retrieved {
   float score = 0;  // cosine similarity to the query
   Chunk chunk;      // with its id, tokens, text and (when stored) K/V
 };
+
+// The text placement `prompt` feeds for `hits`: each chunk's text in stream order, each followed by a newline.
+std::string placed_text(std::vector<Retrieved> hits);
+
+// The parts of `span` whose positions lie outside `ranges` (stream positions [begin, end): text placed by placement
+// `prompt`, never indexed again), as spans of their own, oldest first (K/V narrowed along the tokens). `dropped`
+// (optional) is increased by the tokens left out.
+std::vector<EvictedSpan> unmarked_runs(const EvictedSpan& span, const std::vector<std::pair<int64_t, int64_t>>& ranges,
+                                       int64_t* dropped = nullptr);
 
 // The chunks `options` selects for `query` (top-k / MMR / farthest-point, excluding options.exclude).
 std::vector<Retrieved> retrieve(const ChunkStore& store, const Embedder& embedder, const std::string& query,

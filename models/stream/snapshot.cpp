@@ -107,10 +107,9 @@ nlohmann::ordered_json load_snapshot(const std::string& path, StreamSession& ses
   }
   std::vector<std::pair<std::string, at::Tensor>> tensors;
   std::map<std::string, at::Tensor> by_name;
-  for (const std::string& name : file.names()) {
-    at::Tensor t = file.tensor(name).clone();  // own the bytes: the file may be replaced by the next save
-    by_name.emplace(name, t);
-  }
+  // Views of the mapping (a private mapping: a later save that replaces the file leaves them as read); the session
+  // copies them into its own buffers.
+  for (const std::string& name : file.names()) by_name.emplace(name, file.tensor(name));
   // The digest covers the tensors in the order they were written (session.state_tensors()'s order).
   for (const auto& [name, like] : session.state_tensors()) {
     const auto it = by_name.find(name);
