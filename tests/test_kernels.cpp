@@ -7,7 +7,10 @@
 #include <filesystem>
 #include <limits>
 
+#include "models/cache/rope.h"
+#include "models/nn/amx.h"
 #include "models/nn/decoder.h"
+#include "models/nn/fused.h"
 #include "models/lab/make_model.h"
 #include "models/nn/gemv.h"
 #include "models/nn/quant.h"
@@ -228,4 +231,75 @@ TEST_CASE("int8 is refused where it cannot run: the GPT-2 family and checkpoints
                       Catch::Contains("a checkpoint is written in float32, float16 or bfloat16, found int8"));
   CHECK(parse_dtype("q8_0", at::kCPU) == at::kChar);
   REQUIRE_THROWS_WITH(parse_dtype("int4", at::kCPU), Catch::Contains("expected float32, float16, bfloat16, int8 or auto"));
+}
+
+TEST_CASE("AMX products of several rows keep float32 accuracy with int8 and bfloat16 matrices", "[kernels]") {
+  if (!amx_available()) {
+    WARN("this CPU has no AMX (or oneDNN is missing): linear_rows widens the matrices instead");
+    return;
+  }
+  c10::InferenceMode guard;
+  at::manual_seed(5);
+  // Row counts around the threshold, inner sizes with a partial int8 block and a tail of the bfloat16 split, row
+  // counts that leave a partial block of the weight buffer.
+  for (const auto& [m, k, n] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {kAmxMinRows, 64, 16}, {33, 72, 50}, {24, 576, 1536}, {100, 1536, 700}}) {
+    INFO("m " << m << " k " << k << " n " << n);
+    const at::Tensor x = at::randn({m, k});
+    const at::Tensor w = at::randn({n, k}) * 0.05;
+    const at::Tensor b = at::randn({n});
+    const Q8Matrix q = quantize_q8(w);
+    const at::Tensor wq = dequantize_q8(q.values, q.scales).to(at::kDouble);
+    const at::Tensor ref_q = at::addmm(b.to(at::kDouble), x.to(at::kDouble), wq.t());
+    const at::Tensor out_q = amx_linear(x, q.values, q.scales, b);
+    CHECK(out_q.scalar_type() == at::kFloat);
+    CHECK(rel_err(out_q.to(at::kDouble), ref_q) < 2e-5);
+    // The same through linear_rows, which takes this path from kAmxMinRows rows on ([1, m, k] input kept 3-D).
+    CHECK(rel_err(linear_rows(x.unsqueeze(0), q.values, b, q.scales)[0].to(at::kDouble), ref_q) < 2e-5);
+    const at::Tensor wb = w.to(at::kBFloat16);
+    const at::Tensor ref_b = at::mm(x.to(at::kDouble), wb.to(at::kDouble).t());
+    CHECK(rel_err(amx_linear(x, wb, {}, {}).to(at::kDouble), ref_b) < 2e-5);
+    // Plain bfloat16 inputs would be ~100x further off: the split is what keeps the accuracy.
+    const at::Tensor plain = at::mm(x.to(at::kBFloat16), wb.t()).to(at::kDouble);
+    CHECK(rel_err(plain, ref_b) > 1e-3);
+  }
+  REQUIRE_THROWS_WITH(amx_linear(at::randn({20, 8}), at::randn({4, 8}), {}, {}),
+                      Catch::Contains("expected float32 x [M, K] and a contiguous bfloat16 or int8 W [N, K]"));
+}
+
+TEST_CASE("fused RMSNorm, RoPE, gated activation and residual add equal the LibTorch expressions", "[kernels]") {
+  c10::InferenceMode guard;
+  at::manual_seed(6);
+  for (const int64_t d : {7, 64, 576}) {
+    const at::Tensor x = at::randn({3, 5, d}) * 3;
+    const at::Tensor w = at::randn({d});
+    for (const bool plus_one : {false, true}) {
+      INFO("d " << d << " plus_one " << plus_one);
+      // float64 input takes the LibTorch expression, float32 the one-pass kernel.
+      const at::Tensor ref = rms_norm(x.to(at::kDouble), w.to(at::kDouble), 1e-5, plus_one);
+      CHECK(rel_err(rms_norm(x, w, 1e-5, plus_one).to(at::kDouble), ref) < 1e-6);
+    }
+  }
+  // RoPE over [heads, T, d_head] with partial rotary dims (phi3's shape class): every position row.
+  ModelConfig c = shape_preset("tiny-llama");
+  c.partial_rotary_factor = 0.5;
+  const Rope rope(c);
+  const std::vector<int64_t> positions = {0, 3, 17, 1000};
+  const auto [cos, sin] = rope.tables(positions, at::kCPU, 0);
+  const at::Tensor q = at::randn({c.n_head, static_cast<int64_t>(positions.size()), c.d_head});
+  const at::Tensor ref = rope.apply(q.to(at::kDouble), cos.to(at::kDouble), sin.to(at::kDouble));
+  const at::Tensor fast = rope.apply(q, cos, sin);
+  CHECK(rel_err(fast.to(at::kDouble), ref) < 1e-6);
+  CHECK(at::equal(fast.narrow(-1, c.d_head / 2, c.d_head / 2), q.narrow(-1, c.d_head / 2, c.d_head / 2)));
+  // SwiGLU and GeGLU, written over the gate; the residual add written over its second operand.
+  const at::Tensor g = at::randn({2, 9}), u = at::randn({2, 9});
+  at::Tensor g1 = g.clone();
+  const at::Tensor s = gated_activation(g1, u, false);
+  CHECK(s.data_ptr() == g1.data_ptr());
+  CHECK(rel_err(s, at::silu(g) * u) < 1e-6);
+  CHECK(rel_err(gated_activation(g.clone(), u, true), at::gelu(g, "tanh") * u) < 1e-6);
+  at::Tensor b2 = u.clone();
+  const at::Tensor sum = add_into(g, b2);
+  CHECK(sum.data_ptr() == b2.data_ptr());
+  CHECK(at::equal(sum, g + u));
 }

@@ -4,7 +4,7 @@
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config ccache lld
       libtorch-dev libopenblas0-pthread libtbb-dev libhnswlib-dev libyaml-cpp-dev libspdlog-dev
-      catch2 nlohmann-json3-dev libcli11-dev)
+      catch2 nlohmann-json3-dev libcli11-dev libdnnl-dev)
 if [[ "${1:-}" == "--corpus" ]]; then
   pkgs+=(sentencepiece bible-kjv bible-kjv-text jargon-text)  # spm_train, corpus text
 fi

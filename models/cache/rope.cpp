@@ -1,5 +1,7 @@
 #include "models/cache/rope.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <algorithm>
 #include <cmath>
 #include <stdexcept>
@@ -188,6 +190,32 @@ std::pair<at::Tensor, at::Tensor> Rope::tables(const std::vector<int64_t>& posit
 
 at::Tensor Rope::apply(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) const {
   const int64_t h = n_rot_ / 2;
+  // float32 on the CPU outside autograd: one pass instead of ten LibTorch ops (a decode step runs two a layer).
+  const auto plain = [](const at::Tensor& t) {
+    return t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+           !(at::GradMode::is_enabled() && t.requires_grad());
+  };
+  if (plain(x) && plain(cos) && plain(sin) && x.dim() >= 2 && x.size(-1) == d_head_ && cos.dim() == 2 &&
+      cos.size(0) == x.size(-2) && cos.size(1) == h && sin.sizes() == cos.sizes()) {
+    const int64_t t = x.size(-2), rows = x.numel() / d_head_;
+    at::Tensor out = at::empty_like(x);
+    const float* xp = x.data_ptr<float>();
+    const float* cp = cos.data_ptr<float>();
+    const float* sp = sin.data_ptr<float>();
+    float* op = out.data_ptr<float>();
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = xp + r * d_head_;
+      const float* c = cp + (r % t) * h;
+      const float* sn = sp + (r % t) * h;
+      float* o = op + r * d_head_;
+      for (int64_t j = 0; j < h; ++j) {
+        o[j] = xr[j] * c[j] - xr[h + j] * sn[j];
+        o[h + j] = xr[h + j] * c[j] + xr[j] * sn[j];
+      }
+      for (int64_t j = n_rot_; j < d_head_; ++j) o[j] = xr[j];
+    }
+    return out;
+  }
   const at::Tensor c = cos.to(x.scalar_type());
   const at::Tensor s = sin.to(x.scalar_type());
   at::Tensor x1 = x.narrow(-1, 0, h);

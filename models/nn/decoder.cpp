@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/grad_mode.h>
 
+#include "models/nn/amx.h"
 #include "models/nn/gemv.h"
 #include "models/nn/quant.h"
 #include "models/nn/runtime.h"
@@ -175,6 +176,14 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
                       (w.scalar_type() == at::kFloat || w.scalar_type() == at::kBFloat16 || q8) &&
                       (!q8 || w_scales.is_contiguous());
   const bool grad = needs_grad({x, w, b});
+  // Several rows with narrow matrices: AMX products that keep float32 accuracy (amx.h), where the CPU has them.
+  const int64_t rows = x.dim() == 0 ? 0 : x.numel() / x.size(-1);
+  if (!row && kernel && !grad && x.device().is_cpu() && w.scalar_type() != at::kFloat && rows >= kAmxMinRows &&
+      amx_available()) {
+    std::vector<int64_t> shape = x.sizes().vec();
+    shape.back() = w.size(0);
+    return amx_linear(x.reshape({rows, x.size(-1)}).contiguous(), w, w_scales, b).view(shape);
+  }
   if (!row || !kernel || grad) {
     // Rows [r0, r0 + n) of the product; matrices kept in a narrower dtype (store_matrices_as) are widened.
     const auto part = [&](int64_t r0, int64_t n) {

@@ -10,6 +10,7 @@
 #include <map>
 
 #include "models/nn/decoder.h"
+#include "models/nn/fused.h"
 #include "models/nn/quant.h"
 #include "models/cache/rope.h"
 
@@ -72,12 +73,7 @@ struct RmsNormImpl : nn::Module {
   RmsNormImpl(int64_t d, double eps_, bool plus_one_ = false) : eps(eps_), plus_one(plus_one_) {
     weight = register_parameter("weight", torch::ones({d}));
   }
-  torch::Tensor forward(const torch::Tensor& x) {
-    torch::Tensor xf = x.to(torch::kFloat);
-    xf = xf * torch::rsqrt(xf.pow(2).mean(-1, true) + eps);
-    if (plus_one) return (xf * (weight.to(torch::kFloat) + 1.0)).to(x.scalar_type());
-    return weight * xf.to(x.scalar_type());
-  }
+  torch::Tensor forward(const torch::Tensor& x) { return rms_norm(x, weight, eps, plus_one); }
 };
 TORCH_MODULE(RmsNorm);
 
@@ -119,8 +115,7 @@ struct LlamaMlpImpl : nn::Module {
     down_proj = register_module("down_proj", linear(c.d_ff, c.d_model, c.mlp_bias));
   }
   torch::Tensor forward(const torch::Tensor& x) {
-    const torch::Tensor g = proj(gate_proj, x);
-    return proj(down_proj, (gelu ? torch::gelu(g, "tanh") : torch::silu(g)) * proj(up_proj, x));
+    return proj(down_proj, gated_activation(proj(gate_proj, x), proj(up_proj, x), gelu));
   }
 };
 TORCH_MODULE(LlamaMlp);
@@ -146,11 +141,11 @@ struct LlamaLayerImpl : nn::Module {
   // The residual stream after attention output `attn_out`, then after the MLP.
   torch::Tensor finish(const torch::Tensor& x, const torch::Tensor& attn_out) {
     if (!pre_feedforward_layernorm) {
-      const torch::Tensor y = x + attn_out;
-      return y + mlp(post_attention_layernorm(y));
+      const torch::Tensor y = add_into(x, attn_out);
+      return add_into(y, mlp(post_attention_layernorm(y)));
     }
-    const torch::Tensor y = x + post_attention_layernorm(attn_out);
-    return y + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(y)));
+    const torch::Tensor y = add_into(x, post_attention_layernorm(attn_out));
+    return add_into(y, post_feedforward_layernorm(mlp(pre_feedforward_layernorm(y))));
   }
 };
 TORCH_MODULE(LlamaLayer);
