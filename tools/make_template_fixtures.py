@@ -40,6 +40,7 @@ FAMILIES = {
     "phi4_mini": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"},
     "qwen2_5": {"bos_token": None, "eos_token": "<|im_end|>"},
     "qwen3": {"bos_token": None, "eos_token": "<|im_end|>"},
+    "qwen3_0_6b": {"bos_token": None, "eos_token": "<|im_end|>"},
 }
 
 SYSTEM = {"role": "system", "content": "You are a terse assistant."}
