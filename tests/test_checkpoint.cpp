@@ -710,7 +710,8 @@ TEST_CASE("config: real config.json files parse to the make-model preset of the 
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"meta-llama__Llama-3.2-1B", "llama-3.2-1b"},
       {"meta-llama__Llama-3.1-8B", "llama-3.1-8b"},
-      {"Qwen__Qwen3-0.6B", "qwen3-0.6b"}};
+      {"Qwen__Qwen3-0.6B", "qwen3-0.6b"},
+      {"HuggingFaceTB__SmolLM2-135M", "smollm2-135m"}};  // transformers 5's rope_parameters and dtype
   for (const auto& [folder, preset] : cases) {
     INFO(folder << " vs preset " << preset);
     const ModelConfig real =
@@ -848,6 +849,68 @@ TEST_CASE("config: Phi-4-mini-instruct (model_type phi3), GQA, 3/4 of each head 
   CHECK(k.total == (24 + 2 * 8) * 128);
   // What make-model would write for it parses back to the same config.
   CHECK(ModelConfig::from_json_text(real.to_json_text(), "phi-4-mini round trip") == real);
+}
+
+TEST_CASE("config: transformers 5's rope_parameters, one for all layers or one per layer type, read as rope_theta and rope_scaling",
+          "[config]") {
+  // transformers >= 5 writes rope_theta and the scaling parameters into one "rope_parameters" object (SmolLM2-135M's
+  // fixture above has {"rope_theta": 100000, "rope_type": "default"}), per layer type where layers differ.
+  const ModelConfig llama = shape_preset("llama-3.2-1b");
+  json j = json::parse(llama.to_json_text());
+  json params = j["rope_scaling"];
+  params["rope_theta"] = j["rope_theta"];
+  j.erase("rope_scaling");
+  j.erase("rope_theta");
+  j["rope_parameters"] = params;
+  CHECK(ModelConfig::from_json_text(j.dump(), "c.json") == llama);
+  // It wins over the older fields when both are present, as in transformers 5.
+  j["rope_theta"] = 10000.0;
+  CHECK(ModelConfig::from_json_text(j.dump(), "c.json").rope_theta == 500000.0);
+
+  // Gemma 3: the full-attention layers' base and linear scaling, the sliding layers' own base.
+  const ModelConfig gemma = shape_preset("tiny-gemma3");
+  j = json::parse(gemma.to_json_text());
+  json full = j["rope_scaling"];
+  full["rope_theta"] = j["rope_theta"];
+  j["rope_parameters"] = {{"full_attention", full},
+                          {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", j["rope_local_base_freq"]}}}};
+  for (const char* old : {"rope_scaling", "rope_theta", "rope_local_base_freq"}) j.erase(old);
+  CHECK(ModelConfig::from_json_text(j.dump(), "c.json") == gemma);
+
+  json bad = j;
+  bad["rope_parameters"]["sliding_attention"]["rope_type"] = "linear";
+  bad["rope_parameters"]["sliding_attention"]["factor"] = 2.0;
+  CHECK_THROWS_WITH(ModelConfig::from_json_text(bad.dump(), "c.json"),
+                    Catch::Contains("c.json: field 'rope_parameters.sliding_attention': RoPE scaling of the "
+                                    "sliding-window layers is not supported"));
+  bad = j;
+  bad["rope_parameters"]["chunked_attention"] = json::object();
+  CHECK_THROWS_WITH(ModelConfig::from_json_text(bad.dump(), "c.json"),
+                    Catch::Contains("field 'rope_parameters' holds 'chunked_attention'"));
+  bad = j;
+  bad["rope_parameters"].erase("full_attention");
+  CHECK_THROWS_WITH(ModelConfig::from_json_text(bad.dump(), "c.json"),
+                    Catch::Contains("\"sliding_attention\" without \"full_attention\""));
+  bad = j;
+  bad["rope_parameters"]["full_attention"]["rope_theta"] = "big";
+  CHECK_THROWS_WITH(ModelConfig::from_json_text(bad.dump(), "c.json"),
+                    Catch::Contains("c.json: field 'rope_parameters.full_attention': field 'rope_theta' must be a "
+                                    "positive number"));
+  bad = j;
+  bad["rope_parameters"] = 3;
+  CHECK_THROWS_WITH(ModelConfig::from_json_text(bad.dump(), "c.json"),
+                    Catch::Contains("field 'rope_parameters' must be an object or null"));
+
+  // Gemma 2 has one base for both kinds of layer: the same value is fine, another is refused.
+  const ModelConfig gemma2 = shape_preset("tiny-gemma2");
+  j = json::parse(gemma2.to_json_text());
+  j["rope_parameters"] = {{"full_attention", {{"rope_type", "default"}, {"rope_theta", j["rope_theta"]}}},
+                          {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", j["rope_theta"]}}}};
+  j.erase("rope_theta");
+  CHECK(ModelConfig::from_json_text(j.dump(), "c.json") == gemma2);
+  j["rope_parameters"]["sliding_attention"]["rope_theta"] = 5000.0;
+  CHECK_THROWS_WITH(ModelConfig::from_json_text(j.dump(), "c.json"),
+                    Catch::Contains("model_type 'gemma2' has one RoPE base for all layers"));
 }
 
 TEST_CASE("config: Phi-3-mini-4k-instruct's fields parse to the phi-3-mini-4k preset, longrope is checked", "[config]") {
