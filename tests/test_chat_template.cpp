@@ -255,7 +255,7 @@ TEST_CASE("chat templates of real models render byte for byte as jinja2 renders 
     total += counts.second;
   }
   std::printf("chat templates: %d/%d renders match jinja2 (%zu templates)\n", total_ok, total, per_family.size());
-  CHECK(per_family.size() == 14);
+  CHECK(per_family.size() == 18);
   CHECK(total_ok == total);
 }
 
@@ -309,6 +309,40 @@ TEST_CASE("a model folder's template: chat_template.jinja, then tokenizer_config
 
   CHECK_THROWS_WITH(load_chat_template((dir / "nowhere").string()), Catch::Contains("not a model folder"));
   std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("real tokenizer_config.json files give the template and the tokens the fixtures render with", "[chat_template]") {
+  // tests/data/configs/<model>/tokenizer_config.json (SOURCES.md) and the .jinja copied out of it.
+  const auto expected = nlohmann::ordered_json::parse(test::read_file(kData / "expected.json"));
+  const std::filesystem::path configs = std::filesystem::path(SINKFLOW_SOURCE_DIR) / "tests/data/configs";
+  const std::vector<std::pair<std::string, std::string>> cases = {{"microsoft__Phi-3-mini-128k-instruct", "phi3"},
+                                                                  {"microsoft__Phi-4-mini-instruct", "phi4_mini"},
+                                                                  {"mistralai__Mistral-7B-Instruct-v0.2", "mistral_v0_2"},
+                                                                  {"google__gemma-2-2b-it", "gemma2"},
+                                                                  {"Qwen__Qwen3-0.6B", "qwen3_0_6b"}};
+  for (const auto& [folder, family] : cases) {
+    INFO(folder << " -> " << family);
+    const auto t = load_chat_template((configs / folder).string());
+    REQUIRE(t.has_value());
+    CHECK(t->source == test::read_file(kData / (family + ".jinja")));
+    CHECK_THAT(t->origin, Catch::EndsWith("tokenizer_config.json (chat_template)"));
+    const auto& tokens = expected["families"][family];
+    const auto token = [](const nlohmann::ordered_json& j) {
+      return j.is_string() ? std::optional<std::string>(j.get<std::string>()) : std::nullopt;
+    };
+    CHECK(t->bos_token == token(tokens["bos_token"]));
+    CHECK(t->eos_token == token(tokens["eos_token"]));
+  }
+  // Phi-3's template ends a conversation without a generation prompt with eos_token (<|endoftext|>).
+  const auto phi3 = load_chat_template((configs / "microsoft__Phi-3-mini-128k-instruct").string());
+  REQUIRE(phi3.has_value());
+  CHECK(render_chat(*phi3, json::array({{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", "Hi"}}})) ==
+        "<|system|>\nBe brief.<|end|>\n<|user|>\nHi<|end|>\n<|endoftext|>");
+  // Mistral-7B-Instruct-v0.2 refuses a system message with the template's own words.
+  const auto mistral = load_chat_template((configs / "mistralai__Mistral-7B-Instruct-v0.2").string());
+  REQUIRE(mistral.has_value());
+  CHECK_THROWS_WITH(render_chat(*mistral, json::array({{{"role", "system"}, {"content", "x"}}})),
+                    Catch::Contains("Conversation roles must alternate user/assistant/user/assistant/..."));
 }
 
 TEST_CASE("a bad template names its origin and line when it is parsed", "[chat_template]") {

@@ -710,7 +710,8 @@ TEST_CASE("config: real config.json files parse to the make-model preset of the 
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"meta-llama__Llama-3.2-1B", "llama-3.2-1b"},
       {"meta-llama__Llama-3.1-8B", "llama-3.1-8b"},
-      {"Qwen__Qwen3-0.6B", "qwen3-0.6b"}};
+      {"Qwen__Qwen3-0.6B", "qwen3-0.6b"},
+      {"HuggingFaceTB__SmolLM2-135M", "smollm2-135m"}};  // transformers 5's rope_parameters and dtype
   for (const auto& [folder, preset] : cases) {
     INFO(folder << " vs preset " << preset);
     const ModelConfig real =
@@ -725,6 +726,191 @@ TEST_CASE("config: real config.json files parse to the make-model preset of the 
   CHECK(qwen3.qk_norm);
   CHECK(qwen3.d_head == 128);
   CHECK(qwen3.sliding_window == 0);  // use_sliding_window: false
+}
+
+namespace {
+ModelConfig fixture_config(const std::string& folder) {
+  return ModelConfig::from_json_file(std::string(SINKFLOW_SOURCE_DIR) + "/tests/data/configs/" + folder +
+                                     "/config.json");
+}
+}  // namespace
+
+TEST_CASE("config: gemma-2-2b-it's config.json (a re-saved copy) is the gemma-2-2b shape, local layers even",
+          "[config]") {
+  // tests/data/configs/SOURCES.md: a fine-tune of google/gemma-2-2b-it saved by save_pretrained (torch_dtype,
+  // transformers_version and _name_or_path are the saver's), the architecture fields as Google published them.
+  const ModelConfig real = fixture_config("google__gemma-2-2b-it");
+  ModelConfig expected = shape_preset("gemma-2-2b");
+  expected.torch_dtype = "bfloat16";  // the copy's, not google/gemma-2-2b's float32
+  CHECK(real == expected);            // eos_token_id [1, 107]: the first id is config.json's (the list: generation)
+  // The fields the preset shares with it, spelled out: head_dim 256 = query_pre_attn_scalar, soft-caps 50 and 30,
+  // a 4,096-key window, one RoPE base for both kinds of layer.
+  CHECK((real.d_head == 256 && real.query_pre_attn_scalar == 256.0));
+  CHECK((real.attn_softcap == 50.0 && real.final_softcap == 30.0));
+  CHECK((real.sliding_window == 4096 && real.rope_theta == 10000.0 && real.rope_local_theta == 0.0));
+  CHECK_FALSE(real.qk_norm);
+  REQUIRE(real.sliding_layers.size() == 26);
+  for (int64_t i = 0; i < 26; ++i) {
+    INFO("layer " << i);
+    CHECK(real.is_sliding(i) == (i % 2 == 0));
+  }
+  CHECK(real.eos_token_id == 1);
+  CHECK(real.bos_token_id == 2);
+}
+
+TEST_CASE("config: Mistral-7B-Instruct-v0.2's sliding_window null means full attention on every layer, rope_theta 1e6",
+          "[config]") {
+  // Re-saved copy (SOURCES.md): torch_dtype float32 and _name_or_path are the saver's.
+  const ModelConfig real = fixture_config("mistralai__Mistral-7B-Instruct-v0.2");
+  CHECK(real.model_type == "mistral");
+  CHECK(real.sliding_window == 0);
+  for (int64_t i = 0; i < real.n_layer; ++i) CHECK_FALSE(real.is_sliding(i));
+  CHECK(real.rope_theta == 1000000.0);
+  // Everything else is Mistral-7B-v0.1's shape (the make-model preset), which slides every layer over 4,096 keys.
+  ModelConfig expected = shape_preset("mistral-7b");
+  CHECK(expected.sliding_window == 4096);
+  CHECK(expected.is_sliding(0));
+  CHECK(expected.is_sliding(31));
+  expected.sliding_window = 0;
+  expected.sliding_layers = real.sliding_layers;
+  expected.rope_theta = 1000000.0;
+  expected.torch_dtype = "float32";
+  CHECK(real == expected);
+  CHECK_FALSE(real.attention_bias);
+  CHECK_FALSE(real.mlp_bias);
+}
+
+TEST_CASE("config: Phi-3-mini-128k-instruct, longrope with its 48 short and long factors, every layer windowed",
+          "[config]") {
+  const ModelConfig real = fixture_config("microsoft__Phi-3-mini-128k-instruct");
+  // The 4k model's shapes (its make-model preset), with a longer context, another window and rope scaling.
+  ModelConfig short_context = shape_preset("phi-3-mini-4k");
+  short_context.max_positions = 131072;
+  short_context.sliding_window = 262144;
+  short_context.rope_scaling = real.rope_scaling;
+  CHECK(real == short_context);
+  CHECK(real.model_type == "phi3");
+  CHECK(real.d_head == 96);
+  CHECK(real.n_rot() == 96);
+  // "type": "longrope" (the older key), original_max_position_embeddings at the top level.
+  CHECK(real.rope_scaling.type == "longrope");
+  CHECK(real.rope_scaling.original_max_positions == 4096);
+  CHECK(real.rope_scaling.factor == 1.0);
+  REQUIRE(real.rope_scaling.short_factor.size() == 48);
+  REQUIRE(real.rope_scaling.long_factor.size() == 48);
+  CHECK(real.rope_scaling.short_factor.front() == 1.1);
+  CHECK(real.rope_scaling.short_factor.back() == 3.049999999999997);
+  CHECK(real.rope_scaling.long_factor.front() == 1.0700000524520874);
+  CHECK(real.rope_scaling.long_factor.back() == 64.76000213623047);
+  CHECK(real.sliding_window == 262144);
+  CHECK(real.is_sliding(0));
+  CHECK(real.is_sliding(31));
+  // Fused q/k/v and gate/up as Phi3ForCausalLM stores them.
+  const StoredSlice v = stored_slice(real, "model.layers.3.self_attn.v_proj.weight");
+  CHECK(v.name == "model.layers.3.self_attn.qkv_proj.weight");
+  CHECK(v.begin == 2 * 3072);
+  CHECK(v.rows == 3072);
+  CHECK(v.total == 3 * 3072);
+  const StoredSlice up = stored_slice(real, "model.layers.0.mlp.up_proj.weight");
+  CHECK(up.name == "model.layers.0.mlp.gate_up_proj.weight");
+  CHECK(up.begin == 8192);
+  CHECK(up.rows == 8192);
+  CHECK(up.total == 2 * 8192);
+}
+
+TEST_CASE("config: Phi-4-mini-instruct (model_type phi3), GQA, 3/4 of each head rotated, longrope over 48 frequencies",
+          "[config]") {
+  const ModelConfig real = fixture_config("microsoft__Phi-4-mini-instruct");
+  CHECK(real.model_type == "phi3");
+  CHECK(real.d_model == 3072);
+  CHECK(real.n_layer == 32);
+  CHECK(real.n_head == 24);
+  CHECK(real.n_kv_head == 8);
+  CHECK(real.d_head == 128);
+  CHECK(real.partial_rotary_factor == 0.75);
+  CHECK(real.n_rot() == 96);
+  CHECK(real.d_ff == 8192);
+  CHECK(real.vocab_size == 200064);
+  CHECK(real.max_positions == 131072);
+  CHECK(real.tie_word_embeddings);
+  CHECK(real.bos_token_id == 199999);
+  CHECK(real.eos_token_id == 199999);
+  CHECK(real.rope_scaling.type == "longrope");
+  CHECK(real.rope_scaling.original_max_positions == 4096);
+  CHECK(real.rope_scaling.short_factor.size() == 48);
+  CHECK(real.rope_scaling.long_factor.size() == 48);
+  CHECK(real.rope_scaling.long_factor.front() == 1.0);
+  CHECK(real.sliding_window == 262144);
+  // q (24 heads) then k and v (8 heads each) in one fused matrix.
+  const StoredSlice k = stored_slice(real, "model.layers.0.self_attn.k_proj.weight");
+  CHECK(k.name == "model.layers.0.self_attn.qkv_proj.weight");
+  CHECK(k.begin == 24 * 128);
+  CHECK(k.rows == 8 * 128);
+  CHECK(k.total == (24 + 2 * 8) * 128);
+  // What make-model would write for it parses back to the same config.
+  CHECK(ModelConfig::from_json_text(real.to_json_text(), "phi-4-mini round trip") == real);
+}
+
+TEST_CASE("config: transformers 5's rope_parameters, one for all layers or one per layer type, read as rope_theta and rope_scaling",
+          "[config]") {
+  // transformers >= 5 writes rope_theta and the scaling parameters into one "rope_parameters" object (SmolLM2-135M's
+  // fixture above has {"rope_theta": 100000, "rope_type": "default"}), per layer type where layers differ.
+  const ModelConfig llama = shape_preset("llama-3.2-1b");
+  json j = json::parse(llama.to_json_text());
+  json params = j["rope_scaling"];
+  params["rope_theta"] = j["rope_theta"];
+  j.erase("rope_scaling");
+  j.erase("rope_theta");
+  j["rope_parameters"] = params;
+  CHECK(ModelConfig::from_json_text(j.dump(), "c.json") == llama);
+  // It wins over the older fields when both are present, as in transformers 5.
+  j["rope_theta"] = 10000.0;
+  CHECK(ModelConfig::from_json_text(j.dump(), "c.json").rope_theta == 500000.0);
+
+  // Gemma 3: the full-attention layers' base and linear scaling, the sliding layers' own base.
+  const ModelConfig gemma = shape_preset("tiny-gemma3");
+  j = json::parse(gemma.to_json_text());
+  json full = j["rope_scaling"];
+  full["rope_theta"] = j["rope_theta"];
+  j["rope_parameters"] = {{"full_attention", full},
+                          {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", j["rope_local_base_freq"]}}}};
+  for (const char* old : {"rope_scaling", "rope_theta", "rope_local_base_freq"}) j.erase(old);
+  CHECK(ModelConfig::from_json_text(j.dump(), "c.json") == gemma);
+
+  json bad = j;
+  bad["rope_parameters"]["sliding_attention"]["rope_type"] = "linear";
+  bad["rope_parameters"]["sliding_attention"]["factor"] = 2.0;
+  CHECK_THROWS_WITH(ModelConfig::from_json_text(bad.dump(), "c.json"),
+                    Catch::Contains("c.json: field 'rope_parameters.sliding_attention': RoPE scaling of the "
+                                    "sliding-window layers is not supported"));
+  bad = j;
+  bad["rope_parameters"]["chunked_attention"] = json::object();
+  CHECK_THROWS_WITH(ModelConfig::from_json_text(bad.dump(), "c.json"),
+                    Catch::Contains("field 'rope_parameters' holds 'chunked_attention'"));
+  bad = j;
+  bad["rope_parameters"].erase("full_attention");
+  CHECK_THROWS_WITH(ModelConfig::from_json_text(bad.dump(), "c.json"),
+                    Catch::Contains("\"sliding_attention\" without \"full_attention\""));
+  bad = j;
+  bad["rope_parameters"]["full_attention"]["rope_theta"] = "big";
+  CHECK_THROWS_WITH(ModelConfig::from_json_text(bad.dump(), "c.json"),
+                    Catch::Contains("c.json: field 'rope_parameters.full_attention': field 'rope_theta' must be a "
+                                    "positive number"));
+  bad = j;
+  bad["rope_parameters"] = 3;
+  CHECK_THROWS_WITH(ModelConfig::from_json_text(bad.dump(), "c.json"),
+                    Catch::Contains("field 'rope_parameters' must be an object or null"));
+
+  // Gemma 2 has one base for both kinds of layer: the same value is fine, another is refused.
+  const ModelConfig gemma2 = shape_preset("tiny-gemma2");
+  j = json::parse(gemma2.to_json_text());
+  j["rope_parameters"] = {{"full_attention", {{"rope_type", "default"}, {"rope_theta", j["rope_theta"]}}},
+                          {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", j["rope_theta"]}}}};
+  j.erase("rope_theta");
+  CHECK(ModelConfig::from_json_text(j.dump(), "c.json") == gemma2);
+  j["rope_parameters"]["sliding_attention"]["rope_theta"] = 5000.0;
+  CHECK_THROWS_WITH(ModelConfig::from_json_text(j.dump(), "c.json"),
+                    Catch::Contains("model_type 'gemma2' has one RoPE base for all layers"));
 }
 
 TEST_CASE("config: Phi-3-mini-4k-instruct's fields parse to the phi-3-mini-4k preset, longrope is checked", "[config]") {

@@ -35,8 +35,12 @@ FAMILIES = {
     "llama3": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
     "llama3_2": {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>"},
     "mistral_nemo": {"bos_token": "<s>", "eos_token": "</s>"},
+    "mistral_v0_2": {"bos_token": "<s>", "eos_token": "</s>"},
+    "phi3": {"bos_token": "<s>", "eos_token": "<|endoftext|>"},
+    "phi4_mini": {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"},
     "qwen2_5": {"bos_token": None, "eos_token": "<|im_end|>"},
     "qwen3": {"bos_token": None, "eos_token": "<|im_end|>"},
+    "qwen3_0_6b": {"bos_token": None, "eos_token": "<|im_end|>"},
 }
 
 SYSTEM = {"role": "system", "content": "You are a terse assistant."}

@@ -121,13 +121,50 @@ std::string read_dtype(const Fields& fields) {
   return fields.one_of(field, kTorchDtypes, "float32");
 }
 
-// config.json "rope_scaling": null, or an object with "rope_type" (or the older "type") and its parameters.
-RopeScaling parse_rope_scaling(const json& root, const std::string& source, int64_t max_positions) {
+// transformers >= 5 writes "rope_parameters" instead of "rope_theta" and "rope_scaling": one object holding
+// rope_type, rope_theta and the scaling parameters, or (models with sliding-window layers) one such object per layer
+// type, "full_attention" and "sliding_attention". Both null when the config has no "rope_parameters" (the older
+// fields are read then).
+struct RopeFields {
+  const json* global = nullptr;  // the full-attention layers' parameters (every layer's when not per layer type)
+  const json* local = nullptr;   // the sliding-window layers' parameters, when given per layer type
+  std::string global_name;
+};
+
+RopeFields rope_fields(const json& root, const std::string& source) {
+  RopeFields out;
+  if (!root.contains("rope_parameters") || root.at("rope_parameters").is_null()) return out;
+  const json& params = root.at("rope_parameters");
+  if (!params.is_object()) fail(source, "field 'rope_parameters' must be an object or null, found " + show(params));
+  if (!params.contains("full_attention") && !params.contains("sliding_attention")) {
+    out.global = &params;
+    out.global_name = "rope_parameters";
+    return out;
+  }
+  for (const auto& [key, value] : params.items()) {
+    if (key != "full_attention" && key != "sliding_attention")
+      fail(source, "field 'rope_parameters' holds '" + key +
+                       "', expected the layer types \"full_attention\" and \"sliding_attention\"");
+    if (!value.is_object())
+      fail(source, "field 'rope_parameters." + key + "' must be an object, found " + show(value));
+  }
+  if (!params.contains("full_attention"))
+    fail(source, "field 'rope_parameters' gives \"sliding_attention\" without \"full_attention\"");
+  out.global = &params.at("full_attention");
+  out.global_name = "rope_parameters.full_attention";
+  if (params.contains("sliding_attention")) out.local = &params.at("sliding_attention");
+  return out;
+}
+
+// RoPE scaling: null, or an object with "rope_type" (or the older "type") and its parameters. `scaling` is
+// config.json's "rope_scaling", or (transformers >= 5) the object of "rope_parameters" named by `field`, where
+// rope_theta sits beside the scaling parameters.
+RopeScaling parse_rope_scaling(const json& root, const json& scaling, const std::string& field,
+                               const std::string& source, int64_t max_positions) {
   RopeScaling r;
-  if (!root.contains("rope_scaling") || root.at("rope_scaling").is_null()) return r;
-  const json& scaling = root.at("rope_scaling");
-  if (!scaling.is_object()) fail(source, "field 'rope_scaling' must be an object or null, found " + show(scaling));
-  const std::string where = source + ": field 'rope_scaling'";
+  if (scaling.is_null()) return r;
+  if (!scaling.is_object()) fail(source, "field '" + field + "' must be an object or null, found " + show(scaling));
+  const std::string where = source + ": field '" + field + "'";
   Fields f(scaling, where);
   const std::string key = f.has("rope_type") ? "rope_type" : "type";
   r.type = f.one_of(key, kRopeTypes, "");
@@ -235,7 +272,10 @@ void parse_llama(const Fields& f, const json& root, const std::string& source, M
   }
   c.max_positions = f.positive_int("max_position_embeddings");
   c.norm_eps = f.positive_number("rms_norm_eps", 1e-6);
-  c.rope_theta = f.positive_number("rope_theta", 10000.0);
+  const RopeFields rope = rope_fields(root, source);
+  c.rope_theta = rope.global == nullptr ? f.positive_number("rope_theta", 10000.0)
+                                        : Fields(*rope.global, source + ": field '" + rope.global_name + "'")
+                                              .positive_number("rope_theta", 10000.0);
   c.partial_rotary_factor = f.positive_number("partial_rotary_factor", 1.0);
   c.tie_word_embeddings = f.boolean("tie_word_embeddings", gemma);
   if (c.model_type == "qwen2") {
@@ -260,6 +300,19 @@ void parse_llama(const Fields& f, const json& root, const std::string& source, M
   }
   c.qk_norm = c.model_type == "qwen3" || c.model_type == "gemma3_text";
   if (c.model_type == "gemma3_text") c.rope_local_theta = f.positive_number("rope_local_base_freq", 10000.0);
+  if (rope.local != nullptr) {  // transformers >= 5: the sliding layers' own rope_theta (and no scaling of theirs)
+    const std::string where = source + ": field 'rope_parameters.sliding_attention'";
+    const double local_theta = Fields(*rope.local, where).positive_number("rope_theta", 10000.0);
+    if (!parse_rope_scaling(root, *rope.local, "rope_parameters.sliding_attention", source, c.max_positions)
+             .type.empty())
+      fail(where, "RoPE scaling of the sliding-window layers is not supported (only of the full-attention layers)");
+    if (c.model_type == "gemma3_text")
+      c.rope_local_theta = local_theta;
+    else if (local_theta != c.rope_theta)
+      fail(where, "field 'rope_theta' (" + show(json(local_theta)) +
+                      ") differs from the full-attention layers' and model_type '" + c.model_type +
+                      "' has one RoPE base for all layers");
+  }
   // Sliding-window attention: mistral and gemma whenever sliding_window is set; qwen2/qwen3 only with
   // use_sliding_window (their configs carry a sliding_window that is off by default).
   const bool qwen = c.model_type == "qwen2" || c.model_type == "qwen3";
@@ -268,7 +321,10 @@ void parse_llama(const Fields& f, const json& root, const std::string& source, M
   else if (gemma && !root.contains("sliding_window"))
     c.sliding_window = 4096;  // Gemma2Config / Gemma3TextConfig default
   c.sliding_layers = parse_sliding_layers(f, root, source, c);
-  c.rope_scaling = parse_rope_scaling(root, source, c.max_positions);
+  c.rope_scaling = rope.global != nullptr
+                       ? parse_rope_scaling(root, *rope.global, rope.global_name, source, c.max_positions)
+                       : parse_rope_scaling(root, root.contains("rope_scaling") ? root.at("rope_scaling") : json(),
+                                            "rope_scaling", source, c.max_positions);
 }
 
 void parse_gpt2(const Fields& f, const std::string& source, ModelConfig& c) {
