@@ -170,62 +170,75 @@ TEST_CASE("attention of one query over a strided cache with masked slots equals 
   }
 }
 
-TEST_CASE("bfloat16 and int8 matrices with float32 compute equal float32 compute over the rounded weights", "[kernels]") {
-  c10::InferenceMode guard;
-  const std::filesystem::path dir = test::temp_dir("kernels_bf16");
-  MakeModelOptions o;
-  o.config = shape_preset("tiny-llama");
-  o.seed = 9;
-  make_model(dir.string(), o);
-  auto bf = load_decoder(dir.string(), at::kCPU, at::kBFloat16);
-  CHECK(bf->dtype() == at::kFloat);
-  CHECK(bf->weight_dtype() == at::kBFloat16);
-  // The reference: float32 weights rounded to bfloat16 and back.
-  auto ref = load_decoder(dir.string(), at::kCPU, at::kFloat);
-  for (auto& [name, p] : ref->named_parameters())
-    if (p.dim() == 2) p.copy_(p.to(at::kBFloat16).to(at::kFloat));
-  const std::vector<int64_t> tokens = test::random_tokens(24, o.config.vocab_size, 3);
-  const at::Tensor ids = at::tensor(tokens).unsqueeze(0);
-  const at::Tensor full_ref = ref->forward_full(ids)[0];
-  CHECK(rel_err(bf->forward_full(ids)[0], full_ref) < 1e-4);
-  // One token at a time (the matrix-vector kernels) equals the full forward.
-  StreamConfig sc;
-  sc.policy = Policy::dense;
-  sc.cache.n_recent = 24;
-  StreamSession s(bf, sc);
-  const at::Tensor steps = s.feed(tokens, nullptr, true);
-  CHECK(rel_err(steps, full_ref) < 1e-4);
-  // int8 matrices: float32 compute over the dequantized weights, one step at a time as in one forward.
-  auto q8 = load_decoder(dir.string(), at::kCPU, parse_dtype("int8", at::kCPU));
-  CHECK(q8->dtype() == at::kFloat);
-  CHECK(q8->weight_dtype() == at::kChar);
-  auto qref = load_decoder(dir.string(), at::kCPU, at::kFloat);
-  for (auto& [name, p] : qref->named_parameters())
-    if (p.dim() == 2) {
-      const Q8Matrix q = quantize_q8(p);
-      p.copy_(dequantize_q8(q.values, q.scales));
-    }
-  const at::Tensor q_full_ref = qref->forward_full(ids)[0];
-  CHECK(rel_err(q8->forward_full(ids)[0], q_full_ref) < 1e-4);
-  StreamSession sq(q8, sc);
-  CHECK(rel_err(sq.feed(tokens, nullptr, true), q_full_ref) < 1e-4);
-  // ... and close to float32 itself (random weights: a loose bound, the PPL figures are in tools/BENCHMARKS.md).
-  CHECK(rel_err(q_full_ref, ref->forward_full(ids)[0]) < 0.2);
-  REQUIRE_THROWS_WITH(load_decoder(dir.string(), at::Device(at::kCUDA), at::kChar),
-                      Catch::Contains("dtype int8 runs on the CPU only"));
-  // float16 cannot run on the CPU: a clear error instead of a LibTorch trace.
-  REQUIRE_THROWS_WITH(load_decoder(dir.string(), at::kCPU, at::kHalf),
-                      Catch::Contains("dtype float16 cannot run on the CPU") && Catch::Contains("use bfloat16"));
+namespace {
+
+// The matrices a narrowed model keeps narrow, and how (GPT-2's Conv1D weights are stored [in, out] and narrowed
+// as their transpose; its learned positions stay float32).
+bool narrowed(const std::string& name, const at::Tensor& p) { return p.dim() == 2 && name.find("wpe") == std::string::npos; }
+bool conv1d(const std::string& name) {
+  return name.find(".attn.c_") != std::string::npos || name.find(".mlp.c_") != std::string::npos;
 }
 
-TEST_CASE("int8 is refused where it cannot run: the GPT-2 family and checkpoints written by make-model", "[kernels]") {
+}  // namespace
+
+TEST_CASE("bfloat16 and int8 matrices with float32 compute equal float32 compute over the rounded weights", "[kernels]") {
   c10::InferenceMode guard;
-  const std::filesystem::path dir = test::temp_dir("kernels_int8_gpt2");
+  for (const std::string preset : {"tiny-llama", "tiny-gpt2"}) {
+    INFO(preset);
+    const std::filesystem::path dir = test::temp_dir("kernels_narrow_" + preset);
+    MakeModelOptions o;
+    o.config = shape_preset(preset);
+    o.seed = 9;
+    make_model(dir.string(), o);
+    auto bf = load_decoder(dir.string(), at::kCPU, at::kBFloat16);
+    CHECK(bf->dtype() == at::kFloat);
+    CHECK(bf->weight_dtype() == at::kBFloat16);
+    // The reference: float32 weights rounded to bfloat16 and back.
+    auto ref = load_decoder(dir.string(), at::kCPU, at::kFloat);
+    for (auto& [name, p] : ref->named_parameters())
+      if (narrowed(name, p)) p.copy_(p.to(at::kBFloat16).to(at::kFloat));
+    const std::vector<int64_t> tokens = test::random_tokens(24, o.config.vocab_size, 3);
+    const at::Tensor ids = at::tensor(tokens).unsqueeze(0);
+    const at::Tensor full_ref = ref->forward_full(ids)[0];
+    CHECK(rel_err(bf->forward_full(ids)[0], full_ref) < 1e-4);
+    // One token at a time (the matrix-vector kernels) equals the full forward.
+    StreamConfig sc;
+    sc.policy = Policy::dense;
+    sc.cache.n_recent = 24;
+    StreamSession s(bf, sc);
+    const at::Tensor steps = s.feed(tokens, nullptr, true);
+    CHECK(rel_err(steps, full_ref) < 1e-4);
+    // int8 matrices: float32 compute over the dequantized weights, one step at a time as in one forward.
+    auto q8 = load_decoder(dir.string(), at::kCPU, parse_dtype("int8", at::kCPU));
+    CHECK(q8->dtype() == at::kFloat);
+    CHECK(q8->weight_dtype() == at::kChar);
+    auto qref = load_decoder(dir.string(), at::kCPU, at::kFloat);
+    for (auto& [name, p] : qref->named_parameters()) {
+      if (!narrowed(name, p)) continue;
+      const at::Tensor rows = conv1d(name) ? p.t() : p;
+      const Q8Matrix q = quantize_q8(rows);
+      const at::Tensor back = dequantize_q8(q.values, q.scales);
+      p.copy_(conv1d(name) ? back.t() : back);
+    }
+    const at::Tensor q_full_ref = qref->forward_full(ids)[0];
+    CHECK(rel_err(q8->forward_full(ids)[0], q_full_ref) < 1e-4);
+    StreamSession sq(q8, sc);
+    CHECK(rel_err(sq.feed(tokens, nullptr, true), q_full_ref) < 1e-4);
+    // ... and close to float32 itself (random weights: a loose bound, the PPL figures are in tools/BENCHMARKS.md).
+    CHECK(rel_err(q_full_ref, ref->forward_full(ids)[0]) < 0.2);
+    REQUIRE_THROWS_WITH(load_decoder(dir.string(), at::Device(at::kCUDA), at::kChar),
+                        Catch::Contains("dtype int8 runs on the CPU only"));
+    // float16 cannot run on the CPU: a clear error instead of a LibTorch trace.
+    REQUIRE_THROWS_WITH(load_decoder(dir.string(), at::kCPU, at::kHalf),
+                        Catch::Contains("dtype float16 cannot run on the CPU") && Catch::Contains("use bfloat16"));
+  }
+}
+
+TEST_CASE("make-model refuses to write int8 checkpoints and parse_dtype names what it accepts", "[kernels]") {
+  c10::InferenceMode guard;
+  const std::filesystem::path dir = test::temp_dir("kernels_int8_write");
   MakeModelOptions o;
   o.config = shape_preset("tiny-gpt2");
-  make_model(dir.string(), o);
-  REQUIRE_THROWS_WITH(load_decoder(dir.string(), at::kCPU, at::kChar),
-                      Catch::Contains("int8 matrices with float32 compute are implemented for the llama family only"));
   o.dtype = at::kChar;
   REQUIRE_THROWS_WITH(make_model((dir / "q").string(), o),
                       Catch::Contains("a checkpoint is written in float32, float16 or bfloat16, found int8"));

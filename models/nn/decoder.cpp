@@ -96,8 +96,8 @@ std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device,
   if (!device.is_cpu() && dtype == at::kChar)
     throw std::invalid_argument(dir + ": dtype int8 runs on the CPU only (int8 matrices, float32 compute); on " +
                                 device.str() + " use float16 or bfloat16");
-  // bfloat16 (Llama family) or int8 on the CPU: float32 compute over narrower matrices.
-  const bool split = device.is_cpu() && ((dtype == at::kBFloat16 && config.family == Family::llama) || dtype == at::kChar);
+  // bfloat16 or int8 on the CPU: float32 compute over narrower matrices.
+  const bool split = device.is_cpu() && (dtype == at::kBFloat16 || dtype == at::kChar);
   const at::ScalarType compute = split ? at::kFloat : dtype;
   // What the loaded weights take (matrices narrowed one by one when split): more than this machine's memory is an
   // error before any allocation.

@@ -28,9 +28,10 @@ class Decoder {
   at::ScalarType weight_dtype() const { return weight_dtype_; }
   // Keeps every matrix (2-D parameter) in `dtype` while computing in dtype(): bfloat16 weights with float32
   // activations halve the bytes a CPU decode step streams, int8 blocks with float16 scales (kChar, quant.h) quarter
-  // them (matrix-vector kernels accumulate in float32; longer inputs widen each matrix on the fly). Llama family
-  // on the CPU only; others throw std::invalid_argument. With int8, named_parameters() shows the int8 values and
-  // head_weight() the dequantized matrix.
+  // them (matrix-vector kernels accumulate in float32; longer inputs go through AMX (amx.h) or widen each matrix
+  // on the fly). Llama and GPT-2 families on the CPU only; others throw std::invalid_argument. With int8,
+  // named_parameters() shows the int8 values and head_weight() the dequantized matrix; GPT-2's Conv1D weights are
+  // then stored transposed ([out, in]).
   virtual void store_matrices_as(at::ScalarType dtype);
   // The rotary embedding (Llama family) or nullptr (learned absolute positions).
   virtual const Rope* rope() const = 0;
@@ -87,10 +88,9 @@ std::shared_ptr<Decoder> make_decoder(const ModelConfig& config, at::Device devi
                                       bool zero_weights = true);
 
 // Loads a Hugging Face folder (config.json + model.safetensors or sharded index). dtype: float32; float16 or
-// bfloat16 on accelerators. On the CPU, bfloat16 means bfloat16 matrices with float32 compute for the Llama
-// family (store_matrices_as), the whole model in bfloat16 otherwise; int8 (kChar) means int8 matrices with
-// float32 compute (Llama family, CPU only); float16 on the CPU is refused (std::invalid_argument: LibTorch has no
-// half-precision matrix product there), as int8 elsewhere.
+// bfloat16 on accelerators. On the CPU, bfloat16 means bfloat16 matrices with float32 compute
+// (store_matrices_as) and int8 (kChar) int8 matrices with float32 compute (CPU only); float16 on the CPU is
+// refused (std::invalid_argument: LibTorch has no half-precision matrix product there), as int8 elsewhere.
 std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device, at::ScalarType dtype);
 
 // Scaled dot-product attention over a cache. q: [H, T, dh]; k, v: [KV, E, dh] (H a multiple of KV, query

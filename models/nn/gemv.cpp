@@ -378,6 +378,56 @@ void gemv_t_f32(const float* v, int64_t ld, const float* p, float* out, int64_t 
     for (int64_t c = 0; c < cols; ++c) out[c] += p[r] * v[r * ld + c];
 }
 
+namespace {
+
+SF_AVX512 double stream_sum_avx512(const float* p, int64_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) {
+    a0 = _mm512_add_ps(a0, _mm512_loadu_ps(p + i));
+    a1 = _mm512_add_ps(a1, _mm512_loadu_ps(p + i + 16));
+    a2 = _mm512_add_ps(a2, _mm512_loadu_ps(p + i + 32));
+    a3 = _mm512_add_ps(a3, _mm512_loadu_ps(p + i + 48));
+  }
+  double s = 0;
+  for (const __m512 a : {a0, a1, a2, a3}) {
+    alignas(64) float lanes[16];
+    _mm512_store_ps(lanes, a);
+    for (float v : lanes) s += v;
+  }
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+__attribute__((target("avx2,fma"))) double stream_sum_avx2(const float* p, int64_t n) {
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+    a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+    a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
+    a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+  }
+  double s = 0;
+  for (const __m256 a : {a0, a1, a2, a3}) {
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, a);
+    for (float v : lanes) s += v;
+  }
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+}  // namespace
+
+double stream_sum(const float* p, int64_t n) {
+  if (have_avx512()) return stream_sum_avx512(p, n);
+  if (have_avx2_fma()) return stream_sum_avx2(p, n);
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += p[i];
+  return s;
+}
+
 const char* gemv_kernel_name() {
   if (have_avx512()) return "avx512 (bfloat16, int8) + avx2+fma (float32)";
   return have_avx2_fma() ? "avx2+fma" : "generic";

@@ -39,6 +39,10 @@ void dequantize_q8_rows(const int8_t* q, const uint16_t* scales, float* out, int
 // caller). Kernels called inside run on the thread they are called from.
 void parallel_each(int64_t n, const std::function<void(int64_t)>& body);
 
+// The sum of n floats read at the widest vector width this CPU has (AVX-512, AVX2 or plain C++), several sums in
+// flight: what one core's memory bandwidth is when a kernel only streams (the floor of `bench latency`).
+double stream_sum(const float* p, int64_t n);
+
 // What gemv_* run on this CPU: AVX-512 (bfloat16, int8), AVX2 + FMA, or generic C++ (checked at run time).
 const char* gemv_kernel_name();
 

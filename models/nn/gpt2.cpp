@@ -7,20 +7,30 @@
 #include <cmath>
 
 #include "models/nn/decoder.h"
+#include "models/nn/quant.h"
 
 namespace sinkflow {
 namespace {
 
 namespace nn = torch::nn;
 
-// Hugging Face's Conv1D: y = x @ weight + bias with weight [in, out].
+// Hugging Face's Conv1D: y = x @ weight + bias with weight [in, out]. Narrowed (store_as), the weight is kept
+// transposed, [out, in] as the Llama family's matrices, in bfloat16 or as int8 blocks with `scales` (quant.h), so
+// that the same kernels serve both families.
 struct Conv1dImpl : nn::Module {
-  torch::Tensor weight, bias;
+  torch::Tensor weight, bias, scales;
+  bool transposed = false;
   Conv1dImpl(int64_t in, int64_t out) {
     weight = register_parameter("weight", torch::zeros({in, out}));
     bias = register_parameter("bias", torch::zeros({out}));
   }
-  torch::Tensor forward(const torch::Tensor& x) { return linear_rows_t(x, weight, bias); }
+  void store_as(at::ScalarType dtype) {
+    scales = store_narrowed(weight, weight.t().contiguous(), dtype);
+    transposed = true;
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    return transposed ? linear_rows(x, weight, bias, scales) : linear_rows_t(x, weight, bias);
+  }
 };
 TORCH_MODULE(Conv1d);
 
@@ -93,6 +103,21 @@ class Gpt2 final : public Decoder {
 
   const Rope* rope() const override { return nullptr; }
 
+  // bfloat16 or int8 matrices with float32 compute on the CPU: the Conv1D weights (transposed, see Conv1dImpl)
+  // and the token embedding, which is also the output projection. The learned positions stay float32 (one row
+  // is read per token).
+  void store_matrices_as(at::ScalarType dtype) override {
+    if (!device_.is_cpu() || dtype_ != at::kFloat || (dtype != at::kBFloat16 && dtype != at::kChar))
+      Decoder::store_matrices_as(dtype);  // throws
+    torch::NoGradGuard no_grad;
+    for (Gpt2BlockImpl* b : blocks_)
+      for (Conv1dImpl* m : {b->attn->c_attn.get(), b->attn->c_proj.get(), b->mlp->c_fc.get(), b->mlp->c_proj.get()})
+        m->store_as(dtype);
+    torch::Tensor& wte = net_->transformer->wte->weight;
+    wte_scales_ = store_narrowed(wte, wte, dtype);
+    weight_dtype_ = dtype;
+  }
+
   at::Tensor forward(const StepPlan& plan, KvCache& cache, bool last_only, at::Tensor* hidden_out) const override {
     const int64_t t = static_cast<int64_t>(plan.tokens.size());
     const int64_t n_head = config_.n_head, d_head = config_.d_head, d = config_.d_model;
@@ -108,7 +133,7 @@ class Gpt2 final : public Decoder {
     };
     std::vector<int64_t> toks = plan.tokens;
     auto& tr = *net_->transformer;
-    torch::Tensor x = tr.wte(to_dev(toks)) + tr.wpe(to_dev(pos));  // [T, D]
+    torch::Tensor x = embed(to_dev(toks)) + tr.wpe(to_dev(pos));  // [T, D]
     const torch::Tensor mask = cache.attention_mask(plan);
     for (int64_t l = 0; l < config_.n_layer; ++l) {
       auto& block = *blocks_[l];
@@ -124,7 +149,7 @@ class Gpt2 final : public Decoder {
     if (last_only) x = x.narrow(0, t - 1, 1);
     x = tr.ln_f(x);
     if (hidden_out) *hidden_out = x;
-    return linear_rows(x, tr.wte->weight).to(torch::kFloat);
+    return linear_rows(x, tr.wte->weight, {}, wte_scales_).to(torch::kFloat);
   }
 
   at::Tensor hidden_full(const at::Tensor& tokens, int64_t start_position) const override {
@@ -136,7 +161,7 @@ class Gpt2 final : public Decoder {
     }
     auto& tr = *net_->transformer;
     torch::Tensor pos = torch::arange(start_position, start_position + t, torch::TensorOptions().dtype(torch::kLong).device(device_));
-    torch::Tensor x = tr.wte(tokens.to(device_)) + tr.wpe(pos);  // [B, T, D]
+    torch::Tensor x = embed(tokens.to(device_)) + tr.wpe(pos);  // [B, T, D]
     for (int64_t l = 0; l < config_.n_layer; ++l) {
       auto& block = *blocks_[l];
       torch::Tensor qkv = block.attn->c_attn(block.ln_1(x));  // [B, T, 3D]
@@ -149,7 +174,10 @@ class Gpt2 final : public Decoder {
     return tr.ln_f(x);
   }
 
-  at::Tensor head_weight() const override { return net_->transformer->wte->weight; }
+  at::Tensor head_weight() const override {
+    const torch::Tensor& w = net_->transformer->wte->weight;
+    return wte_scales_.defined() ? dequantize_q8(w, wte_scales_, dtype_) : w.to(dtype_);
+  }
 
   at::Tensor first_layer_kv(const std::vector<int64_t>& tokens, const std::vector<int64_t>& positions) const override {
     const int64_t n = static_cast<int64_t>(tokens.size()), d = config_.d_model;
@@ -158,7 +186,7 @@ class Gpt2 final : public Decoder {
     };
     auto& tr = *net_->transformer;
     auto& block = *blocks_[0];
-    torch::Tensor x = tr.wte(to_dev(tokens)) + tr.wpe(to_dev(positions));  // [n, D]
+    torch::Tensor x = embed(to_dev(tokens)) + tr.wpe(to_dev(positions));  // [n, D]
     torch::Tensor kv = block.attn->c_attn(block.ln_1(x)).narrow(1, d, 2 * d);  // [n, 2D]: keys then values
     return kv.view({n, 2, config_.n_head, config_.d_head}).permute({1, 2, 0, 3});
   }
@@ -170,7 +198,13 @@ class Gpt2 final : public Decoder {
   }
 
  private:
+  // Token embeddings in the compute dtype, whatever the matrix is stored as.
+  torch::Tensor embed(const torch::Tensor& ids) const {
+    return embedding_rows(net_->transformer->wte->weight, wte_scales_, ids).to(dtype_);
+  }
+
   mutable Gpt2LmHead net_;  // module calls are non-const; the weights are never written after loading
+  torch::Tensor wte_scales_;  // int8 token embedding: its block scales
   std::vector<Gpt2BlockImpl*> blocks_;
   double scale_;
 };

@@ -27,15 +27,7 @@ struct MatrixImpl : nn::Module {
     weight = register_parameter("weight", torch::empty({rows, cols}));
     if (has_bias) bias = register_parameter("bias", torch::empty({rows}));
   }
-  void store_as(at::ScalarType dtype) {
-    if (dtype == at::kChar) {
-      Q8Matrix q = quantize_q8(weight);
-      weight.set_data(q.values);
-      scales = std::move(q.scales);
-    } else {
-      weight.set_data(weight.to(dtype).contiguous());
-    }
-  }
+  void store_as(at::ScalarType dtype) { scales = store_narrowed(weight, weight, dtype); }
   // The matrix in `dtype`, whatever it is stored as.
   torch::Tensor dense(at::ScalarType dtype) const {
     return scales.defined() ? dequantize_q8(weight, scales, dtype) : weight.to(dtype);
@@ -52,13 +44,7 @@ TORCH_MODULE(Proj);
 // Token embedding rows (also the tied output projection).
 struct EmbedImpl : MatrixImpl {
   EmbedImpl(int64_t vocab, int64_t d) : MatrixImpl(vocab, d, false) {}
-  torch::Tensor forward(const torch::Tensor& ids) {
-    if (!scales.defined()) return at::embedding(weight, ids);
-    const torch::Tensor flat = ids.reshape({-1});
-    std::vector<int64_t> shape = ids.sizes().vec();
-    shape.push_back(weight.size(1));
-    return dequantize_q8(weight.index_select(0, flat), scales.index_select(0, flat)).view(shape);
-  }
+  torch::Tensor forward(const torch::Tensor& ids) { return embedding_rows(weight, scales, ids); }
 };
 TORCH_MODULE(Embed);
 

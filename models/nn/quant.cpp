@@ -2,6 +2,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "models/nn/gemv.h"
 
@@ -32,6 +33,24 @@ at::Tensor dequantize_q8(const at::Tensor& values, const at::Tensor& scales, at:
   }
   const at::Tensor s = scales.to(at::kFloat).repeat_interleave(kQ8Block, -1).narrow(-1, 0, k);
   return (values.to(at::kFloat) * s).to(dtype);
+}
+
+at::Tensor store_narrowed(at::Tensor& param, const at::Tensor& matrix, at::ScalarType dtype) {
+  if (dtype != at::kChar) {
+    param.set_data(matrix.to(dtype).contiguous());
+    return {};
+  }
+  Q8Matrix q = quantize_q8(matrix);
+  param.set_data(q.values);
+  return std::move(q.scales);
+}
+
+at::Tensor embedding_rows(const at::Tensor& w, const at::Tensor& scales, const at::Tensor& ids) {
+  if (!scales.defined()) return at::embedding(w, ids);
+  const at::Tensor flat = ids.reshape({-1});
+  std::vector<int64_t> shape = ids.sizes().vec();
+  shape.push_back(w.size(1));
+  return dequantize_q8(w.index_select(0, flat), scales.index_select(0, flat)).view(shape);
 }
 
 }  // namespace sinkflow

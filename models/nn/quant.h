@@ -18,4 +18,12 @@ Q8Matrix quantize_q8(const at::Tensor& w);
 // The matrix the blocks stand for, in `dtype` (rows of it when values/scales are rows of a Q8Matrix).
 at::Tensor dequantize_q8(const at::Tensor& values, const at::Tensor& scales, at::ScalarType dtype = at::kFloat);
 
+// Makes `param` hold `matrix` (param itself, or its transpose) narrowed to `dtype` (set_data: the parameter keeps
+// its identity): bfloat16, or int8 blocks whose float16 scales are returned (undefined for bfloat16).
+at::Tensor store_narrowed(at::Tensor& param, const at::Tensor& matrix, at::ScalarType dtype);
+
+// Rows `ids` (any shape) of an embedding matrix kept as int8 blocks (scales defined: float32 rows) or as it is
+// stored (at::embedding): token lookups in a matrix narrowed by store_matrices_as.
+at::Tensor embedding_rows(const at::Tensor& w, const at::Tensor& scales, const at::Tensor& ids);
+
 }  // namespace sinkflow
