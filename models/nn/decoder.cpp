@@ -254,9 +254,9 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const float* qp = qc.data_ptr<float>();
   float* sp = scores.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
-  // Query head i of KV head j: hq = j * g + i.
-  parallel_each(h, [&](int64_t hq) {
-    gemv_f32_ld(kp + (hq / g) * k.stride(0), k.stride(1), qp + hq * dh, sp + hq * e, e, dh);
+  // Query heads j * g .. j * g + g - 1 share KV head j: its cached rows are read once for all of them.
+  parallel_each(kv, [&](int64_t j) {
+    attend_scores_f32(kp + j * k.stride(0), k.stride(1), qp + j * g * dh, sp + j * g * e, g, dh, e, e, dh);
   });
   scores.mul_(scale);
   softcap_(scores, softcap);
@@ -266,8 +266,8 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const float* pp = probs.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  parallel_each(h, [&](int64_t hq) {
-    gemv_t_f32(vp + (hq / g) * v.stride(0), v.stride(1), pp + hq * e, op + hq * dh, e, dh);
+  parallel_each(kv, [&](int64_t j) {
+    attend_values_f32(vp + j * v.stride(0), v.stride(1), pp + j * g * e, op + j * g * dh, g, e, dh, e, dh);
   });
   return out;
 }

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 // GCC 12's AVX-512 intrinsics initialise their "undefined" vectors with themselves (__Y = __Y), which
@@ -276,6 +277,76 @@ SF_AVX512 void gemv_bf16_rows_avx512(const uint16_t* w, const float* xe, const f
   gemv_rows_generic(w, x, y, n, n1, k, k);
 }
 
+// G queries (G <= 4) against rows of C * 16 floats: each row loaded once, the queries held in registers.
+template <int G, int C>
+SF_AVX512 void scores_rows_avx512(const float* k, int64_t ld, const float* q, int64_t stride_q, float* s,
+                                  int64_t stride_s, int64_t rows) {
+  __m512 qv[G][C];
+  for (int i = 0; i < G; ++i)
+    for (int c = 0; c < C; ++c) qv[i][c] = _mm512_loadu_ps(q + i * stride_q + c * 16);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = k + r * ld;
+    prefetch(row + 4 * ld);
+    __m512 acc[G];
+    for (int i = 0; i < G; ++i) acc[i] = _mm512_setzero_ps();
+    for (int c = 0; c < C; ++c) {
+      const __m512 kv = _mm512_loadu_ps(row + c * 16);
+      for (int i = 0; i < G; ++i) acc[i] = _mm512_fmadd_ps(kv, qv[i][c], acc[i]);
+    }
+    for (int i = 0; i < G; ++i) s[i * stride_s + r] = _mm512_reduce_add_ps(acc[i]);
+  }
+}
+
+// out_i = sum_r p_i[r] V[r, :] for G probability rows (G <= 4) over rows of C * 16 floats, each row loaded once.
+template <int G, int C>
+SF_AVX512 void values_rows_avx512(const float* v, int64_t ld, const float* p, int64_t stride_p, float* out,
+                                  int64_t stride_o, int64_t rows) {
+  __m512 acc[G][C];
+  for (int i = 0; i < G; ++i)
+    for (int c = 0; c < C; ++c) acc[i][c] = _mm512_setzero_ps();
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = v + r * ld;
+    prefetch(row + 4 * ld);
+    __m512 vv[C];
+    for (int c = 0; c < C; ++c) vv[c] = _mm512_loadu_ps(row + c * 16);
+    for (int i = 0; i < G; ++i) {
+      const __m512 pr = _mm512_set1_ps(p[i * stride_p + r]);
+      for (int c = 0; c < C; ++c) acc[i][c] = _mm512_fmadd_ps(vv[c], pr, acc[i][c]);
+    }
+  }
+  for (int i = 0; i < G; ++i)
+    for (int c = 0; c < C; ++c) _mm512_storeu_ps(out + i * stride_o + c * 16, acc[i][c]);
+}
+
+// The kernel for G queries and d = C * 16 (d_head 64, 128 or 256), or nullptr.
+template <template <int, int> class Pick>
+auto pick_grouped(int64_t g, int64_t d) -> std::remove_const_t<decltype(Pick<1, 4>::fn)> {
+  const int64_t c = d / 16;
+  if (d % 16 != 0 || g < 1 || g > 4 || (c != 4 && c != 8 && c != 16)) return nullptr;
+  switch (g * 100 + c) {
+    case 104: return Pick<1, 4>::fn;
+    case 108: return Pick<1, 8>::fn;
+    case 116: return Pick<1, 16>::fn;
+    case 204: return Pick<2, 4>::fn;
+    case 208: return Pick<2, 8>::fn;
+    case 216: return Pick<2, 16>::fn;
+    case 304: return Pick<3, 4>::fn;
+    case 308: return Pick<3, 8>::fn;
+    case 316: return Pick<3, 16>::fn;
+    case 404: return Pick<4, 4>::fn;
+    case 408: return Pick<4, 8>::fn;
+    default: return Pick<4, 16>::fn;
+  }
+}
+template <int G, int C>
+struct ScoresKernel {
+  static constexpr auto fn = &scores_rows_avx512<G, C>;
+};
+template <int G, int C>
+struct ValuesKernel {
+  static constexpr auto fn = &values_rows_avx512<G, C>;
+};
+
 bool have_avx2_fma() {
   static const bool yes = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return yes;
@@ -366,6 +437,32 @@ void parallel_each(int64_t n, const std::function<void(int64_t)>& body) {
   at::parallel_for(0, n, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) body(i);
   });
+}
+
+void attend_scores_f32(const float* k, int64_t ld, const float* q, float* scores, int64_t g, int64_t stride_q,
+                       int64_t stride_s, int64_t rows, int64_t d) {
+  for (int64_t i0 = 0; i0 < g; i0 += 4) {
+    const int64_t n = std::min<int64_t>(4, g - i0);
+    const auto kernel = have_avx512() ? pick_grouped<ScoresKernel>(n, d) : nullptr;
+    if (kernel) {
+      kernel(k, ld, q + i0 * stride_q, stride_q, scores + i0 * stride_s, stride_s, rows);
+    } else {
+      for (int64_t i = i0; i < i0 + n; ++i) gemv_f32_ld(k, ld, q + i * stride_q, scores + i * stride_s, rows, d);
+    }
+  }
+}
+
+void attend_values_f32(const float* v, int64_t ld, const float* p, float* out, int64_t g, int64_t stride_p,
+                       int64_t stride_o, int64_t rows, int64_t d) {
+  for (int64_t i0 = 0; i0 < g; i0 += 4) {
+    const int64_t n = std::min<int64_t>(4, g - i0);
+    const auto kernel = have_avx512() ? pick_grouped<ValuesKernel>(n, d) : nullptr;
+    if (kernel) {
+      kernel(v, ld, p + i0 * stride_p, stride_p, out + i0 * stride_o, stride_o, rows);
+    } else {
+      for (int64_t i = i0; i < i0 + n; ++i) gemv_t_f32(v, ld, p + i * stride_p, out + i * stride_o, rows, d);
+    }
+  }
 }
 
 void gemv_t_f32(const float* v, int64_t ld, const float* p, float* out, int64_t rows, int64_t cols) {

@@ -21,6 +21,15 @@ void gemv_f32_ld(const float* w, int64_t ld, const float* x, float* y, int64_t n
 // probability-weighted sum of cached values. One thread.
 void gemv_t_f32(const float* v, int64_t ld, const float* p, float* out, int64_t rows, int64_t cols);
 
+// Grouped-query attention over one KV head: the scores of `g` queries against the same cached rows, and their
+// probability-weighted sums of the same cached values, reading the rows once for all g (the per-query kernels
+// above read them g times). scores_i[r] = K[r, :] . q_i and out_i[c] = sum_r p_i[r] V[r, c], for i < g, with
+// K and V rows `ld` floats apart and d values each; q_i, p_i, scores_i, out_i `stride` floats apart. One thread.
+void attend_scores_f32(const float* k, int64_t ld, const float* q, float* scores, int64_t g, int64_t stride_q,
+                       int64_t stride_s, int64_t rows, int64_t d);
+void attend_values_f32(const float* v, int64_t ld, const float* p, float* out, int64_t g, int64_t stride_p,
+                       int64_t stride_o, int64_t rows, int64_t d);
+
 // The same with bfloat16 weights (the upper 16 bits of a float32), accumulated in float32.
 void gemv_bf16(const uint16_t* w, const float* x, float* y, int64_t n, int64_t k);
 
