@@ -439,30 +439,37 @@ void parallel_each(int64_t n, const std::function<void(int64_t)>& body) {
   });
 }
 
-void attend_scores_f32(const float* k, int64_t ld, const float* q, float* scores, int64_t g, int64_t stride_q,
-                       int64_t stride_s, int64_t rows, int64_t d) {
+namespace {
+
+// Queries i < g in groups of up to four through the grouped kernel `Pick` for head size d where one fits
+// (grouped(kernel, first, count)), one at a time otherwise (single(i)).
+template <template <int, int> class Pick, class Grouped, class Single>
+void in_groups(int64_t g, int64_t d, const Grouped& grouped, const Single& single) {
   for (int64_t i0 = 0; i0 < g; i0 += 4) {
     const int64_t n = std::min<int64_t>(4, g - i0);
-    const auto kernel = have_avx512() ? pick_grouped<ScoresKernel>(n, d) : nullptr;
+    const auto kernel = have_avx512() ? pick_grouped<Pick>(n, d) : nullptr;
     if (kernel) {
-      kernel(k, ld, q + i0 * stride_q, stride_q, scores + i0 * stride_s, stride_s, rows);
+      grouped(kernel, i0);
     } else {
-      for (int64_t i = i0; i < i0 + n; ++i) gemv_f32_ld(k, ld, q + i * stride_q, scores + i * stride_s, rows, d);
+      for (int64_t i = i0; i < i0 + n; ++i) single(i);
     }
   }
 }
 
+}  // namespace
+
+void attend_scores_f32(const float* k, int64_t ld, const float* q, float* scores, int64_t g, int64_t stride_q,
+                       int64_t stride_s, int64_t rows, int64_t d) {
+  in_groups<ScoresKernel>(
+      g, d, [&](auto kernel, int64_t i0) { kernel(k, ld, q + i0 * stride_q, stride_q, scores + i0 * stride_s, stride_s, rows); },
+      [&](int64_t i) { gemv_f32_ld(k, ld, q + i * stride_q, scores + i * stride_s, rows, d); });
+}
+
 void attend_values_f32(const float* v, int64_t ld, const float* p, float* out, int64_t g, int64_t stride_p,
                        int64_t stride_o, int64_t rows, int64_t d) {
-  for (int64_t i0 = 0; i0 < g; i0 += 4) {
-    const int64_t n = std::min<int64_t>(4, g - i0);
-    const auto kernel = have_avx512() ? pick_grouped<ValuesKernel>(n, d) : nullptr;
-    if (kernel) {
-      kernel(v, ld, p + i0 * stride_p, stride_p, out + i0 * stride_o, stride_o, rows);
-    } else {
-      for (int64_t i = i0; i < i0 + n; ++i) gemv_t_f32(v, ld, p + i * stride_p, out + i * stride_o, rows, d);
-    }
-  }
+  in_groups<ValuesKernel>(
+      g, d, [&](auto kernel, int64_t i0) { kernel(v, ld, p + i0 * stride_p, stride_p, out + i0 * stride_o, stride_o, rows); },
+      [&](int64_t i) { gemv_t_f32(v, ld, p + i * stride_p, out + i * stride_o, rows, d); });
 }
 
 void gemv_t_f32(const float* v, int64_t ld, const float* p, float* out, int64_t rows, int64_t cols) {
