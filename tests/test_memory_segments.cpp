@@ -443,3 +443,180 @@ TEST_CASE("chunk store segments: options, the directory's files and reset", "[me
   CHECK(fs::is_empty(dir) == false);  // the lock stays
   CHECK_FALSE(fs::exists(dir + "/" + store_segment_file(0)));
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Duplicates: many equal (or nearly equal) vectors, as a repeated filler text embeds to
+
+namespace {
+
+// n_dup copies of one vector (ids 0, 2, 4, ... interleaved with clustered others), then `relevant` last.
+struct DupData {
+  int64_t dim = 64, n = 0;
+  std::vector<float> data;  // n rows
+  int64_t relevant = -1;
+};
+
+DupData dup_data(int64_t n_dup, int64_t n_other, float jitter, uint64_t seed) {
+  DupData d;
+  d.n = n_dup + n_other + 1;
+  const auto others = clustered(n_other, d.dim, seed);
+  std::mt19937_64 rng(seed + 1);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> filler(size_t(d.dim));
+  for (auto& x : filler) x = g(rng);
+  int64_t dups = 0, other = 0;
+  for (int64_t i = 0; i + 1 < d.n; ++i) {
+    const bool dup = (i % 2 == 0 && dups < n_dup) || other == n_other;
+    for (int64_t c = 0; c < d.dim; ++c)
+      d.data.push_back(dup ? filler[size_t(c)] + jitter * g(rng) : others[size_t(other * d.dim + c)]);
+    (dup ? dups : other)++;
+  }
+  // The relevant vector: far from the filler and from the clusters.
+  for (int64_t c = 0; c < d.dim; ++c) d.data.push_back(c % 7 == 0 ? 1.0f : 0.0f);
+  d.relevant = d.n - 1;
+  return d;
+}
+
+std::vector<float> near(const DupData& d, int64_t id, float noise, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> q(d.data.begin() + id * d.dim, d.data.begin() + (id + 1) * d.dim);
+  for (auto& x : q) x += noise * g(rng);
+  return q;
+}
+
+}  // namespace
+
+TEST_CASE("hnsw: thousands of equal vectors are kept once in the graph, the distinct one is found", "[memory][segments][dups]") {
+  for (auto storage : {HnswParams::Storage::i8, HnswParams::Storage::f32}) {
+    const DupData d = dup_data(6000, 3000, 0.0f, 11);
+    HnswParams p;
+    p.storage = storage;
+    HnswIndex index(d.dim, p);
+    BruteForceIndex brute(d.dim);
+    for (int64_t i = 0; i < d.n; ++i) {
+      index.add(i, d.data.data() + i * d.dim);
+      brute.add(i, d.data.data() + i * d.dim);
+    }
+    CHECK(index.size() == d.n);
+    CHECK(index.duplicates() == 5999);
+    CHECK(index.contains(4000));
+    CHECK(index.vector(4000) == index.vector(0));
+    REQUIRE_THROWS_WITH(index.add(4000, d.data.data()), Catch::Contains("already in the index"));
+    const float tol = storage == HnswParams::Storage::i8 ? 2e-2f : 1e-5f;
+    auto check_scores = [&](const std::vector<SearchHit>& hits, const std::vector<float>& q) {
+      const auto all = brute.search(q.data(), int(d.n));
+      std::unordered_map<int64_t, float> exact;
+      for (const auto& h : all) exact[h.id] = h.score;
+      for (const auto& h : hits) CHECK(std::abs(h.score - exact.at(h.id)) <= tol);
+    };
+    // The relevant vector, from a query near it.
+    const auto q = near(d, d.relevant, 0.05f, 3);
+    const auto hits = index.search(q.data(), 10);
+    REQUIRE(hits.size() == 10);
+    CHECK(hits[0].id == d.relevant);
+    CHECK(hits[0].score > 0.9f);
+    check_scores(hits, q);
+    // A query at the filler: the equal vectors, in id order, with their (equal) score.
+    const auto qf = near(d, 0, 0.0f, 4);
+    const auto fh = index.search(qf.data(), 20);
+    REQUIRE(fh.size() == 20);
+    for (size_t j = 0; j < fh.size(); ++j) {
+      CHECK(fh[j].id == int64_t(2 * j));
+      CHECK(fh[j].score == Approx(1.0f).margin(tol));
+    }
+    // Recall against brute force on queries near the clustered vectors.
+    std::vector<float> queries;
+    for (int64_t j = 0; j < 40; ++j) {
+      const auto v = near(d, 1 + 2 * j * 37 % 5000, 0.3f, 100 + uint64_t(j));
+      queries.insert(queries.end(), v.begin(), v.end());
+    }
+    CHECK(recall_at(index, brute, queries, d.dim, 10) >= 0.9);
+    // Through a file: loaded and mapped, the same hits.
+    TempDir tmp("sinkflow_test_segments_");
+    index.save(tmp / "dups.bin", 5);
+    auto loaded = HnswIndex::load(tmp / "dups.bin", d.dim, p);
+    auto mapped = MappedHnswIndex::open(tmp / "dups.bin", d.dim, p.ef_search);
+    CHECK(loaded->size() == d.n);
+    CHECK(loaded->duplicates() == 5999);
+    CHECK(mapped->size() == d.n);
+    CHECK(mapped->duplicates() == 5999);
+    CHECK(mapped->id_range() == std::pair<int64_t, int64_t>{0, d.n - 1});
+    CHECK(mapped->contains(4000));
+    CHECK(mapped->vector(4000) == index.vector(0));
+    // (The mapped index computes f32 inner products in its own order: equal to ~1e-6.)
+    auto same = [](const std::vector<SearchHit>& a, const std::vector<SearchHit>& b) {
+      REQUIRE(a.size() == b.size());
+      for (size_t j = 0; j < a.size(); ++j) {
+        CHECK(a[j].id == b[j].id);
+        CHECK(a[j].score == Approx(b[j].score).margin(1e-5));
+      }
+    };
+    require_same_hits(loaded->search(q.data(), 10), hits);
+    same(mapped->search(q.data(), 10), hits);
+    same(mapped->search(qf.data(), 20), fh);
+    // A loaded index keeps deduplicating.
+    loaded->add(d.n, d.data.data());
+    CHECK(loaded->duplicates() == 6000);
+  }
+}
+
+TEST_CASE("hnsw: nearly equal vectors (different codes) do not hide the distinct one", "[memory][segments][dups]") {
+  const DupData d = dup_data(6000, 3000, 1e-3f, 12);
+  HnswIndex index(d.dim, i8_params());
+  BruteForceIndex brute(d.dim);
+  for (int64_t i = 0; i < d.n; ++i) {
+    index.add(i, d.data.data() + i * d.dim);
+    brute.add(i, d.data.data() + i * d.dim);
+  }
+  INFO("duplicates " << index.duplicates());
+  const auto q = near(d, d.relevant, 0.05f, 3);
+  const auto hits = index.search(q.data(), 10);
+  REQUIRE_FALSE(hits.empty());
+  CHECK(hits[0].id == d.relevant);
+  std::vector<float> queries;
+  for (int64_t j = 0; j < 40; ++j) {
+    const auto v = near(d, 1 + 2 * j * 37 % 5000, 0.3f, 100 + uint64_t(j));
+    queries.insert(queries.end(), v.begin(), v.end());
+  }
+  CHECK(recall_at(index, brute, queries, d.dim, 10) >= 0.9);
+}
+
+TEST_CASE("chunk store: a repeated filler text and one needle, across sealed segments", "[memory][segments][dups]") {
+  TempDir tmp("sinkflow_test_segments_");
+  HashEmbedder e(384);
+  const std::string filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
+  const std::string needle = "The pass key is 71432. Remember it. 71432 is the pass key.";
+  const int64_t n = 9000, needle_id = 6100;
+  auto store = ChunkStore::open(tmp / "mem", segmented_options(3000));
+  BruteForceIndex brute(384);
+  for (int64_t i = 0; i < n; ++i) {
+    Chunk c;
+    c.tokens = {i};
+    c.positions = {i};
+    // Five rotations of the filler repeated, as windows over a repeated text are.
+    c.text = i == needle_id ? needle : filler.substr(size_t(i % 5) * 4) + " " + filler.substr(0, size_t(i % 5) * 4);
+    const auto v = e.embed(c.text);
+    REQUIRE(store->add(c, v) == i);
+    brute.add(i, v.data());
+  }
+  CHECK(store->sealed_segments() == 3);
+  for (const std::string& question : {std::string("What is the pass key?"), std::string("remember the key 71432")}) {
+    const auto q = e.embed(question);
+    const auto hits = store->search(q, 5);
+    REQUIRE(hits.size() == 5);
+    CHECK(hits[0].id == needle_id);
+    CHECK(hits[0].score > 0.2f);
+    const auto truth = brute.search(q.data(), 5);
+    CHECK(hits[0].score == truth[0].score);
+    for (size_t j = 0; j < hits.size(); ++j) CHECK(hits[j].score == truth[j].score);  // exact scores
+  }
+  // The filler itself: its equal copies, score 1.
+  const auto fh = store->search(e.embed(filler), 10);
+  REQUIRE(fh.size() == 10);
+  for (const auto& h : fh) CHECK(h.score == Approx(1.0f));
+  // Reopened: the same.
+  store.reset();
+  store = ChunkStore::open(tmp / "mem", segmented_options(3000));
+  CHECK(store->search(e.embed("What is the pass key?"), 1)[0].id == needle_id);
+}
