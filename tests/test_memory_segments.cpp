@@ -12,7 +12,10 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include "models/memory/chunk_store.h"
 #include "models/memory/embedder.h"
@@ -183,6 +186,7 @@ StoreOptions segmented_options(int64_t segment_chunks) {
   o.dim = 384;
   o.fsync = StoreOptions::Fsync::none;
   o.segment_chunks = segment_chunks;
+  o.merge_factor = 0;  // the tests of merging turn it on
   return o;
 }
 
@@ -300,7 +304,7 @@ TEST_CASE("chunk store segments: a missing, truncated, corrupt or stale segment 
   }
   SECTION("stale: another range") {
     write_bytes(seg1, seg0_bytes);
-    check_rebuilt("it covers ids 0..49, expected 50..", seg1);
+    check_rebuilt("it covers ids 0..49, already covered by segment-000000.bin", seg1);
   }
   SECTION("stale: same range, other records") {
     // A segment of the same ids from a log whose records differ: its digest does not match.
@@ -338,7 +342,7 @@ TEST_CASE("chunk store segments: the log is the truth; index.bin and segments fo
   LogCapture log;
   auto store = ChunkStore::open(dir, segmented_options(50));
   CHECK(log.contains("dropping"));
-  CHECK(log.contains("it covers ids 150..199, expected 150.. within the log's 180 records"));
+  CHECK(log.contains("it covers ids 150..199 (50 vectors), expected a contiguous range within the log's 180 records"));
   CHECK(store->size() == 180);
   CHECK(store->sealed_segments() == 3);
   CHECK_FALSE(fs::exists(dir + "/" + store_segment_file(3)));
@@ -619,4 +623,162 @@ TEST_CASE("chunk store: a repeated filler text and one needle, across sealed seg
   store.reset();
   store = ChunkStore::open(tmp / "mem", segmented_options(3000));
   CHECK(store->search(e.embed("What is the pass key?"), 1)[0].id == needle_id);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Merging sealed segments
+
+namespace {
+
+StoreOptions merging_options(int64_t segment_chunks, int factor) {
+  StoreOptions o = segmented_options(segment_chunks);
+  o.merge_factor = factor;
+  return o;
+}
+
+int64_t segment_files(const std::string& dir) {
+  int64_t n = 0;
+  for (const auto& e : fs::directory_iterator(dir)) n += is_store_segment_file(e.path().filename().string());
+  return n;
+}
+
+void fill(ChunkStore& store, int64_t from, int64_t to) {
+  HashEmbedder e(384);
+  for (int64_t i = from; i < to; ++i) {
+    Chunk c = text_chunk(i);
+    REQUIRE(store.add(c, e.embed(c.text)) == i);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("chunk store merges: merged segments answer as the unmerged ones, reopen, readers during merges", "[memory][segments][merge]") {
+  TempDir tmp("sinkflow_test_segments_");
+  // The oracle: the same chunks, never merged (segments this small are searched exactly: the same hits).
+  std::vector<std::vector<SearchHit>> unmerged;
+  {
+    auto store = ChunkStore::open(tmp / "plain", segmented_options(50));
+    fill(*store, 0, 430);
+    REQUIRE(store->sealed_segments() == 8);
+    unmerged = run_queries(*store);
+  }
+  const std::string dir = tmp / "merged";
+  {
+    auto store = ChunkStore::open(dir, merging_options(50, 2));
+    HashEmbedder e(384);
+    std::atomic<bool> done{false};
+    std::atomic<int64_t> bad{0}, reads{0};
+    std::thread reader([&] {
+      std::mt19937_64 rng(2);
+      while (!done) {
+        const int64_t size = store->index().size();
+        if (size == 0) continue;
+        const int64_t id = int64_t(rng() % uint64_t(size));
+        const auto hits = store->search(e.embed(text_chunk(id).text), 1);
+        if (hits.empty() || hits[0].id != id) ++bad;
+        ++reads;
+      }
+    });
+    fill(*store, 0, 430);
+    store->wait_merges();
+    done = true;
+    reader.join();
+    CHECK(bad == 0);
+    CHECK(reads > 0);
+    // 8 segments of 50 -> 4 of 100 -> 2 of 200 -> 1 of 400 (7 merges).
+    CHECK(store->merges_done() == 7);
+    CHECK(store->sealed_segments() == 1);
+    CHECK(segment_files(dir) == 1);
+    const auto merged = run_queries(*store);
+    for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(merged[q], unmerged[q]);
+  }
+  LogCapture log;
+  auto store = ChunkStore::open(dir, segmented_options(50));
+  CHECK_FALSE(log.contains("rebuilding"));
+  CHECK_FALSE(log.contains("deleting"));
+  CHECK(store->sealed_segments() == 1);
+  const auto again = run_queries(*store);
+  for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(again[q], unmerged[q]);
+  // Sealing goes on after a merge (a new file takes a free number).
+  fill(*store, 430, 460);
+  CHECK(store->sealed_segments() == 2);
+  CHECK(segment_files(dir) == 2);
+}
+
+TEST_CASE("chunk store merges: a process killed mid-merge leaves a directory that opens and answers the same", "[memory][segments][merge]") {
+  for (const std::string stage : {"saved", "deleted-one"}) {
+    INFO("killed at " << stage);
+    TempDir tmp("sinkflow_test_segments_");
+    const std::string dir = tmp / "mem";
+    const auto results = fill_segmented(dir);  // 4 segments of 50 + 30 in RAM
+    REQUIRE(segment_files(dir) == 4);
+    StoreOptions o = merging_options(50, 4);
+    o.merge_hook = [stage](const char* s) {
+      if (stage == s) ::kill(::getpid(), SIGKILL);
+    };
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      try {
+        auto store = ChunkStore::open(dir, o);  // merges the 4 segments on its thread
+        store->wait_merges();
+      } catch (...) {
+      }
+      ::_exit(3);  // not killed: the test fails below
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGKILL);
+    // The merged file is durable; the old ones are all there ("saved") or all but one ("deleted-one").
+    CHECK(fs::exists(dir + "/" + store_segment_file(4)));
+    CHECK(segment_files(dir) == (stage == "saved" ? 5 : 4));
+    if (stage == "saved") {
+      // A damaged merged file: the old segments are used instead.
+      const std::string merged = dir + "/" + store_segment_file(4);
+      auto b = read_bytes(merged);
+      b[b.size() / 2] ^= 0x40;
+      const auto good = read_bytes(merged);
+      write_bytes(merged, b);
+      {
+        LogCapture log;
+        auto store = ChunkStore::open(dir, segmented_options(50));
+        CHECK(log.contains("segment-000004.bin (" + dir + "/segment-000004.bin: payload CRC32"));
+        CHECK_FALSE(log.contains("rebuilding " + dir + "/segment"));
+        CHECK(store->sealed_segments() == 4);
+        const auto again = run_queries(*store);
+        for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(again[q], results[q]);
+      }
+      CHECK(segment_files(dir) == 4);
+      write_bytes(merged, good);  // the crash state again
+      write_bytes(dir + "/" + store_segment_file(7) + ".tmp", {1, 2, 3});  // and a torn write
+    }
+    LogCapture log;
+    auto store = ChunkStore::open(dir, segmented_options(50));
+    CHECK(log.contains("already covered by segment-000004.bin"));
+    if (stage == "saved") CHECK(log.contains("segment-000007.bin.tmp (a segment file left unfinished)"));
+    CHECK_FALSE(log.contains("rebuilding " + dir + "/segment"));
+    CHECK(store->sealed_segments() == 1);
+    CHECK(segment_files(dir) == 1);
+    const auto again = run_queries(*store);
+    for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(again[q], results[q]);
+  }
+}
+
+TEST_CASE("chunk store merges: options are checked", "[memory][segments][merge]") {
+  StoreOptions o = merging_options(50, 1);
+  REQUIRE_THROWS_WITH(o.validate(), Catch::Contains("merge_factor is 1, expected 0 (never merge) or [2, 64]"));
+  o.merge_factor = 4;
+  o.merge_ram_mb = -2;
+  REQUIRE_THROWS_WITH(o.validate(), Catch::Contains("merge_ram_mb is -2"));
+  // A RAM cap below a run's size: nothing is merged.
+  TempDir tmp("sinkflow_test_segments_");
+  o.merge_ram_mb = 0;
+  {
+    auto store = ChunkStore::open(tmp / "mem", o);
+    fill(*store, 0, 230);
+    store->wait_merges();
+    CHECK(store->sealed_segments() == 4);
+    CHECK(store->merges_done() == 0);
+  }
 }

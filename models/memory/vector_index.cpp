@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <bit>
 #include <chrono>
 #include <cmath>
@@ -873,7 +874,7 @@ struct MappedHnswIndex::Impl {
   std::string path;
   int64_t dim = 0;
   HnswParams::Storage storage = HnswParams::Storage::f32;
-  int ef_search = 64;
+  std::atomic<int> ef_search{64};
   int fd = -1;
   const char* base = nullptr;  // the whole file, read-only
   size_t file_bytes = 0;
@@ -1073,6 +1074,14 @@ std::unique_ptr<MappedHnswIndex> MappedHnswIndex::open(const std::string& path, 
 }
 
 int64_t MappedHnswIndex::dim() const { return impl_->dim; }
+
+void MappedHnswIndex::set_ef_search(int ef_search) {
+  if (ef_search < 1)
+    throw std::invalid_argument("MappedHnswIndex::set_ef_search: ef_search is " + std::to_string(ef_search) + ", expected >= 1");
+  impl_->ef_search = ef_search;
+}
+
+int MappedHnswIndex::ef_search() const { return impl_->ef_search; }
 int64_t MappedHnswIndex::size() const { return int64_t(impl_->count + impl_->dups.size()); }
 int64_t MappedHnswIndex::duplicates() const { return int64_t(impl_->dups.size()); }
 uint64_t MappedHnswIndex::file_bytes() const { return impl_->file_bytes; }
@@ -1130,7 +1139,7 @@ std::vector<SearchHit> MappedHnswIndex::search(const float* query, int k) const 
     }
   }
   // Best-first search of level 0 with max(ef_search, k) candidates.
-  const size_t ef = std::max<size_t>(size_t(m.ef_search), size_t(k));
+  const size_t ef = std::max<size_t>(size_t(m.ef_search.load(std::memory_order_relaxed)), size_t(k));
   using Entry = std::pair<float, uint32_t>;
   std::priority_queue<Entry> top;                                              // farthest on top
   std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> frontier;  // nearest on top

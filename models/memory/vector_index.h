@@ -150,6 +150,9 @@ class MappedHnswIndex final : public VectorIndex {
   void save(const std::string& path, uint64_t tag = 0) const override;  // copies the file
   // Smallest and largest label (id) stored; {0, -1} when empty.
   std::pair<int64_t, int64_t> id_range() const;
+  // Candidate list size of later searches (>= 1; else std::invalid_argument). Safe beside running searches.
+  void set_ef_search(int ef_search);
+  int ef_search() const;
   // Vectors kept as duplicates (not in the graph).
   int64_t duplicates() const;
   // Size of the mapped file in bytes.
