@@ -6,6 +6,7 @@
 
 #include <ATen/ATen.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/file.h>
 #include <sys/resource.h>
 #include <sys/syscall.h>
@@ -797,6 +798,16 @@ int ChunkStore::segment_ef(int64_t size) const {
   return int(std::lround(double(options_.hnsw.ef_search) * std::sqrt(std::max(1.0, ratio))));
 }
 
+// Gives the heap's free pages back to the OS after a segment was sealed or merged: the freed graph's blocks below
+// glibc's mmap threshold (link lists, per-element locks and lookup nodes) otherwise stay resident until reused.
+namespace {
+void release_free_heap() {
+#ifdef __GLIBC__
+  ::malloc_trim(0);
+#endif
+}
+}  // namespace
+
 int64_t ChunkStore::take_segment_number() {
   std::lock_guard lock(files_mutex_);
   int64_t k = 0;
@@ -970,6 +981,7 @@ void ChunkStore::seal() {
     chain_[sealed_end_] = {sealed_end_ + count - 1, k};
   }
   sealed_end_ += count;
+  release_free_heap();
   request_merge();
   active_digest_ = 0;
   index_dirty_ = true;  // index.bin still holds the sealed vectors: the next flush writes the empty segment
@@ -1082,6 +1094,7 @@ bool ChunkStore::merge_once() {
     chain_[lo] = {hi, k};
   }
   old.clear();  // unmapped
+  release_free_heap();  // the merged graph's small blocks (link lists, locks, lookup), freed above
   for (size_t j = 0; j < old_numbers.size(); ++j) {
     fs::remove(segment_path(old_numbers[j]));
     if (j == 0 && options_.merge_hook) options_.merge_hook("deleted-one");
