@@ -43,6 +43,7 @@ struct BenchMemoryArgs {
   int64_t segment_chunks = 0;    // StoreOptions::segment_chunks
   int merge_factor = 4;          // StoreOptions::merge_factor (0 = never merge)
   int64_t merge_ram_mb = 256;    // StoreOptions::merge_ram_mb
+  int merge_nice = 10;           // StoreOptions::merge_nice
   int64_t queries = 1000;        // latency queries per point
   int64_t recall_queries = 100;  // queries with an exact oracle
   int64_t first_point = 100000;  // first measured point; then every decade, and the end
@@ -239,6 +240,7 @@ void bench_memory(const BenchMemoryArgs& a) {
   so.segment_chunks = a.segment_chunks;
   so.merge_factor = a.merge_factor;
   so.merge_ram_mb = a.merge_ram_mb;
+  so.merge_nice = a.merge_nice;
   if (a.ef_search > 0) so.hnsw.ef_search = a.ef_search;
   if (a.storage != "i8" && a.storage != "f32")
     throw std::invalid_argument("bench memory: --storage is '" + a.storage + "', expected i8 or f32");
@@ -377,7 +379,7 @@ void bench_memory(const BenchMemoryArgs& a) {
     print_json({{"command", "bench memory"}, {"source", a.source}, {"dim", a.dim},
                 {"tokens_per_chunk", a.tokens_per_chunk}, {"index_ram_mb", a.index_ram_mb},
                 {"segment_chunks", so.effective_segment_chunks()}, {"merge_factor", so.merge_factor},
-                {"merge_ram_mb", so.merge_ram_mb}, {"ef_search", so.hnsw.ef_search}, {"rss_before_mib", before.rss_mib},
+                {"merge_ram_mb", so.merge_ram_mb}, {"merge_nice", so.merge_nice}, {"ef_search", so.hnsw.ef_search}, {"rss_before_mib", before.rss_mib},
                 {"wall_s", wall}, {"points", jp}});
 }
 
@@ -403,6 +405,7 @@ void add_bench_memory_command(CLI::App& app) {
   c->add_option("--merge-factor", a->merge_factor, "merge this many sealed segments of a tier (0 = never merge)")
       ->capture_default_str();
   c->add_option("--merge-ram-mb", a->merge_ram_mb, "RAM cap of a segment being merged")->capture_default_str();
+  c->add_option("--merge-nice", a->merge_nice, "nice value of the merge thread (0 = full speed)")->capture_default_str();
   c->add_option("--queries", a->queries, "latency queries per point")->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--recall-queries", a->recall_queries, "queries checked against the exact oracle")
       ->capture_default_str()->check(CLI::PositiveNumber);

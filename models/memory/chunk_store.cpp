@@ -460,6 +460,8 @@ void StoreOptions::validate() const {
   if (merge_factor < 0 || merge_factor == 1 || merge_factor > 64)
     throw FieldError("merge_factor", "StoreOptions: merge_factor is " + std::to_string(merge_factor) +
                                          ", expected 0 (never merge) or [2, 64]");
+  if (merge_nice < 0 || merge_nice > 19)
+    throw FieldError("merge_nice", "StoreOptions: merge_nice is " + std::to_string(merge_nice) + ", expected [0, 19]");
   if (merge_ram_mb < 0 || merge_ram_mb > (int64_t(1) << 30))
     throw FieldError("merge_ram_mb", "StoreOptions: merge_ram_mb is " + std::to_string(merge_ram_mb) +
                                          ", expected [0, 2^30] MiB");
@@ -1003,7 +1005,8 @@ void ChunkStore::wait_merges() {
 }
 
 void ChunkStore::merge_loop() {
-  ::setpriority(PRIO_PROCESS, pid_t(::syscall(SYS_gettid)), 10);  // below the decode path: this thread only
+  // Below the decode path (this thread only).
+  if (options_.merge_nice > 0) ::setpriority(PRIO_PROCESS, pid_t(::syscall(SYS_gettid)), options_.merge_nice);
   for (;;) {
     {
       std::unique_lock lock(merge_mutex_);

@@ -121,12 +121,15 @@ struct StoreOptions {
   int64_t segment_chunks = 0;
   // Background merging of sealed segments (hnsw): whenever merge_factor adjacent sealed segments are of the same
   // tier (tier t: between merge_factor^t and merge_factor^(t+1) sealed segments' worth of ids), a thread of the
-  // store (nice 10) builds one segment of their ids from the log's embeddings, writes it (same rules as a seal),
+  // store (nice merge_nice) builds one segment of their ids from the log's embeddings, writes it (same rules as a seal),
   // swaps it in and deletes them, so that searches visit O(log n) segments. merge_factor 0 = never merge.
   int merge_factor = 4;
   // RAM cap of a segment being merged, MiB (it is built in RAM, as the active segment is): runs that would be
   // larger are left as they are. With the defaults, merged segments hold up to ~425K vectors at 384-d.
   int64_t merge_ram_mb = 256;
+  // Nice value of the merge thread, [0, 19]: 10 leaves the cores to decoding; 0 merges at full speed (on a
+  // machine whose cores are all busy, a nice-10 merge of 4 x 105K vectors may take an hour).
+  int merge_nice = 10;
   // Test hook: called by the merge thread at "saved" (the merged file is durable, the old ones are all there)
   // and "deleted-one" (the first old file is gone); a test kills the process there.
   std::function<void(const char* stage)> merge_hook;

@@ -974,6 +974,10 @@ std::unique_ptr<MappedHnswIndex> MappedHnswIndex::open(const std::string& path, 
   std::vector<char> block;
   std::vector<float> v;
   int64_t previous_label = std::numeric_limits<int64_t>::min();
+  // The labels, while the file is streamed (freed at the end of open): the duplicates are checked against them
+  // without reading them through the mapping, which would make every page of the file resident.
+  std::vector<int64_t> labels;
+  labels.reserve(count);
   const size_t per_block = std::max<size_t>(1, (size_t(1) << 22) / size_per_element);
   for (size_t first = 0; first < count; first += per_block) {
     const size_t n = std::min(per_block, count - first);
@@ -997,6 +1001,7 @@ std::unique_ptr<MappedHnswIndex> MappedHnswIndex::open(const std::string& path, 
         r.bad(el + " label", std::to_string(int64_t(label)),
               "a label above the previous element's " + std::to_string(previous_label) + " (labels ascend)");
       previous_label = int64_t(label);
+      labels.push_back(int64_t(label));
       v = from_stored(e + offset_data, m->storage, size_t(dim));
       for (int64_t d = 0; d < dim; ++d)
         if (!std::isfinite(v[size_t(d)]))
@@ -1066,8 +1071,9 @@ std::unique_ptr<MappedHnswIndex> MappedHnswIndex::open(const std::string& path, 
   if (count > 0 && m->level_of(enterpoint) != maxlevel)
     bad("level of the enterpoint", std::to_string(m->level_of(enterpoint)), std::to_string(maxlevel));
   for (const auto& [id, element] : m->dups) {
-    if (m->find(id) < count) bad("duplicate id " + std::to_string(id), "the label of an element", "an id not in the graph");
-    m->dups_by_label.emplace_back(m->label(element), id);
+    if (std::binary_search(labels.begin(), labels.end(), id))
+      bad("duplicate id " + std::to_string(id), "the label of an element", "an id not in the graph");
+    m->dups_by_label.emplace_back(labels[element], id);
   }
   std::sort(m->dups_by_label.begin(), m->dups_by_label.end());
   return std::unique_ptr<MappedHnswIndex>(new MappedHnswIndex(std::move(m)));
