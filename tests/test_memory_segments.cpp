@@ -12,7 +12,10 @@
 #include <random>
 #include <set>
 #include <thread>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include "models/memory/chunk_store.h"
 #include "models/memory/embedder.h"
@@ -183,6 +186,7 @@ StoreOptions segmented_options(int64_t segment_chunks) {
   o.dim = 384;
   o.fsync = StoreOptions::Fsync::none;
   o.segment_chunks = segment_chunks;
+  o.merge_factor = 0;  // the tests of merging turn it on
   return o;
 }
 
@@ -300,7 +304,7 @@ TEST_CASE("chunk store segments: a missing, truncated, corrupt or stale segment 
   }
   SECTION("stale: another range") {
     write_bytes(seg1, seg0_bytes);
-    check_rebuilt("it covers ids 0..49, expected 50..", seg1);
+    check_rebuilt("it covers ids 0..49, already covered by segment-000000.bin", seg1);
   }
   SECTION("stale: same range, other records") {
     // A segment of the same ids from a log whose records differ: its digest does not match.
@@ -338,7 +342,7 @@ TEST_CASE("chunk store segments: the log is the truth; index.bin and segments fo
   LogCapture log;
   auto store = ChunkStore::open(dir, segmented_options(50));
   CHECK(log.contains("dropping"));
-  CHECK(log.contains("it covers ids 150..199, expected 150.. within the log's 180 records"));
+  CHECK(log.contains("it covers ids 150..199 (50 vectors), expected a contiguous range within the log's 180 records"));
   CHECK(store->size() == 180);
   CHECK(store->sealed_segments() == 3);
   CHECK_FALSE(fs::exists(dir + "/" + store_segment_file(3)));
@@ -442,4 +446,339 @@ TEST_CASE("chunk store segments: options, the directory's files and reset", "[me
   CHECK(std::count_if(deleted.begin(), deleted.end(), [](const std::string& s) { return is_store_segment_file(s); }) == 4);
   CHECK(fs::is_empty(dir) == false);  // the lock stays
   CHECK_FALSE(fs::exists(dir + "/" + store_segment_file(0)));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Duplicates: many equal (or nearly equal) vectors, as a repeated filler text embeds to
+
+namespace {
+
+// n_dup copies of one vector (ids 0, 2, 4, ... interleaved with clustered others), then `relevant` last.
+struct DupData {
+  int64_t dim = 64, n = 0;
+  std::vector<float> data;  // n rows
+  int64_t relevant = -1;
+};
+
+DupData dup_data(int64_t n_dup, int64_t n_other, float jitter, uint64_t seed) {
+  DupData d;
+  d.n = n_dup + n_other + 1;
+  const auto others = clustered(n_other, d.dim, seed);
+  std::mt19937_64 rng(seed + 1);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> filler(size_t(d.dim));
+  for (auto& x : filler) x = g(rng);
+  int64_t dups = 0, other = 0;
+  for (int64_t i = 0; i + 1 < d.n; ++i) {
+    const bool dup = (i % 2 == 0 && dups < n_dup) || other == n_other;
+    for (int64_t c = 0; c < d.dim; ++c)
+      d.data.push_back(dup ? filler[size_t(c)] + jitter * g(rng) : others[size_t(other * d.dim + c)]);
+    (dup ? dups : other)++;
+  }
+  // The relevant vector: far from the filler and from the clusters.
+  for (int64_t c = 0; c < d.dim; ++c) d.data.push_back(c % 7 == 0 ? 1.0f : 0.0f);
+  d.relevant = d.n - 1;
+  return d;
+}
+
+std::vector<float> near(const DupData& d, int64_t id, float noise, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  std::vector<float> q(d.data.begin() + id * d.dim, d.data.begin() + (id + 1) * d.dim);
+  for (auto& x : q) x += noise * g(rng);
+  return q;
+}
+
+}  // namespace
+
+TEST_CASE("hnsw: thousands of equal vectors are kept once in the graph, the distinct one is found", "[memory][segments][dups]") {
+  for (auto storage : {HnswParams::Storage::i8, HnswParams::Storage::f32}) {
+    const DupData d = dup_data(6000, 3000, 0.0f, 11);
+    HnswParams p;
+    p.storage = storage;
+    HnswIndex index(d.dim, p);
+    BruteForceIndex brute(d.dim);
+    for (int64_t i = 0; i < d.n; ++i) {
+      index.add(i, d.data.data() + i * d.dim);
+      brute.add(i, d.data.data() + i * d.dim);
+    }
+    CHECK(index.size() == d.n);
+    CHECK(index.duplicates() == 5999);
+    CHECK(index.contains(4000));
+    CHECK(index.vector(4000) == index.vector(0));
+    REQUIRE_THROWS_WITH(index.add(4000, d.data.data()), Catch::Contains("already in the index"));
+    const float tol = storage == HnswParams::Storage::i8 ? 2e-2f : 1e-5f;
+    auto check_scores = [&](const std::vector<SearchHit>& hits, const std::vector<float>& q) {
+      const auto all = brute.search(q.data(), int(d.n));
+      std::unordered_map<int64_t, float> exact;
+      for (const auto& h : all) exact[h.id] = h.score;
+      for (const auto& h : hits) CHECK(std::abs(h.score - exact.at(h.id)) <= tol);
+    };
+    // The relevant vector, from a query near it.
+    const auto q = near(d, d.relevant, 0.05f, 3);
+    const auto hits = index.search(q.data(), 10);
+    REQUIRE(hits.size() == 10);
+    CHECK(hits[0].id == d.relevant);
+    CHECK(hits[0].score > 0.9f);
+    check_scores(hits, q);
+    // A query at the filler: the equal vectors, in id order, with their (equal) score.
+    const auto qf = near(d, 0, 0.0f, 4);
+    const auto fh = index.search(qf.data(), 20);
+    REQUIRE(fh.size() == 20);
+    for (size_t j = 0; j < fh.size(); ++j) {
+      CHECK(fh[j].id == int64_t(2 * j));
+      CHECK(fh[j].score == Approx(1.0f).margin(tol));
+    }
+    // Recall against brute force on queries near the clustered vectors.
+    std::vector<float> queries;
+    for (int64_t j = 0; j < 40; ++j) {
+      const auto v = near(d, 1 + 2 * j * 37 % 5000, 0.3f, 100 + uint64_t(j));
+      queries.insert(queries.end(), v.begin(), v.end());
+    }
+    CHECK(recall_at(index, brute, queries, d.dim, 10) >= 0.9);
+    // Through a file: loaded and mapped, the same hits.
+    TempDir tmp("sinkflow_test_segments_");
+    index.save(tmp / "dups.bin", 5);
+    auto loaded = HnswIndex::load(tmp / "dups.bin", d.dim, p);
+    auto mapped = MappedHnswIndex::open(tmp / "dups.bin", d.dim, p.ef_search);
+    CHECK(loaded->size() == d.n);
+    CHECK(loaded->duplicates() == 5999);
+    CHECK(mapped->size() == d.n);
+    CHECK(mapped->duplicates() == 5999);
+    CHECK(mapped->id_range() == std::pair<int64_t, int64_t>{0, d.n - 1});
+    CHECK(mapped->contains(4000));
+    CHECK(mapped->vector(4000) == index.vector(0));
+    // (The mapped index computes f32 inner products in its own order: equal to ~1e-6.)
+    auto same = [](const std::vector<SearchHit>& a, const std::vector<SearchHit>& b) {
+      REQUIRE(a.size() == b.size());
+      for (size_t j = 0; j < a.size(); ++j) {
+        CHECK(a[j].id == b[j].id);
+        CHECK(a[j].score == Approx(b[j].score).margin(1e-5));
+      }
+    };
+    require_same_hits(loaded->search(q.data(), 10), hits);
+    same(mapped->search(q.data(), 10), hits);
+    same(mapped->search(qf.data(), 20), fh);
+    // A loaded index keeps deduplicating.
+    loaded->add(d.n, d.data.data());
+    CHECK(loaded->duplicates() == 6000);
+  }
+}
+
+TEST_CASE("hnsw: nearly equal vectors (different codes) do not hide the distinct one", "[memory][segments][dups]") {
+  const DupData d = dup_data(6000, 3000, 1e-3f, 12);
+  HnswIndex index(d.dim, i8_params());
+  BruteForceIndex brute(d.dim);
+  for (int64_t i = 0; i < d.n; ++i) {
+    index.add(i, d.data.data() + i * d.dim);
+    brute.add(i, d.data.data() + i * d.dim);
+  }
+  INFO("duplicates " << index.duplicates());
+  const auto q = near(d, d.relevant, 0.05f, 3);
+  const auto hits = index.search(q.data(), 10);
+  REQUIRE_FALSE(hits.empty());
+  CHECK(hits[0].id == d.relevant);
+  std::vector<float> queries;
+  for (int64_t j = 0; j < 40; ++j) {
+    const auto v = near(d, 1 + 2 * j * 37 % 5000, 0.3f, 100 + uint64_t(j));
+    queries.insert(queries.end(), v.begin(), v.end());
+  }
+  CHECK(recall_at(index, brute, queries, d.dim, 10) >= 0.9);
+}
+
+TEST_CASE("chunk store: a repeated filler text and one needle, across sealed segments", "[memory][segments][dups]") {
+  TempDir tmp("sinkflow_test_segments_");
+  HashEmbedder e(384);
+  const std::string filler = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.";
+  const std::string needle = "The pass key is 71432. Remember it. 71432 is the pass key.";
+  const int64_t n = 9000, needle_id = 6100;
+  auto store = ChunkStore::open(tmp / "mem", segmented_options(3000));
+  BruteForceIndex brute(384);
+  for (int64_t i = 0; i < n; ++i) {
+    Chunk c;
+    c.tokens = {i};
+    c.positions = {i};
+    // Five rotations of the filler repeated, as windows over a repeated text are.
+    c.text = i == needle_id ? needle : filler.substr(size_t(i % 5) * 4) + " " + filler.substr(0, size_t(i % 5) * 4);
+    const auto v = e.embed(c.text);
+    REQUIRE(store->add(c, v) == i);
+    brute.add(i, v.data());
+  }
+  CHECK(store->sealed_segments() == 3);
+  for (const std::string& question : {std::string("What is the pass key?"), std::string("remember the key 71432")}) {
+    const auto q = e.embed(question);
+    const auto hits = store->search(q, 5);
+    REQUIRE(hits.size() == 5);
+    CHECK(hits[0].id == needle_id);
+    CHECK(hits[0].score > 0.2f);
+    const auto truth = brute.search(q.data(), 5);
+    CHECK(hits[0].score == truth[0].score);
+    for (size_t j = 0; j < hits.size(); ++j) CHECK(hits[j].score == truth[j].score);  // exact scores
+  }
+  // The filler itself: its equal copies, score 1.
+  const auto fh = store->search(e.embed(filler), 10);
+  REQUIRE(fh.size() == 10);
+  for (const auto& h : fh) CHECK(h.score == Approx(1.0f));
+  // Reopened: the same.
+  store.reset();
+  store = ChunkStore::open(tmp / "mem", segmented_options(3000));
+  CHECK(store->search(e.embed("What is the pass key?"), 1)[0].id == needle_id);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Merging sealed segments
+
+namespace {
+
+StoreOptions merging_options(int64_t segment_chunks, int factor) {
+  StoreOptions o = segmented_options(segment_chunks);
+  o.merge_factor = factor;
+  return o;
+}
+
+int64_t segment_files(const std::string& dir) {
+  int64_t n = 0;
+  for (const auto& e : fs::directory_iterator(dir)) n += is_store_segment_file(e.path().filename().string());
+  return n;
+}
+
+void fill(ChunkStore& store, int64_t from, int64_t to) {
+  HashEmbedder e(384);
+  for (int64_t i = from; i < to; ++i) {
+    Chunk c = text_chunk(i);
+    REQUIRE(store.add(c, e.embed(c.text)) == i);
+  }
+}
+
+}  // namespace
+
+TEST_CASE("chunk store merges: merged segments answer as the unmerged ones, reopen, readers during merges", "[memory][segments][merge]") {
+  TempDir tmp("sinkflow_test_segments_");
+  // The oracle: the same chunks, never merged (segments this small are searched exactly: the same hits).
+  std::vector<std::vector<SearchHit>> unmerged;
+  {
+    auto store = ChunkStore::open(tmp / "plain", segmented_options(50));
+    fill(*store, 0, 430);
+    REQUIRE(store->sealed_segments() == 8);
+    unmerged = run_queries(*store);
+  }
+  const std::string dir = tmp / "merged";
+  {
+    auto store = ChunkStore::open(dir, merging_options(50, 2));
+    HashEmbedder e(384);
+    std::atomic<bool> done{false};
+    std::atomic<int64_t> bad{0}, reads{0};
+    std::thread reader([&] {
+      std::mt19937_64 rng(2);
+      while (!done) {
+        const int64_t size = store->index().size();
+        if (size == 0) continue;
+        const int64_t id = int64_t(rng() % uint64_t(size));
+        const auto hits = store->search(e.embed(text_chunk(id).text), 1);
+        if (hits.empty() || hits[0].id != id) ++bad;
+        ++reads;
+      }
+    });
+    fill(*store, 0, 430);
+    store->wait_merges();
+    done = true;
+    reader.join();
+    CHECK(bad == 0);
+    CHECK(reads > 0);
+    // 8 segments of 50 -> 4 of 100 -> 2 of 200 -> 1 of 400 (7 merges).
+    CHECK(store->merges_done() == 7);
+    CHECK(store->sealed_segments() == 1);
+    CHECK(segment_files(dir) == 1);
+    const auto merged = run_queries(*store);
+    for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(merged[q], unmerged[q]);
+  }
+  LogCapture log;
+  auto store = ChunkStore::open(dir, segmented_options(50));
+  CHECK_FALSE(log.contains("rebuilding"));
+  CHECK_FALSE(log.contains("deleting"));
+  CHECK(store->sealed_segments() == 1);
+  const auto again = run_queries(*store);
+  for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(again[q], unmerged[q]);
+  // Sealing goes on after a merge (a new file takes a free number).
+  fill(*store, 430, 460);
+  CHECK(store->sealed_segments() == 2);
+  CHECK(segment_files(dir) == 2);
+}
+
+TEST_CASE("chunk store merges: a process killed mid-merge leaves a directory that opens and answers the same", "[memory][segments][merge]") {
+  for (const std::string stage : {"saved", "deleted-one"}) {
+    INFO("killed at " << stage);
+    TempDir tmp("sinkflow_test_segments_");
+    const std::string dir = tmp / "mem";
+    const auto results = fill_segmented(dir);  // 4 segments of 50 + 30 in RAM
+    REQUIRE(segment_files(dir) == 4);
+    StoreOptions o = merging_options(50, 4);
+    o.merge_hook = [stage](const char* s) {
+      if (stage == s) ::kill(::getpid(), SIGKILL);
+    };
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      try {
+        auto store = ChunkStore::open(dir, o);  // merges the 4 segments on its thread
+        store->wait_merges();
+      } catch (...) {
+      }
+      ::_exit(3);  // not killed: the test fails below
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGKILL);
+    // The merged file is durable; the old ones are all there ("saved") or all but one ("deleted-one").
+    CHECK(fs::exists(dir + "/" + store_segment_file(4)));
+    CHECK(segment_files(dir) == (stage == "saved" ? 5 : 4));
+    if (stage == "saved") {
+      // A damaged merged file: the old segments are used instead.
+      const std::string merged = dir + "/" + store_segment_file(4);
+      auto b = read_bytes(merged);
+      b[b.size() / 2] ^= 0x40;
+      const auto good = read_bytes(merged);
+      write_bytes(merged, b);
+      {
+        LogCapture log;
+        auto store = ChunkStore::open(dir, segmented_options(50));
+        CHECK(log.contains("segment-000004.bin (" + dir + "/segment-000004.bin: payload CRC32"));
+        CHECK_FALSE(log.contains("rebuilding " + dir + "/segment"));
+        CHECK(store->sealed_segments() == 4);
+        const auto again = run_queries(*store);
+        for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(again[q], results[q]);
+      }
+      CHECK(segment_files(dir) == 4);
+      write_bytes(merged, good);  // the crash state again
+      write_bytes(dir + "/" + store_segment_file(7) + ".tmp", {1, 2, 3});  // and a torn write
+    }
+    LogCapture log;
+    auto store = ChunkStore::open(dir, segmented_options(50));
+    CHECK(log.contains("already covered by segment-000004.bin"));
+    if (stage == "saved") CHECK(log.contains("segment-000007.bin.tmp (a segment file left unfinished)"));
+    CHECK_FALSE(log.contains("rebuilding " + dir + "/segment"));
+    CHECK(store->sealed_segments() == 1);
+    CHECK(segment_files(dir) == 1);
+    const auto again = run_queries(*store);
+    for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(again[q], results[q]);
+  }
+}
+
+TEST_CASE("chunk store merges: options are checked", "[memory][segments][merge]") {
+  StoreOptions o = merging_options(50, 1);
+  REQUIRE_THROWS_WITH(o.validate(), Catch::Contains("merge_factor is 1, expected 0 (never merge) or [2, 64]"));
+  o.merge_factor = 4;
+  o.merge_ram_mb = -2;
+  REQUIRE_THROWS_WITH(o.validate(), Catch::Contains("merge_ram_mb is -2"));
+  // A RAM cap below a run's size: nothing is merged.
+  TempDir tmp("sinkflow_test_segments_");
+  o.merge_ram_mb = 0;
+  {
+    auto store = ChunkStore::open(tmp / "mem", o);
+    fill(*store, 0, 230);
+    store->wait_merges();
+    CHECK(store->sealed_segments() == 4);
+    CHECK(store->merges_done() == 0);
+  }
 }

@@ -41,6 +41,9 @@ struct BenchMemoryArgs {
   int64_t window_words = 48;     // --source text: words per chunk (~64 tokens)
   int64_t index_ram_mb = 64;     // StoreOptions::index_ram_mb
   int64_t segment_chunks = 0;    // StoreOptions::segment_chunks
+  int merge_factor = 4;          // StoreOptions::merge_factor (0 = never merge)
+  int64_t merge_ram_mb = 256;    // StoreOptions::merge_ram_mb
+  int merge_nice = 10;           // StoreOptions::merge_nice
   int64_t queries = 1000;        // latency queries per point
   int64_t recall_queries = 100;  // queries with an exact oracle
   int64_t first_point = 100000;  // first measured point; then every decade, and the end
@@ -180,6 +183,9 @@ class Oracle {
 struct Point {
   int64_t chunks = 0, tokens = 0, segments = 0;
   ProcMemory mem;
+  ProcMemory mem_after_merges;
+  double merge_wait_s = 0;
+  int64_t merges = 0;
   double log_mib = 0, index_mib = 0, p50_ms = 0, p99_ms = 0, cpu_p50_ms = 0, cpu_p99_ms = 0, recall = 0, add_per_s = 0;
 };
 
@@ -232,6 +238,9 @@ void bench_memory(const BenchMemoryArgs& a) {
   so.fsync = StoreOptions::Fsync::none;
   so.index_ram_mb = a.index_ram_mb;
   so.segment_chunks = a.segment_chunks;
+  so.merge_factor = a.merge_factor;
+  so.merge_ram_mb = a.merge_ram_mb;
+  so.merge_nice = a.merge_nice;
   if (a.ef_search > 0) so.hnsw.ef_search = a.ef_search;
   if (a.storage != "i8" && a.storage != "f32")
     throw std::invalid_argument("bench memory: --storage is '" + a.storage + "', expected i8 or f32");
@@ -287,10 +296,17 @@ void bench_memory(const BenchMemoryArgs& a) {
 
     store->flush();
     Point p;
+    p.mem = proc_memory();  // before the queries and before waiting for merges: what ingestion holds
+    // Searches are measured once the merges due at this point are done (they run beside ingestion; a merge in
+    // progress costs its segment's RAM, seen in the peak).
+    const auto tw = Clock::now();
+    store->wait_merges();
+    p.merge_wait_s = std::chrono::duration<double>(Clock::now() - tw).count();
+    p.merges = store->merges_done();
     p.chunks = n;
     p.tokens = n * a.tokens_per_chunk;
     p.add_per_s = double(added_since) / std::max(add_s, 1e-9);
-    p.mem = proc_memory();  // before the queries: what ingestion holds
+    p.mem_after_merges = proc_memory();
     p.segments = store->sealed_segments();
     p.log_mib = dir_mib(a.dir, false);
     p.index_mib = dir_mib(a.dir, true);
@@ -327,6 +343,9 @@ void bench_memory(const BenchMemoryArgs& a) {
                  "sealed segments + RAM, search p50 %.3f ms p99 %.3f ms (CPU p99 %.3f ms), recall@10 %.3f\n",
                  static_cast<long>(n), p.mem.rss_mib, p.mem.anon_mib, p.mem.file_mib, p.log_mib, p.index_mib,
                  static_cast<long>(p.segments), p.p50_ms, p.p99_ms, p.cpu_p99_ms, p.recall);
+    std::fprintf(stderr, "    merges %ld (waited %.1f s), RSS after them %.1f MiB (anon %.1f), peak RSS so far %.1f MiB\n",
+                 static_cast<long>(p.merges), p.merge_wait_s, p.mem_after_merges.rss_mib, p.mem_after_merges.anon_mib,
+                 p.mem_after_merges.hwm_mib);
     results.push_back(p);
     add_s = 0;
     added_since = 0;
@@ -351,13 +370,16 @@ void bench_memory(const BenchMemoryArgs& a) {
                   {"rss_mib_per_1e6_tokens", per_mtok}, {"log_mib", p.log_mib}, {"index_mib", p.index_mib},
                   {"sealed_segments", p.segments}, {"p50_ms", p.p50_ms}, {"p99_ms", p.p99_ms},
                   {"cpu_p50_ms", p.cpu_p50_ms}, {"cpu_p99_ms", p.cpu_p99_ms},
-                  {"recall_at_10", p.recall}, {"adds_per_s", p.add_per_s}});
+                  {"recall_at_10", p.recall}, {"adds_per_s", p.add_per_s}, {"merges", p.merges},
+                  {"merge_wait_s", p.merge_wait_s}, {"rss_after_merges_mib", p.mem_after_merges.rss_mib},
+                  {"rss_anon_after_merges_mib", p.mem_after_merges.anon_mib}, {"peak_rss_mib", p.mem_after_merges.hwm_mib}});
   }
   std::fprintf(table, "RSS before the store: %.1f MiB; MiB/1e6 tok = (RSS - that) / tokens\n", before.rss_mib);
   if (a.json)
     print_json({{"command", "bench memory"}, {"source", a.source}, {"dim", a.dim},
                 {"tokens_per_chunk", a.tokens_per_chunk}, {"index_ram_mb", a.index_ram_mb},
-                {"segment_chunks", so.effective_segment_chunks()}, {"ef_search", so.hnsw.ef_search}, {"rss_before_mib", before.rss_mib},
+                {"segment_chunks", so.effective_segment_chunks()}, {"merge_factor", so.merge_factor},
+                {"merge_ram_mb", so.merge_ram_mb}, {"merge_nice", so.merge_nice}, {"ef_search", so.hnsw.ef_search}, {"rss_before_mib", before.rss_mib},
                 {"wall_s", wall}, {"points", jp}});
 }
 
@@ -380,6 +402,10 @@ void add_bench_memory_command(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--segment-chunks", a->segment_chunks, "vectors per sealed segment (overrides --index-ram-mb)")
       ->capture_default_str();
+  c->add_option("--merge-factor", a->merge_factor, "merge this many sealed segments of a tier (0 = never merge)")
+      ->capture_default_str();
+  c->add_option("--merge-ram-mb", a->merge_ram_mb, "RAM cap of a segment being merged")->capture_default_str();
+  c->add_option("--merge-nice", a->merge_nice, "nice value of the merge thread (0 = full speed)")->capture_default_str();
   c->add_option("--queries", a->queries, "latency queries per point")->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--recall-queries", a->recall_queries, "queries checked against the exact oracle")
       ->capture_default_str()->check(CLI::PositiveNumber);

@@ -6,11 +6,17 @@
 
 #include <ATen/ATen.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
+#include <set>
+#include <tuple>
 #include <bit>
 #include <cerrno>
 #include <cmath>
@@ -451,6 +457,14 @@ void StoreOptions::validate() const {
   if (segment_chunks < 0 || segment_chunks >= (int64_t(1) << 32) - 2)
     throw FieldError("segment_chunks", "StoreOptions: segment_chunks is " + std::to_string(segment_chunks) +
                                            ", expected [0, 2^32 - 2) (0 = from index_ram_mb)");
+  if (merge_factor < 0 || merge_factor == 1 || merge_factor > 64)
+    throw FieldError("merge_factor", "StoreOptions: merge_factor is " + std::to_string(merge_factor) +
+                                         ", expected 0 (never merge) or [2, 64]");
+  if (merge_nice < 0 || merge_nice > 19)
+    throw FieldError("merge_nice", "StoreOptions: merge_nice is " + std::to_string(merge_nice) + ", expected [0, 19]");
+  if (merge_ram_mb < 0 || merge_ram_mb > (int64_t(1) << 30))
+    throw FieldError("merge_ram_mb", "StoreOptions: merge_ram_mb is " + std::to_string(merge_ram_mb) +
+                                         ", expected [0, 2^30] MiB");
 }
 
 int64_t StoreOptions::effective_segment_chunks() const {
@@ -537,6 +551,11 @@ std::unique_ptr<ChunkStore> ChunkStore::open(const std::string& dir, const Store
     std::vector<uint32_t> crcs;
     store->scan_log(crcs);
     store->open_index(crcs);
+  }
+  if (store->segmented_ && store->segment_chunks_ > 0 && options.merge_factor >= 2 && options.merge_ram_mb > 0) {
+    ChunkStore* self = store.get();
+    store->merger_ = std::thread([self] { self->merge_loop(); });
+    store->request_merge();
   }
   static const char* fsync_names[] = {"none", "flush", "every"};
   spdlog::info("chunk_store: dir={} embedder={} dim={} records={} index={} storage={} segment_chunks={} sealed={} "
@@ -675,50 +694,133 @@ std::unique_ptr<HnswIndex> ChunkStore::build_hnsw(int64_t first, int64_t last) c
 
 std::vector<std::unique_ptr<MappedHnswIndex>> ChunkStore::open_segments(const std::vector<uint32_t>& crcs) {
   const int64_t n = int64_t(offsets_.size());
-  std::vector<std::unique_ptr<MappedHnswIndex>> sealed;
-  // Segments in order while each covers the next records.
-  for (int64_t k = 0;; ++k) {
-    const std::string path = segment_path(k);
-    if (!fs::exists(path)) break;
+  struct Candidate {
+    int64_t number, lo, hi;
+    std::unique_ptr<MappedHnswIndex> seg;
+  };
+  std::vector<Candidate> valid;
+  bool removed = false;
+  // Every segment file, checked on its own.
+  std::vector<std::pair<int64_t, std::string>> files;
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    const std::string name = e.path().filename().string();
+    if (!is_store_segment_file(name) || !e.is_regular_file()) continue;
+    if (name.size() > 4 && name.substr(name.size() - 4) == ".tmp") {
+      spdlog::info("chunk_store: deleting {} (a segment file left unfinished)", e.path().string());
+      fs::remove(e.path());
+      removed = true;
+      continue;
+    }
+    files.emplace_back(std::stoll(name.substr(8, name.size() - 12)), e.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  for (const auto& [number, path] : files) {
     std::string reason;
     try {
       uint64_t tag = 0;
       auto seg = MappedHnswIndex::open(path, options_.dim, options_.hnsw.ef_search, &tag);
       const auto [lo, hi] = seg->id_range();
-      if (seg->size() == 0 || lo != sealed_end_ || hi != sealed_end_ + seg->size() - 1 || hi >= n)
-        reason = "it covers ids " + std::to_string(lo) + ".." + std::to_string(hi) + ", expected " +
-                 std::to_string(sealed_end_) + ".. within the log's " + std::to_string(n) + " records";
+      if (seg->size() == 0 || lo < 0 || hi != lo + seg->size() - 1 || hi >= n)
+        reason = "it covers ids " + std::to_string(lo) + ".." + std::to_string(hi) + " (" + std::to_string(seg->size()) +
+                 " vectors), expected a contiguous range within the log's " + std::to_string(n) + " records";
       else if (tag != range_digest(crcs, lo, hi + 1))
         reason = "its digest " + hex32(uint32_t(tag)) + " is not that of records " + std::to_string(lo) + ".." +
                  std::to_string(hi) + " of the log (" + hex32(range_digest(crcs, lo, hi + 1)) + ")";
       if (reason.empty()) {
-        sealed_end_ = hi + 1;
-        sealed.push_back(std::move(seg));
+        valid.push_back({number, lo, hi, std::move(seg)});
         continue;
       }
     } catch (const std::exception& e) {
       reason = e.what();
     }
-    // This one and every later segment are derived data that no longer fit the log: rebuilt below.
-    std::vector<std::string> dropped;
-    for (int64_t j = k; fs::exists(segment_path(j)); ++j) {
-      fs::remove(segment_path(j));
-      dropped.push_back(store_segment_file(j));
-    }
-    spdlog::info("chunk_store: deleting {} segment file(s) from {} on ({}); rebuilding from the log", dropped.size(),
-                 path, reason);
-    fsync_dir(dir_);
-    break;
+    // Derived data that no longer fits the log: rebuilt below.
+    spdlog::info("chunk_store: deleting {} ({})", path, reason);
+    fs::remove(path);
+    removed = true;
   }
-  // Full segments' worth of records past them: build, save, map.
-  while (segment_chunks_ > 0 && n - sealed_end_ >= segment_chunks_) {
-    const int64_t k = int64_t(sealed.size()), last = sealed_end_ + segment_chunks_;
+  // The chain from id 0: at each step the segment that starts at the next id and reaches furthest (the lower
+  // number on a tie); where none starts there, a segment's worth of records rebuilt from the log.
+  std::vector<std::unique_ptr<MappedHnswIndex>> sealed;
+  std::vector<bool> used(valid.size(), false);
+  std::set<int64_t> numbers;
+  for (const auto& c : valid) numbers.insert(c.number);
+  auto lowest_free = [&numbers] {
+    int64_t k = 0;
+    while (numbers.count(k)) ++k;
+    return k;
+  };
+  // Deletes the unused segments that start before `before` (the chain has passed them).
+  auto drop_passed = [&](int64_t before) {
+    for (size_t i = 0; i < valid.size(); ++i) {
+      if (used[i] || valid[i].lo >= before) continue;
+      used[i] = true;
+      Candidate& c = valid[i];
+      std::string by;
+      for (const auto& [lo, rest] : chain_)
+        if (lo <= c.hi && rest.first >= c.lo) by += (by.empty() ? "" : ", ") + store_segment_file(rest.second);
+      spdlog::info("chunk_store: deleting {} (it covers ids {}..{}, {})", segment_path(c.number), c.lo, c.hi,
+                   by.empty() ? "expected a segment starting at id " + std::to_string(sealed_end_) : "already covered by " + by);
+      c.seg.reset();
+      fs::remove(segment_path(c.number));
+      numbers.erase(c.number);
+      removed = true;
+    }
+  };
+  for (;;) {
+    int best = -1;
+    for (size_t i = 0; i < valid.size(); ++i)
+      if (valid[i].lo == sealed_end_ && (best < 0 || valid[i].hi > valid[size_t(best)].hi)) best = int(i);
+    if (best >= 0) {
+      Candidate& c = valid[size_t(best)];
+      used[size_t(best)] = true;
+      c.seg->set_ef_search(segment_ef(c.seg->size()));
+      chain_[c.lo] = {c.hi, c.number};
+      sealed.push_back(std::move(c.seg));
+      sealed_end_ = c.hi + 1;
+      continue;
+    }
+    if (segment_chunks_ <= 0 || n - sealed_end_ < segment_chunks_) break;
+    drop_passed(sealed_end_);  // before a free number is chosen
+    const int64_t k = lowest_free(), last = sealed_end_ + segment_chunks_;
+    numbers.insert(k);
     spdlog::info("chunk_store: rebuilding {} from records {}..{} of the log", segment_path(k), sealed_end_, last - 1);
     build_hnsw(sealed_end_, last)->save(segment_path(k), range_digest(crcs, sealed_end_, last));
-    sealed.push_back(MappedHnswIndex::open(segment_path(k), options_.dim, options_.hnsw.ef_search));
+    sealed.push_back(MappedHnswIndex::open(segment_path(k), options_.dim, segment_ef(segment_chunks_)));
+    chain_[sealed_end_] = {last - 1, k};
     sealed_end_ = last;
   }
+  drop_passed(std::numeric_limits<int64_t>::max());
+  if (removed) fsync_dir(dir_);
+  numbers_ = numbers;
   return sealed;
+}
+
+int ChunkStore::segment_ef(int64_t size) const {
+  const double ratio = segment_chunks_ > 0 ? double(size) / double(segment_chunks_) : 1.0;
+  return int(std::lround(double(options_.hnsw.ef_search) * std::sqrt(std::max(1.0, ratio))));
+}
+
+// Gives the heap's free pages back to the OS after a segment was sealed or merged: the freed graph's blocks below
+// glibc's mmap threshold (link lists, per-element locks and lookup nodes) otherwise stay resident until reused.
+namespace {
+void release_free_heap() {
+#ifdef __GLIBC__
+  ::malloc_trim(0);
+#endif
+}
+}  // namespace
+
+int64_t ChunkStore::take_segment_number() {
+  std::lock_guard lock(files_mutex_);
+  int64_t k = 0;
+  while (numbers_.count(k)) ++k;
+  numbers_.insert(k);
+  return k;
+}
+
+void ChunkStore::release_segment_number(int64_t k) {
+  std::lock_guard lock(files_mutex_);
+  numbers_.erase(k);
 }
 
 void ChunkStore::open_index(const std::vector<uint32_t>& crcs) {
@@ -778,6 +880,15 @@ void ChunkStore::open_index(const std::vector<uint32_t>& crcs) {
 }
 
 ChunkStore::~ChunkStore() {
+  if (merger_.joinable()) {
+    stopping_ = true;
+    {
+      std::lock_guard lock(merge_mutex_);
+      merge_stop_ = true;
+    }
+    merge_cv_.notify_all();
+    merger_.join();
+  }
   if (index_) {
     try {
       flush();
@@ -857,15 +968,146 @@ int64_t ChunkStore::add(const Chunk& chunk, const std::vector<float>& embedding)
 }
 
 void ChunkStore::seal() {
-  const int64_t k = segmented_->sealed_count();
+  const int64_t k = take_segment_number();
   const std::string path = segment_path(k);
   const int64_t count = segmented_->active().size();
-  segmented_->active().save(path, active_digest_);
-  segmented_->seal(MappedHnswIndex::open(path, options_.dim, options_.hnsw.ef_search));
+  try {
+    segmented_->active().save(path, active_digest_);
+    segmented_->seal(MappedHnswIndex::open(path, options_.dim, segment_ef(count)));
+  } catch (...) {
+    release_segment_number(k);
+    throw;
+  }
+  {
+    std::lock_guard lock(files_mutex_);
+    chain_[sealed_end_] = {sealed_end_ + count - 1, k};
+  }
   sealed_end_ += count;
+  release_free_heap();
+  request_merge();
   active_digest_ = 0;
   index_dirty_ = true;  // index.bin still holds the sealed vectors: the next flush writes the empty segment
   spdlog::info("chunk_store: sealed ids {}..{} into {}", sealed_end_ - count, sealed_end_ - 1, path);
+}
+
+void ChunkStore::request_merge() {
+  if (!merger_.joinable()) return;
+  {
+    std::lock_guard lock(merge_mutex_);
+    merge_wanted_ = true;
+  }
+  merge_cv_.notify_all();
+}
+
+void ChunkStore::wait_merges() {
+  std::unique_lock lock(merge_mutex_);
+  merge_cv_.wait(lock, [this] { return merge_stop_ || (!merge_wanted_ && !merge_busy_); });
+}
+
+void ChunkStore::merge_loop() {
+  // Below the decode path (this thread only).
+  if (options_.merge_nice > 0) ::setpriority(PRIO_PROCESS, pid_t(::syscall(SYS_gettid)), options_.merge_nice);
+  for (;;) {
+    {
+      std::unique_lock lock(merge_mutex_);
+      merge_cv_.wait(lock, [this] { return merge_stop_ || merge_wanted_; });
+      if (merge_stop_) break;
+      merge_wanted_ = false;
+      merge_busy_ = true;
+    }
+    try {
+      while (merge_once()) {
+      }
+    } catch (const std::exception& e) {
+      // The segments stay as they are (searches are unaffected); the next seal asks again.
+      spdlog::error("chunk_store: {}: merging sealed segments failed: {}", dir_, e.what());
+    }
+    {
+      std::lock_guard lock(merge_mutex_);
+      merge_busy_ = false;
+    }
+    merge_cv_.notify_all();
+  }
+  std::lock_guard lock(merge_mutex_);
+  merge_busy_ = false;
+  merge_cv_.notify_all();
+}
+
+bool ChunkStore::merge_once() {
+  const int64_t f = options_.merge_factor;
+  const int64_t cap = std::max<int64_t>(
+      1, (options_.merge_ram_mb << 20) / HnswIndex::bytes_per_element(options_.dim, options_.hnsw));
+  std::vector<std::tuple<int64_t, int64_t, int64_t>> tiers;  // lo, hi, number
+  {
+    std::lock_guard lock(files_mutex_);
+    for (const auto& [lo, rest] : chain_) tiers.emplace_back(lo, rest.first, rest.second);
+  }
+  auto tier_of = [&](int64_t size) {
+    int t = 0;
+    for (int64_t bound = segment_chunks_ * f; size >= bound && t < 40; bound *= f) ++t;
+    return t;
+  };
+  // The first run of f adjacent segments of one tier that fits the RAM cap.
+  size_t first = tiers.size();
+  for (size_t i = 0; i + size_t(f) <= tiers.size() && first == tiers.size(); ++i) {
+    const int t = tier_of(std::get<1>(tiers[i]) - std::get<0>(tiers[i]) + 1);
+    bool run = true;
+    for (size_t j = i + 1; j < i + size_t(f) && run; ++j)
+      run = tier_of(std::get<1>(tiers[j]) - std::get<0>(tiers[j]) + 1) == t;
+    if (run && std::get<1>(tiers[i + size_t(f) - 1]) - std::get<0>(tiers[i]) + 1 <= cap) first = i;
+  }
+  if (first == tiers.size()) return false;
+  const int64_t lo = std::get<0>(tiers[first]), hi = std::get<1>(tiers[first + size_t(f) - 1]);
+  const auto t0 = std::chrono::steady_clock::now();
+  // Built from the log's embeddings, as a rebuild would (same inserts, same seed: the same graph).
+  HnswParams p = options_.hnsw;
+  p.initial_capacity = hi - lo + 1;
+  auto index = std::make_unique<HnswIndex>(options_.dim, p);
+  std::vector<float> emb(size_t(options_.dim));
+  uint32_t digest = 0;
+  for (int64_t id = lo; id <= hi; ++id) {
+    if ((id & 1023) == 0 && stopping_) return false;
+    uint32_t crc = 0;
+    read_embedding(id, emb.data(), &crc);
+    digest = crc32(&crc, 4, digest);
+    index->add(id, emb.data());
+  }
+  const int64_t k = take_segment_number();
+  const std::string path = segment_path(k);
+  std::unique_ptr<MappedHnswIndex> merged;
+  try {
+    index->save(path, digest);
+    index.reset();
+    merged = MappedHnswIndex::open(path, options_.dim, segment_ef(hi - lo + 1));
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(path, ec);
+    release_segment_number(k);
+    throw;
+  }
+  if (options_.merge_hook) options_.merge_hook("saved");
+  auto old = segmented_->replace(lo, hi, std::move(merged));
+  std::vector<int64_t> old_numbers;
+  {
+    std::lock_guard lock(files_mutex_);
+    for (size_t j = first; j < first + size_t(f); ++j) {
+      chain_.erase(std::get<0>(tiers[j]));
+      old_numbers.push_back(std::get<2>(tiers[j]));
+    }
+    chain_[lo] = {hi, k};
+  }
+  old.clear();  // unmapped
+  release_free_heap();  // the merged graph's small blocks (link lists, locks, lookup), freed above
+  for (size_t j = 0; j < old_numbers.size(); ++j) {
+    fs::remove(segment_path(old_numbers[j]));
+    if (j == 0 && options_.merge_hook) options_.merge_hook("deleted-one");
+  }
+  fsync_dir(dir_);
+  for (int64_t n : old_numbers) release_segment_number(n);
+  ++merges_done_;
+  spdlog::info("chunk_store: merged ids {}..{} of {} segments into {} ({:.1f} s)", lo, hi, f, path,
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  return true;
 }
 
 int64_t ChunkStore::sealed_segments() const { return segmented_ ? segmented_->sealed_count() : 0; }
@@ -902,12 +1144,13 @@ std::string ChunkStore::read_record(uint64_t offset, uint64_t end) const {
 
 // Reads the fields before the embedding from a prefix of the record (one pread in the common case: 64 tokens
 // and their text take ~1.2 KB), then the embedding. Not CRC-checked: the record was checked at open.
-void ChunkStore::read_embedding(int64_t id, float* out) const {
+void ChunkStore::read_embedding(int64_t id, float* out, uint32_t* crc) const {
   const auto [offset, end] = record_span(id, "ChunkStore::embedding");
   const std::string path = log_path();
   const uint64_t emb_bytes = uint64_t(options_.dim) * 4;
   std::string buf(size_t(std::min<uint64_t>(end - offset, 4096 + emb_bytes)), '\0');
   pread_all(fd_, buf.data(), buf.size(), offset, path);
+  if (crc) std::memcpy(crc, buf.data() + 4, 4);
   auto bad = [&](const std::string& what) {
     return std::runtime_error(path + ": record at byte offset " + std::to_string(offset) + ": " + what +
                               " (the file changed after it was opened)");

@@ -4,12 +4,17 @@
 //   query vector --ChunkStore::search (select: top-k | MMR | farthest-point)--> SearchHit ids --get--> Chunk
 #pragma once
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <shared_mutex>
 #include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 #include <unordered_set>
 #include <vector>
 
@@ -114,6 +119,20 @@ struct StoreOptions {
   int64_t index_ram_mb = 64;
   // Vectors per sealed segment; 0 = derived from index_ram_mb (HnswIndex::bytes_per_element). For tests.
   int64_t segment_chunks = 0;
+  // Background merging of sealed segments (hnsw): whenever merge_factor adjacent sealed segments are of the same
+  // tier (tier t: between merge_factor^t and merge_factor^(t+1) sealed segments' worth of ids), a thread of the
+  // store (nice merge_nice) builds one segment of their ids from the log's embeddings, writes it (same rules as a seal),
+  // swaps it in and deletes them, so that searches visit O(log n) segments. merge_factor 0 = never merge.
+  int merge_factor = 4;
+  // RAM cap of a segment being merged, MiB (it is built in RAM, as the active segment is): runs that would be
+  // larger are left as they are. With the defaults, merged segments hold up to ~425K vectors at 384-d.
+  int64_t merge_ram_mb = 256;
+  // Nice value of the merge thread, [0, 19]: 10 leaves the cores to decoding; 0 merges at full speed (on a
+  // machine whose cores are all busy, a nice-10 merge of 4 x 105K vectors may take an hour).
+  int merge_nice = 10;
+  // Test hook: called by the merge thread at "saved" (the merged file is durable, the old ones are all there)
+  // and "deleted-one" (the first old file is gone); a test kills the process there.
+  std::function<void(const char* stage)> merge_hook;
   // The segment size in effect: segment_chunks, or index_ram_mb / bytes per element (at least 1,024), or 0.
   int64_t effective_segment_chunks() const;
   void validate() const;
@@ -129,7 +148,8 @@ struct StoreOptions {
 inline constexpr const char* kStoreMetaFile = "meta.json";
 inline constexpr const char* kStoreLogFile = "chunks.log";
 inline constexpr const char* kStoreIndexFile = "index.bin";
-// Sealed segments: segment-000000.bin, segment-000001.bin, ... (6 or more digits).
+// Sealed segments: segment-000000.bin, segment-000001.bin, ... (6 or more digits). The number is a name, not an
+// order: each file says which ids it covers, and a new file takes the lowest number not in use.
 std::string store_segment_file(int64_t k);
 // True for a name store_segment_file() makes (or its ".tmp" partner).
 bool is_store_segment_file(const std::string& name);
@@ -145,8 +165,11 @@ bool is_store_segment_file(const std::string& name);
 //   index.bin   VectorIndex::save() of the in-RAM index, its tag = a digest (chained CRC32) of the CRCs of the
 //               records it covers: all of them (brute), those after the sealed segments (hnsw).
 //   segment-NNNNNN.bin  (hnsw, when options.index_ram_mb or segment_chunks is set) sealed segments: HnswIndex::save()
-//               of a full in-RAM segment, segment k covering the ids after segment k-1's, labels ascending; tag =
-//               the digest of the records it covers. Memory-mapped read-only (MappedHnswIndex) and searched in place.
+//               of a full in-RAM segment or of a merge of adjacent segments (StoreOptions::merge_factor), each
+//               covering a contiguous range of ids, labels ascending; tag = the digest of the records it covers.
+//               Memory-mapped read-only (MappedHnswIndex) and searched in place. A merge writes its file (tmp,
+//               fsync, rename, fsync of the directory) before the segments it replaces are deleted: after a crash
+//               the directory holds both, and opening keeps the larger.
 // What stays in RAM per chunk: one u64 (its byte offset in the log). Text, tokens, K/V and the float embeddings
 // are read from the log on demand (get, embedding, and the exact re-score of search candidates).
 // Opening checks meta.json, then every record of the log:
@@ -154,9 +177,11 @@ bool is_store_segment_file(const std::string& name);
 //     is dropped with a warning and the file is truncated to the last good record;
 //   - a bad record followed by a valid one: std::invalid_argument naming chunks.log and the byte offset (data is
 //     never dropped silently); so is a record with a good CRC but inconsistent content;
-//   - segments are taken in order while each is readable and covers the next records by its count and tag; the
-//     first that is not (missing, corrupt, stale) and all after it are deleted and rebuilt from the log (info
-//     line), as are segments for the records past them while a full segment's worth is left;
+//   - every segment file is checked (readable, ids within the log, tag = the digest of their records); those that
+//     are not are deleted (info line naming the file and why), as are leftover .tmp files. From id 0 on, the
+//     segment that starts at the next id and reaches furthest is taken (a merged one before the ones it
+//     replaced, which are deleted); where none starts there, a segment's worth of records is rebuilt from the
+//     log (info line) and the chain goes on, while a full segment's worth of records is left;
 //   - index.bin missing, unreadable, of the other kind, or covering other records: rebuilt from the log's
 //     embeddings (info line), saved at the next flush().
 // All lengths read from a file are checked against what is left of it before anything is allocated.
@@ -195,6 +220,9 @@ class ChunkStore {
   // Sealed segment files and their bytes (0 for a brute index or before the first seal).
   int64_t sealed_segments() const;
   uint64_t sealed_bytes() const;
+  // Blocks until the merge thread has nothing left to do (no merge running or wanted). Merges done so far.
+  void wait_merges();
+  int64_t merges_done() const { return merges_done_; }
 
   const std::string& dir() const { return dir_; }
   const StoreOptions& options() const { return options_; }
@@ -211,10 +239,22 @@ class ChunkStore {
   std::unique_ptr<HnswIndex> build_hnsw(int64_t first, int64_t last) const;
   // Saves the active segment as the next segment file and maps it; the caller holds writer_.
   void seal();
+  // Segment files: lowest unused number (taken), and its release.
+  int64_t take_segment_number();
+  void release_segment_number(int64_t k);
+  // The merge thread: waits for a request, merges while a run is due.
+  void merge_loop();
+  // Merges one run if one is due; false if none (or the store is closing).
+  bool merge_once();
+  void request_merge();
+  // ef_search of a sealed segment of `size` ids: scaled with sqrt(size / segment), as merged segments return their
+  // candidates from one graph instead of several.
+  int segment_ef(int64_t size) const;
   // [offset, end) of record `id` in the log; unknown id: std::invalid_argument naming `who`.
   std::pair<uint64_t, uint64_t> record_span(int64_t id, const char* who) const;
   std::string read_record(uint64_t offset, uint64_t end) const;
-  void read_embedding(int64_t id, float* out) const;
+  // The embedding of record `id`; `crc`, if given, receives the record's CRC (as scanned at open).
+  void read_embedding(int64_t id, float* out, uint32_t* crc = nullptr) const;
   std::string log_path() const;
   std::string index_path() const;
   std::string segment_path(int64_t k) const;
@@ -229,6 +269,16 @@ class ChunkStore {
   int64_t segment_chunks_ = 0;  // options_.effective_segment_chunks() (0 for brute)
   bool index_dirty_ = false;
   std::vector<uint64_t> offsets_;  // byte offset of record i in chunks.log
+  // Sealed segment files: first id -> (last id, file number); and the numbers in use. Under files_mutex_.
+  std::map<int64_t, std::pair<int64_t, int64_t>> chain_;
+  std::set<int64_t> numbers_;
+  std::mutex files_mutex_;
+  std::thread merger_;
+  std::mutex merge_mutex_;
+  std::condition_variable merge_cv_;
+  bool merge_stop_ = false, merge_wanted_ = false, merge_busy_ = false;  // under merge_mutex_
+  std::atomic<bool> stopping_{false};
+  std::atomic<int64_t> merges_done_{0};
   std::unique_ptr<VectorIndex> index_;
   SegmentedIndex* segmented_ = nullptr;  // index_ when it is hnsw
   mutable std::shared_mutex mutex_;  // offsets_, end_: exclusive to append, shared to read

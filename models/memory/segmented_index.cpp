@@ -85,6 +85,32 @@ void SegmentedIndex::seal(std::unique_ptr<MappedHnswIndex> sealed) {
   active_ = std::make_unique<HnswIndex>(dim_, params);
 }
 
+std::vector<std::unique_ptr<MappedHnswIndex>> SegmentedIndex::replace(int64_t lo, int64_t hi,
+                                                                       std::unique_ptr<MappedHnswIndex> merged) {
+  std::unique_lock lock(mutex_);
+  size_t first = sealed_.size(), last = 0;
+  for (size_t i = 0; i < sealed_.size(); ++i) {
+    const auto [a, b] = sealed_[i]->id_range();
+    if (a >= lo && b <= hi) {
+      first = std::min(first, i);
+      last = i + 1;
+    }
+  }
+  auto range_of = [&](size_t i) { return sealed_[i]->id_range(); };
+  if (first >= last || range_of(first).first != lo || range_of(last - 1).second != hi || merged->id_range() != std::pair{lo, hi})
+    throw std::logic_error("SegmentedIndex::replace: ids " + std::to_string(lo) + ".." + std::to_string(hi) +
+                           " are not those of adjacent sealed segments and of the merged one");
+  for (size_t i = first + 1; i < last; ++i)
+    if (range_of(i).first != range_of(i - 1).second + 1)
+      throw std::logic_error("SegmentedIndex::replace: the segments of ids " + std::to_string(lo) + ".." +
+                             std::to_string(hi) + " are not adjacent");
+  std::vector<std::unique_ptr<MappedHnswIndex>> old;
+  for (size_t i = first; i < last; ++i) old.push_back(std::move(sealed_[i]));
+  sealed_.erase(sealed_.begin() + std::ptrdiff_t(first + 1), sealed_.begin() + std::ptrdiff_t(last));
+  sealed_[first] = std::move(merged);
+  return old;
+}
+
 int64_t SegmentedIndex::sealed_count() const {
   std::shared_lock lock(mutex_);
   return int64_t(sealed_.size());

@@ -46,6 +46,11 @@ class SegmentedIndex final : public VectorIndex {
   // blocks, as the launcher's, then reuses them: RAM holds one active segment, never two). Searches never see the
   // vectors twice or not at all.
   void seal(std::unique_ptr<MappedHnswIndex> sealed);
+  // Replaces the sealed segments that cover ids [lo, hi] (contiguous, in order) by `merged`, which holds the same
+  // ids (a merge); returns them, for the caller to free outside the lock. Searches see either the old segments or
+  // the merged one, never both or neither. A range that is not exactly that of some adjacent sealed segments:
+  // std::logic_error.
+  std::vector<std::unique_ptr<MappedHnswIndex>> replace(int64_t lo, int64_t hi, std::unique_ptr<MappedHnswIndex> merged);
   int64_t sealed_count() const;
   // Bytes of sealed segment files (on disk, mapped).
   uint64_t sealed_bytes() const;

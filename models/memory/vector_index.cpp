@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <bit>
 #include <chrono>
 #include <cmath>
@@ -22,6 +23,7 @@
 #include <random>
 #include <shared_mutex>
 #include <sstream>
+#include <string_view>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -124,6 +126,14 @@ void check_dim(int64_t dim, const char* who) {
 constexpr size_t kHeaderBytes = 48;
 constexpr char kHnswMagic[8] = {'S', 'F', 'H', 'N', 'S', 'W', '0', '1'};
 constexpr char kHnswI8Magic[8] = {'S', 'F', 'H', 'N', 'S', 'Q', '0', '1'};  // HnswParams::Storage::i8
+// The same with a duplicates section after the link lists (written only when the index holds duplicates):
+// u64 n | n x (i64 id, u32 internal id of the element whose stored vector it shares), ids ascending.
+constexpr char kHnswDupMagic[8] = {'S', 'F', 'H', 'N', 'S', 'W', '0', '2'};
+constexpr char kHnswI8DupMagic[8] = {'S', 'F', 'H', 'N', 'S', 'Q', '0', '2'};
+// Reader kinds: index in this list.
+const std::vector<const char*> kHnswMagics = {kHnswMagic, kHnswI8Magic, kHnswDupMagic, kHnswI8DupMagic};
+bool kind_is_i8(int kind) { return kind == 1 || kind == 3; }
+bool kind_has_dups(int kind) { return kind >= 2; }
 constexpr char kBruteMagic[8] = {'S', 'F', 'B', 'R', 'U', 'T', '0', '1'};
 // Bytes of the hnswlib preamble that HnswIndex::save() writes before the level-0 block.
 constexpr size_t kHnswPreambleBytes = 6 * sizeof(size_t) + sizeof(int) + sizeof(uint32_t) + 3 * sizeof(size_t) +
@@ -212,9 +222,8 @@ class IndexFileWriter {
 // every read bounded by what is left of it.
 class IndexFileReader {
  public:
-  // `alt_magic`, if given, is accepted too (alt() says which was found).
-  IndexFileReader(const std::string& path, const char* magic, int64_t dim, const char* alt_magic = nullptr)
-      : path_(path) {
+  // Any of `magics` is accepted (kind() says which was found).
+  IndexFileReader(const std::string& path, std::vector<const char*> magics, int64_t dim) : path_(path) {
     f_ = std::fopen(path.c_str(), "rb");
     if (!f_) throw std::runtime_error(path + ": cannot open index file (" + std::strerror(errno) + ")");
     std::setvbuf(f_, nullptr, _IOFBF, 1 << 20);
@@ -225,10 +234,13 @@ class IndexFileReader {
     std::rewind(f_);
     if (file_size < kHeaderBytes) bad("file size", std::to_string(file_size) + " bytes", ">= 48 bytes (a header)");
     if (std::fread(&header_, 1, sizeof header_, f_) != sizeof header_) io_fail("read");
-    alt_ = alt_magic && std::memcmp(header_.magic, alt_magic, 8) == 0;
-    if (!alt_ && std::memcmp(header_.magic, magic, 8) != 0)
-      bad("magic", std::string(header_.magic, 8),
-          std::string(magic, 8) + (alt_magic ? " or " + std::string(alt_magic, 8) : std::string()));
+    kind_ = -1;
+    std::string expected;
+    for (size_t i = 0; i < magics.size(); ++i) {
+      if (std::memcmp(header_.magic, magics[i], 8) == 0) kind_ = int(i);
+      expected += (i == 0 ? "" : i + 1 == magics.size() ? " or " : ", ") + std::string(magics[i], 8);
+    }
+    if (kind_ < 0) bad("magic", std::string(header_.magic, 8), expected);
     const uint32_t hcrc = crc32(&header_, offsetof(FileHeader, header_crc));
     if (hcrc != header_.header_crc) bad("header CRC32", hex(header_.header_crc), hex(hcrc) + " (computed)");
     if (header_.dim != uint64_t(dim)) bad("dim", std::to_string(header_.dim), std::to_string(dim));
@@ -254,7 +266,7 @@ class IndexFileReader {
   }
   const FileHeader& header() const { return header_; }
   uint64_t left() const { return left_; }
-  bool alt() const { return alt_; }
+  int kind() const { return kind_; }
 
   void read(void* p, uint64_t n, const char* what) {
     if (n > left_) bad(what, std::to_string(n) + " bytes", "at most the " + std::to_string(left_) + " bytes left");
@@ -284,7 +296,7 @@ class IndexFileReader {
   FILE* f_ = nullptr;
   FileHeader header_{};
   uint64_t left_ = 0;
-  bool alt_ = false;
+  int kind_ = 0;
 };
 
 // ----- int8 codes -------------------------------------------------------------------------------------------------
@@ -358,6 +370,82 @@ std::vector<float> from_stored(const char* p, HnswParams::Storage storage, size_
   return out;
 }
 
+// ----- duplicates -------------------------------------------------------------------------------------------------
+// A vector whose stored code equals an element's already in the graph is not inserted: it is kept as a duplicate
+// of that element and returned beside it. Thousands of equal vectors (a repeated text embeds to one vector) would
+// otherwise fill each other's neighbour lists (hnswlib's heuristic keeps neighbours at distance 0 first) and cut
+// every other element off from them: a search entering them never leaves.
+
+uint64_t code_hash(const char* p, size_t n) { return std::hash<std::string_view>{}(std::string_view(p, n)); }
+
+// Element ids keyed by the hash of their stored code: open addressing, id + 1 (0 = empty), at most half full.
+class CodeTable {
+ public:
+  static constexpr uint32_t kNone = std::numeric_limits<uint32_t>::max();
+  // An element whose code equals `code` (n bytes), or kNone. code_of(id) -> const char*.
+  template <class CodeOf>
+  uint32_t find(const char* code, size_t n, CodeOf code_of) const {
+    if (slots_.empty()) return kNone;
+    const size_t mask = slots_.size() - 1;
+    for (size_t i = code_hash(code, n) & mask;; i = (i + 1) & mask) {
+      if (slots_[i] == 0) return kNone;
+      if (std::memcmp(code_of(slots_[i] - 1), code, n) == 0) return slots_[i] - 1;
+    }
+  }
+  template <class CodeOf>
+  void insert(uint32_t id, size_t n, CodeOf code_of) {
+    if (2 * (used_ + 1) > slots_.size()) {
+      std::vector<uint32_t> old(std::max<size_t>(1024, 2 * slots_.size()), 0);
+      old.swap(slots_);
+      used_ = 0;
+      for (uint32_t key : old)
+        if (key) put(key - 1, n, code_of);
+    }
+    put(id, n, code_of);
+  }
+  size_t bytes() const { return slots_.size() * 4; }
+
+ private:
+  template <class CodeOf>
+  void put(uint32_t id, size_t n, CodeOf code_of) {
+    const size_t mask = slots_.size() - 1;
+    size_t i = code_hash(code_of(id), n) & mask;
+    while (slots_[i] != 0) i = (i + 1) & mask;
+    slots_[i] = id + 1;
+    ++used_;
+  }
+  std::vector<uint32_t> slots_;
+  size_t used_ = 0;
+};
+
+// The graph's hits (sorted by hit_before) with the duplicates of each (same score), the k first.
+// dups_of(label, out) appends the duplicates of the element labelled `label`, ascending.
+template <class DupsOf>
+std::vector<SearchHit> with_duplicates(const std::vector<SearchHit>& hits, int k, DupsOf dups_of) {
+  std::vector<SearchHit> out;
+  std::vector<int64_t> d;
+  for (const SearchHit& h : hits) {
+    out.push_back(h);
+    d.clear();
+    dups_of(h.id, d);
+    for (size_t j = 0; j < d.size() && j + 1 < size_t(k); ++j) out.push_back({d[j], h.score});
+  }
+  std::sort(out.begin(), out.end(), hit_before);
+  if (out.size() > size_t(k)) out.resize(size_t(k));
+  return out;
+}
+
+// The k best of n elements by an exact scan: score(i) and label(i) of element i.
+template <class Score, class Label>
+std::vector<SearchHit> exact_scan(size_t n, int k, Score score, Label label) {
+  std::vector<SearchHit> all(n);
+  for (size_t i = 0; i < n; ++i) all[i] = {label(i), score(i)};
+  const size_t kk = std::min(n, size_t(k));
+  std::partial_sort(all.begin(), all.begin() + std::ptrdiff_t(kk), all.end(), hit_before);
+  all.resize(kk);
+  return all;
+}
+
 
 // The hnswlib preamble of an index file (HnswIndex::save), read and checked: the counts against the file, the
 // layout fields against what hnswlib derives from dim, M and the storage, the enterpoint against the count.
@@ -373,7 +461,7 @@ struct HnswPreamble {
 
 HnswPreamble read_preamble(IndexFileReader& r, int64_t dim) {
   HnswPreamble p;
-  p.storage = r.alt() ? HnswParams::Storage::i8 : HnswParams::Storage::f32;
+  p.storage = kind_is_i8(r.kind()) ? HnswParams::Storage::i8 : HnswParams::Storage::f32;
   const auto offset_level0 = r.pod<size_t>("offsetLevel0");
   (void)r.pod<size_t>("maxElements");
   p.count = r.pod<size_t>("curElementCount");
@@ -422,6 +510,23 @@ HnswPreamble read_preamble(IndexFileReader& r, int64_t dim) {
   return p;
 }
 
+// The duplicates section: u64 n | n x (i64 id, u32 element), ids strictly ascending, elements < count.
+std::vector<std::pair<int64_t, uint32_t>> read_duplicates(IndexFileReader& r, size_t count) {
+  const auto n = r.pod<uint64_t>("duplicate count");
+  if (n > r.left() / 12) r.bad("duplicate count", std::to_string(n), "at most " + std::to_string(r.left() / 12) + " (bytes left / 12)");
+  std::vector<std::pair<int64_t, uint32_t>> dups(static_cast<size_t>(n));
+  for (size_t i = 0; i < n; ++i) {
+    const auto id = r.pod<int64_t>("duplicate id");
+    const auto rep = r.pod<uint32_t>("duplicate element");
+    if (i > 0 && id <= dups[i - 1].first)
+      r.bad("duplicate " + std::to_string(i) + " id", std::to_string(id),
+            "above the previous duplicate's " + std::to_string(dups[i - 1].first) + " (ids ascend)");
+    if (rep >= count) r.bad("duplicate " + std::to_string(i) + " element", std::to_string(rep), "< " + std::to_string(count));
+    dups[i] = {id, rep};
+  }
+  return dups;
+}
+
 }  // namespace
 
 void HnswParams::validate() const {
@@ -452,8 +557,15 @@ struct HnswIndex::Impl {
   HnswParams::Storage storage;
   std::unique_ptr<hnswlib::SpaceInterface<float>> space;  // must outlive `hnsw`
   std::unique_ptr<Hnsw> hnsw;
+  // Graph elements by their stored code, and the duplicates (ids not in the graph): id -> label of the element
+  // whose code it shares, and per such element its duplicates in insertion (= ascending, for the store) order.
+  CodeTable codes;
+  std::unordered_map<int64_t, int64_t> dup_rep;
+  std::unordered_map<int64_t, std::vector<int64_t>> dups_of;
   // add() and resize exclusive; search/contains/vector/save shared (see the header).
   mutable std::shared_mutex mutex;
+  const char* code_of(uint32_t i) const { return hnsw->getDataByInternalId(i); }
+  size_t code_size() const { return code_bytes(storage, size_t(dim)); }
 };
 
 HnswIndex::HnswIndex(int64_t dim, HnswParams params) : params_(params) {
@@ -476,7 +588,12 @@ int64_t HnswIndex::dim() const { return impl_->dim; }
 
 int64_t HnswIndex::size() const {
   std::shared_lock lock(impl_->mutex);
-  return int64_t(impl_->hnsw->cur_element_count);
+  return int64_t(impl_->hnsw->cur_element_count + impl_->dup_rep.size());
+}
+
+int64_t HnswIndex::duplicates() const {
+  std::shared_lock lock(impl_->mutex);
+  return int64_t(impl_->dup_rep.size());
 }
 
 int64_t HnswIndex::capacity() const {
@@ -487,8 +604,8 @@ int64_t HnswIndex::capacity() const {
 int64_t HnswIndex::bytes_per_element(int64_t dim, const HnswParams& params) {
   const int64_t level0 = 4 + 2 * int64_t(params.M) * 4 + int64_t(code_bytes(params.storage, size_t(dim))) + 8;
   // element_levels_ (4), linkLists_ (8), link_list_locks_ (a std::mutex, 40), label_lookup_ (~48 with its
-  // bucket), the visited list (2).
-  return level0 + 4 + 8 + int64_t(sizeof(std::mutex)) + 48 + 2;
+  // bucket), the visited list (2), the code table (8: two u32 slots).
+  return level0 + 4 + 8 + int64_t(sizeof(std::mutex)) + 48 + 2 + 8;
 }
 
 void HnswIndex::set_ef_search(int ef_search) {
@@ -505,15 +622,24 @@ void HnswIndex::add(int64_t id, const float* vector) {
   std::vector<float> v = normalized(vector, impl_->dim, what.c_str());
   const std::vector<char> stored = to_stored(v, impl_->storage);
   std::unique_lock lock(impl_->mutex);
-  Hnsw& h = *impl_->hnsw;
+  Impl& m = *impl_;
+  Hnsw& h = *m.hnsw;
   const auto label = hnswlib::labeltype(id);
-  if (h.label_lookup_.count(label))
+  if (h.label_lookup_.count(label) || m.dup_rep.count(id))
     throw std::invalid_argument("HnswIndex::add: id " + std::to_string(id) + " is already in the index, expected a new id");
+  auto code_of = [&m](uint32_t i) { return m.code_of(i); };
+  if (const uint32_t same = m.codes.find(stored.data(), stored.size(), code_of); same != CodeTable::kNone) {
+    const int64_t rep = int64_t(h.getExternalLabel(same));
+    m.dup_rep.emplace(id, rep);
+    m.dups_of[rep].push_back(id);
+    return;
+  }
   if (h.cur_element_count >= size_t(std::numeric_limits<hnswlib::tableint>::max()) - 1)
     throw std::invalid_argument("HnswIndex::add: index holds " + std::to_string(h.cur_element_count) +
                                 " vectors, the most hnswlib can address");
   if (h.cur_element_count >= h.max_elements_) h.resizeIndex(std::max<size_t>(2 * h.max_elements_, 1));
   h.addPoint(stored.data(), label);
+  m.codes.insert(uint32_t(h.cur_element_count - 1), stored.size(), code_of);
 }
 
 std::vector<SearchHit> HnswIndex::search(const float* query, int k) const {
@@ -523,28 +649,40 @@ std::vector<SearchHit> HnswIndex::search(const float* query, int k) const {
   if (!nonzero) return {};
   const std::vector<char> stored = to_stored(q, impl_->storage);
   std::vector<SearchHit> hits;
-  {
-    std::shared_lock lock(impl_->mutex);
-    auto pq = impl_->hnsw->searchKnn(stored.data(), size_t(k));
+  std::shared_lock lock(impl_->mutex);
+  const Impl& m = *impl_;
+  const Hnsw& h = *m.hnsw;
+  const size_t n = h.cur_element_count;
+  if (n <= size_t(kExactSearchMax)) {
+    hits = exact_scan(
+        n, k, [&](size_t i) { return 1.0f - h.fstdistfunc_(stored.data(), h.getDataByInternalId(hnswlib::tableint(i)), h.dist_func_param_); },
+        [&](size_t i) { return int64_t(h.getExternalLabel(hnswlib::tableint(i))); });
+  } else {
+    auto pq = m.hnsw->searchKnn(stored.data(), size_t(k));
     hits.reserve(pq.size());
     while (!pq.empty()) {
       hits.push_back({int64_t(pq.top().second), 1.0f - pq.top().first});
       pq.pop();
     }
+    std::sort(hits.begin(), hits.end(), hit_before);
   }
-  std::sort(hits.begin(), hits.end(), hit_before);
-  return hits;
+  if (m.dups_of.empty()) return hits;
+  return with_duplicates(hits, k, [&](int64_t label, std::vector<int64_t>& out) {
+    auto it = m.dups_of.find(label);
+    if (it != m.dups_of.end()) out.insert(out.end(), it->second.begin(), it->second.end());
+  });
 }
 
 bool HnswIndex::contains(int64_t id) const {
   std::shared_lock lock(impl_->mutex);
-  return impl_->hnsw->label_lookup_.count(hnswlib::labeltype(id)) > 0;
+  return impl_->hnsw->label_lookup_.count(hnswlib::labeltype(id)) > 0 || impl_->dup_rep.count(id) > 0;
 }
 
 std::vector<float> HnswIndex::vector(int64_t id) const {
   std::shared_lock lock(impl_->mutex);
   const Hnsw& h = *impl_->hnsw;
-  auto it = h.label_lookup_.find(hnswlib::labeltype(id));
+  const auto dup = impl_->dup_rep.find(id);
+  auto it = h.label_lookup_.find(hnswlib::labeltype(dup == impl_->dup_rep.end() ? id : dup->second));
   if (it == h.label_lookup_.end())
     throw std::invalid_argument("HnswIndex::vector: id " + std::to_string(id) + " is not in the index");
   return from_stored(h.getDataByInternalId(it->second), impl_->storage, size_t(impl_->dim));
@@ -578,13 +716,24 @@ void HnswIndex::save(const std::string& path, uint64_t tag) const {
     w.pod(n);
     if (n) w.write(h.linkLists_[i], n);
   }
-  w.finish(impl_->storage == HnswParams::Storage::i8 ? kHnswI8Magic : kHnswMagic, uint64_t(impl_->dim), count, tag);
+  const bool i8 = impl_->storage == HnswParams::Storage::i8;
+  if (!impl_->dup_rep.empty()) {
+    std::vector<std::pair<int64_t, int64_t>> dups(impl_->dup_rep.begin(), impl_->dup_rep.end());
+    std::sort(dups.begin(), dups.end());
+    w.pod(uint64_t(dups.size()));
+    for (const auto& [id, rep] : dups) {
+      w.pod(id);
+      w.pod(uint32_t(h.label_lookup_.at(hnswlib::labeltype(rep))));
+    }
+  }
+  w.finish(impl_->dup_rep.empty() ? (i8 ? kHnswI8Magic : kHnswMagic) : (i8 ? kHnswI8DupMagic : kHnswDupMagic),
+           uint64_t(impl_->dim), count, tag);
 }
 
 std::unique_ptr<HnswIndex> HnswIndex::load(const std::string& path, int64_t dim, HnswParams params, uint64_t* tag) {
   check_dim(dim, "HnswIndex::load");
   params.validate();
-  IndexFileReader r(path, kHnswMagic, dim, kHnswI8Magic);
+  IndexFileReader r(path, kHnswMagics, dim);
   const HnswPreamble pre = read_preamble(r, dim);
   const auto storage = pre.storage;
   const size_t count = pre.count, m = pre.m, size_data_per_element = pre.size_per_element;
@@ -624,6 +773,8 @@ std::unique_ptr<HnswIndex> HnswIndex::load(const std::string& path, int64_t dim,
     h.cur_element_count = i + 1;
     if (n) r.read(h.linkLists_[i], n, field.c_str());
   }
+  std::vector<std::pair<int64_t, uint32_t>> dups;
+  if (kind_has_dups(r.kind())) dups = read_duplicates(r, count);
   if (r.left() != 0) r.bad("payload", std::to_string(r.left()) + " trailing bytes", "none");
 
   // Graph checks: everything a search dereferences must be in range.
@@ -649,6 +800,20 @@ std::unique_ptr<HnswIndex> HnswIndex::load(const std::string& path, int64_t dim,
           r.bad(el + " level " + std::to_string(level) + " neighbour", std::to_string(nb[j]),
                 "an element < " + std::to_string(count) + " present at that level");
     }
+  }
+  Impl& im = *impl;
+  for (const auto& [id, rep] : dups) {
+    if (h.label_lookup_.count(hnswlib::labeltype(id)))
+      r.bad("duplicate id " + std::to_string(id), "the label of an element", "an id not in the graph");
+    const auto rep_label = int64_t(h.getExternalLabel(rep));
+    im.dup_rep.emplace(id, rep_label);
+    im.dups_of[rep_label].push_back(id);
+  }
+  {
+    auto code_of = [&im](uint32_t i) { return im.code_of(i); };
+    for (size_t i = 0; i < count; ++i)
+      if (im.codes.find(im.code_of(uint32_t(i)), im.code_size(), code_of) == CodeTable::kNone)
+        im.codes.insert(uint32_t(i), im.code_size(), code_of);
   }
   if (count > 0) {
     if (h.element_levels_[enterpoint] != maxlevel)
@@ -709,7 +874,7 @@ struct MappedHnswIndex::Impl {
   std::string path;
   int64_t dim = 0;
   HnswParams::Storage storage = HnswParams::Storage::f32;
-  int ef_search = 64;
+  std::atomic<int> ef_search{64};
   int fd = -1;
   const char* base = nullptr;  // the whole file, read-only
   size_t file_bytes = 0;
@@ -722,6 +887,10 @@ struct MappedHnswIndex::Impl {
   std::vector<uint32_t> upper_ids;
   std::vector<uint8_t> upper_levels;
   std::vector<uint64_t> upper_offsets;
+  // Duplicates (ids not in the graph, sharing an element's stored vector): (id, element) by id, and
+  // (element's label, id) by label.
+  std::vector<std::pair<int64_t, uint32_t>> dups;
+  std::vector<std::pair<int64_t, int64_t>> dups_by_label;
 
   ~Impl() {
     if (base) ::munmap(const_cast<char*>(base), file_bytes);
@@ -762,6 +931,13 @@ struct MappedHnswIndex::Impl {
     }
     return lo < count && label(uint32_t(lo)) == id ? lo : count;
   }
+  // The element holding `id`'s vector (its own, or the one a duplicate shares), or count.
+  size_t find_any(int64_t id) const {
+    const size_t i = find(id);
+    if (i < count || dups.empty()) return i;
+    auto it = std::lower_bound(dups.begin(), dups.end(), std::pair<int64_t, uint32_t>{id, 0});
+    return it != dups.end() && it->first == id ? it->second : count;
+  }
 };
 
 MappedHnswIndex::MappedHnswIndex(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -777,7 +953,7 @@ std::unique_ptr<MappedHnswIndex> MappedHnswIndex::open(const std::string& path, 
   m->dim = dim;
   m->ef_search = ef_search;
   // Pass 1 (in IndexFileReader): header and payload CRC. Pass 2: every field, streamed.
-  IndexFileReader r(path, kHnswMagic, dim, kHnswI8Magic);
+  IndexFileReader r(path, kHnswMagics, dim);
   const HnswPreamble pre = read_preamble(r, dim);
   m->storage = pre.storage;
   const size_t count = pre.count, size_per_element = pre.size_per_element, label_offset = pre.label_offset,
@@ -798,6 +974,10 @@ std::unique_ptr<MappedHnswIndex> MappedHnswIndex::open(const std::string& path, 
   std::vector<char> block;
   std::vector<float> v;
   int64_t previous_label = std::numeric_limits<int64_t>::min();
+  // The labels, while the file is streamed (freed at the end of open): the duplicates are checked against them
+  // without reading them through the mapping, which would make every page of the file resident.
+  std::vector<int64_t> labels;
+  labels.reserve(count);
   const size_t per_block = std::max<size_t>(1, (size_t(1) << 22) / size_per_element);
   for (size_t first = 0; first < count; first += per_block) {
     const size_t n = std::min(per_block, count - first);
@@ -821,6 +1001,7 @@ std::unique_ptr<MappedHnswIndex> MappedHnswIndex::open(const std::string& path, 
         r.bad(el + " label", std::to_string(int64_t(label)),
               "a label above the previous element's " + std::to_string(previous_label) + " (labels ascend)");
       previous_label = int64_t(label);
+      labels.push_back(int64_t(label));
       v = from_stored(e + offset_data, m->storage, size_t(dim));
       for (int64_t d = 0; d < dim; ++d)
         if (!std::isfinite(v[size_t(d)]))
@@ -854,7 +1035,13 @@ std::unique_ptr<MappedHnswIndex> MappedHnswIndex::open(const std::string& path, 
     }
     pos += n;
   }
+  uint64_t dup_bytes = 0;
+  if (kind_has_dups(r.kind())) {
+    dup_bytes = r.left();
+    m->dups = read_duplicates(r, count);
+  }
   if (r.left() != 0) r.bad("payload", std::to_string(r.left()) + " trailing bytes", "none");
+  pos += dup_bytes;
   if (tag) *tag = r.header().tag;
 
   m->fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -883,16 +1070,37 @@ std::unique_ptr<MappedHnswIndex> MappedHnswIndex::open(const std::string& path, 
     }
   if (count > 0 && m->level_of(enterpoint) != maxlevel)
     bad("level of the enterpoint", std::to_string(m->level_of(enterpoint)), std::to_string(maxlevel));
+  for (const auto& [id, element] : m->dups) {
+    if (std::binary_search(labels.begin(), labels.end(), id))
+      bad("duplicate id " + std::to_string(id), "the label of an element", "an id not in the graph");
+    m->dups_by_label.emplace_back(labels[element], id);
+  }
+  std::sort(m->dups_by_label.begin(), m->dups_by_label.end());
   return std::unique_ptr<MappedHnswIndex>(new MappedHnswIndex(std::move(m)));
 }
 
 int64_t MappedHnswIndex::dim() const { return impl_->dim; }
-int64_t MappedHnswIndex::size() const { return int64_t(impl_->count); }
+
+void MappedHnswIndex::set_ef_search(int ef_search) {
+  if (ef_search < 1)
+    throw std::invalid_argument("MappedHnswIndex::set_ef_search: ef_search is " + std::to_string(ef_search) + ", expected >= 1");
+  impl_->ef_search = ef_search;
+}
+
+int MappedHnswIndex::ef_search() const { return impl_->ef_search; }
+int64_t MappedHnswIndex::size() const { return int64_t(impl_->count + impl_->dups.size()); }
+int64_t MappedHnswIndex::duplicates() const { return int64_t(impl_->dups.size()); }
 uint64_t MappedHnswIndex::file_bytes() const { return impl_->file_bytes; }
 
 std::pair<int64_t, int64_t> MappedHnswIndex::id_range() const {
-  if (impl_->count == 0) return {0, -1};
-  return {impl_->label(0), impl_->label(uint32_t(impl_->count - 1))};
+  const Impl& m = *impl_;
+  if (m.count == 0) return {0, -1};
+  int64_t lo = m.label(0), hi = m.label(uint32_t(m.count - 1));
+  if (!m.dups.empty()) {
+    lo = std::min(lo, m.dups.front().first);
+    hi = std::max(hi, m.dups.back().first);
+  }
+  return {lo, hi};
 }
 
 void MappedHnswIndex::add(int64_t id, const float*) {
@@ -908,6 +1116,16 @@ std::vector<SearchHit> MappedHnswIndex::search(const float* query, int k) const 
   if (!nonzero) return {};
   const std::vector<char> stored = to_stored(q, m.storage);
   const char* qs = stored.data();
+  auto dups_of = [&m](int64_t label, std::vector<int64_t>& out) {
+    auto it = std::lower_bound(m.dups_by_label.begin(), m.dups_by_label.end(),
+                               std::pair<int64_t, int64_t>{label, std::numeric_limits<int64_t>::min()});
+    for (; it != m.dups_by_label.end() && it->first == label; ++it) out.push_back(it->second);
+  };
+  if (m.count <= size_t(kExactSearchMax)) {
+    auto hits = exact_scan(
+        m.count, k, [&](size_t i) { return m.ip(qs, uint32_t(i)); }, [&](size_t i) { return m.label(uint32_t(i)); });
+    return m.dups.empty() ? hits : with_duplicates(hits, k, dups_of);
+  }
   // Greedy descent through the upper levels (distance = 1 - inner product, as hnswlib).
   uint32_t cur = m.enterpoint;
   float cur_d = 1.0f - m.ip(qs, cur);
@@ -927,7 +1145,7 @@ std::vector<SearchHit> MappedHnswIndex::search(const float* query, int k) const 
     }
   }
   // Best-first search of level 0 with max(ef_search, k) candidates.
-  const size_t ef = std::max<size_t>(size_t(m.ef_search), size_t(k));
+  const size_t ef = std::max<size_t>(size_t(m.ef_search.load(std::memory_order_relaxed)), size_t(k));
   using Entry = std::pair<float, uint32_t>;
   std::priority_queue<Entry> top;                                              // farthest on top
   std::priority_queue<Entry, std::vector<Entry>, std::greater<Entry>> frontier;  // nearest on top
@@ -965,14 +1183,14 @@ std::vector<SearchHit> MappedHnswIndex::search(const float* query, int k) const 
   hits.reserve(top.size());
   for (; !top.empty(); top.pop()) hits.push_back({m.label(top.top().second), 1.0f - top.top().first});
   std::sort(hits.begin(), hits.end(), hit_before);
-  return hits;
+  return m.dups.empty() ? hits : with_duplicates(hits, k, dups_of);
 }
 
-bool MappedHnswIndex::contains(int64_t id) const { return impl_->find(id) < impl_->count; }
+bool MappedHnswIndex::contains(int64_t id) const { return impl_->find_any(id) < impl_->count; }
 
 std::vector<float> MappedHnswIndex::vector(int64_t id) const {
   const Impl& m = *impl_;
-  const size_t i = m.find(id);
+  const size_t i = m.find_any(id);
   if (i == m.count)
     throw std::invalid_argument("MappedHnswIndex::vector: id " + std::to_string(id) + " is not in " + m.path);
   return from_stored(m.element(uint32_t(i)) + m.offset_data, m.storage, size_t(m.dim));
@@ -1064,7 +1282,7 @@ void BruteForceIndex::save(const std::string& path, uint64_t tag) const {
 
 std::unique_ptr<BruteForceIndex> BruteForceIndex::load(const std::string& path, int64_t dim, uint64_t* tag) {
   check_dim(dim, "BruteForceIndex::load");
-  IndexFileReader r(path, kBruteMagic, dim);
+  IndexFileReader r(path, {kBruteMagic}, dim);
   const uint64_t count = r.header().count;
   const uint64_t per = 8 + 4 * uint64_t(dim);
   if (count > r.left() / per || count * per != r.left())

@@ -76,6 +76,13 @@ struct HnswParams {
   void validate() const;
 };
 
+// Both hnsw indexes: a vector whose stored form (HnswParams::Storage) equals that of a vector already in the graph
+// is not inserted into the graph but kept as its duplicate (an id and the element it shares a vector with) and
+// returned beside it, with its score; size() counts duplicates. A graph of thousands of equal vectors (a repeated
+// text embeds to one vector) cuts every other vector off from them, and a search that enters them never leaves.
+// Graphs of at most kExactSearchMax elements are searched exactly (a scan is as cheap as the graph search there).
+inline constexpr int64_t kExactSearchMax = 2048;
+
 class HnswIndex final : public VectorIndex {
  public:
   explicit HnswIndex(int64_t dim, HnswParams params = {});
@@ -99,6 +106,8 @@ class HnswIndex final : public VectorIndex {
   std::vector<float> vector(int64_t id) const override;
   void save(const std::string& path, uint64_t tag = 0) const override;
 
+  // Vectors kept as duplicates (not in the graph).
+  int64_t duplicates() const;
   // Current capacity (vectors storable before the next resize).
   int64_t capacity() const;
   // Bytes of RAM the graph takes per stored vector (level 0 links, vector, label and hnswlib's per-element
@@ -141,6 +150,11 @@ class MappedHnswIndex final : public VectorIndex {
   void save(const std::string& path, uint64_t tag = 0) const override;  // copies the file
   // Smallest and largest label (id) stored; {0, -1} when empty.
   std::pair<int64_t, int64_t> id_range() const;
+  // Candidate list size of later searches (>= 1; else std::invalid_argument). Safe beside running searches.
+  void set_ef_search(int ef_search);
+  int ef_search() const;
+  // Vectors kept as duplicates (not in the graph).
+  int64_t duplicates() const;
   // Size of the mapped file in bytes.
   uint64_t file_bytes() const;
 
