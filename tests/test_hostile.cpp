@@ -16,6 +16,7 @@
 
 #include "graph/yaml_spec.h"
 #include "models/cache/kv_cache.h"
+#include "models/io/checkpoint.h"
 #include "models/io/config.h"
 #include "models/io/field_error.h"
 #include "models/io/json_read.h"
@@ -193,6 +194,38 @@ TEST_CASE("a checkpoint holding tensors its config.json does not describe is ref
   config["num_hidden_layers"] = layers;
   test::write_file(dir / "config.json", config.dump(2));
   CHECK(load_decoder(dir.string(), at::kCPU, at::kFloat)->config().n_layer == layers);
+}
+
+TEST_CASE("a tied config over an untied lm_head, and integer weights, are refused naming the tensor", "[hostile]") {
+  c10::InferenceMode guard;
+  const fs::path dir = test::temp_dir("hostile_tied");
+  const ModelConfig untied = shape_preset("tiny-mistral");
+  auto tensors = random_tensors(untied, 3);
+  save_checkpoint(dir.string(), untied, tensors);
+  json config = read_json(dir / "config.json");
+  config["tie_word_embeddings"] = true;
+  test::write_file(dir / "config.json", config.dump(2));
+  const std::string source = (dir / "model.safetensors").string();
+  CHECK(message_of([&] { load_decoder(dir.string(), at::kCPU, at::kFloat); }) ==
+        source + ": tensor 'lm_head.weight' differs from 'model.embed_tokens.weight', but config.json sets "
+                 "tie_word_embeddings (the output matrix is the embedding); the checkpoint and config.json disagree");
+  // A stored copy equal to the embedding is the tied model some exporters write: it loads.
+  for (auto& [name, t] : tensors)
+    if (name == "lm_head.weight") t = tensors.front().second.clone();  // front: model.embed_tokens.weight
+  save_checkpoint(dir.string(), untied, tensors);
+  test::write_file(dir / "config.json", config.dump(2));
+  CHECK(load_decoder(dir.string(), at::kCPU, at::kFloat)->config().tie_word_embeddings);
+
+  // I32 has the width of F32: relabelled, the bytes would load as other numbers.
+  const fs::path ints = test::temp_dir("hostile_ints");
+  const ModelConfig llama = shape_preset("tiny-llama");
+  auto weights = random_tensors(llama, 3);
+  weights[1].second = weights[1].second.to(at::kInt);
+  save_safetensors((ints / "model.safetensors").string(), weights, {});
+  test::write_file(ints / "config.json", llama.to_json_text());
+  CHECK(message_of([&] { load_decoder(ints.string(), at::kCPU, at::kFloat); }) ==
+        (ints / "model.safetensors").string() + ": tensor '" + weights[1].first +
+            "' has dtype I32, expected a floating dtype (F32, F16, BF16, F64)");
 }
 
 TEST_CASE("InputStream reads lines and bytes, and a stop wakes a read blocked on a silent pipe", "[hostile]") {

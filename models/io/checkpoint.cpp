@@ -55,6 +55,10 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
+bool is_floating_dtype(const std::string& dtype) {
+  return dtype == "F32" || dtype == "F16" || dtype == "BF16" || dtype == "F64";
+}
+
 bool is_norm_weight(const std::string& name) {
   return ends_with(name, "norm.weight") || ends_with(name, "Norm.weight") || ends_with(name, "ln_1.weight") ||
          ends_with(name, "ln_2.weight") || ends_with(name, "ln_f.weight");
@@ -177,6 +181,10 @@ at::Tensor CheckpointTensors::load(const std::string& name, const std::vector<in
   if (entry.shape != expected_shape)
     throw std::invalid_argument(file.path() + ": tensor '" + stored + "' has shape " + shape_text(entry.shape) +
                                 ", expected " + shape_text(expected_shape) + " (from config.json)");
+  // Integers of the same width as the weights (I32 for F32) would convert, silently, into other numbers.
+  if (!is_floating_dtype(entry.dtype))
+    throw std::invalid_argument(file.path() + ": tensor '" + stored + "' has dtype " + entry.dtype +
+                                ", expected a floating dtype (F32, F16, BF16, F64)");
   at::Tensor t = file.tensor(stored);
   if (t.scalar_type() != dtype || t.device() != device) t = t.to(device, dtype);
   return t;
@@ -206,7 +214,7 @@ void check_checkpoint(const CheckpointTensors& tensors, const ModelConfig& confi
       throw std::invalid_argument(tensors.source() + ": tensor '" + stored + "' has shape " + shape_text(found) +
                                   ", expected " + shape_text(shape) + " (from config.json)");
     const std::string dtype = tensors.dtype(stored);
-    if (dtype != "F32" && dtype != "F16" && dtype != "BF16" && dtype != "F64")
+    if (!is_floating_dtype(dtype))
       throw std::invalid_argument(tensors.source() + ": tensor '" + stored + "' has dtype " + dtype +
                                   ", expected a floating dtype (F32, F16, BF16, F64)");
   }

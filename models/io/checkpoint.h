@@ -51,6 +51,7 @@ class CheckpointTensors {
   // without a copy. Throws std::invalid_argument:
   //   "<dir>/model.safetensors: tensor 'X' is missing (expected shape [..] from config.json)"
   //   "<dir>/model.safetensors: tensor 'X' has shape [64, 32], expected [64, 64] (from config.json)"
+  //   "<dir>/model.safetensors: tensor 'X' has dtype I32, expected a floating dtype (F32, F16, BF16, F64)"
   at::Tensor load(const std::string& name, const std::vector<int64_t>& expected_shape, at::ScalarType dtype,
                   at::Device device) const;
   // SafetensorsFile::release of `name` (after resolve()) in its file.

@@ -13,6 +13,7 @@
 
 #include "models/io/checkpoint.h"
 #include "models/io/limits.h"
+#include "models/io/safetensors.h"
 #include "models/cache/rope.h"
 
 namespace sinkflow {
@@ -61,15 +62,31 @@ void Decoder::store_matrices_as(at::ScalarType dtype) {
 
 namespace {
 
+// A tied model's lm_head is its token embedding: a stored lm_head.weight (some exporters save the tied copy) must
+// equal it, else config.json's tie_word_embeddings would silently replace the checkpoint's own output matrix.
+void check_tied_head(const CheckpointTensors& tensors, const ModelConfig& config) {
+  const std::string embed = tensors.resolve(config.family == Family::gpt2 ? "transformer.wte.weight"
+                                                                           : "model.embed_tokens.weight");
+  if (embed.empty()) return;
+  const std::vector<int64_t> shape = {config.vocab_size, config.d_model};
+  const at::ScalarType stored = safetensors_scalar_type(tensors.dtype(embed));
+  if (!at::equal(tensors.load("lm_head.weight", shape, stored, at::kCPU), tensors.load(embed, shape, stored, at::kCPU)))
+    throw std::invalid_argument(tensors.source() + ": tensor 'lm_head.weight' differs from '" + embed +
+                                "', but config.json sets tie_word_embeddings (the output matrix is the embedding); "
+                                "the checkpoint and config.json disagree");
+}
+
 // Every stored tensor must be one the model uses: a checkpoint with more layers (or other tensors) than its
 // config.json describes would otherwise load, silently, as a different model. Left aside on purpose: buffers
-// some exporters save (RoPE's inv_freq, GPT-2's causal-mask attn.bias / attn.masked_bias) and a tied lm_head.
+// some exporters save (RoPE's inv_freq, GPT-2's causal-mask attn.bias / attn.masked_bias) and a tied lm_head
+// equal to the embedding.
 void check_all_used(const CheckpointTensors& tensors, const std::set<std::string>& used, const ModelConfig& config) {
   auto ends_with = [](const std::string& s, const std::string& tail) {
     return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
   };
   std::vector<std::string> extra;
   for (const std::string& name : tensors.names()) {
+    if (config.tie_word_embeddings && name == "lm_head.weight" && !used.count(name)) check_tied_head(tensors, config);
     if (used.count(name) || ends_with(name, "rotary_emb.inv_freq") || ends_with(name, ".attn.bias") ||
         ends_with(name, ".attn.masked_bias") || (config.tie_word_embeddings && name == "lm_head.weight"))
       continue;
