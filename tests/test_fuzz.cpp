@@ -35,6 +35,8 @@
 #include "models/io/safetensors.h"
 #include "models/lab/make_model.h"
 #include "models/memory/chunk_store.h"
+#include "models/memory/embedder.h"
+#include "models/memory/vector_index.h"
 #include "models/nn/decoder.h"
 #include "models/text/chat_template.h"
 #include "models/text/tokenizer.h"
@@ -453,12 +455,12 @@ void fuzz_models(int cases) {
     write_safetensors(work / "model.safetensors", base.header, base.data);
     for (int i = 0; i < cases; ++i) {
       auto j = nlohmann::ordered_json::parse(base.config);
-      std::string field = mutate_config(j, rng);
-      if (rng() % 4 == 0) field += ", " + mutate_config(j, rng);
+      std::vector<std::string> fields = {mutate_config(j, rng)};
+      if (rng() % 4 == 0) fields.push_back(mutate_config(j, rng));
       test::write_file(work / "config.json", j.dump(2));
       const Outcome o = run_capped([&] { return load(false); });
-      if (o.code == 0) ++accepted_fields[field];
-      check(configs, o, "config.json " + field + " " + j.dump(), "config.json");
+      for (const std::string& field : fields) accepted_fields[field] += o.code == 0;
+      check(configs, o, "config.json " + fields.front() + " " + j.dump(), "config.json");
     }
     test::write_file(work / "config.json", base.config);
     for (int i = 0; i < cases; ++i) {
@@ -473,10 +475,229 @@ void fuzz_models(int cases) {
   configs.print();
   headers.print();
   std::string fields;
-  for (const auto& [field, n] : accepted_fields) fields += " " + field + " (" + std::to_string(n) + ")";
+  for (const auto& [field, n] : accepted_fields)
+    if (n > 0) fields += " " + field + " (" + std::to_string(n) + ")";
   std::fprintf(stderr, "fuzz model: config.json mutations that loaded, by field:%s\n", fields.c_str());
   std::fprintf(stderr, "fuzz model: header mutations that loaded as another well-formed checkpoint: %d\n",
                well_formed_other);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A memory directory's files (meta.json, chunks.log, index.bin, segment-NNNNNN.bin) flipped, cut, lengthened,
+// rewritten with their checksums made valid again, or deleted; then opened as a ChunkStore, every record read and
+// searched. The contract (models/memory/chunk_store.h): the log is the truth; damaged derived files are rebuilt
+// from it; damage at the log's tail drops only the damaged records; damage before an intact record, or a record
+// whose checksum holds over inconsistent content, is refused naming chunks.log; a bad meta.json is refused naming
+// it. A deleted chunks.log leaves an empty store: nothing is left to recover, and the derived files are dropped.
+
+// A pristine memory directory: its files, and what opening it gives.
+struct MemoryDir {
+  StoreOptions options;
+  std::map<std::string, std::string> files;  // name -> bytes
+  std::vector<uint64_t> record_ends;         // chunks.log: the end of each record
+  std::vector<std::string> texts;            // record i's text
+  std::vector<std::vector<float>> queries;
+  std::vector<std::vector<int64_t>> hits;    // the ids each query finds
+};
+
+std::vector<int64_t> hit_ids(const std::vector<SearchHit>& hits) {
+  std::vector<int64_t> ids;
+  for (const SearchHit& h : hits) ids.push_back(h.id);
+  return ids;
+}
+
+MemoryDir make_memory_dir(const fs::path& dir, StoreOptions::IndexKind kind) {
+  static const char* const words[] = {"harbour", "violin", "glacier", "copper", "lantern", "falcon", "bread", "delta"};
+  MemoryDir m;
+  m.options.embedder_name = "hash-64";
+  m.options.dim = 64;
+  m.options.fsync = StoreOptions::Fsync::none;
+  m.options.index = kind;
+  m.options.segment_chunks = kind == StoreOptions::IndexKind::hnsw ? 16 : 0;  // 3 sealed segments, 12 in RAM
+  const HashEmbedder embedder(64);
+  {
+    auto store = ChunkStore::open(dir.string(), m.options);
+    for (int64_t i = 0; i < 60; ++i) {
+      Chunk c;
+      c.tokens = {3 * i, 3 * i + 1, 3 * i + 2};
+      c.positions = c.tokens;
+      c.text = std::string(words[i % 8]) + " " + words[(i / 8) % 8] + " item" + std::to_string(i);
+      if (i % 7 == 0) c.kv = at::randn({1, 2, 1, 3, 2});
+      store->add(c, embedder.embed(c.text));
+      m.texts.push_back(c.text);
+    }
+  }
+  for (const auto& item : fs::directory_iterator(dir))
+    m.files[item.path().filename().string()] = test::read_file(item.path());
+  const std::string& log = m.files.at(kStoreLogFile);
+  for (uint64_t pos = 0; pos + 16 <= log.size();) {
+    uint64_t len;
+    std::memcpy(&len, log.data() + pos + 8, 8);
+    pos += 16 + len;
+    m.record_ends.push_back(pos);
+  }
+  auto store = ChunkStore::open(dir.string(), m.options);
+  for (const char* q : {"harbour violin", "item17", "copper falcon delta"}) {
+    m.queries.push_back(embedder.embed(q));
+    m.hits.push_back(hit_ids(store->search(m.queries.back(), 5)));
+  }
+  return m;
+}
+
+// What one damaged directory must give.
+struct MemoryExpect {
+  std::string what;
+  std::string file;
+  bool must_refuse = false;  // damage before an intact record
+  bool may_refuse = false;   // meta.json, or a log record rewritten with a valid checksum
+  int64_t size = -1;         // records kept when opened (-1: any)
+  int64_t intact = 0;        // records [0, intact) read back unchanged
+  bool same_hits = false;    // the queries find what they found
+};
+
+// Damages one file of `m`'s directory as written to `dir`; returns what opening it must give.
+MemoryExpect damage_memory_dir(const MemoryDir& m, const fs::path& dir, std::mt19937_64& rng) {
+  const int64_t n = static_cast<int64_t>(m.texts.size());
+  std::vector<std::string> derived;
+  for (const auto& [name, bytes] : m.files)
+    if (name != kStoreLogFile && name != kStoreMetaFile && name != "lock") derived.push_back(name);
+  const int pick = static_cast<int>(rng() % 6);
+  MemoryExpect e;
+  e.file = pick < 2 ? kStoreLogFile : pick == 2 ? kStoreMetaFile : derived[rng() % derived.size()];
+  std::string s = m.files.at(e.file);
+  const bool log = e.file == kStoreLogFile, index_file = !log && e.file != kStoreMetaFile;
+  auto record_of = [&](uint64_t at) {  // the record holding byte `at` of the log: how many end at or before it
+    return static_cast<int64_t>(std::upper_bound(m.record_ends.begin(), m.record_ends.end(), at) - m.record_ends.begin());
+  };
+  std::vector<uint64_t> flipped;
+  const int op = static_cast<int>(rng() % 6);
+  if (op == 0 || (op == 3 && !log && !index_file)) {
+    e.what = "bytes flipped";
+    for (int i = 0, k = 1 + static_cast<int>(rng() % 8); i < k && !s.empty(); ++i) {
+      flipped.push_back(rng() % s.size());
+      s[flipped.back()] = static_cast<char>(s[flipped.back()] ^ (1 + rng() % 255));
+    }
+  } else if (op == 1) {
+    const uint64_t at = rng() % (s.size() + 1);
+    e.what = "cut at byte " + std::to_string(at);
+    s.resize(at);
+    if (log) e.size = e.intact = record_of(at);  // the records that end before the cut
+  } else if (op == 2) {
+    e.what = "garbage appended";
+    std::string junk(1 + rng() % 300, '\0');
+    for (char& c : junk) c = static_cast<char>(rng());
+    if (rng() % 2) junk.replace(0, 4, "SFCK");  // a record's magic, and nothing valid after it
+    s += junk;
+  } else if (op == 3) {
+    // Bytes flipped, then the checksums made valid: the readers' own checks are all that is left.
+    e.what = "bytes flipped under valid checksums";
+    if (log) {
+      const int64_t r = static_cast<int64_t>(rng() % m.record_ends.size());
+      const uint64_t begin = r == 0 ? 0 : m.record_ends[static_cast<size_t>(r - 1)], end = m.record_ends[static_cast<size_t>(r)];
+      for (int i = 0, k = 1 + static_cast<int>(rng() % 4); i < k; ++i) {
+        const uint64_t at = begin + 16 + rng() % (end - begin - 16);
+        s[at] = static_cast<char>(s[at] ^ (1 + rng() % 255));
+      }
+      const uint64_t len = end - begin - 16;
+      const uint32_t crc = crc32(s.data() + begin + 16, len, crc32(&len, 8));
+      std::memcpy(s.data() + begin + 4, &crc, 4);
+      e.may_refuse = true;
+      e.size = n;
+      e.intact = r;
+    } else {
+      for (int i = 0, k = 1 + static_cast<int>(rng() % 8); i < k; ++i) {
+        const uint64_t at = 8 + rng() % (s.size() - 8);
+        s[at] = static_cast<char>(s[at] ^ (1 + rng() % 255));
+      }
+      const uint32_t payload_crc = crc32(s.data() + 48, s.size() - 48);
+      std::memcpy(s.data() + 40, &payload_crc, 4);
+      const uint32_t header_crc = crc32(s.data(), 44);
+      std::memcpy(s.data() + 44, &header_crc, 4);
+      e.size = e.intact = n;
+    }
+  } else if (op == 4) {
+    e.what = "deleted";
+    fs::remove(dir / e.file);
+    if (log) e.size = e.intact = 0;
+    if (e.file == kStoreMetaFile) e.must_refuse = true;
+  } else if (e.file == kStoreMetaFile) {
+    e.what = "JSON mutated";
+    s = mutate(s, rng);
+  } else {
+    e.what = "a byte flipped";
+    flipped.push_back(rng() % std::max<size_t>(s.size(), 1));
+    if (!s.empty()) s[flipped.back()] = static_cast<char>(s[flipped.back()] ^ 0x01);
+  }
+  if (op != 4) test::write_file(dir / e.file, s);
+
+  if (e.file == kStoreMetaFile) {
+    e.may_refuse = true;
+    e.size = e.intact = n;
+    e.same_hits = true;
+  } else if (index_file) {
+    e.size = e.intact = n;
+    e.same_hits = op != 3;
+  } else if (log && !flipped.empty()) {
+    // The first damaged record goes with everything after it only when everything after it is damaged too.
+    std::vector<bool> damaged(static_cast<size_t>(n), false);
+    for (uint64_t at : flipped) damaged[static_cast<size_t>(record_of(at))] = true;
+    const int64_t first = std::find(damaged.begin(), damaged.end(), true) - damaged.begin();
+    const bool tail = std::all_of(damaged.begin() + first, damaged.end(), [](bool d) { return d; });
+    e.must_refuse = !tail;
+    e.size = e.intact = first;
+  } else if (log && op == 2) {
+    e.size = e.intact = n;
+    e.same_hits = true;
+  }
+  return e;
+}
+
+void fuzz_memory(int cases) {
+  const fs::path root = test::temp_dir("fuzz_memory");
+  const auto level = spdlog::get_level();
+  spdlog::set_level(spdlog::level::err);  // a repaired directory logs what it dropped and rebuilt
+  std::vector<MemoryDir> dirs;
+  for (auto kind : {StoreOptions::IndexKind::hnsw, StoreOptions::IndexKind::brute})
+    dirs.push_back(make_memory_dir(root / ("pristine" + std::to_string(dirs.size())), kind));
+  const fs::path dir = root / "case";
+  std::mt19937_64 rng(19);
+  Tally tally{"memory dir"};
+  std::map<std::string, int> refused;  // by file
+  for (int i = 0; i < cases; ++i) {
+    const MemoryDir& m = dirs[static_cast<size_t>(i) % dirs.size()];
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    for (const auto& [name, bytes] : m.files) test::write_file(dir / name, bytes);
+    const MemoryExpect e = damage_memory_dir(m, dir, rng);
+    const Outcome o = run_capped([&]() -> std::string {
+      auto store = ChunkStore::open(dir.string(), m.options);
+      const int64_t n = store->size();
+      if (e.must_refuse) return "opened with " + std::to_string(n) + " records, expected a refusal";
+      if (e.size >= 0 && n != e.size) return "opened with " + std::to_string(n) + " records, expected " + std::to_string(e.size);
+      for (int64_t id = 0; id < n; ++id)
+        if (store->get(id).text != m.texts[static_cast<size_t>(id)] && id < e.intact)
+          return "record " + std::to_string(id) + " reads back changed";
+      for (size_t q = 0; q < m.queries.size(); ++q)
+        if (hit_ids(store->search(m.queries[q], 5)) != m.hits[q] && e.same_hits)
+          return "query " + std::to_string(q) + " finds other records";
+      return "";
+    });
+    ++tally.counts[o.code];
+    INFO("case " << i << ": " << e.file << " " << e.what << ": exit " << o.code << ": " << o.message);
+    REQUIRE(o.code >= 0);
+    REQUIRE(o.code != 3);
+    if (o.code != 0) {
+      ++refused[e.file];
+      CHECK((e.must_refuse || e.may_refuse));
+      CHECK(o.code == 2);
+      CHECK_THAT(o.message, Catch::Contains(e.file));
+    }
+  }
+  spdlog::set_level(level);
+  tally.print();
+  std::string files;
+  for (const auto& [file, k] : refused) files += " " + file + " (" + std::to_string(k) + ")";
+  std::fprintf(stderr, "fuzz memory dir: refused, by file:%s\n", files.c_str());
 }
 
 }  // namespace
@@ -492,3 +713,9 @@ TEST_CASE("fuzz: mutated config.json fields and safetensors headers of five chec
 }
 
 TEST_CASE("fuzz: 200 config.json and 200 header mutations of each of five checkpoints", "[fuzz][.slow]") { fuzz_models(200); }
+
+TEST_CASE("fuzz: damaged memory directories are recovered from the log or refused naming the file (60 cases)", "[fuzz]") {
+  fuzz_memory(60);
+}
+
+TEST_CASE("fuzz: 1000 damaged memory directories", "[fuzz][.slow]") { fuzz_memory(1000); }

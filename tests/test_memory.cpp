@@ -728,6 +728,15 @@ TEST_CASE("chunk store: a corrupt, missing or stale index.bin is rebuilt with th
     write_bytes(index_file, stale);
     check_rebuilt("it covers 40 records");
   }
+  SECTION("other ids, with the count and digest of the log") {
+    // As a writer with a bug (or the fuzz harness, which makes its checksums valid) would leave it.
+    uint64_t tag;
+    std::memcpy(&tag, read_bytes(index_file).data() + 24, 8);
+    HnswIndex other(384, store_options().hnsw);
+    for (int64_t i = 0; i < 100; ++i) other.add(1000 + i, e.embed(f.chunks[size_t(i)].text).data());
+    other.save(index_file, tag);
+    check_rebuilt("it does not hold id 0, one of the records it covers");
+  }
   SECTION("other kind") {
     auto options = store_options();
     options.index = StoreOptions::IndexKind::brute;

@@ -745,6 +745,12 @@ void ChunkStore::open_index(const std::vector<uint32_t>& crcs) {
                  " (digest " + hex32(digest) + ")";
         idx.reset();
       }
+      // Its n labels must be the ids of those records (a search would otherwise return ids the log lacks).
+      for (int64_t id = sealed_end_; idx && id < int64_t(offsets_.size()); ++id)
+        if (!idx->contains(id)) {
+          reason = "it does not hold id " + std::to_string(id) + ", one of the records it covers";
+          idx.reset();
+        }
     } catch (const std::exception& e) {
       reason = e.what();
       idx.reset();

@@ -157,7 +157,7 @@ bool is_store_segment_file(const std::string& name);
 //   - segments are taken in order while each is readable and covers the next records by its count and tag; the
 //     first that is not (missing, corrupt, stale) and all after it are deleted and rebuilt from the log (info
 //     line), as are segments for the records past them while a full segment's worth is left;
-//   - index.bin missing, unreadable, of the other kind, or covering other records: rebuilt from the log's
+//   - index.bin missing, unreadable, of the other kind, or covering other records or ids: rebuilt from the log's
 //     embeddings (info line), saved at the next flush().
 // All lengths read from a file are checked against what is left of it before anything is allocated.
 // Thread safety: one writer thread (add, flush) and any number of reader threads (get, search, size) at once.
