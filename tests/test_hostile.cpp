@@ -196,7 +196,7 @@ TEST_CASE("a checkpoint holding tensors its config.json does not describe is ref
   CHECK(load_decoder(dir.string(), at::kCPU, at::kFloat)->config().n_layer == layers);
 }
 
-TEST_CASE("a tied config over an untied lm_head, and integer weights, are refused naming the tensor", "[hostile]") {
+TEST_CASE("a tied config over an untied lm_head and integer weights are refused naming the tensor", "[hostile]") {
   c10::InferenceMode guard;
   const fs::path dir = test::temp_dir("hostile_tied");
   const ModelConfig untied = shape_preset("tiny-mistral");

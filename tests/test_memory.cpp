@@ -493,7 +493,7 @@ TEST_CASE("select: top-k, MMR and farthest-point on hand-made vectors", "[memory
   REQUIRE_THROWS_WITH(f.ids(bad), Catch::Contains("mmr_lambda is 1.5"));
   bad.mmr_lambda = 0.5f;
   bad.k = -1;
-  REQUIRE_THROWS_WITH(f.ids(bad), Catch::Contains("k is -1, expected >= 0"));
+  REQUIRE_THROWS_WITH(f.ids(bad), Catch::Contains("k is -1, expected [0, 4096]"));
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 #include "models/io/field_error.h"
 #include "models/io/json_read.h"
+#include "models/io/limits.h"
 #include "models/io/message_text.h"
 
 #include <ATen/ATen.h>
@@ -375,9 +376,11 @@ int64_t Chunker::pending() const {
 // Selection.
 
 void SelectOptions::validate() const {
-  if (k < 0) throw FieldError("k", "SelectOptions: k is " + std::to_string(k) + ", expected >= 0");
-  if (candidates < 0)
-    throw FieldError("candidates", "SelectOptions: candidates is " + std::to_string(candidates) + ", expected >= 0");
+  if (k < 0 || k > kMaxRetrieved)
+    throw FieldError("k", "SelectOptions: k is " + std::to_string(k) + ", expected [0, " + std::to_string(kMaxRetrieved) + "]");
+  if (candidates < 0 || candidates > kMaxCandidates)
+    throw FieldError("candidates", "SelectOptions: candidates is " + std::to_string(candidates) + ", expected [0, " +
+                                       std::to_string(kMaxCandidates) + "]");
   if (!(mmr_lambda >= 0.0f && mmr_lambda <= 1.0f))
     throw FieldError("mmr_lambda", "SelectOptions: mmr_lambda is " + std::to_string(mmr_lambda) + ", expected [0, 1]");
   if (std::isnan(min_score) || min_score < -1.0f || min_score > 1.0f)

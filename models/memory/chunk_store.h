@@ -74,11 +74,11 @@ class Chunker {
 
 // Choice of retrieved chunks. Returned hits carry their cosine similarity to the query and come in selection order.
 struct SelectOptions {
-  int k = 2;                              // chunks to return, >= 0
+  int k = 2;                              // chunks to return, [0, kMaxRetrieved = 4096]
   enum class Mode { topk, mmr, farthest };
   Mode mode = Mode::topk;
   float mmr_lambda = 0.5f;                // MMR trade-off, [0, 1]: 1 = relevance only, 0 = diversity only
-  int candidates = 20;                    // nearest non-excluded neighbours considered (at least k are), >= 0
+  int candidates = 20;                    // nearest non-excluded neighbours considered (at least k are), [0, 2^20]
   std::unordered_set<int64_t> exclude;    // ids never returned (e.g. chunks already in the cache)
   float min_score = -1.0f;                // candidates with a lower cosine similarity are never returned
   // Throws std::invalid_argument naming the field, the range and the value found.
