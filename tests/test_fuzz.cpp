@@ -488,7 +488,7 @@ void fuzz_models(int cases) {
 // searched. The contract (models/memory/chunk_store.h): the log is the truth; damaged derived files are rebuilt
 // from it; damage at the log's tail drops only the damaged records; damage before an intact record, or a record
 // whose checksum holds over inconsistent content, is refused naming chunks.log; a bad meta.json is refused naming
-// it. A deleted chunks.log leaves an empty store: nothing is left to recover, and the derived files are dropped.
+// it, and so is a deleted chunks.log (its index files index records that are gone).
 
 // A pristine memory directory: its files, and what opening it gives.
 struct MemoryDir {
@@ -618,8 +618,7 @@ MemoryExpect damage_memory_dir(const MemoryDir& m, const fs::path& dir, std::mt1
   } else if (op == 4) {
     e.what = "deleted";
     fs::remove(dir / e.file);
-    if (log) e.size = e.intact = 0;
-    if (e.file == kStoreMetaFile) e.must_refuse = true;
+    e.must_refuse = log || e.file == kStoreMetaFile;
   } else if (e.file == kStoreMetaFile) {
     e.what = "JSON mutated";
     s = mutate(s, rng);

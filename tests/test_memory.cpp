@@ -745,6 +745,19 @@ TEST_CASE("chunk store: a corrupt, missing or stale index.bin is rebuilt with th
   }
 }
 
+TEST_CASE("chunk store: a chunks.log deleted beside its index files is an error naming it", "[memory][store]") {
+  TempDir tmp;
+  const std::string dir = tmp / "mem";
+  fill(dir, 10, false);
+  fs::remove(dir + "/chunks.log");
+  REQUIRE_THROWS_WITH(ChunkStore::open(dir, store_options()),
+                      dir + "/chunks.log: missing beside " + dir + "/index.bin (the records it indexes are lost); reset the "
+                      "memory directory to start it empty");
+  // Reset deletes the index files with it: the directory opens empty.
+  fs::remove(dir + "/index.bin");
+  CHECK(ChunkStore::open(dir, store_options())->size() == 0);
+}
+
 TEST_CASE("chunk store: wrong embedder or dim, bad input, second open", "[memory][store]") {
   TempDir tmp;
   const std::string dir = tmp / "mem";

@@ -524,6 +524,13 @@ std::unique_ptr<ChunkStore> ChunkStore::open(const std::string& dir, const Store
     if (dim != options.dim)
       throw std::invalid_argument(meta_s + ": dim is " + std::to_string(dim) + ", expected " + std::to_string(options.dim) +
                                   " (the embedder of this run)");
+    // The log is created with meta.json and deleted only with the index files (MemoryDirLock::reset): index files
+    // without it index records that are gone, and starting empty would hide that.
+    const std::string log = store->log_path();
+    for (const std::string& derived : {store->index_path(), store->segment_path(0)})
+      if (!fs::exists(log) && fs::exists(derived))
+        throw std::invalid_argument(log + ": missing beside " + derived + " (the records it indexes are lost); reset "
+                                    "the memory directory to start it empty");
   } else {
     const fs::path log = fs::path(dir) / kStoreLogFile;
     if (fs::exists(log) && fs::file_size(log, ec) > 0)

@@ -149,7 +149,8 @@ bool is_store_segment_file(const std::string& name);
 //               the digest of the records it covers. Memory-mapped read-only (MappedHnswIndex) and searched in place.
 // What stays in RAM per chunk: one u64 (its byte offset in the log). Text, tokens, K/V and the float embeddings
 // are read from the log on demand (get, embedding, and the exact re-score of search candidates).
-// Opening checks meta.json, then every record of the log:
+// Opening checks meta.json (a chunks.log missing beside index.bin or a segment is an error naming it), then every
+// record of the log:
 //   - a torn or corrupt tail (short header, length beyond the end, bad CRC, garbage) with no valid record after it
 //     is dropped with a warning and the file is truncated to the last good record;
 //   - a bad record followed by a valid one: std::invalid_argument naming chunks.log and the byte offset (data is
