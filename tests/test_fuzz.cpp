@@ -37,6 +37,7 @@
 #include "models/memory/chunk_store.h"
 #include "models/memory/embedder.h"
 #include "models/memory/vector_index.h"
+#include "models/nn/bert.h"
 #include "models/nn/decoder.h"
 #include "models/text/chat_template.h"
 #include "models/text/tokenizer.h"
@@ -230,7 +231,7 @@ void fuzz_all(int cases) {
 
 // ---------------------------------------------------------------------------------------------------------------
 // Mutations that change the model: config.json fields and safetensors header entries of whole tiny checkpoints,
-// each loaded with load_decoder. The oracle, in the child: a checkpoint that loads must be the model it was, or
+// each loaded with load_decoder (load_bert for a bert config). The oracle, in the child: a checkpoint that loads must be the model it was, or
 // one of the changes below that no loader can tell from a well-formed checkpoint.
 //
 // config.json fields, by what a change does:
@@ -251,6 +252,18 @@ void fuzz_all(int cases) {
 // checkpoint of other weights: two tensors of the same byte size swapping their names or offsets, and a floating
 // dtype relabelled as another floating dtype of the same width (BF16 as F16). Safetensors has no checksum.
 
+using Parameters = std::vector<std::pair<std::string, at::Tensor>>;
+
+// The config and parameters of a checkpoint folder, loaded as its config.json's family is (load_bert, load_decoder).
+std::pair<ModelConfig, Parameters> load_model(const fs::path& dir) {
+  if (load_model_config(dir.string()).family == Family::bert) {
+    const auto bert = load_bert(dir.string(), at::kCPU, at::kFloat);
+    return {bert->config(), bert->named_parameters()};
+  }
+  const auto decoder = load_decoder(dir.string(), at::kCPU, at::kFloat);
+  return {decoder->config(), decoder->named_parameters()};
+}
+
 // A tiny checkpoint that the model family mutates, and what it loads as.
 struct Checkpoint {
   std::string preset;
@@ -258,7 +271,7 @@ struct Checkpoint {
   std::string header;       // model.safetensors: the JSON header and the data section after it
   std::string data;
   std::vector<std::pair<std::string, std::vector<int64_t>>> tensors;  // expected_tensors of its config
-  std::shared_ptr<Decoder> decoder;
+  Parameters parameters;
 };
 
 Checkpoint make_checkpoint(const fs::path& dir, const std::string& preset, at::ScalarType dtype) {
@@ -268,13 +281,12 @@ Checkpoint make_checkpoint(const fs::path& dir, const std::string& preset, at::S
   c.config = test::read_file(dir / "config.json");
   std::tie(c.header, c.data) = split_safetensors(test::read_file(dir / "model.safetensors"));
   c.tensors = expected_tensors(config);
-  c.decoder = load_decoder(dir.string(), at::kCPU, at::kFloat);
+  c.parameters = load_model(dir).second;
   return c;
 }
 
-// "" when `loaded` holds the weights of `base`, else the first parameter that differs.
-std::string differing_parameter(const Decoder& loaded, const Decoder& base) {
-  const auto a = loaded.named_parameters(), b = base.named_parameters();
+// "" when `a` holds the weights of `b`, else the first parameter that differs.
+std::string differing_parameter(const Parameters& a, const Parameters& b) {
   if (a.size() != b.size()) return "the parameter count";
   for (size_t i = 0; i < a.size(); ++i)
     if (a[i].first != b[i].first || !a[i].second.sizes().equals(b[i].second.sizes()) || !at::equal(a[i].second, b[i].second))
@@ -430,16 +442,16 @@ void fuzz_models(int cases) {
   int well_formed_other = 0;
   for (const auto& [preset, dtype] : std::vector<std::pair<std::string, at::ScalarType>>{
            {"tiny-llama", at::kFloat}, {"tiny-mistral", at::kFloat}, {"tiny-qwen3", at::kBFloat16},
-           {"tiny-phi3", at::kFloat}, {"tiny-gpt2", at::kFloat}}) {
+           {"tiny-phi3", at::kFloat}, {"tiny-gpt2", at::kFloat}, {"tiny-bert", at::kFloat}}) {
     const Checkpoint base = make_checkpoint(dir / preset, preset, dtype);
     std::mt19937_64 rng(std::hash<std::string>{}(preset));
     // The child's check: what loaded has the tensors of the original config and, unless the mutation makes
     // another well-formed checkpoint, its weights.
     auto load = [&](bool other_weights) {
-      const auto decoder = load_decoder(work.string(), at::kCPU, at::kFloat);
-      if (expected_tensors(decoder->config()) != base.tensors)
+      const auto [config, parameters] = load_model(work);
+      if (expected_tensors(config) != base.tensors)
         return std::string("loaded a config whose tensors differ from the checkpoint's");
-      const std::string differs = differing_parameter(*decoder, *base.decoder);
+      const std::string differs = differing_parameter(parameters, base.parameters);
       if (!differs.empty() && !other_weights) return "loaded other weights: " + differs;
       return std::string();
     };
@@ -707,11 +719,11 @@ TEST_CASE("fuzz: mutated config.json, safetensors, tokenizer.json, YAML, JSONL, 
 
 TEST_CASE("fuzz: 1,000 mutations of each file kind never crash", "[fuzz][.slow]") { fuzz_all(1000); }
 
-TEST_CASE("fuzz: mutated config.json fields and safetensors headers of five checkpoints never load as another model", "[fuzz]") {
+TEST_CASE("fuzz: mutated config.json fields and safetensors headers of six checkpoints never load as another model", "[fuzz]") {
   fuzz_models(12);
 }
 
-TEST_CASE("fuzz: 200 config.json and 200 header mutations of each of five checkpoints", "[fuzz][.slow]") { fuzz_models(200); }
+TEST_CASE("fuzz: 200 config.json and 200 header mutations of each of six checkpoints", "[fuzz][.slow]") { fuzz_models(200); }
 
 TEST_CASE("fuzz: damaged memory directories are recovered from the log or refused naming the file (60 cases)", "[fuzz]") {
   fuzz_memory(60);

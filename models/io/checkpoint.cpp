@@ -1,6 +1,7 @@
 #include "models/io/message_text.h"
 #include "models/io/json_read.h"
 #include "models/io/checkpoint.h"
+#include "models/io/limits.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -218,6 +219,56 @@ void check_checkpoint(const CheckpointTensors& tensors, const ModelConfig& confi
       throw std::invalid_argument(tensors.source() + ": tensor '" + stored + "' has dtype " + dtype +
                                   ", expected a floating dtype (F32, F16, BF16, F64)");
   }
+}
+
+namespace {
+
+// A tied model's lm_head is its token embedding: a stored lm_head.weight (some exporters save the tied copy) must
+// equal it, else config.json's tie_word_embeddings would silently replace the checkpoint's own output matrix.
+void check_tied_head(const CheckpointTensors& tensors, const ModelConfig& config) {
+  const std::string embed = tensors.resolve(config.family == Family::gpt2 ? "transformer.wte.weight"
+                                                                           : "model.embed_tokens.weight");
+  if (embed.empty()) return;
+  const std::vector<int64_t> shape = {config.vocab_size, config.d_model};
+  const at::ScalarType stored = safetensors_scalar_type(tensors.dtype(embed));
+  if (!at::equal(tensors.load("lm_head.weight", shape, stored, at::kCPU), tensors.load(embed, shape, stored, at::kCPU)))
+    throw std::invalid_argument(tensors.source() + ": tensor 'lm_head.weight' differs from '" + embed +
+                                "', but config.json sets tie_word_embeddings (the output matrix is the embedding); "
+                                "the checkpoint and config.json disagree");
+}
+
+}  // namespace
+
+void check_model_fits(const std::string& dir, const ModelConfig& config, double bytes_per_parameter,
+                      const std::string& dtype) {
+  const double params = config.parameter_estimate(), bytes = params * bytes_per_parameter;
+  const int64_t memory = physical_memory_bytes();
+  if (memory > 0 && bytes > static_cast<double>(memory))
+    throw std::invalid_argument(dir + ": about " + std::to_string(static_cast<int64_t>(params / 1e6)) +
+                                "M parameters need " + gib_text(bytes) + " as " + dtype + ", more than this machine's " +
+                                gib_text(static_cast<double>(memory)));
+}
+
+void check_all_used(const CheckpointTensors& tensors, const std::set<std::string>& used, const ModelConfig& config) {
+  std::vector<std::string> extra;
+  for (const std::string& name : tensors.names()) {
+    if (config.tie_word_embeddings && name == "lm_head.weight" && !used.count(name)) check_tied_head(tensors, config);
+    const bool bert_extra = config.family == Family::bert &&
+                            (name.rfind("pooler.", 0) == 0 || name.rfind("bert.pooler.", 0) == 0 ||
+                             name.rfind("cls.", 0) == 0 || ends_with(name, "position_ids"));
+    if (used.count(name) || ends_with(name, "rotary_emb.inv_freq") || ends_with(name, ".attn.bias") ||
+        ends_with(name, ".attn.masked_bias") || bert_extra || (config.tie_word_embeddings && name == "lm_head.weight"))
+      continue;
+    extra.push_back(name);
+  }
+  if (extra.empty()) return;
+  std::string list;
+  for (size_t i = 0; i < extra.size() && i < 3; ++i) list += (i ? ", '" : "'") + extra[i] + "'";
+  if (extra.size() > 3) list += " and " + std::to_string(extra.size() - 3) + " more";
+  throw std::invalid_argument(tensors.source() + ": " + std::to_string(extra.size()) + " tensor" +
+                              (extra.size() == 1 ? " is" : "s are") + " not part of the model config.json describes (" +
+                              config.model_type + ", " + std::to_string(config.n_layer) + " layers): " + list +
+                              "; the checkpoint and config.json disagree");
 }
 
 std::vector<std::pair<std::string, at::Tensor>> random_tensors(const ModelConfig& config, uint64_t seed,

@@ -12,8 +12,6 @@
 #include <stdexcept>
 
 #include "models/io/checkpoint.h"
-#include "models/io/limits.h"
-#include "models/io/safetensors.h"
 #include "models/cache/rope.h"
 
 namespace sinkflow {
@@ -60,50 +58,6 @@ void Decoder::store_matrices_as(at::ScalarType dtype) {
                               " matrices with " + dtype_name(dtype_) + " compute are implemented for the llama family only");
 }
 
-namespace {
-
-// A tied model's lm_head is its token embedding: a stored lm_head.weight (some exporters save the tied copy) must
-// equal it, else config.json's tie_word_embeddings would silently replace the checkpoint's own output matrix.
-void check_tied_head(const CheckpointTensors& tensors, const ModelConfig& config) {
-  const std::string embed = tensors.resolve(config.family == Family::gpt2 ? "transformer.wte.weight"
-                                                                           : "model.embed_tokens.weight");
-  if (embed.empty()) return;
-  const std::vector<int64_t> shape = {config.vocab_size, config.d_model};
-  const at::ScalarType stored = safetensors_scalar_type(tensors.dtype(embed));
-  if (!at::equal(tensors.load("lm_head.weight", shape, stored, at::kCPU), tensors.load(embed, shape, stored, at::kCPU)))
-    throw std::invalid_argument(tensors.source() + ": tensor 'lm_head.weight' differs from '" + embed +
-                                "', but config.json sets tie_word_embeddings (the output matrix is the embedding); "
-                                "the checkpoint and config.json disagree");
-}
-
-// Every stored tensor must be one the model uses: a checkpoint with more layers (or other tensors) than its
-// config.json describes would otherwise load, silently, as a different model. Left aside on purpose: buffers
-// some exporters save (RoPE's inv_freq, GPT-2's causal-mask attn.bias / attn.masked_bias) and a tied lm_head
-// equal to the embedding.
-void check_all_used(const CheckpointTensors& tensors, const std::set<std::string>& used, const ModelConfig& config) {
-  auto ends_with = [](const std::string& s, const std::string& tail) {
-    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-  };
-  std::vector<std::string> extra;
-  for (const std::string& name : tensors.names()) {
-    if (config.tie_word_embeddings && name == "lm_head.weight" && !used.count(name)) check_tied_head(tensors, config);
-    if (used.count(name) || ends_with(name, "rotary_emb.inv_freq") || ends_with(name, ".attn.bias") ||
-        ends_with(name, ".attn.masked_bias") || (config.tie_word_embeddings && name == "lm_head.weight"))
-      continue;
-    extra.push_back(name);
-  }
-  if (extra.empty()) return;
-  std::string list;
-  for (size_t i = 0; i < extra.size() && i < 3; ++i) list += (i ? ", '" : "'") + extra[i] + "'";
-  if (extra.size() > 3) list += " and " + std::to_string(extra.size() - 3) + " more";
-  throw std::invalid_argument(tensors.source() + ": " + std::to_string(extra.size()) + " tensor" +
-                              (extra.size() == 1 ? " is" : "s are") + " not part of the model config.json describes (" +
-                              config.model_type + ", " + std::to_string(config.n_layer) + " layers): " + list +
-                              "; the checkpoint and config.json disagree");
-}
-
-}  // namespace
-
 std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device, at::ScalarType dtype) {
   ModelConfig config = load_model_config(dir);
   if (device.is_cpu() && dtype == at::kHalf)
@@ -117,16 +71,10 @@ std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device,
   const at::ScalarType compute = split ? at::kFloat : dtype;
   // What the loaded weights take (matrices narrowed one by one when split): more than this machine's memory is an
   // error before any allocation.
-  const double params = config.parameter_estimate();
   const double element = !split ? static_cast<double>(c10::elementSize(compute))
                          : dtype == at::kChar ? 1.0 + 2.0 / 32.0  // int8 values and a float16 scale per 32
                                               : static_cast<double>(c10::elementSize(dtype));
-  const double bytes = params * element;
-  const int64_t memory = physical_memory_bytes();
-  if (device.is_cpu() && memory > 0 && bytes > static_cast<double>(memory))
-    throw std::invalid_argument(dir + ": about " + std::to_string(static_cast<int64_t>(params / 1e6)) +
-                                "M parameters need " + gib_text(bytes) + " as " + dtype_name(split ? dtype : compute) +
-                                ", more than this machine's " + gib_text(static_cast<double>(memory)));
+  if (device.is_cpu()) check_model_fits(dir, config, element, dtype_name(split ? dtype : compute));
   auto decoder = make_decoder(config, device, compute, /*zero_weights=*/!split);
   CheckpointTensors tensors(dir);
   std::set<std::string> used;
