@@ -237,16 +237,18 @@ void fuzz_all(int cases) {
 // config.json fields, by what a change does:
 //  - shape fields decide a tensor's name or shape, so the checkpoint contradicts any change: vocab_size,
 //    hidden_size (n_embd), intermediate_size (n_inner), num_hidden_layers (n_layer), num_key_value_heads, head_dim,
-//    tie_word_embeddings, attention_bias, mlp_bias, n_positions (gpt2's wpe rows), and model_type between types whose
-//    tensors differ (qwen2: biases, qwen3: q/k norms, gemma: four norms a layer, phi3: fused matrices, gpt2). A change
+//    tie_word_embeddings, attention_bias, mlp_bias, n_positions (gpt2's wpe rows), max_position_embeddings and
+//    type_vocab_size of bert (its embedding rows), and model_type between types whose tensors differ (qwen2:
+//    biases, qwen3: q/k norms, gemma: four norms a layer, phi3: fused matrices, gpt2, bert). A change
 //    must be refused naming the field or a tensor. The oracle: expected_tensors() of the config that loaded equals
 //    the original's, else the child complains (exit 3).
 //  - behaviour fields change the computation and no tensor, so a valid value loads: rope_theta, rope_scaling,
-//    partial_rotary_factor, rms_norm_eps (layer_norm_epsilon), max_position_embeddings of RoPE models,
+//    partial_rotary_factor, rms_norm_eps (layer_norm_epsilon, layer_norm_eps), max_position_embeddings of RoPE models,
 //    sliding_window, layer_types, use_sliding_window, max_window_layers, query_pre_attn_scalar, the soft-caps,
 //    model_type between llama and mistral (the same tensors; mistral reads sliding_window), and
 //    num_attention_heads where no shape depends on it (gpt2: c_attn is [D, 3D] for any head count).
-//  - inert fields: bos/eos_token_id, torch_dtype (each tensor's own dtype is read), architectures, unknown keys.
+//  - inert fields: bos/eos/pad_token_id, torch_dtype (each tensor's own dtype is read), architectures, dropouts,
+//    unknown keys.
 // safetensors header entries: a change of a shape, a dtype (to another width, or to an integer type), the offsets,
 // a name, a removed or an added entry must be refused naming the tensor. Accepted on purpose, as a well-formed
 // checkpoint of other weights: two tensors of the same byte size swapping their names or offsets, and a floating
