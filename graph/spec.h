@@ -14,9 +14,9 @@ struct NodeSpec {
   std::string name;       // unique in the pipeline; letters, digits, '_' and '-'
   std::string kind;       // a registered node kind ("model-step")
   ParamMap params;        // the kind's parameters (config overrides applied)
-  int concurrency = 1;    // bodies running at once: 1 = serial, 0 = unlimited
+  int concurrency = 1;    // bodies running at once: 1 = serial, 0 = unlimited; <= 1024
   int max_in_flight = 0;  // sources only: messages caused by this source queued or running downstream
-                          // at most (the backpressure bound); 0 = RunOptions::default_max_in_flight
+                          // at most (the backpressure bound), <= 2^16; 0 = RunOptions::default_max_in_flight
   int64_t fail_at = 0;    // tests: the runner makes the node's n-th body run (1-based) throw; 0 = never
   int line = 0;           // line of the node's entry in source_file; 0 = built in code
 

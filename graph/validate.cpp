@@ -6,6 +6,7 @@
 #include <queue>
 #include <stdexcept>
 
+#include "models/io/limits.h"
 #include "nodes/resources.h"
 
 namespace sinkflow {
@@ -86,19 +87,21 @@ ResolvedPipeline validate_pipeline(const PipelineSpec& spec, const Registry& reg
     }
     out.kinds.push_back(kind);
     const std::string subject = "node '" + node.name + "' (" + kind->name + ")";
-    if (node.concurrency < 0)
-      throw std::invalid_argument(where + ": " + subject + " 'concurrency': expected 1 (serial), N > 1 or 0 "
-                                  "(unlimited), found " + std::to_string(node.concurrency));
+    if (node.concurrency < 0 || node.concurrency > kMaxThreads)
+      throw std::invalid_argument(where + ": " + subject + " 'concurrency': expected 1 (serial), N in (1, " +
+                                  std::to_string(kMaxThreads) + "] or 0 (unlimited), found " +
+                                  std::to_string(node.concurrency));
     if ((kind->serial_only || kind->is_source()) && node.concurrency != 1)
       throw std::invalid_argument(where + ": " + subject + " 'concurrency': expected 1 (" +
                                   (kind->is_source() ? "sources run serially" : "this kind is serial only") +
                                   "), found " + std::to_string(node.concurrency));
-    if (node.fail_at < 0)
-      throw std::invalid_argument(where + ": " + subject + " 'fail_at': expected an integer >= 0 (0 = never), found " +
-                                  std::to_string(node.fail_at));
-    if (node.max_in_flight < 0 || (node.max_in_flight > 0 && !kind->is_source()))
+    if (node.fail_at < 0 || node.fail_at > kMaxCount)
+      throw std::invalid_argument(where + ": " + subject + " 'fail_at': expected an integer in [0, " +
+                                  std::to_string(kMaxCount) + "] (0 = never), found " + std::to_string(node.fail_at));
+    if (node.max_in_flight < 0 || node.max_in_flight > kMaxInFlight || (node.max_in_flight > 0 && !kind->is_source()))
       throw std::invalid_argument(where + ": " + subject + " 'max_in_flight': expected " +
-                                  (kind->is_source() ? "an integer >= 1 (0 = default)" : "nothing (sources only)") +
+                                  (kind->is_source() ? "an integer in [1, " + std::to_string(kMaxInFlight) + "] (0 = default)"
+                                                     : std::string("nothing (sources only)")) +
                                   ", found " + std::to_string(node.max_in_flight));
     kind->check(node.params, "node '" + node.name + "'");
   }

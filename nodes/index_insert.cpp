@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "models/io/limits.h"
 #include "nodes/messages.h"
 #include "nodes/resources.h"
 #include "nodes/stage.h"
@@ -18,7 +19,7 @@ IndexInsertConfig IndexInsertConfig::from_params(const ParamMap& params, const s
 }
 
 void IndexInsertConfig::validate() const {
-  origin.require(flush_every >= 0, "flush_every", "an integer >= 0", flush_every);
+  origin.require_in(flush_every, "flush_every", 0, kMaxCount, " (0 = only at the end)");
 }
 
 namespace {

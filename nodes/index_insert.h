@@ -16,7 +16,7 @@ namespace sinkflow {
 
 struct IndexInsertConfig {
   std::string memory;          // memory resource (required)
-  int64_t flush_every = 0;     // also flush the store every this many chunks; 0 = only at the end
+  int64_t flush_every = 0;     // also flush the store every this many chunks, <= 2^40; 0 = only at the end
   ParamOrigin origin;
 
   static IndexInsertConfig from_params(const ParamMap& params, const std::string& where);

@@ -12,6 +12,7 @@
 #include <mutex>
 #include <optional>
 
+#include "models/io/limits.h"
 #include "models/nn/decoder.h"
 #include "models/stream/kv_align.h"
 #include "models/memory/memory_path.h"
@@ -79,10 +80,10 @@ ModelStepConfig ModelStepConfig::from_params(const ParamMap& params, const std::
 }
 
 void ModelStepConfig::validate() const {
-  origin.require(threads >= 0, "threads", "an integer >= 0", threads);
+  origin.require_in(threads, "threads", 0, kMaxThreads, " (0 = LibTorch's default)");
   origin.check("cache", [&] { cache.validate(""); });
-  origin.require(prefill_block >= 1, "prefill_block", "an integer >= 1", prefill_block);
-  origin.require(max_new_tokens >= 0, "max_new_tokens", "an integer >= 0", max_new_tokens);
+  origin.require_in(prefill_block, "prefill_block", 1, kMaxCacheTokens);
+  origin.require_in(max_new_tokens, "max_new_tokens", 0, kMaxCount);
   origin.check("sampler", [&] { sampler.validate(""); });
   origin.check("retrieval", [&] { retrieval.validate(); });
   const bool retrieving = memory && retrieval.trigger != RetrievalTrigger::none;

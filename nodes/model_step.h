@@ -36,12 +36,12 @@ namespace sinkflow {
 
 struct ModelStepConfig {
   std::string model;                // model resource (required)
-  int64_t threads = 1;              // LibTorch intra-op threads (1 leaves a core to the memory path); 0 = default
+  int64_t threads = 1;              // LibTorch intra-op threads (1 leaves a core to the memory path); 0 = default; <= 1024
   Policy policy = Policy::sink;     // dense | window | sink | recompute | kv-align | cluster
   std::string kv_align;             // kv-align networks folder ("" = MODEL/kv-align)
   CacheConfig cache;                // cache: {n_sink: 4, n_memory: 0, n_recent: 252, evict_block: 1}
-  int64_t prefill_block = 256;      // tokens per forward when prefilling, >= 1
-  int64_t max_new_tokens = 32;      // tokens generated per turn, >= 0
+  int64_t prefill_block = 256;      // tokens per forward when prefilling, [1, 2^24] (capped at n_recent)
+  int64_t max_new_tokens = 32;      // tokens generated per turn, [0, 2^40]
   bool stop_at_newline = false;     // end an answer at its first newline (cloze questions)
   SamplerConfig sampler;            // sampler: {temperature: 0 (greedy), top_k: 0, top_p: 1.0, min_p: 0,
                                     //   repetition_penalty: 1, repeat_last_n: 64, seed: 0, model_defaults: false}

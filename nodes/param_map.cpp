@@ -233,6 +233,13 @@ void ParamOrigin::fail(std::string_view field, std::string_view expected, std::s
   throw std::invalid_argument(at(field) + ": expected " + std::string(expected) + ", found " + std::string(found));
 }
 
+void ParamOrigin::require_in(int64_t value, std::string_view field, int64_t low, int64_t high,
+                             std::string_view note) const {
+  if (value < low || value > high)
+    fail(field, "an integer in [" + std::to_string(low) + ", " + std::to_string(high) + "]" + std::string(note),
+         std::to_string(value));
+}
+
 // --------------------------------------------------------------------------------------------- ParamReader
 
 ParamReader::ParamReader(const ParamMap& params, std::string where, ParamOrigin& origin)

@@ -149,6 +149,9 @@ class ParamOrigin {
     fail(field, expected, s.str());
   }
 
+  // require() for an integer in [low, high]: "expected an integer in [low, high]<note>, found <value>".
+  void require_in(int64_t value, std::string_view field, int64_t low, int64_t high, std::string_view note = {}) const;
+
   // Runs `check` (a models/ struct's own validate()) and turns its std::invalid_argument into one naming the
   // file:line of the value: a FieldError names "<field>.<its field>" ("<file:line>: node 'model' parameter
   // 'cache.n_recent': n_recent (the window) must be > 0, found 0"), any other names `field`.

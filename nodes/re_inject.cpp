@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "models/io/limits.h"
 #include "nodes/messages.h"
 #include "nodes/resources.h"
 #include "nodes/stage.h"
@@ -20,8 +21,8 @@ ReInjectConfig ReInjectConfig::from_params(const ParamMap& params, const std::st
 
 void ReInjectConfig::validate() const {
   origin.require(min_score >= -1 && min_score <= 1, "min_score", "a number in [-1, 1]", min_score);
-  origin.require(max_chunks >= 0, "max_chunks", "an integer >= 0", max_chunks);
-  origin.require(max_age >= 0, "max_age", "an integer >= 0", max_age);
+  origin.require_in(max_chunks, "max_chunks", 0, kMaxRetrieved, " (0 = all)");
+  origin.require_in(max_age, "max_age", 0, kMaxCount, " (0 = never)");
 }
 
 namespace {

@@ -14,8 +14,8 @@ namespace sinkflow {
 
 struct ReInjectConfig {
   double min_score = -1.0;   // hits less similar than this are not injected, [-1, 1]
-  int64_t max_chunks = 0;    // most chunks injected per retrieval; 0 = all
-  int64_t max_age = 0;       // drop a retrieval older than this many tokens behind the newest; 0 = never
+  int64_t max_chunks = 0;    // most chunks injected per retrieval, <= 4096; 0 = all
+  int64_t max_age = 0;       // drop a retrieval older than this many tokens behind the newest, <= 2^40; 0 = never
   ParamOrigin origin;
 
   static ReInjectConfig from_params(const ParamMap& params, const std::string& where);

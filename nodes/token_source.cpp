@@ -44,8 +44,8 @@ TokenSourceConfig TokenSourceConfig::from_params(const ParamMap& params, const s
 }
 
 void TokenSourceConfig::validate() const {
-  origin.require(block >= 1 && block <= kMaxCacheTokens, "block", "an integer in [1, 16777216]", block);
-  origin.require(read_bytes >= 64 && read_bytes <= (int64_t{1} << 26), "read_bytes", "an integer in [64, 67108864]", read_bytes);
+  origin.require_in(block, "block", 1, kMaxCacheTokens);
+  origin.require_in(read_bytes, "read_bytes", 64, int64_t{1} << 26);
   origin.require(seq >= 0, "seq", "an integer >= 0", seq);
   origin.require(!path.empty() || !prompt.empty(), "path", "an input file (or a prompt)", path);
   origin.require(format != "chat" || !path.empty(), "path", "an input file or \"-\" (stdin) with format chat", path);

@@ -633,7 +633,7 @@ TEST_CASE("validation errors name the file, the line and the field", "[graph]") 
     REQUIRE_THROWS_WITH(validate_text("resources:\n  models: {lm: {device: cpu}}\nnodes:\n  - {name: src, kind: count-source}\n"),
                         Catch::Contains("resource 'models.lm' is missing required parameter 'path'"));
     REQUIRE_THROWS_WITH(validate_text("nodes:\n  - {name: src, kind: count-source, fail_at: -1}\n"),
-                        Catch::Contains("node 'src' (count-source) 'fail_at': expected an integer >= 0 (0 = never), found -1"));
+                        Catch::Contains("node 'src' (count-source) 'fail_at': expected an integer in [0, 1099511627776] (0 = never), found -1"));
     REQUIRE_THROWS_WITH(validate_text("nodes:\n  - {name: src, kind: count-source}\nedges:\n  - src.out => x\n"),
                         "pipelines/bad.yaml:4: edge 'src.out => x': expected 'node.port -> node.port'");
     REQUIRE_THROWS_WITH(validate_text("name: x\nnodes: [\n"), Catch::StartsWith("pipelines/bad.yaml:3:1: YAML syntax error"));

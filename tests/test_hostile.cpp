@@ -16,6 +16,7 @@
 
 #include "graph/yaml_spec.h"
 #include "models/cache/kv_cache.h"
+#include "models/io/checkpoint.h"
 #include "models/io/config.h"
 #include "models/io/field_error.h"
 #include "models/io/json_read.h"
@@ -23,6 +24,7 @@
 #include "models/io/safetensors.h"
 #include "models/lab/make_model.h"
 #include "models/memory/chunk_store.h"
+#include "models/nn/bert.h"
 #include "models/nn/decoder.h"
 #include "models/text/tokenizer.h"
 #include "nodes/input_stream.h"
@@ -142,6 +144,11 @@ TEST_CASE("sizes in config.json past their limits are refused before anything is
     CHECK_THAT(m, Catch::Contains("config.json: field '" + std::string(c.field) + "' is " + std::to_string(c.value) +
                                   ", more than the limit of " + c.limit));
   }
+  // BERT's token types (found by the fuzz: 10^12 of them asked the allocator for 256 TB).
+  json bert = json::parse(shape_preset("tiny-bert").to_json_text());
+  bert["type_vocab_size"] = 1000000000000;
+  CHECK(message_of([&] { ModelConfig::from_json_text(bert.dump(), "config.json"); }) ==
+        "config.json: field 'type_vocab_size' is 1000000000000, more than the limit of 16777216");
   // Within the limits but more than this machine holds: refused by load_decoder from the estimate, no allocation.
   json big = base;
   big["vocab_size"] = int64_t{1} << 24;
@@ -193,6 +200,52 @@ TEST_CASE("a checkpoint holding tensors its config.json does not describe is ref
   config["num_hidden_layers"] = layers;
   test::write_file(dir / "config.json", config.dump(2));
   CHECK(load_decoder(dir.string(), at::kCPU, at::kFloat)->config().n_layer == layers);
+
+  // A BERT encoder the same way (its pooler, left aside, stays allowed).
+  const fs::path bert = test::temp_dir("hostile_bert_layers");
+  const ModelConfig tiny_bert = shape_preset("tiny-bert");
+  auto tensors = random_tensors(tiny_bert, 5);
+  tensors.emplace_back("pooler.dense.weight", at::zeros({tiny_bert.d_model, tiny_bert.d_model}));
+  save_checkpoint(bert.string(), tiny_bert, tensors);
+  CHECK(load_bert(bert.string(), at::kCPU, at::kFloat)->config().n_layer == tiny_bert.n_layer);
+  json bert_config = read_json(bert / "config.json");
+  bert_config["num_hidden_layers"] = tiny_bert.n_layer - 1;
+  test::write_file(bert / "config.json", bert_config.dump(2));
+  CHECK_THAT(message_of([&] { load_bert(bert.string(), at::kCPU, at::kFloat); }),
+             Catch::Contains("model.safetensors: 16 tensors are not part of the model config.json describes (bert, 1 "
+                             "layers): 'encoder.layer.1."));
+}
+
+TEST_CASE("a tied config over an untied lm_head and integer weights are refused naming the tensor", "[hostile]") {
+  c10::InferenceMode guard;
+  const fs::path dir = test::temp_dir("hostile_tied");
+  const ModelConfig untied = shape_preset("tiny-mistral");
+  auto tensors = random_tensors(untied, 3);
+  save_checkpoint(dir.string(), untied, tensors);
+  json config = read_json(dir / "config.json");
+  config["tie_word_embeddings"] = true;
+  test::write_file(dir / "config.json", config.dump(2));
+  const std::string source = (dir / "model.safetensors").string();
+  CHECK(message_of([&] { load_decoder(dir.string(), at::kCPU, at::kFloat); }) ==
+        source + ": tensor 'lm_head.weight' differs from 'model.embed_tokens.weight', but config.json sets "
+                 "tie_word_embeddings (the output matrix is the embedding); the checkpoint and config.json disagree");
+  // A stored copy equal to the embedding is the tied model some exporters write: it loads.
+  for (auto& [name, t] : tensors)
+    if (name == "lm_head.weight") t = tensors.front().second.clone();  // front: model.embed_tokens.weight
+  save_checkpoint(dir.string(), untied, tensors);
+  test::write_file(dir / "config.json", config.dump(2));
+  CHECK(load_decoder(dir.string(), at::kCPU, at::kFloat)->config().tie_word_embeddings);
+
+  // I32 has the width of F32: relabelled, the bytes would load as other numbers.
+  const fs::path ints = test::temp_dir("hostile_ints");
+  const ModelConfig llama = shape_preset("tiny-llama");
+  auto weights = random_tensors(llama, 3);
+  weights[1].second = weights[1].second.to(at::kInt);
+  save_safetensors((ints / "model.safetensors").string(), weights, {});
+  test::write_file(ints / "config.json", llama.to_json_text());
+  CHECK(message_of([&] { load_decoder(ints.string(), at::kCPU, at::kFloat); }) ==
+        (ints / "model.safetensors").string() + ": tensor '" + weights[1].first +
+            "' has dtype I32, expected a floating dtype (F32, F16, BF16, F64)");
 }
 
 TEST_CASE("InputStream reads lines and bytes, and a stop wakes a read blocked on a silent pipe", "[hostile]") {

@@ -493,7 +493,7 @@ TEST_CASE("select: top-k, MMR and farthest-point on hand-made vectors", "[memory
   REQUIRE_THROWS_WITH(f.ids(bad), Catch::Contains("mmr_lambda is 1.5"));
   bad.mmr_lambda = 0.5f;
   bad.k = -1;
-  REQUIRE_THROWS_WITH(f.ids(bad), Catch::Contains("k is -1, expected >= 0"));
+  REQUIRE_THROWS_WITH(f.ids(bad), Catch::Contains("k is -1, expected [0, 4096]"));
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -728,12 +728,34 @@ TEST_CASE("chunk store: a corrupt, missing or stale index.bin is rebuilt with th
     write_bytes(index_file, stale);
     check_rebuilt("it covers 40 records");
   }
+  SECTION("other ids, with the count and digest of the log") {
+    // As a writer with a bug (or the fuzz harness, which makes its checksums valid) would leave it.
+    uint64_t tag;
+    std::memcpy(&tag, read_bytes(index_file).data() + 24, 8);
+    HnswIndex other(384, store_options().hnsw);
+    for (int64_t i = 0; i < 100; ++i) other.add(1000 + i, e.embed(f.chunks[size_t(i)].text).data());
+    other.save(index_file, tag);
+    check_rebuilt("it does not hold id 0, one of the records it covers");
+  }
   SECTION("other kind") {
     auto options = store_options();
     options.index = StoreOptions::IndexKind::brute;
     ChunkStore::open(dir, options).reset();  // rebuilds a brute index and saves it
     check_rebuilt("magic is SFBRUT01, expected SFHNSW01");
   }
+}
+
+TEST_CASE("chunk store: a chunks.log deleted beside its index files is an error naming it", "[memory][store]") {
+  TempDir tmp;
+  const std::string dir = tmp / "mem";
+  fill(dir, 10, false);
+  fs::remove(dir + "/chunks.log");
+  REQUIRE_THROWS_WITH(ChunkStore::open(dir, store_options()),
+                      dir + "/chunks.log: missing beside " + dir + "/index.bin (the records it indexes are lost); reset the "
+                      "memory directory to start it empty");
+  // Reset deletes the index files with it: the directory opens empty.
+  fs::remove(dir + "/index.bin");
+  CHECK(ChunkStore::open(dir, store_options())->size() == 0);
 }
 
 TEST_CASE("chunk store: wrong embedder or dim, bad input, second open", "[memory][store]") {

@@ -195,6 +195,38 @@ TEST_CASE("an unknown model-step parameter names its file and line", "[pipeline]
                           Catch::Contains("one of dense, window, sink, recompute, kv-align, cluster"));
 }
 
+TEST_CASE("numeric node parameters past their limits name the parameter with its value and limit", "[pipeline]") {
+  const fs::path dir = temp_dir("limits");
+  auto message = [&](const std::string& set) {
+    try {
+      Pipeline(stream_spec({set}, (dir / "mem").string()).pipeline, builtin());
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"model.threads=100000", "parameter 'threads': expected an integer in [0, 1024] (0 = LibTorch's default), found 100000"},
+      {"model.prefill_block=100000000", "parameter 'prefill_block': expected an integer in [1, 16777216], found 100000000"},
+      {"model.max_new_tokens=2000000000000",
+       "parameter 'max_new_tokens': expected an integer in [0, 1099511627776], found 2000000000000"},
+      {"model.sampler.top_k=100000000", "top_k must be in [0, 16777216], found 100000000"},
+      {"model.retrieval.query_tokens=100000000", "query_tokens must be in [1, 16777216], found 100000000"},
+      {"retrieve.select.k=5000", "k is 5000, expected [0, 4096]"},
+      {"retrieve.select.candidates=2000000", "candidates is 2000000, expected [0, 1048576]"},
+      {"reinject.max_chunks=5000", "parameter 'max_chunks': expected an integer in [0, 4096] (0 = all), found 5000"},
+      {"index.flush_every=2000000000000",
+       "parameter 'flush_every': expected an integer in [0, 1099511627776] (0 = only at the end), found 2000000000000"},
+      {"src.max_in_flight=100000", "'max_in_flight': expected an integer in [1, 65536] (0 = default), found 100000"},
+      {"embed.concurrency=5000", "'concurrency': expected 1 (serial), N in (1, 1024] or 0 (unlimited), found 5000"},
+  };
+  for (const auto& [set, expected] : cases) {
+    const std::string m = message(set);
+    INFO(set << ": " << m);
+    CHECK_THAT(m, Catch::EndsWith(expected));
+  }
+}
+
 TEST_CASE("kv re-injection through the graph: retrieved chunks enter the memory region with their stored K/V", "[pipeline]") {
   int64_t injected[2] = {0, 0};
   for (const bool kv : {false, true}) {

@@ -1,6 +1,7 @@
 #include "models/io/message_text.h"
 #include "models/io/json_read.h"
 #include "models/io/checkpoint.h"
+#include "models/io/limits.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -53,6 +54,10 @@ void write_text_atomically(const std::string& path, const std::string& text) {
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool is_floating_dtype(const std::string& dtype) {
+  return dtype == "F32" || dtype == "F16" || dtype == "BF16" || dtype == "F64";
 }
 
 bool is_norm_weight(const std::string& name) {
@@ -177,6 +182,10 @@ at::Tensor CheckpointTensors::load(const std::string& name, const std::vector<in
   if (entry.shape != expected_shape)
     throw std::invalid_argument(file.path() + ": tensor '" + stored + "' has shape " + shape_text(entry.shape) +
                                 ", expected " + shape_text(expected_shape) + " (from config.json)");
+  // Integers of the same width as the weights (I32 for F32) would convert, silently, into other numbers.
+  if (!is_floating_dtype(entry.dtype))
+    throw std::invalid_argument(file.path() + ": tensor '" + stored + "' has dtype " + entry.dtype +
+                                ", expected a floating dtype (F32, F16, BF16, F64)");
   at::Tensor t = file.tensor(stored);
   if (t.scalar_type() != dtype || t.device() != device) t = t.to(device, dtype);
   return t;
@@ -206,10 +215,60 @@ void check_checkpoint(const CheckpointTensors& tensors, const ModelConfig& confi
       throw std::invalid_argument(tensors.source() + ": tensor '" + stored + "' has shape " + shape_text(found) +
                                   ", expected " + shape_text(shape) + " (from config.json)");
     const std::string dtype = tensors.dtype(stored);
-    if (dtype != "F32" && dtype != "F16" && dtype != "BF16" && dtype != "F64")
+    if (!is_floating_dtype(dtype))
       throw std::invalid_argument(tensors.source() + ": tensor '" + stored + "' has dtype " + dtype +
                                   ", expected a floating dtype (F32, F16, BF16, F64)");
   }
+}
+
+namespace {
+
+// A tied model's lm_head is its token embedding: a stored lm_head.weight (some exporters save the tied copy) must
+// equal it, else config.json's tie_word_embeddings would silently replace the checkpoint's own output matrix.
+void check_tied_head(const CheckpointTensors& tensors, const ModelConfig& config) {
+  const std::string embed = tensors.resolve(config.family == Family::gpt2 ? "transformer.wte.weight"
+                                                                           : "model.embed_tokens.weight");
+  if (embed.empty()) return;
+  const std::vector<int64_t> shape = {config.vocab_size, config.d_model};
+  const at::ScalarType stored = safetensors_scalar_type(tensors.dtype(embed));
+  if (!at::equal(tensors.load("lm_head.weight", shape, stored, at::kCPU), tensors.load(embed, shape, stored, at::kCPU)))
+    throw std::invalid_argument(tensors.source() + ": tensor 'lm_head.weight' differs from '" + embed +
+                                "', but config.json sets tie_word_embeddings (the output matrix is the embedding); "
+                                "the checkpoint and config.json disagree");
+}
+
+}  // namespace
+
+void check_model_fits(const std::string& dir, const ModelConfig& config, double bytes_per_parameter,
+                      const std::string& dtype) {
+  const double params = config.parameter_estimate(), bytes = params * bytes_per_parameter;
+  const int64_t memory = physical_memory_bytes();
+  if (memory > 0 && bytes > static_cast<double>(memory))
+    throw std::invalid_argument(dir + ": about " + std::to_string(static_cast<int64_t>(params / 1e6)) +
+                                "M parameters need " + gib_text(bytes) + " as " + dtype + ", more than this machine's " +
+                                gib_text(static_cast<double>(memory)));
+}
+
+void check_all_used(const CheckpointTensors& tensors, const std::set<std::string>& used, const ModelConfig& config) {
+  std::vector<std::string> extra;
+  for (const std::string& name : tensors.names()) {
+    if (config.tie_word_embeddings && name == "lm_head.weight" && !used.count(name)) check_tied_head(tensors, config);
+    const bool bert_extra = config.family == Family::bert &&
+                            (name.rfind("pooler.", 0) == 0 || name.rfind("bert.pooler.", 0) == 0 ||
+                             name.rfind("cls.", 0) == 0 || ends_with(name, "position_ids"));
+    if (used.count(name) || ends_with(name, "rotary_emb.inv_freq") || ends_with(name, ".attn.bias") ||
+        ends_with(name, ".attn.masked_bias") || bert_extra || (config.tie_word_embeddings && name == "lm_head.weight"))
+      continue;
+    extra.push_back(name);
+  }
+  if (extra.empty()) return;
+  std::string list;
+  for (size_t i = 0; i < extra.size() && i < 3; ++i) list += (i ? ", '" : "'") + extra[i] + "'";
+  if (extra.size() > 3) list += " and " + std::to_string(extra.size() - 3) + " more";
+  throw std::invalid_argument(tensors.source() + ": " + std::to_string(extra.size()) + " tensor" +
+                              (extra.size() == 1 ? " is" : "s are") + " not part of the model config.json describes (" +
+                              config.model_type + ", " + std::to_string(config.n_layer) + " layers): " + list +
+                              "; the checkpoint and config.json disagree");
 }
 
 std::vector<std::pair<std::string, at::Tensor>> random_tensors(const ModelConfig& config, uint64_t seed,

@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -51,6 +52,7 @@ class CheckpointTensors {
   // without a copy. Throws std::invalid_argument:
   //   "<dir>/model.safetensors: tensor 'X' is missing (expected shape [..] from config.json)"
   //   "<dir>/model.safetensors: tensor 'X' has shape [64, 32], expected [64, 64] (from config.json)"
+  //   "<dir>/model.safetensors: tensor 'X' has dtype I32, expected a floating dtype (F32, F16, BF16, F64)"
   at::Tensor load(const std::string& name, const std::vector<int64_t>& expected_shape, at::ScalarType dtype,
                   at::Device device) const;
   // SafetensorsFile::release of `name` (after resolve()) in its file.
@@ -77,6 +79,19 @@ void fill_parameters(const std::vector<std::pair<std::string, at::Tensor>>& para
 // Checks that every tensor of expected_tensors(config) is present with its shape and a floating dtype;
 // throws std::invalid_argument for the first problem (same messages as CheckpointTensors::load).
 void check_checkpoint(const CheckpointTensors& tensors, const ModelConfig& config);
+
+// Throws std::invalid_argument naming `dir` when config's weights (parameter_estimate() at bytes_per_parameter, as
+// `dtype`) would take more than this machine's memory: checked before anything is allocated.
+void check_model_fits(const std::string& dir, const ModelConfig& config, double bytes_per_parameter,
+                      const std::string& dtype);
+
+// Throws std::invalid_argument when `tensors` holds a tensor that is not in `used` (stored names, as resolve() gives
+// them): a checkpoint with more layers (or other tensors) than its config.json describes would otherwise load,
+// silently, as another model. The message names the first three. Left aside on purpose: buffers some exporters
+// save (RoPE's inv_freq, GPT-2's attn.bias and attn.masked_bias, BERT's position_ids), BERT's pooler and
+// pre-training heads (cls.*), and a tied lm_head.weight equal to the embedding (one that differs is an error
+// naming it).
+void check_all_used(const CheckpointTensors& tensors, const std::set<std::string>& used, const ModelConfig& config);
 
 // Every tensor of expected_tensors(config), in that order, deterministic from `seed` (one CPU generator
 // seeded with it): weights ~ normal(0, 0.02), residual output projections (o_proj, down_proj, c_proj)

@@ -417,7 +417,8 @@ double ModelConfig::parameter_estimate() const {
   const double mlp = (family == Family::llama ? 3.0 : 2.0) * d * ff;
   const double per_layer = 2.0 * d * attn + 2.0 * d * kv + mlp;
   const double embeddings = static_cast<double>(vocab_size) * d * (tie_word_embeddings ? 1.0 : 2.0) +
-                            (family == Family::llama ? 0.0 : static_cast<double>(max_positions) * d);
+                            (family == Family::llama ? 0.0 : static_cast<double>(max_positions) * d) +
+                            (family == Family::bert ? static_cast<double>(type_vocab_size) * d : 0.0);
   return static_cast<double>(n_layer) * per_layer + embeddings;
 }
 
@@ -581,7 +582,10 @@ void ModelConfig::validate(const std::string& source_name) const {
       fail(s, model_type + " has fixed biases: attention_bias, attention_out_bias and mlp_bias must stay false");
     if (family == Family::gpt2 && !tie_word_embeddings)
       fail(s, "field 'tie_word_embeddings' is false, expected true (gpt2 ties lm_head to transformer.wte)");
-    if (family == Family::bert) positive(type_vocab_size, "type_vocab_size");
+    if (family == Family::bert) {
+      positive(type_vocab_size, "type_vocab_size");
+      at_most(type_vocab_size, "type_vocab_size", kMaxVocab);
+    }
     if (!rope_scaling.type.empty() || sliding_window != 0 || !sliding_layers.empty() || qk_norm ||
         rope_local_theta != 0.0 || query_pre_attn_scalar != 0.0 || attn_softcap != 0.0 || final_softcap != 0.0)
       fail(s, model_type + " has learned positions and plain attention: rope_scaling, sliding_window, q/k norms and "

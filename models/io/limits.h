@@ -13,7 +13,15 @@ constexpr int64_t kMaxFeedForward = int64_t{1} << 20;     // intermediate_size (
 constexpr int64_t kMaxLayers = 1024;                      // num_hidden_layers (405B: 126)
 constexpr int64_t kMaxHeads = 1024;                       // num_attention_heads, num_key_value_heads
 constexpr int64_t kMaxPositions = int64_t{1} << 24;       // max_position_embeddings (1M-context models: 2^20)
-constexpr int64_t kMaxCacheTokens = int64_t{1} << 24;     // each region of a KV cache (n_sink, n_memory, n_recent)
+constexpr int64_t kMaxCacheTokens = int64_t{1} << 24;     // each region of a KV cache (n_sink, n_memory, n_recent);
+                                                          // also prefill_block, a source's block, query_tokens
+// Node parameters (YAML, --set). Seeds and ids (sampler.seed, a source's seq) size nothing and have no limit.
+constexpr int64_t kMaxThreads = 1024;                     // model-step threads, a node's concurrency
+constexpr int64_t kMaxRetrieved = 4096;                   // chunks one query returns or re-injects (select.k, max_chunks)
+constexpr int64_t kMaxCandidates = int64_t{1} << 20;      // select.candidates
+constexpr int64_t kMaxInFlight = int64_t{1} << 16;        // a source's max_in_flight (blocks)
+constexpr int64_t kMaxCount = int64_t{1} << 40;           // counts that size nothing: max_new_tokens, retrieval.every,
+                                                          // flush_every, max_age, fail_at
 
 // This machine's physical memory in bytes (0 when unknown).
 int64_t physical_memory_bytes();

@@ -2,6 +2,7 @@
 
 #include "models/io/field_error.h"
 #include "models/io/json_read.h"
+#include "models/io/limits.h"
 #include "models/io/message_text.h"
 
 #include <ATen/ATen.h>
@@ -381,9 +382,11 @@ int64_t Chunker::pending() const {
 // Selection.
 
 void SelectOptions::validate() const {
-  if (k < 0) throw FieldError("k", "SelectOptions: k is " + std::to_string(k) + ", expected >= 0");
-  if (candidates < 0)
-    throw FieldError("candidates", "SelectOptions: candidates is " + std::to_string(candidates) + ", expected >= 0");
+  if (k < 0 || k > kMaxRetrieved)
+    throw FieldError("k", "SelectOptions: k is " + std::to_string(k) + ", expected [0, " + std::to_string(kMaxRetrieved) + "]");
+  if (candidates < 0 || candidates > kMaxCandidates)
+    throw FieldError("candidates", "SelectOptions: candidates is " + std::to_string(candidates) + ", expected [0, " +
+                                       std::to_string(kMaxCandidates) + "]");
   if (!(mmr_lambda >= 0.0f && mmr_lambda <= 1.0f))
     throw FieldError("mmr_lambda", "SelectOptions: mmr_lambda is " + std::to_string(mmr_lambda) + ", expected [0, 1]");
   if (std::isnan(min_score) || min_score < -1.0f || min_score > 1.0f)
@@ -535,6 +538,13 @@ std::unique_ptr<ChunkStore> ChunkStore::open(const std::string& dir, const Store
     if (dim != options.dim)
       throw std::invalid_argument(meta_s + ": dim is " + std::to_string(dim) + ", expected " + std::to_string(options.dim) +
                                   " (the embedder of this run)");
+    // The log is created with meta.json and deleted only with the index files (MemoryDirLock::reset): index files
+    // without it index records that are gone, and starting empty would hide that.
+    const std::string log = store->log_path();
+    for (const std::string& derived : {store->index_path(), store->segment_path(0)})
+      if (!fs::exists(log) && fs::exists(derived))
+        throw std::invalid_argument(log + ": missing beside " + derived + " (the records it indexes are lost); reset "
+                                    "the memory directory to start it empty");
   } else {
     const fs::path log = fs::path(dir) / kStoreLogFile;
     if (fs::exists(log) && fs::file_size(log, ec) > 0)
@@ -847,6 +857,12 @@ void ChunkStore::open_index(const std::vector<uint32_t>& crcs) {
                  " (digest " + hex32(digest) + ")";
         idx.reset();
       }
+      // Its n labels must be the ids of those records (a search would otherwise return ids the log lacks).
+      for (int64_t id = sealed_end_; idx && id < int64_t(offsets_.size()); ++id)
+        if (!idx->contains(id)) {
+          reason = "it does not hold id " + std::to_string(id) + ", one of the records it covers";
+          idx.reset();
+        }
     } catch (const std::exception& e) {
       reason = e.what();
       idx.reset();

@@ -79,11 +79,11 @@ class Chunker {
 
 // Choice of retrieved chunks. Returned hits carry their cosine similarity to the query and come in selection order.
 struct SelectOptions {
-  int k = 2;                              // chunks to return, >= 0
+  int k = 2;                              // chunks to return, [0, kMaxRetrieved = 4096]
   enum class Mode { topk, mmr, farthest };
   Mode mode = Mode::topk;
   float mmr_lambda = 0.5f;                // MMR trade-off, [0, 1]: 1 = relevance only, 0 = diversity only
-  int candidates = 20;                    // nearest non-excluded neighbours considered (at least k are), >= 0
+  int candidates = 20;                    // nearest non-excluded neighbours considered (at least k are), [0, 2^20]
   std::unordered_set<int64_t> exclude;    // ids never returned (e.g. chunks already in the cache)
   float min_score = -1.0f;                // candidates with a lower cosine similarity are never returned
   // Throws std::invalid_argument naming the field, the range and the value found.
@@ -172,7 +172,8 @@ bool is_store_segment_file(const std::string& name);
 //               the directory holds both, and opening keeps the larger.
 // What stays in RAM per chunk: one u64 (its byte offset in the log). Text, tokens, K/V and the float embeddings
 // are read from the log on demand (get, embedding, and the exact re-score of search candidates).
-// Opening checks meta.json, then every record of the log:
+// Opening checks meta.json (a chunks.log missing beside index.bin or a segment is an error naming it), then every
+// record of the log:
 //   - a torn or corrupt tail (short header, length beyond the end, bad CRC, garbage) with no valid record after it
 //     is dropped with a warning and the file is truncated to the last good record;
 //   - a bad record followed by a valid one: std::invalid_argument naming chunks.log and the byte offset (data is
@@ -182,7 +183,7 @@ bool is_store_segment_file(const std::string& name);
 //     segment that starts at the next id and reaches furthest is taken (a merged one before the ones it
 //     replaced, which are deleted); where none starts there, a segment's worth of records is rebuilt from the
 //     log (info line) and the chain goes on, while a full segment's worth of records is left;
-//   - index.bin missing, unreadable, of the other kind, or covering other records: rebuilt from the log's
+//   - index.bin missing, unreadable, of the other kind, or covering other records or ids: rebuilt from the log's
 //     embeddings (info line), saved at the next flush().
 // All lengths read from a file are checked against what is left of it before anything is allocated.
 // Thread safety: one writer thread (add, flush) and any number of reader threads (get, search, size) at once.

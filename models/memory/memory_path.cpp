@@ -1,6 +1,7 @@
 #include "models/memory/memory_path.h"
 
 #include "models/io/field_error.h"
+#include "models/io/limits.h"
 
 #include <algorithm>
 #include <stdexcept>
@@ -12,8 +13,12 @@ ReplacePolicy parse_replace_policy(const std::string& name) {
 }
 
 void RetrievalOptions::validate() const {
-  if (every < 1) throw FieldError("every", "every must be >= 1 (tokens between two queries), found " + std::to_string(every));
-  if (query_tokens < 1) throw FieldError("query_tokens", "query_tokens must be >= 1, found " + std::to_string(query_tokens));
+  if (every < 1 || every > kMaxCount)
+    throw FieldError("every", "every must be in [1, " + std::to_string(kMaxCount) + "] (tokens between two queries), found " +
+                                  std::to_string(every));
+  if (query_tokens < 1 || query_tokens > kMaxCacheTokens)
+    throw FieldError("query_tokens", "query_tokens must be in [1, " + std::to_string(kMaxCacheTokens) + "], found " +
+                                         std::to_string(query_tokens));
   if (sync && !retrieves_per_turn(trigger))
     throw FieldError("sync", std::string("sync must be false unless trigger is turn or both, found trigger ") +
                                  enum_name(kRetrievalTriggerNames, trigger));

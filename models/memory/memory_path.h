@@ -41,8 +41,8 @@ inline constexpr NameTable<Placement, 2> kPlacementNames{{{{Placement::region, "
 // How a stream asks its memory for context and how what comes back enters the cache.
 struct RetrievalOptions {
   RetrievalTrigger trigger = RetrievalTrigger::turn;  // none | turn | always | both (turn and always)
-  int64_t every = 128;         // always: tokens between two queries, >= 1
-  int64_t query_tokens = 64;   // always: recent tokens that make the query text, >= 1
+  int64_t every = 128;         // always: tokens between two queries, [1, 2^40]
+  int64_t query_tokens = 64;   // always: recent tokens that make the query text, [1, 2^24]
   bool sync = false;           // turn: the turn waits until everything evicted so far is indexed and its
                                // retrieval is injected (deterministic; evaluation)
   InjectMode inject = InjectMode::text;        // text (prefill the chunk) | kv (restore its stored K/V)

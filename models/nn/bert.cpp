@@ -12,9 +12,11 @@
 #include <fstream>
 #include <limits>
 #include <numeric>
+#include <set>
 #include <stdexcept>
 
 #include "models/io/checkpoint.h"
+#include "models/nn/runtime.h"
 
 namespace sinkflow {
 namespace {
@@ -212,11 +214,15 @@ std::shared_ptr<BertEncoder> load_bert(const std::string& dir, at::Device device
     throw std::invalid_argument((fs::path(dir) / "config.json").string() + ": model_type '" + config.model_type +
                                 "' is not a bert model (expected a bert model)");
   }
+  if (device.is_cpu()) check_model_fits(dir, config, static_cast<double>(c10::elementSize(dtype)), dtype_name(dtype));
   auto model = make_bert(config, device, dtype);
   CheckpointTensors tensors(dir);
+  std::set<std::string> used;
   model->load_weights([&](const std::string& name, const std::vector<int64_t>& shape) {
+    used.insert(tensors.resolve(name));
     return tensors.load(name, shape, dtype, device);
   });
+  check_all_used(tensors, used, config);
   return model;
 }
 

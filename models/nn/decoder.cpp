@@ -13,7 +13,6 @@
 #include <stdexcept>
 
 #include "models/io/checkpoint.h"
-#include "models/io/limits.h"
 #include "models/cache/rope.h"
 
 namespace sinkflow {
@@ -60,34 +59,6 @@ void Decoder::store_matrices_as(at::ScalarType dtype) {
                               " matrices with " + dtype_name(dtype_) + " compute are implemented for the llama family only");
 }
 
-namespace {
-
-// Every stored tensor must be one the model uses: a checkpoint with more layers (or other tensors) than its
-// config.json describes would otherwise load, silently, as a different model. Left aside on purpose: buffers
-// some exporters save (RoPE's inv_freq, GPT-2's causal-mask attn.bias / attn.masked_bias) and a tied lm_head.
-void check_all_used(const CheckpointTensors& tensors, const std::set<std::string>& used, const ModelConfig& config) {
-  auto ends_with = [](const std::string& s, const std::string& tail) {
-    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-  };
-  std::vector<std::string> extra;
-  for (const std::string& name : tensors.names()) {
-    if (used.count(name) || ends_with(name, "rotary_emb.inv_freq") || ends_with(name, ".attn.bias") ||
-        ends_with(name, ".attn.masked_bias") || (config.tie_word_embeddings && name == "lm_head.weight"))
-      continue;
-    extra.push_back(name);
-  }
-  if (extra.empty()) return;
-  std::string list;
-  for (size_t i = 0; i < extra.size() && i < 3; ++i) list += (i ? ", '" : "'") + extra[i] + "'";
-  if (extra.size() > 3) list += " and " + std::to_string(extra.size() - 3) + " more";
-  throw std::invalid_argument(tensors.source() + ": " + std::to_string(extra.size()) + " tensor" +
-                              (extra.size() == 1 ? " is" : "s are") + " not part of the model config.json describes (" +
-                              config.model_type + ", " + std::to_string(config.n_layer) + " layers): " + list +
-                              "; the checkpoint and config.json disagree");
-}
-
-}  // namespace
-
 std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device, at::ScalarType dtype) {
   ModelConfig config = load_model_config(dir);
   if (device.is_cpu() && dtype == at::kHalf)
@@ -101,16 +72,10 @@ std::shared_ptr<Decoder> load_decoder(const std::string& dir, at::Device device,
   const at::ScalarType compute = split ? at::kFloat : dtype;
   // What the loaded weights take (matrices narrowed one by one when split): more than this machine's memory is an
   // error before any allocation.
-  const double params = config.parameter_estimate();
   const double element = !split ? static_cast<double>(c10::elementSize(compute))
                          : dtype == at::kChar ? 1.0 + 2.0 / 32.0  // int8 values and a float16 scale per 32
                                               : static_cast<double>(c10::elementSize(dtype));
-  const double bytes = params * element;
-  const int64_t memory = physical_memory_bytes();
-  if (device.is_cpu() && memory > 0 && bytes > static_cast<double>(memory))
-    throw std::invalid_argument(dir + ": about " + std::to_string(static_cast<int64_t>(params / 1e6)) +
-                                "M parameters need " + gib_text(bytes) + " as " + dtype_name(split ? dtype : compute) +
-                                ", more than this machine's " + gib_text(static_cast<double>(memory)));
+  if (device.is_cpu()) check_model_fits(dir, config, element, dtype_name(split ? dtype : compute));
   auto decoder = make_decoder(config, device, compute, /*zero_weights=*/!split);
   CheckpointTensors tensors(dir);
   std::set<std::string> used;

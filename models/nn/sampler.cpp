@@ -1,6 +1,7 @@
 #include "models/nn/sampler.h"
 
 #include "models/io/field_error.h"
+#include "models/io/limits.h"
 
 #include <algorithm>
 #include <cmath>
@@ -15,7 +16,8 @@ namespace sinkflow {
 void SamplerConfig::validate(const std::string& where) const {
   auto fail = [&](const char* field, const std::string& what) { throw FieldError(field, at_where(where, what)); };
   if (!(temperature >= 0 && temperature <= 1e6)) fail("temperature", "temperature must be in [0, 1e6], found " + std::to_string(temperature));
-  if (top_k < 0) fail("top_k", "top_k must be >= 0, found " + std::to_string(top_k));
+  if (top_k < 0 || top_k > kMaxVocab)
+    fail("top_k", "top_k must be in [0, " + std::to_string(kMaxVocab) + "], found " + std::to_string(top_k));
   if (!(top_p > 0 && top_p <= 1)) fail("top_p", "top_p must be in (0, 1], found " + std::to_string(top_p));
   if (!(min_p >= 0 && min_p <= 1)) fail("min_p", "min_p must be in [0, 1], found " + std::to_string(min_p));
   if (!(repetition_penalty > 0 && repetition_penalty <= 1e6))

@@ -16,7 +16,7 @@ namespace sinkflow {
 
 struct SamplerConfig {
   double temperature = 0.0;        // 0 = greedy (argmax); > 0 samples
-  int64_t top_k = 0;               // keep the k most likely tokens, 0 = all
+  int64_t top_k = 0;               // keep the k most likely tokens, 0 = all; at most kMaxVocab
   double top_p = 1.0;              // nucleus: keep the smallest set with probability >= top_p, (0, 1]
   double min_p = 0.0;              // keep tokens with probability >= min_p x the top one's, [0, 1] (0 = off)
   double repetition_penalty = 1.0; // > 0; a token among the last repeat_last_n: logit / p if > 0, else x p (1 = off)
