@@ -1,5 +1,6 @@
 #include "models/nn/amx.h"
 
+#include <ATen/Parallel.h>
 #include <c10/util/Half.h>
 
 #include <cstring>
@@ -128,6 +129,9 @@ at::Tensor amx_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
   const int64_t terms = q8 ? 3 : 2;  // segments of the inner dimension (see amx.h)
   const int64_t k3 = terms * k;
+  // oneDNN's OpenMP threads follow this thread's OpenMP setting: LibTorch's intra-op count, which LibTorch itself
+  // only applies to a thread at its first parallel op (a pipeline's worker threads may not have run one yet).
+  at::internal::lazy_init_num_threads();
   thread_local Context ctx;
   // x as [x_hi | x_lo | x_hi] (int8) or [x_hi | x_lo] (bfloat16).
   ctx.src.resize(static_cast<size_t>(m * k3));
