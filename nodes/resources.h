@@ -68,6 +68,12 @@ struct MemoryResourceConfig {
   // RAM cap of the in-memory hnsw segment, MiB: beyond it the segment is sealed into a file that is memory-mapped
   // and searched from disk, so RAM stops growing with the stream; 0 = never seal (StoreOptions::index_ram_mb).
   int64_t index_ram_mb = 64;
+  // Background merging of sealed segments (StoreOptions::merge_factor, merge_ram_mb, merge_nice): merge_factor
+  // adjacent segments of a tier become one (0 = never merge), built in at most merge_ram_mb MiB of RAM, on a
+  // thread of nice merge_nice (0 = full speed).
+  int64_t merge_factor = 4;
+  int64_t merge_ram_mb = 256;
+  int64_t merge_nice = 10;
   EmbedderParams embedder;  // how chunks and queries become vectors
   ParamOrigin origin;
 
