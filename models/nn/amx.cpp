@@ -78,24 +78,32 @@ SF_BF16 void split_q8_row(const int8_t* q, const uint16_t* scales, int64_t k, ui
            hi + j, lo + j);
 }
 
+// A matmul for one shape and its descriptor (which gives the memory layouts its arguments take).
+struct Matmul {
+  dnnl::matmul::primitive_desc pd;
+  dnnl::matmul primitive;
+};
+
 // Per calling thread: oneDNN's engine and stream, the matmuls by shape, and the bfloat16 buffers.
 struct Context {
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
-  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, dnnl::matmul> matmuls;  // (M, K', Nc, ldd)
+  std::map<std::tuple<int64_t, int64_t, int64_t, int64_t>, Matmul> matmuls;  // (M, K', Nc, ldd)
   std::vector<uint16_t> src, weights;
 
-  dnnl::matmul& matmul(int64_t m, int64_t k3, int64_t nc, int64_t ldd) {
+  // src [M, K'] bfloat16 rows, W [K', Nc] stored as Nc rows of K' bfloat16, dst [M, Nc] float32 rows ldd apart.
+  const Matmul& matmul(int64_t m, int64_t k3, int64_t nc, int64_t ldd) {
     const auto key = std::make_tuple(m, k3, nc, ldd);
     auto it = matmuls.find(key);
     if (it != matmuls.end()) return it->second;
     using md = dnnl::memory::desc;
     using dt = dnnl::memory::data_type;
     const md src_md({m, k3}, dt::bf16, {k3, 1});
-    const md w_md({k3, nc}, dt::bf16, {1, k3});  // [K', Nc] stored as Nc rows of K'
+    const md w_md({k3, nc}, dt::bf16, {1, k3});
     const md dst_md({m, nc}, dt::f32, {ldd, 1});
-    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_md, w_md, dst_md), engine);
-    return matmuls.emplace(key, dnnl::matmul(pd)).first->second;
+    dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_md, w_md, dst_md), engine);
+    dnnl::matmul primitive(pd);
+    return matmuls.emplace(key, Matmul{std::move(pd), std::move(primitive)}).first->second;
   }
 };
 
@@ -145,8 +153,6 @@ at::Tensor amx_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
   float* yp = y.data_ptr<float>();
   const int64_t nc = block_rows(n, k3);
   ctx.weights.resize(static_cast<size_t>(nc * k3));
-  const dnnl::memory::desc src_md({m, k3}, dnnl::memory::data_type::bf16, {k3, 1});
-  dnnl::memory src(src_md, ctx.engine, ctx.src.data());
   const uint16_t* scales = q8 ? reinterpret_cast<const uint16_t*>(w_scales.data_ptr<at::Half>()) : nullptr;
   const int64_t nb = q8_blocks(k);
   for (int64_t n0 = 0; n0 < n; n0 += nc) {
@@ -163,12 +169,11 @@ at::Tensor amx_linear(const at::Tensor& x, const at::Tensor& w, const at::Tensor
         std::memcpy(row + k, wr, static_cast<size_t>(k) * 2);
       }
     }
-    dnnl::matmul& mm = ctx.matmul(m, k3, rows, n);
-    const dnnl::memory::desc w_md({k3, rows}, dnnl::memory::data_type::bf16, {1, k3});
-    const dnnl::memory::desc dst_md({m, rows}, dnnl::memory::data_type::f32, {n, 1});
-    dnnl::memory wm(w_md, ctx.engine, ctx.weights.data());
-    dnnl::memory dm(dst_md, ctx.engine, yp + n0);
-    mm.execute(ctx.stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dm}});
+    const Matmul& mm = ctx.matmul(m, k3, rows, n);
+    dnnl::memory src(mm.pd.src_desc(), ctx.engine, ctx.src.data());
+    dnnl::memory wm(mm.pd.weights_desc(), ctx.engine, ctx.weights.data());
+    dnnl::memory dm(mm.pd.dst_desc(), ctx.engine, yp + n0);
+    mm.primitive.execute(ctx.stream, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dm}});
   }
   ctx.stream.wait();
   if (b.defined()) y.add_(b.to(at::kFloat));
