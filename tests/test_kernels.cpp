@@ -88,12 +88,63 @@ TEST_CASE("gemv_q8 equals the float64 product of the dequantized matrix on every
     const Q8Matrix q = quantize_q8(at::randn({n, k}));
     const at::Tensor x = at::randn({k});
     at::Tensor y = at::empty({n});
-    gemv_q8(q.values.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(q.scales.data_ptr<at::Half>()),
-            x.data_ptr<float>(), y.data_ptr<float>(), n, k);
     const at::Tensor ref = at::mv(dequantize_q8(q.values, q.scales, at::kDouble), x.to(at::kDouble));
-    INFO(n << "x" << k << " kernel " << gemv_kernel_name());
-    CHECK(rel_err(y.to(at::kDouble), ref) < 1e-5);
+    for (const Q8Kernel kernel : {Q8Kernel::automatic, Q8Kernel::widening}) {
+      gemv_q8(q.values.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(q.scales.data_ptr<at::Half>()),
+              x.data_ptr<float>(), y.data_ptr<float>(), n, k, kernel);
+      INFO(n << "x" << k << " kernel " << gemv_kernel_name() << (kernel == Q8Kernel::widening ? " (widening)" : ""));
+      CHECK(rel_err(y.to(at::kDouble), ref) < 1e-5);
+    }
   }
+}
+
+TEST_CASE("gemv_q8 keeps float32 accuracy on activations with outliers, zero blocks and negative signs", "[kernels]") {
+  // x's byte planes are scaled per block of 32: a block holding one huge element and tiny ones, a block of zeros,
+  // a block of equal negative values and a block at float32's large end must all come out as float32 products.
+  at::manual_seed(12);
+  const int64_t n = 40, k = 256;
+  const Q8Matrix q = quantize_q8(at::randn({n, k}));
+  at::Tensor x = at::randn({k}) * 1e-3;
+  x[3] = 2.5e3;
+  x.narrow(0, 32, 32).zero_();
+  x.narrow(0, 64, 32).fill_(-0.75);
+  x.narrow(0, 96, 32).mul_(1e30);
+  x.narrow(0, 192, 64).neg_();
+  at::Tensor y = at::empty({n});
+  gemv_q8(q.values.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(q.scales.data_ptr<at::Half>()),
+          x.data_ptr<float>(), y.data_ptr<float>(), n, k);
+  const at::Tensor w = dequantize_q8(q.values, q.scales, at::kDouble);
+  const at::Tensor ref = at::mv(w, x.to(at::kDouble));
+  INFO("kernel " << gemv_kernel_name());
+  CHECK(rel_err(y.to(at::kDouble), ref) < 1e-6);
+  // Each block's share on its own (the huge block would hide the others' errors in the sum above).
+  for (int64_t b = 0; b < k / kQ8Block; ++b) {
+    at::Tensor xb = at::zeros({k});
+    xb.narrow(0, b * kQ8Block, kQ8Block).copy_(x.narrow(0, b * kQ8Block, kQ8Block));
+    gemv_q8(q.values.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(q.scales.data_ptr<at::Half>()),
+            xb.data_ptr<float>(), y.data_ptr<float>(), n, k);
+    const at::Tensor rb = at::mv(w, xb.to(at::kDouble));
+    INFO("block " << b);
+    CHECK(test::max_abs_diff(y.to(at::kDouble), rb) <= 1e-6 * (rb.abs().max().item<double>() + 1e-30));
+  }
+  // A NaN or an infinity in x reaches y as in float32 arithmetic (NaN times a zero weight included), and a block
+  // below float32's normal range does not make NaN out of its zeros.
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    at::Tensor xb = x.clone();
+    xb[70] = bad;
+    gemv_q8(q.values.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(q.scales.data_ptr<at::Half>()),
+            xb.data_ptr<float>(), y.data_ptr<float>(), n, k);
+    const at::Tensor expected = at::mv(w.to(at::kFloat), xb);
+    INFO("x[70] = " << bad);
+    CHECK(at::equal(at::isnan(y), at::isnan(expected)));
+    CHECK(at::equal(at::isinf(y), at::isinf(expected)));
+  }
+  at::Tensor tiny = x.clone();
+  tiny.narrow(0, 32, 32).fill_(1e-40f);
+  gemv_q8(q.values.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(q.scales.data_ptr<at::Half>()),
+          tiny.data_ptr<float>(), y.data_ptr<float>(), n, k);
+  CHECK(at::isfinite(y).all().item<bool>());
+  CHECK(rel_err(y.to(at::kDouble), at::mv(w, tiny.to(at::kDouble))) < 1e-6);
 }
 
 TEST_CASE("gemv_t_f32 equals the transposed product, strided rows and column tails included", "[kernels]") {
