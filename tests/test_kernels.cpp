@@ -2,10 +2,12 @@
 // equal LibTorch's own ops: every shape class (row tails, column tails, strided rows, bfloat16 weights), and
 // attention over a strided cache with masked slots.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <filesystem>
 #include <limits>
+#include <tuple>
 
 #include "models/cache/rope.h"
 #include "models/nn/amx.h"
@@ -199,26 +201,35 @@ TEST_CASE("linear_rows_t (GPT-2's Conv1D) equals addmm for one row and for sever
 TEST_CASE("attention of one query over a strided cache with masked slots equals the reference", "[kernels]") {
   c10::InferenceMode guard;
   at::manual_seed(6);
-  const int64_t h = 6, kv = 2, dh = 16, e = 37, cap = 50;
-  // Keys and values are the first e slots of a [KV, cap, dh] buffer, as KvCache::layer_kv returns them.
-  const at::Tensor kbuf = at::randn({kv, cap, dh}), vbuf = at::randn({kv, cap, dh});
-  const at::Tensor k = kbuf.narrow(1, 0, e), v = vbuf.narrow(1, 0, e);
-  const at::Tensor q = at::randn({h, 1, dh});
-  at::Tensor mask = at::zeros({1, e});
-  mask[0][3] = -std::numeric_limits<float>::infinity();
-  mask[0][20] = -std::numeric_limits<float>::infinity();
-  const double scale = 0.25;
-  // The reference in float64: query heads grouped per KV head (repeat_kv).
-  const at::Tensor kr = k.repeat_interleave(h / kv, 0).to(at::kDouble), vr = v.repeat_interleave(h / kv, 0).to(at::kDouble);
-  for (const bool masked : {false, true}) {
-    at::Tensor s = at::bmm(q.to(at::kDouble), kr.transpose(1, 2)) * scale;  // [H, 1, E]
-    if (masked) s = s + mask.to(at::kDouble);
-    const at::Tensor ref = at::bmm(at::softmax(s, -1), vr).reshape({1, h * dh});
-    const at::Tensor out = attend(q, k, v, masked ? mask : at::Tensor(), scale);
-    INFO("masked " << masked);
-    CHECK(out.sizes() == ref.sizes());
-    CHECK(rel_err(out.to(at::kDouble), ref) < 1e-5);
+  const int threads_before = at::get_num_threads();
+  // Shapes with one and two KV heads, on one thread and on more threads than KV heads (each head's rows are then
+  // split across threads, for e large enough).
+  for (const auto& [kv, e, threads] : std::vector<std::tuple<int64_t, int64_t, int>>{
+           {2, 37, 1}, {2, 37, 4}, {1, 300, 1}, {1, 300, 2}, {2, 700, 2}, {2, 700, 5}, {1, 1000, 3}}) {
+    const int64_t h = 6, dh = 16, cap = e + 13;
+    at::set_num_threads(threads);
+    // Keys and values are the first e slots of a [KV, cap, dh] buffer, as KvCache::layer_kv returns them.
+    const at::Tensor kbuf = at::randn({kv, cap, dh}), vbuf = at::randn({kv, cap, dh});
+    const at::Tensor k = kbuf.narrow(1, 0, e), v = vbuf.narrow(1, 0, e);
+    const at::Tensor q = at::randn({h, 1, dh});
+    at::Tensor mask = at::zeros({1, e});
+    mask[0][3] = -std::numeric_limits<float>::infinity();
+    mask[0][20] = -std::numeric_limits<float>::infinity();
+    const double scale = 0.25;
+    // The reference in float64: query heads grouped per KV head (repeat_kv).
+    const at::Tensor kr = k.repeat_interleave(h / kv, 0).to(at::kDouble),
+                     vr = v.repeat_interleave(h / kv, 0).to(at::kDouble);
+    for (const bool masked : {false, true}) {
+      at::Tensor s = at::bmm(q.to(at::kDouble), kr.transpose(1, 2)) * scale;  // [H, 1, E]
+      if (masked) s = s + mask.to(at::kDouble);
+      const at::Tensor ref = at::bmm(at::softmax(s, -1), vr).reshape({1, h * dh});
+      const at::Tensor out = attend(q, k, v, masked ? mask : at::Tensor(), scale);
+      INFO("kv " << kv << " e " << e << " threads " << threads << " masked " << masked);
+      CHECK(out.sizes() == ref.sizes());
+      CHECK(rel_err(out.to(at::kDouble), ref) < 1e-5);
+    }
   }
+  at::set_num_threads(threads_before);
 }
 
 namespace {

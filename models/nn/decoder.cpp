@@ -211,30 +211,45 @@ void softcap_(at::Tensor& scores, double softcap) {
   if (softcap > 0.0) scores.div_(softcap).tanh_().mul_(softcap);
 }
 
+// Cached rows per task, at least, when attention's KV heads are split across threads.
+constexpr int64_t kMinRowsPerPart = 128;
+
 at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                       double scale, double softcap) {
   const int64_t h = q.size(0), dh = q.size(2), kv = k.size(0), e = k.size(1), g = h / kv;
+  // With more threads than KV heads, each head's rows are split into `parts` too (Gemma-3-1b has one KV head):
+  // scores by rows, values as partial sums added at the end.
+  const int64_t threads = at::get_num_threads();
+  const int64_t parts =
+      threads > kv ? std::max<int64_t>(1, std::min((threads + kv - 1) / kv, e / kMinRowsPerPart)) : 1;
+  const auto rows_of = [&](int64_t p) { return std::pair<int64_t, int64_t>{e * p / parts, e * (p + 1) / parts}; };
   const at::Tensor qc = q.reshape({h, dh}).contiguous();
   at::Tensor scores = at::empty({h, e}, q.options());
   const float* qp = qc.data_ptr<float>();
   float* sp = scores.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
   // Query heads j * g .. j * g + g - 1 share KV head j: its cached rows are read once for all of them.
-  parallel_each(kv, [&](int64_t j) {
-    attend_scores_f32(kp + j * k.stride(0), k.stride(1), qp + j * g * dh, sp + j * g * e, g, dh, e, e, dh);
+  parallel_each(kv * parts, [&](int64_t t) {
+    const int64_t j = t / parts;
+    const auto [r0, r1] = rows_of(t % parts);
+    attend_scores_f32(kp + j * k.stride(0) + r0 * k.stride(1), k.stride(1), qp + j * g * dh, sp + j * g * e + r0, g,
+                      dh, e, r1 - r0, dh);
   });
   scores.mul_(scale);
   softcap_(scores, softcap);
   if (mask.defined()) scores.add_(mask.reshape({1, e}));
   const at::Tensor probs = at::softmax(scores, -1).contiguous();
-  at::Tensor out = at::empty({1, h * dh}, q.options());
+  at::Tensor out = at::empty({parts, h * dh}, q.options());
   const float* pp = probs.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  parallel_each(kv, [&](int64_t j) {
-    attend_values_f32(vp + j * v.stride(0), v.stride(1), pp + j * g * e, op + j * g * dh, g, e, dh, e, dh);
+  parallel_each(kv * parts, [&](int64_t t) {
+    const int64_t j = t / parts, p = t % parts;
+    const auto [r0, r1] = rows_of(p);
+    attend_values_f32(vp + j * v.stride(0) + r0 * v.stride(1), v.stride(1), pp + j * g * e + r0,
+                      op + p * h * dh + j * g * dh, g, e, dh, r1 - r0, dh);
   });
-  return out;
+  return parts == 1 ? out : out.sum(0, /*keepdim=*/true);
 }
 
 }  // namespace
