@@ -27,6 +27,8 @@ constexpr int64_t kRows = 4;  // rows per block: they share each load of x
 // 4-8 short streams at once, which the hardware prefetcher does not follow (int8 decode: 29 -> 16 ms per token
 // on the SmolLM2-135M shape; distances 1-8 measured alike).
 constexpr int64_t kAhead = 2;
+// Attention kernels: cached rows prefetched this many rows ahead, every cache line of the row.
+constexpr int64_t kRowsAhead = 16;
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 inline void prefetch_span(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
@@ -257,7 +259,7 @@ SF_AVX512 void gemv_q8_rows_avx512(const int8_t* q, const uint16_t* scales, cons
 struct Q8Planes {
   std::vector<uint8_t> h, m, l;    // planes, k64 bytes each (whole 64-weight chunks)
   std::vector<__mmask64> negative;  // per chunk: x < 0
-  std::vector<float> scale;         // per chunk, 16 lanes: s_b / 65536 of the chunk's two blocks, 8 lanes each
+  std::vector<float> scale;         // per block: s_b / 65536
 };
 
 #define SF_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
@@ -278,7 +280,7 @@ SF_VNNI inline void planes16(__m512 v, __m512 inv, uint8_t* h, uint8_t* m, uint8
   _mm_storeu_si128(reinterpret_cast<__m128i*>(l), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(lf)));
 }
 
-// x[0, k64) as planes, signs and per-chunk scales (k64 a multiple of 64); false when x holds an infinity or a NaN
+// x[0, k64) as planes, signs and per-block scales (k64 a multiple of 64); false when x holds an infinity or a NaN
 // (the widening kernel then carries them into y as float32 arithmetic does). A block whose largest |x| is below
 // 255 / FLT_MAX (~1e-36) stands as zeros: its products are under float32's normal range.
 SF_VNNI bool make_q8_planes(const float* x, int64_t k64, Q8Planes& p) {
@@ -287,7 +289,7 @@ SF_VNNI bool make_q8_planes(const float* x, int64_t k64, Q8Planes& p) {
   p.m.resize(bytes);
   p.l.resize(bytes);
   p.negative.resize(bytes / 64);
-  p.scale.resize(bytes / 64 * 16);
+  p.scale.resize(bytes / kQ8Block);
   const __m512 infinity = _mm512_set1_ps(std::numeric_limits<float>::infinity());
   __mmask16 unfinished = 0;
   for (int64_t c = 0; c < k64 / 64; ++c) {
@@ -305,7 +307,7 @@ SF_VNNI bool make_q8_planes(const float* x, int64_t k64, Q8Planes& p) {
       const __mmask64 lanes = static_cast<__mmask64>(_mm512_cmp_ps_mask(v0, _mm512_setzero_ps(), _CMP_LT_OQ)) |
                               static_cast<__mmask64>(_mm512_cmp_ps_mask(v1, _mm512_setzero_ps(), _CMP_LT_OQ)) << 16;
       negative |= lanes << (half * kQ8Block);
-      _mm256_storeu_ps(p.scale.data() + c * 16 + half * 8, _mm256_set1_ps(top / 255.f / 65536.f));
+      p.scale[static_cast<size_t>(at / kQ8Block)] = top / 255.f / 65536.f;
     }
     p.negative[static_cast<size_t>(c)] = negative;
   }
@@ -313,47 +315,54 @@ SF_VNNI bool make_q8_planes(const float* x, int64_t k64, Q8Planes& p) {
 }
 
 
-// One row's chunk of 64 weights (two blocks, scales s2 = {s_A, s_B} as float16 bits): acc += the dequantized
-// chunk times x's, lanes 0-7 holding block A's sums and 8-15 block B's.
-SF_VNNI inline void q8_chunk_vnni(const int8_t* r, uint32_t s2, __m512i h, __m512i m, __m512i l, __mmask64 neg,
-                                  __m512 xs, __m512i spread, __m512& acc) {
+// One row's chunk of 64 weights (two blocks; `scale` holds, lanes 0-7 and 8-15, each block's weight scale times
+// x's): acc += the dequantized chunk times x's.
+SF_VNNI inline void q8_chunk_vnni(const int8_t* r, __m512i h, __m512i m, __m512i l, __mmask64 neg, __m512 scale,
+                                  __m512& acc) {
   const __m512i w = _mm512_loadu_si512(r);
   const __m512i ws = _mm512_mask_sub_epi8(w, neg, _mm512_setzero_si512(), w);
+  // 256 H.w + M.w in int32 (at most 2^25 a lane), then L.w in float32 beside it.
   const __m512i dh = _mm512_dpbusd_epi32(_mm512_setzero_si512(), h, ws);
-  const __m512i dm = _mm512_dpbusd_epi32(_mm512_setzero_si512(), m, ws);
+  const __m512 hm = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_slli_epi32(dh, 8), m, ws));
   const __m512i dl = _mm512_dpbusd_epi32(_mm512_setzero_si512(), l, ws);
-  const __m512 hm = _mm512_cvtepi32_ps(_mm512_add_epi32(_mm512_slli_epi32(dh, 8), dm));
   const __m512 sum = _mm512_fmadd_ps(hm, _mm512_set1_ps(256.f), _mm512_cvtepi32_ps(dl));
-  const __m512 wsc = _mm512_permutexvar_ps(
-      spread, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(s2)))));
-  acc = _mm512_fmadd_ps(sum, _mm512_mul_ps(wsc, xs), acc);
+  acc = _mm512_fmadd_ps(sum, scale, acc);
 }
 
 SF_VNNI void gemv_q8_rows_vnni(const int8_t* q, const uint16_t* scales, const Q8Planes& p, const float* x, float* y,
                                int64_t n0, int64_t n1, int64_t k) {
   const int64_t nb = q8_blocks(k), chunks = k / 64;
-  const __m512i spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  // Lanes 0-7 from element 2j of 8 block scales, lanes 8-15 from element 2j + 1: chunk j of a group of 4.
+  const __m512i spread[4] = {_mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0),
+                             _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2),
+                             _mm512_set_epi32(5, 5, 5, 5, 5, 5, 5, 5, 4, 4, 4, 4, 4, 4, 4, 4),
+                             _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 6, 6, 6, 6, 6)};
   int64_t n = n0;
   for (; n + kRows <= n1; n += kRows) {
     const int8_t* r0 = q + n * k;
     const uint16_t* s0 = scales + n * nb;
     prefetch_span(s0 + kAhead * kRows * nb, kRows * nb * 2);
-    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps();
-    for (int64_t c = 0; c < chunks; ++c) {
-      const __m512i h = _mm512_loadu_si512(p.h.data() + c * 64), m = _mm512_loadu_si512(p.m.data() + c * 64),
-                    l = _mm512_loadu_si512(p.l.data() + c * 64);
-      const __m512 xs = _mm512_loadu_ps(p.scale.data() + c * 16);
-      const __mmask64 neg = p.negative[static_cast<size_t>(c)];
-      const int8_t* r = r0 + c * 64;
-      for (int64_t i = 0; i < kRows; ++i) prefetch(r + (kAhead * kRows + i) * k);
-      uint32_t s2[kRows];
-      for (int64_t i = 0; i < kRows; ++i) std::memcpy(&s2[i], s0 + i * nb + 2 * c, 4);
-      q8_chunk_vnni(r, s2[0], h, m, l, neg, xs, spread, a0);
-      q8_chunk_vnni(r + k, s2[1], h, m, l, neg, xs, spread, a1);
-      q8_chunk_vnni(r + 2 * k, s2[2], h, m, l, neg, xs, spread, a2);
-      q8_chunk_vnni(r + 3 * k, s2[3], h, m, l, neg, xs, spread, a3);
+    __m512 acc[kRows] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    // Groups of 4 chunks = 8 blocks: their weight scales times x's, for each row, in one vector.
+    for (int64_t c0 = 0; c0 < chunks; c0 += 4) {
+      const int64_t group = std::min<int64_t>(4, chunks - c0);
+      const auto lanes = static_cast<__mmask8>((1u << (2 * group)) - 1);
+      const __m256 xs = _mm256_maskz_loadu_ps(lanes, p.scale.data() + 2 * c0);
+      __m512 sc[kRows];
+      for (int64_t i = 0; i < kRows; ++i)
+        sc[i] = _mm512_castps256_ps512(
+            _mm256_mul_ps(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(lanes, s0 + i * nb + 2 * c0)), xs));
+      for (int64_t j = 0; j < group; ++j) {
+        const int64_t c = c0 + j;
+        const __m512i h = _mm512_loadu_si512(p.h.data() + c * 64), m = _mm512_loadu_si512(p.m.data() + c * 64),
+                      l = _mm512_loadu_si512(p.l.data() + c * 64);
+        const __mmask64 neg = p.negative[static_cast<size_t>(c)];
+        const int8_t* r = r0 + c * 64;
+        for (int64_t i = 0; i < kRows; ++i) prefetch(r + (kAhead * kRows + i) * k);
+        for (int64_t i = 0; i < kRows; ++i)
+          q8_chunk_vnni(r + i * k, h, m, l, neg, _mm512_permutexvar_ps(spread[j], sc[i]), acc[i]);
+      }
     }
-    const __m512 acc[kRows] = {a0, a1, a2, a3};
     // The blocks after the last whole chunk (k % 64 weights) in float32.
     for (int64_t i = 0; i < kRows; ++i)
       y[n + i] = _mm512_reduce_add_ps(acc[i]) + q8_row_from(r0 + i * k, s0 + i * nb, x, chunks * 2, k);
@@ -399,7 +408,7 @@ SF_AVX512 void scores_rows_avx512(const float* k, int64_t ld, const float* q, in
     for (int c = 0; c < C; ++c) qv[i][c] = _mm512_loadu_ps(q + i * stride_q + c * 16);
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = k + r * ld;
-    prefetch(row + 4 * ld);
+    for (int c = 0; c < C; ++c) prefetch(row + kRowsAhead * ld + c * 16);
     __m512 acc[G];
     for (int i = 0; i < G; ++i) acc[i] = _mm512_setzero_ps();
     for (int c = 0; c < C; ++c) {
@@ -419,7 +428,7 @@ SF_AVX512 void values_rows_avx512(const float* v, int64_t ld, const float* p, in
     for (int c = 0; c < C; ++c) acc[i][c] = _mm512_setzero_ps();
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = v + r * ld;
-    prefetch(row + 4 * ld);
+    for (int c = 0; c < C; ++c) prefetch(row + kRowsAhead * ld + c * 16);
     __m512 vv[C];
     for (int c = 0; c < C; ++c) vv[c] = _mm512_loadu_ps(row + c * 16);
     for (int i = 0; i < G; ++i) {
