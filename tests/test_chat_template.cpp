@@ -255,7 +255,7 @@ TEST_CASE("chat templates of real models render byte for byte as jinja2 renders 
     total += counts.second;
   }
   std::printf("chat templates: %d/%d renders match jinja2 (%zu templates)\n", total_ok, total, per_family.size());
-  CHECK(per_family.size() == 18);
+  CHECK(per_family.size() == 19);
   CHECK(total_ok == total);
 }
 
@@ -319,7 +319,8 @@ TEST_CASE("real tokenizer_config.json files give the template and the tokens the
                                                                   {"microsoft__Phi-4-mini-instruct", "phi4_mini"},
                                                                   {"mistralai__Mistral-7B-Instruct-v0.2", "mistral_v0_2"},
                                                                   {"google__gemma-2-2b-it", "gemma2"},
-                                                                  {"Qwen__Qwen3-0.6B", "qwen3_0_6b"}};
+                                                                  {"Qwen__Qwen3-0.6B", "qwen3_0_6b"},
+                                                                  {"HuggingFaceTB__SmolLM2-360M-Instruct", "smollm2"}};
   for (const auto& [folder, family] : cases) {
     INFO(folder << " -> " << family);
     const auto t = load_chat_template((configs / folder).string());
@@ -333,6 +334,24 @@ TEST_CASE("real tokenizer_config.json files give the template and the tokens the
     CHECK(t->bos_token == token(tokens["bos_token"]));
     CHECK(t->eos_token == token(tokens["eos_token"]));
   }
+  // gemma-3-270m-it ships its template as chat_template.jinja (transformers >= 4.54 writes it there, not into
+  // tokenizer_config.json): the same bytes as gemma3.jinja, the tokens from its tokenizer_config.json.
+  const auto gemma3 = load_chat_template((configs / "google__gemma-3-270m-it").string());
+  REQUIRE(gemma3.has_value());
+  CHECK_THAT(gemma3->origin, Catch::EndsWith("google__gemma-3-270m-it/chat_template.jinja"));
+  CHECK(gemma3->source == test::read_file(kData / "gemma3.jinja"));
+  CHECK(gemma3->bos_token == std::optional<std::string>("<bos>"));
+  CHECK(gemma3->eos_token == std::optional<std::string>("<eos>"));
+  ChatRenderOptions prompt;
+  prompt.add_generation_prompt = true;
+  CHECK(render_chat(*gemma3, json::array({{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", "Hi"}}}),
+                    prompt) == "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n");
+  // SmolLM2's template adds its own system turn when the conversation has none.
+  const auto smollm2 = load_chat_template((configs / "HuggingFaceTB__SmolLM2-360M-Instruct").string());
+  REQUIRE(smollm2.has_value());
+  CHECK(render_chat(*smollm2, json::array({{{"role", "user"}, {"content", "Hi"}}}), prompt) ==
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
   // Phi-3's template ends a conversation without a generation prompt with eos_token (<|endoftext|>).
   const auto phi3 = load_chat_template((configs / "microsoft__Phi-3-mini-128k-instruct").string());
   REQUIRE(phi3.has_value());

@@ -711,6 +711,7 @@ TEST_CASE("config: real config.json files parse to the make-model preset of the 
       {"meta-llama__Llama-3.2-1B", "llama-3.2-1b"},
       {"meta-llama__Llama-3.1-8B", "llama-3.1-8b"},
       {"Qwen__Qwen3-0.6B", "qwen3-0.6b"},
+      {"mistralai__Mistral-7B-v0.1", "mistral-7b"},
       {"HuggingFaceTB__SmolLM2-135M", "smollm2-135m"}};  // transformers 5's rope_parameters and dtype
   for (const auto& [folder, preset] : cases) {
     INFO(folder << " vs preset " << preset);
@@ -778,6 +779,84 @@ TEST_CASE("config: Mistral-7B-Instruct-v0.2's sliding_window null means full att
   CHECK(real == expected);
   CHECK_FALSE(real.attention_bias);
   CHECK_FALSE(real.mlp_bias);
+}
+
+TEST_CASE("config: Mistral-7B-v0.1's config.json slides every one of its 32 layers over 4,096 keys", "[config]") {
+  // Mistral's own file (SOURCES.md: a mirror of the Hugging Face repository's history, revision 26bca36b).
+  const ModelConfig real = fixture_config("mistralai__Mistral-7B-v0.1");
+  CHECK(real.model_type == "mistral");
+  CHECK(real.sliding_window == 4096);
+  REQUIRE(real.sliding_layers.size() == 32);
+  for (int64_t i = 0; i < real.n_layer; ++i) CHECK(real.is_sliding(i));
+  CHECK(real.rope_theta == 10000.0);
+  CHECK(real.max_positions == 32768);
+  CHECK(real.vocab_size == 32000);
+  CHECK(real.n_kv_head == 8);
+  CHECK_FALSE(real.tie_word_embeddings);
+  CHECK((real.bos_token_id == 1 && real.eos_token_id == 2));
+  // The Instruct-v0.2 file differs from it only where v0.2 changed the model (sliding_window null, rope_theta 1e6)
+  // and where its copy was re-saved (torch_dtype).
+  ModelConfig v02 = fixture_config("mistralai__Mistral-7B-Instruct-v0.2");
+  v02.sliding_window = real.sliding_window;
+  v02.sliding_layers = real.sliding_layers;
+  v02.rope_theta = real.rope_theta;
+  v02.torch_dtype = real.torch_dtype;
+  CHECK(v02 == real);
+}
+
+TEST_CASE("config: SmolLM2-135M/360M-Instruct's config.json files are the base shapes with bos 1 and eos 2",
+          "[config]") {
+  // HuggingFaceTB's files (SOURCES.md; the 360M one is the sha256 an independent manifest pins), which carry
+  // "transformers.js_config" and pad_token_id beside the base models' fields.
+  for (const auto& [folder, preset] : std::vector<std::pair<std::string, std::string>>{
+           {"HuggingFaceTB__SmolLM2-135M-Instruct", "smollm2-135m"},
+           {"HuggingFaceTB__SmolLM2-360M-Instruct", "smollm2-360m"}}) {
+    INFO(folder << " vs preset " << preset);
+    const ModelConfig real = fixture_config(folder);
+    ModelConfig expected = shape_preset(preset);
+    CHECK(expected.bos_token_id == 0);  // the base models: <|endoftext|>
+    expected.bos_token_id = 1;          // <|im_start|>
+    expected.eos_token_id = 2;          // <|im_end|>
+    CHECK(real == expected);
+  }
+  const ModelConfig m360 = fixture_config("HuggingFaceTB__SmolLM2-360M-Instruct");
+  CHECK((m360.d_model == 960 && m360.n_layer == 32 && m360.n_head == 15 && m360.n_kv_head == 5 && m360.d_head == 64));
+  CHECK(m360.rope_theta == 100000.0);
+  CHECK(m360.tie_word_embeddings);
+}
+
+TEST_CASE("config: gemma-3-270m-it's config.json (gemma3_text): layer_types, local RoPE base, 512-key window",
+          "[config]") {
+  // Google's file as the Hugging Face repository holds it (SOURCES.md), written by transformers 4.55.0.dev0:
+  // "layer_types" lists the 18 layers, "_sliding_window_pattern" (with an underscore) is informative only.
+  const ModelConfig real = fixture_config("google__gemma-3-270m-it");
+  // The gemma-3-1b shape scaled down: 640 wide, 18 layers, a 2,048-wide MLP; all else as Gemma-3-1B.
+  ModelConfig expected = shape_preset("gemma-3-1b");
+  expected.d_model = 640;
+  expected.n_layer = 18;
+  expected.d_ff = 2048;
+  expected.sliding_layers.assign(18, 0);
+  for (int64_t i = 0; i < 18; ++i) expected.sliding_layers[i] = (i + 1) % 6 != 0;  // layers 5, 11, 17 global
+  CHECK(real == expected);
+  CHECK(real.model_type == "gemma3_text");
+  CHECK((real.n_head == 4 && real.n_kv_head == 1 && real.d_head == 256));
+  CHECK(real.query_pre_attn_scalar == 256.0);
+  CHECK((real.rope_theta == 1000000.0 && real.rope_local_theta == 10000.0));
+  CHECK(real.sliding_window == 512);
+  CHECK(real.qk_norm);
+  CHECK((real.attn_softcap == 0.0 && real.final_softcap == 0.0));  // null in the file
+  CHECK(real.rope_scaling.type.empty());
+  CHECK(real.tie_word_embeddings);  // absent: Gemma's default
+  CHECK((real.bos_token_id == 2 && real.eos_token_id == 1));
+  CHECK_FALSE(real.is_sliding(5));
+  CHECK(real.is_sliding(16));
+  CHECK_FALSE(real.is_sliding(17));
+  // The older spelling of the same layout (sliding_window_pattern 6, no layer_types) gives the same layers.
+  json j = json::parse(test::read_file(std::string(SINKFLOW_SOURCE_DIR) +
+                                       "/tests/data/configs/google__gemma-3-270m-it/config.json"));
+  j.erase("layer_types");
+  j["sliding_window_pattern"] = 6;
+  CHECK(ModelConfig::from_json_text(j.dump(), "gemma-3-270m-it/config.json").sliding_layers == real.sliding_layers);
 }
 
 TEST_CASE("config: Phi-3-mini-128k-instruct, longrope with its 48 short and long factors, every layer windowed",

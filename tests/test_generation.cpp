@@ -164,7 +164,7 @@ TEST_CASE("generation config: Llama-3.1-8B-Instruct's generation_config.json sto
   CHECK((load_generation_config(base.dir, *base.tokenizer, Family::llama).stop_ids == std::vector<int64_t>{128001}));
 }
 
-TEST_CASE("generation config: real Phi-3, Phi-4-mini, Gemma-2-it and Mistral-Instruct files decide BOS and stop ids",
+TEST_CASE("generation config: real Phi-3, Phi-4-mini, Gemma-2/3-it, Mistral, SmolLM2 files decide BOS and stop ids",
           "[generation]") {
   {  // Phi-3-mini-128k-instruct: stop on <|endoftext|>, <|assistant|> and <|end|>.
     Folder f = real_folder("microsoft__Phi-3-mini-128k-instruct", "llama3_1", false);  // stands in for 32,064 ids
@@ -183,6 +183,33 @@ TEST_CASE("generation config: real Phi-3, Phi-4-mini, Gemma-2-it and Mistral-Ins
     CHECK(g.bos_id == 2);
     CHECK_THAT(g.bos_from, Catch::Contains("add_bos_token"));
     CHECK((g.stop_ids == std::vector<int64_t>{1, 107}));
+  }
+  {  // Gemma-3-270m-it: add_bos_token true, stop on <eos> (1) and <end_of_turn> (106), its sampling defaults.
+    Folder f = real_folder("google__gemma-3-270m-it", "gemma3");
+    const GenerationConfig g = load_generation_config(f.dir, *f.tokenizer, Family::llama);
+    CHECK(g.bos_id == 2);
+    CHECK(f.tokenizer->token_id("<bos>") == 2);
+    CHECK_THAT(g.bos_from, Catch::Contains("add_bos_token"));
+    CHECK((g.stop_ids == std::vector<int64_t>{1, 106}));
+    CHECK(f.tokenizer->token_id("<end_of_turn>") == 106);
+    CHECK(g.do_sample == true);
+    CHECK(g.top_k == 64);
+    CHECK(g.top_p == 0.95);
+    CHECK_FALSE(g.temperature.has_value());
+  }
+  {  // Mistral-7B-v0.1 (base) with its own tokenizer.json: add_bos_token true, stop on </s>.
+    Folder f = real_folder("mistralai__Mistral-7B-v0.1", "mistral");
+    const GenerationConfig g = load_generation_config(f.dir, *f.tokenizer, Family::llama);
+    CHECK(g.bos_id == 1);
+    CHECK_THAT(g.bos_from, Catch::Contains("add_bos_token"));
+    CHECK((g.stop_ids == std::vector<int64_t>{2}));
+    CHECK_FALSE(g.do_sample.has_value());
+  }
+  {  // SmolLM2-360M-Instruct: stop on <|im_end|> (2); GPT-2's tokenizer.json stands in for its 49,152 ids.
+    Folder f = real_folder("HuggingFaceTB__SmolLM2-360M-Instruct", "gpt2", false);
+    const GenerationConfig g = load_generation_config(f.dir, *f.tokenizer, Family::llama);
+    CHECK((g.stop_ids == std::vector<int64_t>{2}));
+    CHECK_THAT(g.stop_from, Catch::EndsWith("generation_config.json"));
   }
   {  // Mistral-7B-Instruct-v0.2 with the Mistral tokenizer.json (v0.1's: the same 32,000 pieces).
     Folder f = real_folder("mistralai__Mistral-7B-Instruct-v0.2", "mistral");

@@ -41,6 +41,7 @@ FAMILIES = {
     "qwen2_5": {"bos_token": None, "eos_token": "<|im_end|>"},
     "qwen3": {"bos_token": None, "eos_token": "<|im_end|>"},
     "qwen3_0_6b": {"bos_token": None, "eos_token": "<|im_end|>"},
+    "smollm2": {"bos_token": "<|im_start|>", "eos_token": "<|im_end|>"},
 }
 
 SYSTEM = {"role": "system", "content": "You are a terse assistant."}
