@@ -782,3 +782,30 @@ TEST_CASE("chunk store merges: options are checked", "[memory][segments][merge]"
     CHECK(store->merges_done() == 0);
   }
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// RAM of a short stream: in-RAM segments grow in steps, the first segments are sealed smaller
+
+TEST_CASE("hnsw grown in steps from a small capacity equals one allocated whole: same hits, same file", "[memory][segments][ramp]") {
+  const int64_t dim = 48, n = 3000;
+  const auto data = clustered(n, dim, 5);
+  const auto queries = clustered(40, dim, 5);
+  HnswParams whole = i8_params(), steps = i8_params();
+  whole.initial_capacity = n;
+  steps.initial_capacity = 8;
+  HnswIndex a(dim, whole), b(dim, steps);
+  CHECK(b.capacity() == 8);
+  for (int64_t i = 0; i < n; ++i) {
+    a.add(i, data.data() + i * dim);
+    b.add(i, data.data() + i * dim);
+    if (i == 100) CHECK(b.capacity() == 128);  // 8 doubled four times: never the whole index ahead
+  }
+  CHECK(a.capacity() == n);
+  CHECK(b.capacity() == 4096);
+  for (int64_t q = 0; q < 40; ++q) require_same_hits(b.search(queries.data() + q * dim, 10), a.search(queries.data() + q * dim, 10));
+  // Same inserts, same seed: the same graph, whatever the capacity was on the way.
+  TempDir tmp("sinkflow_test_segments_");
+  a.save(tmp / "a.bin");
+  b.save(tmp / "b.bin");
+  CHECK(read_bytes(tmp / "a.bin") == read_bytes(tmp / "b.bin"));
+}

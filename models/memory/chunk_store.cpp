@@ -681,18 +681,17 @@ uint32_t range_digest(const std::vector<uint32_t>& crcs, int64_t first, int64_t 
 
 namespace {
 
-// Capacity of a new in-RAM segment: the whole segment at once when sealing is on (up to 2^22 vectors), so that
-// hnswlib never grows it by realloc: a copy would leave the old block resident in the heap (glibc keeps blocks
-// below its mmap threshold, which rises to 32 MiB) and cost up to half as much RAM again.
-int64_t segment_capacity(const HnswParams& p, int64_t segment_chunks, int64_t at_least) {
-  return std::max({p.initial_capacity, std::min<int64_t>(segment_chunks, int64_t(1) << 22), at_least});
-}
+// Capacity of a new in-RAM segment: what it holds now (a rebuild's records), else HnswParams::initial_capacity;
+// it doubles as vectors come (HnswIndex::add). Not the whole segment up front: hnswlib touches a mutex, a level and
+// a visited-list entry per element of capacity at once (~54 B each: 5.7 MB for a 105K-vector segment), which the
+// first 10^6 tokens would pay in full.
+int64_t segment_capacity(const HnswParams& p, int64_t at_least) { return std::max(p.initial_capacity, at_least); }
 
 }  // namespace
 
 std::unique_ptr<HnswIndex> ChunkStore::build_hnsw(int64_t first, int64_t last) const {
   HnswParams p = options_.hnsw;
-  p.initial_capacity = segment_capacity(p, segment_chunks_, last - first);
+  p.initial_capacity = segment_capacity(p, last - first);
   auto index = std::make_unique<HnswIndex>(options_.dim, p);
   std::vector<float> emb(size_t(options_.dim));
   for (int64_t i = first; i < last; ++i) {
@@ -887,7 +886,8 @@ void ChunkStore::open_index(const std::vector<uint32_t>& crcs) {
   if (hnsw) {
     std::unique_ptr<HnswIndex> active(static_cast<HnswIndex*>(idx.release()));
     auto seg = std::make_unique<SegmentedIndex>(options_.dim, std::move(sealed), std::move(active),
-                                                [this](int64_t id, float* out) { read_embedding(id, out); });
+                                                [this](int64_t id, float* out) { read_embedding(id, out); },
+                                                options_.hnsw.initial_capacity);
     segmented_ = seg.get();
     index_ = std::move(seg);
   } else {
