@@ -121,7 +121,7 @@ struct StoreOptions {
   // one when it holds as many vectors as the sealed segments before it, until index_ram_mb (8, 8, 16, 32, 64, 64,
   // ... MiB at the defaults; the first four make one of 64 MiB when merged). The in-RAM segment then never holds
   // more than half of the stream, and a short stream takes little RAM (the first 10^6 tokens at 32 per chunk:
-  // ~11 instead of ~25 MiB, tools/BENCHMARKS.md). 0 or >= index_ram_mb = index_ram_mb from the first segment on.
+  // ~7 instead of ~25 MiB, tools/BENCHMARKS.md). 0 or >= index_ram_mb = index_ram_mb from the first segment on.
   int64_t index_first_ram_mb = 8;
   // Vectors per sealed segment; 0 = derived from index_ram_mb (HnswIndex::bytes_per_element). For tests.
   int64_t segment_chunks = 0;
