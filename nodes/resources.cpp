@@ -61,6 +61,7 @@ MemoryResourceConfig MemoryResourceConfig::from_params(const ParamMap& params, c
   r.require("dir", c.dir);
   r.read("reset", c.reset);
   r.read("index_ram_mb", c.index_ram_mb);
+  r.read("index_first_ram_mb", c.index_first_ram_mb);
   r.read("merge_factor", c.merge_factor);
   r.read("merge_ram_mb", c.merge_ram_mb);
   r.read("merge_nice", c.merge_nice);
@@ -75,6 +76,8 @@ void MemoryResourceConfig::validate() const {
   origin.require(!dir.empty(), "dir", "a directory path", dir);
   origin.require(index_ram_mb >= 0 && index_ram_mb <= (int64_t(1) << 30), "index_ram_mb",
                  "MiB in [0, 2^30] (0 = never seal)", index_ram_mb);
+  origin.require(index_first_ram_mb >= 0 && index_first_ram_mb <= (int64_t(1) << 30), "index_first_ram_mb",
+                 "MiB in [0, 2^30] (0 = index_ram_mb)", index_first_ram_mb);
   origin.require(merge_factor == 0 || (merge_factor >= 2 && merge_factor <= 64), "merge_factor",
                  "0 (never merge) or an integer in [2, 64]", merge_factor);
   origin.require(merge_ram_mb >= 0 && merge_ram_mb <= (int64_t(1) << 30), "merge_ram_mb", "MiB in [0, 2^30]",
@@ -134,6 +137,7 @@ void Resources::add_memory(const std::string& name, const MemoryResourceConfig& 
   so.embedder_name = m->embedder->name();
   so.dim = m->embedder->dim();
   so.index_ram_mb = config.index_ram_mb;
+  so.index_first_ram_mb = config.index_first_ram_mb;
   so.merge_factor = static_cast<int>(config.merge_factor);
   so.merge_ram_mb = config.merge_ram_mb;
   so.merge_nice = static_cast<int>(config.merge_nice);

@@ -68,6 +68,9 @@ struct MemoryResourceConfig {
   // RAM cap of the in-memory hnsw segment, MiB: beyond it the segment is sealed into a file that is memory-mapped
   // and searched from disk, so RAM stops growing with the stream; 0 = never seal (StoreOptions::index_ram_mb).
   int64_t index_ram_mb = 64;
+  // RAM cap of the first in-memory segment, MiB; later ones hold as many vectors as are sealed before them, up to
+  // index_ram_mb, so a short stream takes little RAM (StoreOptions::index_first_ram_mb); 0 = index_ram_mb.
+  int64_t index_first_ram_mb = 8;
   // Background merging of sealed segments (StoreOptions::merge_factor, merge_ram_mb, merge_nice): merge_factor
   // adjacent segments of a tier become one (0 = never merge), built in at most merge_ram_mb MiB of RAM, on a
   // thread of nice merge_nice (0 = full speed).

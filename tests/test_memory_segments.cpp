@@ -9,6 +9,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <set>
 #include <thread>
@@ -650,18 +651,21 @@ void fill(ChunkStore& store, int64_t from, int64_t to) {
   }
 }
 
+// The oracle of a test: chunks 0..n-1 in sealed segments of `segment_chunks` from the first, never merged
+// (segments this small are searched exactly); `sealed` of them sealed. run_queries() of that store.
+std::vector<std::vector<SearchHit>> fixed_results(const std::string& dir, int64_t segment_chunks, int64_t n, int64_t sealed) {
+  auto store = ChunkStore::open(dir, segmented_options(segment_chunks));
+  fill(*store, 0, n);
+  REQUIRE(store->sealed_segments() == sealed);
+  return run_queries(*store);
+}
+
 }  // namespace
 
 TEST_CASE("chunk store merges: merged segments answer as the unmerged ones, reopen, readers during merges", "[memory][segments][merge]") {
   TempDir tmp("sinkflow_test_segments_");
   // The oracle: the same chunks, never merged (segments this small are searched exactly: the same hits).
-  std::vector<std::vector<SearchHit>> unmerged;
-  {
-    auto store = ChunkStore::open(tmp / "plain", segmented_options(50));
-    fill(*store, 0, 430);
-    REQUIRE(store->sealed_segments() == 8);
-    unmerged = run_queries(*store);
-  }
+  const auto unmerged = fixed_results(tmp / "plain", 50, 430, 8);
   const std::string dir = tmp / "merged";
   {
     auto store = ChunkStore::open(dir, merging_options(50, 2));
@@ -781,4 +785,158 @@ TEST_CASE("chunk store merges: options are checked", "[memory][segments][merge]"
     CHECK(store->sealed_segments() == 4);
     CHECK(store->merges_done() == 0);
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// RAM of a short stream: in-RAM segments grow in steps, the first segments are sealed smaller
+
+TEST_CASE("hnsw grown in steps from a small capacity equals one allocated whole: same hits, same file", "[memory][segments][ramp]") {
+  const int64_t dim = 48, n = 3000;
+  const auto data = clustered(n, dim, 5);
+  const auto queries = clustered(40, dim, 5);
+  HnswParams whole = i8_params(), steps = i8_params();
+  whole.initial_capacity = n;
+  steps.initial_capacity = 8;
+  HnswIndex a(dim, whole), b(dim, steps);
+  CHECK(b.capacity() == 8);
+  for (int64_t i = 0; i < n; ++i) {
+    a.add(i, data.data() + i * dim);
+    b.add(i, data.data() + i * dim);
+    if (i == 100) CHECK(b.capacity() == 128);  // 8 doubled four times: never the whole index ahead
+  }
+  CHECK(a.capacity() == n);
+  CHECK(b.capacity() == 4096);
+  for (int64_t q = 0; q < 40; ++q) require_same_hits(b.search(queries.data() + q * dim, 10), a.search(queries.data() + q * dim, 10));
+  // Same inserts, same seed: the same graph, whatever the capacity was on the way.
+  TempDir tmp("sinkflow_test_segments_");
+  a.save(tmp / "a.bin");
+  b.save(tmp / "b.bin");
+  CHECK(read_bytes(tmp / "a.bin") == read_bytes(tmp / "b.bin"));
+}
+
+TEST_CASE("chunk store: options of the first segment and the sizes they give", "[memory][segments][ramp]") {
+  StoreOptions o = segmented_options(0);  // sizes from index_ram_mb 64, index_first_ram_mb 8
+  const int64_t full = o.effective_segment_chunks(), first = o.effective_first_segment_chunks();
+  CHECK(first == (int64_t(8) << 20) / HnswIndex::bytes_per_element(384, o.hnsw));
+  CHECK(full >= 8 * first);
+  CHECK(full < 8 * first + 8);
+  CHECK(o.seal_chunks(0) == first);
+  CHECK(o.seal_chunks(first) == first);
+  CHECK(o.seal_chunks(2 * first) == 2 * first);
+  CHECK(o.seal_chunks(4 * first) == 4 * first);
+  CHECK(o.seal_chunks(8 * first) == 8 * first);  // the four of the ramp: about one full segment
+  CHECK(o.seal_chunks(full) == full);
+  CHECK(o.seal_chunks(int64_t(1) << 40) == full);
+  // The first 10^6 tokens at 32 per chunk are 31,250 chunks: two small segments sealed, the rest in RAM.
+  CHECK(o.seal_chunks(0) + o.seal_chunks(first) < 31250);
+  CHECK(o.seal_chunks(0) + o.seal_chunks(first) + o.seal_chunks(2 * first) > 31250);
+  o.index_first_ram_mb = 0;
+  CHECK(o.effective_first_segment_chunks() == full);
+  o.index_first_ram_mb = 100;  // above index_ram_mb: no ramp
+  CHECK(o.effective_first_segment_chunks() == full);
+  o.index_first_ram_mb = 8;
+  o.segment_chunks = 50;  // the test hook: fixed sizes, unless first_segment_chunks is set too
+  CHECK(o.effective_first_segment_chunks() == 50);
+  o.first_segment_chunks = 20;
+  CHECK(o.seal_chunks(0) == 20);
+  CHECK(o.seal_chunks(20) == 20);
+  CHECK(o.seal_chunks(40) == 40);
+  CHECK(o.seal_chunks(80) == 50);
+  o.first_segment_chunks = 70;
+  CHECK(o.effective_first_segment_chunks() == 50);
+  o.first_segment_chunks = -1;
+  REQUIRE_THROWS_WITH(o.validate(), Catch::Contains("first_segment_chunks is -1, expected [0, 2^32 - 2)"));
+  o.first_segment_chunks = 0;
+  o.index_first_ram_mb = -1;
+  REQUIRE_THROWS_WITH(o.validate(), Catch::Contains("index_first_ram_mb is -1, expected [0, 2^30] MiB (0 = index_ram_mb)"));
+}
+
+namespace {
+
+StoreOptions ramp_options() {
+  StoreOptions o = segmented_options(100);
+  o.first_segment_chunks = 25;
+  o.hnsw.initial_capacity = 8;
+  return o;
+}
+
+// Id range of each segment file, by file number.
+std::map<int64_t, std::pair<int64_t, int64_t>> segment_ranges(const std::string& dir) {
+  std::map<int64_t, std::pair<int64_t, int64_t>> out;
+  for (int64_t k = 0; k < 16; ++k)
+    if (fs::exists(dir + "/" + store_segment_file(k)))
+      out[k] = MappedHnswIndex::open(dir + "/" + store_segment_file(k), 384, 64)->id_range();
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("chunk store: the first segments are sealed smaller, the in-RAM one grows in steps, rebuilt alike", "[memory][segments][ramp]") {
+  TempDir tmp("sinkflow_test_segments_");
+  // The oracle: the same chunks in segments of 100 from the first.
+  const auto fixed = fixed_results(tmp / "fixed", 100, 330, 3);
+  const std::string dir = tmp / "ramp";
+  const std::map<int64_t, std::pair<int64_t, int64_t>> expected = {
+      {0, {0, 24}}, {1, {25, 49}}, {2, {50, 99}}, {3, {100, 199}}, {4, {200, 299}}};
+  std::vector<std::vector<SearchHit>> ramped;
+  {
+    auto store = ChunkStore::open(dir, ramp_options());
+    fill(*store, 0, 24);
+    CHECK(store->sealed_segments() == 0);
+    fill(*store, 24, 25);
+    CHECK(store->sealed_segments() == 1);  // 25 = the first segment
+    fill(*store, 25, 330);
+    // 25, 25, 50, 100, 100: each as large as the sealed ones before it, up to segment_chunks; 30 ids in RAM.
+    CHECK(store->sealed_segments() == 5);
+    const auto& active = static_cast<const SegmentedIndex&>(store->index()).active();
+    CHECK(active.size() == 30);
+    CHECK(active.capacity() == 32);  // 8 doubled twice, not the segment's 100
+    ramped = run_queries(*store);
+    for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(ramped[q], fixed[q]);
+    CHECK(ramped[2][0].id == 137);
+  }
+  CHECK(segment_ranges(dir) == expected);
+  const auto bytes0 = read_bytes(dir + "/" + store_segment_file(0)), bytes2 = read_bytes(dir + "/" + store_segment_file(2));
+  {
+    // Reopened as it is: nothing rebuilt.
+    LogCapture log;
+    auto store = ChunkStore::open(dir, ramp_options());
+    CHECK_FALSE(log.contains("rebuilding"));
+    CHECK(store->sealed_segments() == 5);
+  }
+  // Every segment file lost: rebuilt from the log in the same sizes, byte for byte.
+  for (int64_t k = 0; k < 5; ++k) fs::remove(dir + "/" + store_segment_file(k));
+  {
+    LogCapture log;
+    auto store = ChunkStore::open(dir, ramp_options());
+    CHECK(log.contains("rebuilding " + dir + "/" + store_segment_file(0) + " from records 0..24 of the log"));
+    CHECK(log.contains("rebuilding " + dir + "/" + store_segment_file(2) + " from records 50..99 of the log"));
+    CHECK(store->sealed_segments() == 5);
+    const auto again = run_queries(*store);
+    for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(again[q], ramped[q]);
+  }
+  CHECK(segment_ranges(dir) == expected);
+  CHECK(read_bytes(dir + "/" + store_segment_file(0)) == bytes0);
+  CHECK(read_bytes(dir + "/" + store_segment_file(2)) == bytes2);
+}
+
+TEST_CASE("chunk store: the small first segments merge into one of a full segment's size", "[memory][segments][ramp][merge]") {
+  TempDir tmp("sinkflow_test_segments_");
+  const auto fixed = fixed_results(tmp / "fixed", 100, 330, 3);
+  const std::string dir = tmp / "ramp";
+  StoreOptions o = ramp_options();
+  o.merge_factor = 4;
+  auto store = ChunkStore::open(dir, o);
+  fill(*store, 0, 330);
+  store->wait_merges();
+  // 25 + 25 + 50 + 100 (all below 4 segments' worth: one tier) -> 0..199; then 200..299 and 30 in RAM.
+  CHECK(store->merges_done() == 1);
+  CHECK(store->sealed_segments() == 2);
+  const auto ranges = segment_ranges(dir);
+  REQUIRE(ranges.size() == 2);
+  std::set<std::pair<int64_t, int64_t>> got;
+  for (const auto& [k, r] : ranges) got.insert(r);
+  CHECK(got == std::set<std::pair<int64_t, int64_t>>{{0, 199}, {200, 299}});
+  const auto merged = run_queries(*store);
+  for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(merged[q], fixed[q]);
 }

@@ -190,3 +190,23 @@ TEST_CASE("memory resource merge options reach the store and out-of-range values
       Pipeline(stream_spec(model_a(), mem.string(), {"resources.memories.mem.merge_nice=20"}).pipeline, builtin()),
       Catch::Contains("a nice value in [0, 19]"));
 }
+
+TEST_CASE("memory resource index_first_ram_mb reaches the store, a negative one is refused naming the field", "[resources]") {
+  const fs::path mem = temp_dir("mem_first");
+  {
+    Pipeline p(stream_spec(model_a(), mem.string(), {"resources.memories.mem.index_first_ram_mb=16"}).pipeline,
+               builtin());
+    const StoreOptions& so = p.resources().memory("mem", ParamOrigin{}, "memory")->store->options();
+    CHECK(so.index_first_ram_mb == 16);
+    CHECK(so.effective_first_segment_chunks() < so.effective_segment_chunks());
+  }
+  {
+    Pipeline p(stream_spec(model_a(), mem.string(), {}).pipeline, builtin());
+    CHECK(p.resources().memory("mem", ParamOrigin{}, "memory")->store->options().index_first_ram_mb == 8);
+  }
+  REQUIRE_THROWS_WITH(
+      Pipeline(stream_spec(model_a(), mem.string(), {"resources.memories.mem.index_first_ram_mb=-1"}).pipeline,
+               builtin()),
+      Catch::Contains("--set resources.memories.mem.index_first_ram_mb=-1") &&
+          Catch::Contains("MiB in [0, 2^30] (0 = index_ram_mb)"));
+}

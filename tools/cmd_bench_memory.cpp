@@ -40,6 +40,7 @@ struct BenchMemoryArgs {
   int64_t chunk_tokens = 64;     // tokens stored per chunk record (synthetic)
   int64_t window_words = 48;     // --source text: words per chunk (~64 tokens)
   int64_t index_ram_mb = 64;     // StoreOptions::index_ram_mb
+  int64_t index_first_ram_mb = StoreOptions{}.index_first_ram_mb;  // StoreOptions::index_first_ram_mb
   int64_t segment_chunks = 0;    // StoreOptions::segment_chunks
   int merge_factor = 4;          // StoreOptions::merge_factor (0 = never merge)
   int64_t merge_ram_mb = 256;    // StoreOptions::merge_ram_mb
@@ -237,6 +238,7 @@ void bench_memory(const BenchMemoryArgs& a) {
   so.dim = a.dim;
   so.fsync = StoreOptions::Fsync::none;
   so.index_ram_mb = a.index_ram_mb;
+  so.index_first_ram_mb = a.index_first_ram_mb;
   so.segment_chunks = a.segment_chunks;
   so.merge_factor = a.merge_factor;
   so.merge_ram_mb = a.merge_ram_mb;
@@ -250,9 +252,10 @@ void bench_memory(const BenchMemoryArgs& a) {
   if (a.reuse && store->size() != a.chunks)
     throw std::invalid_argument("bench memory: --reuse: " + a.dir + " holds " + std::to_string(store->size()) +
                                 " chunks, expected --chunks " + std::to_string(a.chunks));
-  std::fprintf(stderr, "bench memory: %s, dim %ld, %ld chunks into %s (segment_chunks %ld), RSS %.1f MiB before\n",
+  std::fprintf(stderr, "bench memory: %s, dim %ld, %ld chunks into %s (segment_chunks %ld, first %ld), RSS %.1f MiB before\n",
                a.source.c_str(), static_cast<long>(a.dim), static_cast<long>(a.chunks), a.dir.c_str(),
-               static_cast<long>(so.effective_segment_chunks()), before.rss_mib);
+               static_cast<long>(so.effective_segment_chunks()), static_cast<long>(so.effective_first_segment_chunks()),
+               before.rss_mib);
 
   std::vector<int64_t> points;
   for (int64_t p = a.first_point; p < a.chunks; p *= 10) points.push_back(p);
@@ -353,9 +356,9 @@ void bench_memory(const BenchMemoryArgs& a) {
   const double wall = std::chrono::duration<double>(Clock::now() - t_add).count();
 
   FILE* table = table_stream(a.json);
-  std::fprintf(table, "bench memory: %s vectors, dim %ld, %ld tokens per chunk, index_ram_mb %ld, ef_search %d, %.0f s\n",
+  std::fprintf(table, "bench memory: %s vectors, dim %ld, %ld tokens per chunk, index_ram_mb %ld (first %ld), ef_search %d, %.0f s\n",
                a.source.c_str(), static_cast<long>(a.dim), static_cast<long>(a.tokens_per_chunk),
-               static_cast<long>(a.index_ram_mb), so.hnsw.ef_search, wall);
+               static_cast<long>(a.index_ram_mb), static_cast<long>(a.index_first_ram_mb), so.hnsw.ef_search, wall);
   std::fprintf(table, "%10s %12s %9s %9s %9s %12s %9s %9s %4s %8s %8s %8s %9s\n", "chunks", "tokens", "RSS MiB",
                "anon", "file", "MiB/1e6 tok", "log MiB", "idx MiB", "seg", "p50 ms", "p99 ms", "cpu p99", "recall@10");
   nlohmann::json jp = nlohmann::json::array();
@@ -378,6 +381,7 @@ void bench_memory(const BenchMemoryArgs& a) {
   if (a.json)
     print_json({{"command", "bench memory"}, {"source", a.source}, {"dim", a.dim},
                 {"tokens_per_chunk", a.tokens_per_chunk}, {"index_ram_mb", a.index_ram_mb},
+                {"index_first_ram_mb", a.index_first_ram_mb}, {"first_segment_chunks", so.effective_first_segment_chunks()},
                 {"segment_chunks", so.effective_segment_chunks()}, {"merge_factor", so.merge_factor},
                 {"merge_ram_mb", so.merge_ram_mb}, {"merge_nice", so.merge_nice}, {"ef_search", so.hnsw.ef_search}, {"rss_before_mib", before.rss_mib},
                 {"wall_s", wall}, {"points", jp}});
@@ -399,6 +403,9 @@ void add_bench_memory_command(CLI::App& app) {
       ->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--chunk-tokens", a->chunk_tokens, "tokens stored in each synthetic record")->capture_default_str();
   c->add_option("--index-ram-mb", a->index_ram_mb, "RAM cap of the in-memory index segment (0 = never seal)")
+      ->capture_default_str();
+  c->add_option("--index-first-ram-mb", a->index_first_ram_mb,
+                "RAM cap of the first in-memory segment; later ones ramp up to --index-ram-mb (0 = no ramp)")
       ->capture_default_str();
   c->add_option("--segment-chunks", a->segment_chunks, "vectors per sealed segment (overrides --index-ram-mb)")
       ->capture_default_str();

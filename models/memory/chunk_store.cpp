@@ -460,6 +460,13 @@ void StoreOptions::validate() const {
   if (segment_chunks < 0 || segment_chunks >= (int64_t(1) << 32) - 2)
     throw FieldError("segment_chunks", "StoreOptions: segment_chunks is " + std::to_string(segment_chunks) +
                                            ", expected [0, 2^32 - 2) (0 = from index_ram_mb)");
+  if (index_first_ram_mb < 0 || index_first_ram_mb > (int64_t(1) << 30))
+    throw FieldError("index_first_ram_mb", "StoreOptions: index_first_ram_mb is " + std::to_string(index_first_ram_mb) +
+                                               ", expected [0, 2^30] MiB (0 = index_ram_mb)");
+  if (first_segment_chunks < 0 || first_segment_chunks >= (int64_t(1) << 32) - 2)
+    throw FieldError("first_segment_chunks", "StoreOptions: first_segment_chunks is " +
+                                                 std::to_string(first_segment_chunks) +
+                                                 ", expected [0, 2^32 - 2) (0 = from index_first_ram_mb)");
   if (merge_factor < 0 || merge_factor == 1 || merge_factor > 64)
     throw FieldError("merge_factor", "StoreOptions: merge_factor is " + std::to_string(merge_factor) +
                                          ", expected 0 (never merge) or [2, 64]");
@@ -475,6 +482,18 @@ int64_t StoreOptions::effective_segment_chunks() const {
   if (segment_chunks > 0) return segment_chunks;
   if (index_ram_mb == 0) return 0;
   return std::max<int64_t>(1024, (index_ram_mb << 20) / HnswIndex::bytes_per_element(dim, hnsw));
+}
+
+int64_t StoreOptions::effective_first_segment_chunks() const {
+  const int64_t full = effective_segment_chunks();
+  if (full == 0) return 0;
+  if (first_segment_chunks > 0) return std::min(first_segment_chunks, full);
+  if (segment_chunks > 0 || index_first_ram_mb == 0) return full;
+  return std::min(full, std::max<int64_t>(1024, (index_first_ram_mb << 20) / HnswIndex::bytes_per_element(dim, hnsw)));
+}
+
+int64_t StoreOptions::seal_chunks(int64_t sealed) const {
+  return std::clamp(sealed, effective_first_segment_chunks(), effective_segment_chunks());
 }
 
 std::string store_segment_file(int64_t k) {
@@ -568,10 +587,11 @@ std::unique_ptr<ChunkStore> ChunkStore::open(const std::string& dir, const Store
     store->request_merge();
   }
   static const char* fsync_names[] = {"none", "flush", "every"};
-  spdlog::info("chunk_store: dir={} embedder={} dim={} records={} index={} storage={} segment_chunks={} sealed={} "
-               "fsync={}",
+  spdlog::info("chunk_store: dir={} embedder={} dim={} records={} index={} storage={} segment_chunks={} (first {}) "
+               "sealed={} fsync={}",
                dir, options.embedder_name, options.dim, store->offsets_.size(), store->index_->name(),
                options.hnsw.storage == HnswParams::Storage::i8 ? "i8" : "f32", store->segment_chunks_,
+               options.effective_first_segment_chunks(),
                store->sealed_segments(), fsync_names[int(options.fsync)]);
   return store;
 }
@@ -681,18 +701,17 @@ uint32_t range_digest(const std::vector<uint32_t>& crcs, int64_t first, int64_t 
 
 namespace {
 
-// Capacity of a new in-RAM segment: the whole segment at once when sealing is on (up to 2^22 vectors), so that
-// hnswlib never grows it by realloc: a copy would leave the old block resident in the heap (glibc keeps blocks
-// below its mmap threshold, which rises to 32 MiB) and cost up to half as much RAM again.
-int64_t segment_capacity(const HnswParams& p, int64_t segment_chunks, int64_t at_least) {
-  return std::max({p.initial_capacity, std::min<int64_t>(segment_chunks, int64_t(1) << 22), at_least});
-}
+// Capacity of a new in-RAM segment: what it holds now (a rebuild's records), else HnswParams::initial_capacity;
+// it doubles as vectors come (HnswIndex::add). Not the whole segment up front: hnswlib touches a mutex, a level and
+// a visited-list entry per element of capacity at once (~54 B each: 5.7 MB for a 105K-vector segment), which the
+// first 10^6 tokens would pay in full.
+int64_t segment_capacity(const HnswParams& p, int64_t at_least) { return std::max(p.initial_capacity, at_least); }
 
 }  // namespace
 
 std::unique_ptr<HnswIndex> ChunkStore::build_hnsw(int64_t first, int64_t last) const {
   HnswParams p = options_.hnsw;
-  p.initial_capacity = segment_capacity(p, segment_chunks_, last - first);
+  p.initial_capacity = segment_capacity(p, last - first);
   auto index = std::make_unique<HnswIndex>(options_.dim, p);
   std::vector<float> emb(size_t(options_.dim));
   for (int64_t i = first; i < last; ++i) {
@@ -789,13 +808,14 @@ std::vector<std::unique_ptr<MappedHnswIndex>> ChunkStore::open_segments(const st
       sealed_end_ = c.hi + 1;
       continue;
     }
-    if (segment_chunks_ <= 0 || n - sealed_end_ < segment_chunks_) break;
+    const int64_t want = options_.seal_chunks(sealed_end_);  // as add() seals
+    if (want <= 0 || n - sealed_end_ < want) break;
     drop_passed(sealed_end_);  // before a free number is chosen
-    const int64_t k = lowest_free(), last = sealed_end_ + segment_chunks_;
+    const int64_t k = lowest_free(), last = sealed_end_ + want;
     numbers.insert(k);
     spdlog::info("chunk_store: rebuilding {} from records {}..{} of the log", segment_path(k), sealed_end_, last - 1);
     build_hnsw(sealed_end_, last)->save(segment_path(k), range_digest(crcs, sealed_end_, last));
-    sealed.push_back(MappedHnswIndex::open(segment_path(k), options_.dim, segment_ef(segment_chunks_)));
+    sealed.push_back(MappedHnswIndex::open(segment_path(k), options_.dim, segment_ef(want)));
     chain_[sealed_end_] = {last - 1, k};
     sealed_end_ = last;
   }
@@ -887,7 +907,8 @@ void ChunkStore::open_index(const std::vector<uint32_t>& crcs) {
   if (hnsw) {
     std::unique_ptr<HnswIndex> active(static_cast<HnswIndex*>(idx.release()));
     auto seg = std::make_unique<SegmentedIndex>(options_.dim, std::move(sealed), std::move(active),
-                                                [this](int64_t id, float* out) { read_embedding(id, out); });
+                                                [this](int64_t id, float* out) { read_embedding(id, out); },
+                                                options_.hnsw.initial_capacity);
     segmented_ = seg.get();
     index_ = std::move(seg);
   } else {
@@ -973,7 +994,7 @@ int64_t ChunkStore::add(const Chunk& chunk, const std::vector<float>& embedding)
   active_digest_ = crc32(&crc, 4, active_digest_);
   index_->add(id, embedding.data());
   index_dirty_ = true;
-  if (segmented_ && segment_chunks_ > 0 && segmented_->active().size() >= segment_chunks_) {
+  if (segmented_ && segment_chunks_ > 0 && segmented_->active().size() >= options_.seal_chunks(sealed_end_)) {
     try {
       seal();
     } catch (const std::exception& e) {  // the chunk is stored and indexed: only the sealing is postponed
@@ -1237,7 +1258,8 @@ void ChunkStore::flush() {
   std::lock_guard writer(writer_);
   if (options_.fsync != StoreOptions::Fsync::none && ::fsync(fd_) != 0)
     throw std::runtime_error(log_path() + ": fsync failed (" + errno_text() + ")");
-  if (segmented_ && segment_chunks_ > 0 && segmented_->active().size() >= segment_chunks_) seal();  // a retry
+  if (segmented_ && segment_chunks_ > 0 && segmented_->active().size() >= options_.seal_chunks(sealed_end_))
+    seal();  // a retry
   if (index_dirty_) {
     index_->save(index_path(), segmented_ ? active_digest_ : digest_);
     index_dirty_ = false;

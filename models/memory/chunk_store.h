@@ -117,8 +117,17 @@ struct StoreOptions {
   // RAM cap of the in-memory (newest) hnsw segment, MiB, >= 0: when it holds about this much it is sealed into
   // a segment file, memory-mapped and searched from disk; 0 = never seal (one in-RAM index). hnsw only.
   int64_t index_ram_mb = 64;
+  // RAM cap of the first in-RAM segment, MiB, >= 0: the first segment is sealed at about this much, each later
+  // one when it holds as many vectors as the sealed segments before it, until index_ram_mb (8, 8, 16, 32, 64, 64,
+  // ... MiB at the defaults; the first four make one of 64 MiB when merged). The in-RAM segment then never holds
+  // more than half of the stream, and a short stream takes little RAM (the first 10^6 tokens at 32 per chunk:
+  // ~7 instead of ~25 MiB, tools/BENCHMARKS.md). 0 or >= index_ram_mb = index_ram_mb from the first segment on.
+  int64_t index_first_ram_mb = 8;
   // Vectors per sealed segment; 0 = derived from index_ram_mb (HnswIndex::bytes_per_element). For tests.
   int64_t segment_chunks = 0;
+  // Vectors of the first sealed segment (the ramp of index_first_ram_mb); 0 = derived from index_first_ram_mb, or
+  // segment_chunks when that is set (no ramp). For tests.
+  int64_t first_segment_chunks = 0;
   // Background merging of sealed segments (hnsw): whenever merge_factor adjacent sealed segments are of the same
   // tier (tier t: between merge_factor^t and merge_factor^(t+1) sealed segments' worth of ids), a thread of the
   // store (nice merge_nice) builds one segment of their ids from the log's embeddings, writes it (same rules as a seal),
@@ -135,6 +144,12 @@ struct StoreOptions {
   std::function<void(const char* stage)> merge_hook;
   // The segment size in effect: segment_chunks, or index_ram_mb / bytes per element (at least 1,024), or 0.
   int64_t effective_segment_chunks() const;
+  // The size of the first sealed segment: first_segment_chunks, or segment_chunks, or index_first_ram_mb / bytes
+  // per element (at least 1,024); never above effective_segment_chunks().
+  int64_t effective_first_segment_chunks() const;
+  // Vectors at which the in-RAM segment is sealed when `sealed` ids lie in sealed segments before it:
+  // clamp(sealed, first, full) of the two above; 0 = never.
+  int64_t seal_chunks(int64_t sealed) const;
   void validate() const;
   static HnswParams default_hnsw() {
     HnswParams p;
@@ -165,7 +180,7 @@ bool is_store_segment_file(const std::string& name);
 //   index.bin   VectorIndex::save() of the in-RAM index, its tag = a digest (chained CRC32) of the CRCs of the
 //               records it covers: all of them (brute), those after the sealed segments (hnsw).
 //   segment-NNNNNN.bin  (hnsw, when options.index_ram_mb or segment_chunks is set) sealed segments: HnswIndex::save()
-//               of a full in-RAM segment or of a merge of adjacent segments (StoreOptions::merge_factor), each
+//               of a full in-RAM segment (StoreOptions::seal_chunks: smaller ones first) or of a merge of adjacent segments (StoreOptions::merge_factor), each
 //               covering a contiguous range of ids, labels ascending; tag = the digest of the records it covers.
 //               Memory-mapped read-only (MappedHnswIndex) and searched in place. A merge writes its file (tmp,
 //               fsync, rename, fsync of the directory) before the segments it replaces are deleted: after a crash

@@ -8,8 +8,8 @@
 namespace sinkflow {
 
 SegmentedIndex::SegmentedIndex(int64_t dim, std::vector<std::unique_ptr<MappedHnswIndex>> sealed,
-                               std::unique_ptr<HnswIndex> active, ExactVector exact)
-    : dim_(dim), sealed_(std::move(sealed)), active_(std::move(active)), exact_(std::move(exact)) {
+                               std::unique_ptr<HnswIndex> active, ExactVector exact, int64_t fresh_capacity)
+    : dim_(dim), sealed_(std::move(sealed)), active_(std::move(active)), exact_(std::move(exact)), fresh_capacity_(fresh_capacity) {
   if (!active_ || active_->dim() != dim) throw std::invalid_argument("SegmentedIndex: active segment missing or of another dim");
 }
 
@@ -80,7 +80,8 @@ void SegmentedIndex::save(const std::string& path, uint64_t tag) const {
 void SegmentedIndex::seal(std::unique_ptr<MappedHnswIndex> sealed) {
   std::unique_lock lock(mutex_);
   sealed_.push_back(std::move(sealed));
-  const HnswParams params = active_->params();
+  HnswParams params = active_->params();
+  params.initial_capacity = fresh_capacity_;
   active_.reset();
   active_ = std::make_unique<HnswIndex>(dim_, params);
 }

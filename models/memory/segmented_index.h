@@ -20,9 +20,10 @@ class SegmentedIndex final : public VectorIndex {
   // Writes the embedding of `id` as it was given to add() (dim floats, any length) into `out`.
   using ExactVector = std::function<void(int64_t id, float* out)>;
 
-  // `active` holds the newest ids (those after every sealed segment), in id order.
+  // `active` holds the newest ids (those after every sealed segment), in id order. `fresh_capacity`: the
+  // initial capacity of each active segment that seal() starts (small: a segment grows as vectors come).
   SegmentedIndex(int64_t dim, std::vector<std::unique_ptr<MappedHnswIndex>> sealed, std::unique_ptr<HnswIndex> active,
-                 ExactVector exact);
+                 ExactVector exact, int64_t fresh_capacity);
   ~SegmentedIndex() override;
 
   std::string name() const override { return "hnsw"; }
@@ -42,7 +43,7 @@ class SegmentedIndex final : public VectorIndex {
   // The active segment, for its owner (save, size, sealing).
   const HnswIndex& active() const { return *active_; }
   // Replaces the active segment by `sealed` (the same vectors, read back from the file it was saved to) and a
-  // fresh empty active segment with the same params, built after the old one is freed (a heap that keeps freed
+  // fresh empty active segment (same params, fresh_capacity), built after the old one is freed (a heap that keeps freed
   // blocks, as the launcher's, then reuses them: RAM holds one active segment, never two). Searches never see the
   // vectors twice or not at all.
   void seal(std::unique_ptr<MappedHnswIndex> sealed);
@@ -60,6 +61,7 @@ class SegmentedIndex final : public VectorIndex {
   std::vector<std::unique_ptr<MappedHnswIndex>> sealed_;
   std::unique_ptr<HnswIndex> active_;
   ExactVector exact_;
+  int64_t fresh_capacity_;
   mutable std::shared_mutex mutex_;  // the tier list: exclusive to seal, shared to everything else
 };
 

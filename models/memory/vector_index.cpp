@@ -4,6 +4,9 @@
 #include <hnswlib/hnswlib.h>
 
 #include <fcntl.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -139,6 +142,10 @@ constexpr char kBruteMagic[8] = {'S', 'F', 'B', 'R', 'U', 'T', '0', '1'};
 constexpr size_t kHnswPreambleBytes = 6 * sizeof(size_t) + sizeof(int) + sizeof(uint32_t) + 3 * sizeof(size_t) +
                                       sizeof(double) + sizeof(size_t);
 
+// Buffer of the streams that write and read index files: a seal writes then reads back the in-RAM segment beside
+// it, so these count in the RAM of a short stream (1 MiB each before; 256 KiB reads as fast from the page cache).
+constexpr size_t kIoBufferBytes = 256 << 10;
+
 struct FileHeader {
   char magic[8];
   uint64_t dim, count, tag, payload_bytes;
@@ -152,7 +159,7 @@ class IndexFileWriter {
   IndexFileWriter(const std::string& path) : path_(path), tmp_(path + ".tmp") {
     f_ = std::fopen(tmp_.c_str(), "wb");
     if (!f_) throw std::runtime_error(tmp_ + ": cannot open for writing (" + std::strerror(errno) + ")");
-    std::setvbuf(f_, nullptr, _IOFBF, 1 << 20);
+    std::setvbuf(f_, nullptr, _IOFBF, kIoBufferBytes);
     FileHeader zero{};
     raw(&zero, sizeof zero);
   }
@@ -226,7 +233,7 @@ class IndexFileReader {
   IndexFileReader(const std::string& path, std::vector<const char*> magics, int64_t dim) : path_(path) {
     f_ = std::fopen(path.c_str(), "rb");
     if (!f_) throw std::runtime_error(path + ": cannot open index file (" + std::strerror(errno) + ")");
-    std::setvbuf(f_, nullptr, _IOFBF, 1 << 20);
+    std::setvbuf(f_, nullptr, _IOFBF, kIoBufferBytes);
     if (std::fseek(f_, 0, SEEK_END) != 0) io_fail("seek");
     long end = std::ftell(f_);
     if (end < 0) io_fail("tell");
@@ -248,7 +255,7 @@ class IndexFileReader {
       bad("payload size", std::to_string(header_.payload_bytes) + " bytes",
           std::to_string(file_size - kHeaderBytes) + " (file size - header)");
     // Pass 1: payload checksum.
-    std::vector<char> buf(1 << 20);
+    std::vector<char> buf(kIoBufferBytes);
     uint32_t crc = 0;
     uint64_t left = header_.payload_bytes;
     while (left) {
@@ -637,7 +644,14 @@ void HnswIndex::add(int64_t id, const float* vector) {
   if (h.cur_element_count >= size_t(std::numeric_limits<hnswlib::tableint>::max()) - 1)
     throw std::invalid_argument("HnswIndex::add: index holds " + std::to_string(h.cur_element_count) +
                                 " vectors, the most hnswlib can address");
-  if (h.cur_element_count >= h.max_elements_) h.resizeIndex(std::max<size_t>(2 * h.max_elements_, 1));
+  if (h.cur_element_count >= h.max_elements_) {
+    h.resizeIndex(std::max<size_t>(2 * h.max_elements_, 1));
+#ifdef __GLIBC__
+    // resizeIndex replaced the per-element mutexes and visited list (and realloc may have copied the level-0 block
+    // when it lay below glibc's mmap threshold): give the freed heap pages back rather than keep them resident.
+    ::malloc_trim(0);
+#endif
+  }
   h.addPoint(stored.data(), label);
   m.codes.insert(uint32_t(h.cur_element_count - 1), stored.size(), code_of);
 }
