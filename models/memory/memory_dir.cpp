@@ -78,7 +78,7 @@ MemoryDirLock::~MemoryDirLock() {
 std::vector<std::string> MemoryDirLock::reset() {
   std::vector<std::string> deleted;
   for (std::string_view f : kStoreFiles) {
-    for (const std::string name : {std::string(f), std::string(f) + ".tmp"}) {
+    for (const std::string& name : {std::string(f), std::string(f) + ".tmp"}) {
       std::error_code ec;
       const fs::path p = fs::path(dir_) / name;
       if (!fs::is_regular_file(fs::symlink_status(p, ec))) continue;

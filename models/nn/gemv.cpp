@@ -27,8 +27,6 @@ constexpr int64_t kRows = 4;  // rows per block: they share each load of x
 // 4-8 short streams at once, which the hardware prefetcher does not follow (int8 decode: 29 -> 16 ms per token
 // on the SmolLM2-135M shape; distances 1-8 measured alike).
 constexpr int64_t kAhead = 2;
-// Attention kernels: cached rows prefetched this many rows ahead, every cache line of the row.
-constexpr int64_t kRowsAhead = 16;
 inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T0); }
 inline void prefetch_span(const void* p, int64_t bytes) {
   const char* c = static_cast<const char*>(p);
@@ -408,7 +406,7 @@ SF_AVX512 void scores_rows_avx512(const float* k, int64_t ld, const float* q, in
     for (int c = 0; c < C; ++c) qv[i][c] = _mm512_loadu_ps(q + i * stride_q + c * 16);
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = k + r * ld;
-    for (int c = 0; c < C; ++c) prefetch(row + kRowsAhead * ld + c * 16);
+    prefetch(row + 4 * ld);
     __m512 acc[G];
     for (int i = 0; i < G; ++i) acc[i] = _mm512_setzero_ps();
     for (int c = 0; c < C; ++c) {
@@ -428,7 +426,7 @@ SF_AVX512 void values_rows_avx512(const float* v, int64_t ld, const float* p, in
     for (int c = 0; c < C; ++c) acc[i][c] = _mm512_setzero_ps();
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = v + r * ld;
-    for (int c = 0; c < C; ++c) prefetch(row + kRowsAhead * ld + c * 16);
+    prefetch(row + 4 * ld);
     __m512 vv[C];
     for (int c = 0; c < C; ++c) vv[c] = _mm512_loadu_ps(row + c * 16);
     for (int i = 0; i < G; ++i) {
