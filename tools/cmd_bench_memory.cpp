@@ -252,7 +252,8 @@ void bench_memory(const BenchMemoryArgs& a) {
   if (a.reuse && store->size() != a.chunks)
     throw std::invalid_argument("bench memory: --reuse: " + a.dir + " holds " + std::to_string(store->size()) +
                                 " chunks, expected --chunks " + std::to_string(a.chunks));
-  std::fprintf(stderr, "bench memory: %s, dim %ld, %ld chunks into %s (segment_chunks %ld, first %ld), RSS %.1f MiB before\n",
+  std::fprintf(stderr,
+               "bench memory: %s, dim %ld, %ld chunks into %s (segment_chunks %ld, first %ld), RSS %.1f MiB before\n",
                a.source.c_str(), static_cast<long>(a.dim), static_cast<long>(a.chunks), a.dir.c_str(),
                static_cast<long>(so.effective_segment_chunks()), static_cast<long>(so.effective_first_segment_chunks()),
                before.rss_mib);
@@ -356,7 +357,9 @@ void bench_memory(const BenchMemoryArgs& a) {
   const double wall = std::chrono::duration<double>(Clock::now() - t_add).count();
 
   FILE* table = table_stream(a.json);
-  std::fprintf(table, "bench memory: %s vectors, dim %ld, %ld tokens per chunk, index_ram_mb %ld (first %ld), ef_search %d, %.0f s\n",
+  std::fprintf(table,
+               "bench memory: %s vectors, dim %ld, %ld tokens per chunk, index_ram_mb %ld (first %ld), ef_search %d, "
+               "%.0f s\n",
                a.source.c_str(), static_cast<long>(a.dim), static_cast<long>(a.tokens_per_chunk),
                static_cast<long>(a.index_ram_mb), static_cast<long>(a.index_first_ram_mb), so.hnsw.ef_search, wall);
   std::fprintf(table, "%10s %12s %9s %9s %9s %12s %9s %9s %4s %8s %8s %8s %9s\n", "chunks", "tokens", "RSS MiB",
@@ -381,7 +384,8 @@ void bench_memory(const BenchMemoryArgs& a) {
   if (a.json)
     print_json({{"command", "bench memory"}, {"source", a.source}, {"dim", a.dim},
                 {"tokens_per_chunk", a.tokens_per_chunk}, {"index_ram_mb", a.index_ram_mb},
-                {"index_first_ram_mb", a.index_first_ram_mb}, {"first_segment_chunks", so.effective_first_segment_chunks()},
+                {"index_first_ram_mb", a.index_first_ram_mb},
+                {"first_segment_chunks", so.effective_first_segment_chunks()},
                 {"segment_chunks", so.effective_segment_chunks()}, {"merge_factor", so.merge_factor},
                 {"merge_ram_mb", so.merge_ram_mb}, {"merge_nice", so.merge_nice}, {"ef_search", so.hnsw.ef_search}, {"rss_before_mib", before.rss_mib},
                 {"wall_s", wall}, {"points", jp}});

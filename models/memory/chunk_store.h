@@ -180,8 +180,9 @@ bool is_store_segment_file(const std::string& name);
 //   index.bin   VectorIndex::save() of the in-RAM index, its tag = a digest (chained CRC32) of the CRCs of the
 //               records it covers: all of them (brute), those after the sealed segments (hnsw).
 //   segment-NNNNNN.bin  (hnsw, when options.index_ram_mb or segment_chunks is set) sealed segments: HnswIndex::save()
-//               of a full in-RAM segment (StoreOptions::seal_chunks: smaller ones first) or of a merge of adjacent segments (StoreOptions::merge_factor), each
-//               covering a contiguous range of ids, labels ascending; tag = the digest of the records it covers.
+//               of a full in-RAM segment (StoreOptions::seal_chunks: smaller ones first) or of a merge of adjacent
+//               segments (StoreOptions::merge_factor), each covering a contiguous range of ids, labels ascending;
+//               tag = the digest of the records it covers.
 //               Memory-mapped read-only (MappedHnswIndex) and searched in place. A merge writes its file (tmp,
 //               fsync, rename, fsync of the directory) before the segments it replaces are deleted: after a crash
 //               the directory holds both, and opening keeps the larger.

@@ -9,7 +9,11 @@ namespace sinkflow {
 
 SegmentedIndex::SegmentedIndex(int64_t dim, std::vector<std::unique_ptr<MappedHnswIndex>> sealed,
                                std::unique_ptr<HnswIndex> active, ExactVector exact, int64_t fresh_capacity)
-    : dim_(dim), sealed_(std::move(sealed)), active_(std::move(active)), exact_(std::move(exact)), fresh_capacity_(fresh_capacity) {
+    : dim_(dim),
+      sealed_(std::move(sealed)),
+      active_(std::move(active)),
+      exact_(std::move(exact)),
+      fresh_capacity_(fresh_capacity) {
   if (!active_ || active_->dim() != dim) throw std::invalid_argument("SegmentedIndex: active segment missing or of another dim");
 }
 

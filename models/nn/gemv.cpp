@@ -312,7 +312,6 @@ SF_VNNI bool make_q8_planes(const float* x, int64_t k64, Q8Planes& p) {
   return unfinished == 0;
 }
 
-
 // One row's chunk of 64 weights (two blocks; `scale` holds, lanes 0-7 and 8-15, each block's weight scale times
 // x's): acc += the dequantized chunk times x's.
 SF_VNNI inline void q8_chunk_vnni(const int8_t* r, __m512i h, __m512i m, __m512i l, __mmask64 neg, __m512 scale,
