@@ -16,6 +16,7 @@
 #include "models/lab/make_model.h"
 #include "models/nn/gemv.h"
 #include "models/nn/quant.h"
+#include "models/nn/tiled_attention.h"
 #include "models/nn/runtime.h"
 #include "models/stream/stream.h"
 #include "tests/test_util.h"
@@ -230,6 +231,100 @@ TEST_CASE("attention of one query over a strided cache with masked slots equals 
     }
   }
   at::set_num_threads(threads_before);
+}
+
+TEST_CASE("attention of many queries in tiles equals a float64 reference for every mask class", "[kernels]") {
+  c10::InferenceMode guard;
+  at::manual_seed(16);
+  if (!tiled_attention_ok(at::zeros({2, 2, 16}), at::zeros({1, 2, 16}), at::zeros({1, 2, 16}))) {
+    WARN("no AVX-512 here: the tiled attention kernel is not run (attend takes the general path)");
+    return;
+  }
+  const float inf = std::numeric_limits<float>::infinity();
+  const int threads_before = at::get_num_threads();
+  // (H, KV, T, E, dh, threads): one to four query heads per KV head, tiles and key blocks with tails, head sizes
+  // 16-256, on one thread and on more.
+  for (const auto& [h, kv, t, e, dh, threads] : std::vector<std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int>>{
+           {2, 2, 2, 2, 16, 1}, {6, 2, 37, 37, 64, 1}, {9, 3, 70, 200, 64, 2}, {8, 2, 33, 97, 128, 1},
+           {4, 1, 17, 130, 256, 3}, {4, 2, 5, 300, 80, 1}, {3, 3, 64, 64, 32, 2}}) {
+    at::set_num_threads(threads);
+    // Keys and values: the first e slots of a [KV, cap, dh] buffer, as KvCache::layer_kv returns them; queries as
+    // the model passes them (a transposed view).
+    const int64_t cap = e + 11;
+    const at::Tensor kbuf = at::randn({kv, cap, dh}), vbuf = at::randn({kv, cap, dh});
+    const at::Tensor k = kbuf.narrow(1, 0, e), v = vbuf.narrow(1, 0, e);
+    const at::Tensor q = at::randn({t, h, dh}).transpose(0, 1);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(dh));
+    // Masks: none; causal at the end of the cache (the new rows are the last t slots); causal within a window;
+    // causal with holes (slots no row sees, and slots some rows do not) and a finite bias.
+    const int64_t first = e - t;
+    at::Tensor causal = at::zeros({t, e});
+    for (int64_t i = 0; i < t; ++i)
+      for (int64_t s = first + i + 1; s < e; ++s) causal[i][s] = -inf;
+    at::Tensor window = causal.clone();
+    for (int64_t i = 0; i < t; ++i)
+      for (int64_t s = 0; s < e; ++s)
+        if (first + i - s >= 7) window[i][s] = -inf;
+    at::Tensor holes = causal.clone();
+    for (int64_t s = 4; s < first; s += 5) holes.select(1, s).fill_(-inf);
+    for (int64_t i = 1; i < t; i += 3) holes[i][(first + i) / 2] = -inf;  // each row keeps its own slot
+    holes.select(1, 1).add_(0.5);
+    const at::Tensor kr = k.repeat_interleave(h / kv, 0).to(at::kDouble),
+                     vr = v.repeat_interleave(h / kv, 0).to(at::kDouble);
+    for (const auto& [name, mask] : std::vector<std::pair<std::string, at::Tensor>>{
+             {"none", at::Tensor()}, {"causal", causal}, {"window", window}, {"holes", holes}}) {
+      at::Tensor s = at::bmm(q.to(at::kDouble), kr.transpose(1, 2)) * scale;  // [H, T, E]
+      if (mask.defined()) s = s + mask.to(at::kDouble);
+      const at::Tensor ref = at::bmm(at::softmax(s, -1), vr).transpose(0, 1).reshape({t, h * dh});
+      const at::Tensor out = tiled_attention(q, k, v, visible_from_mask(mask, t, e), scale);
+      INFO("h " << h << " kv " << kv << " t " << t << " e " << e << " dh " << dh << " threads " << threads << " mask "
+                << name);
+      CHECK(out.sizes() == ref.sizes());
+      CHECK(rel_err(out.to(at::kDouble), ref) < 1e-5);
+      // attend (the model's path) takes the tiled kernel for these and gives the same.
+      CHECK(test::max_abs_diff(attend(q, k, v, mask, scale), out) == 0.0);
+    }
+    // A fresh causal sequence (attend_causal, the full forward): the same as the causal mask over e = t keys.
+    const at::Tensor kc = kbuf.narrow(1, 0, t), vc = vbuf.narrow(1, 0, t);
+    at::Tensor sc = at::bmm(q.to(at::kDouble), kc.repeat_interleave(h / kv, 0).to(at::kDouble).transpose(1, 2)) * scale;
+    sc = sc.masked_fill(at::ones({t, t}, at::kBool).triu(1), -inf);
+    const at::Tensor ref_c =
+        at::bmm(at::softmax(sc, -1), vc.repeat_interleave(h / kv, 0).to(at::kDouble)).transpose(0, 1).reshape({t, h * dh});
+    const at::Tensor out_c = attend_causal(q.unsqueeze(0), kc.unsqueeze(0), vc.unsqueeze(0), scale, 0, 0.0);
+    CHECK(rel_err(out_c[0].to(at::kDouble), ref_c) < 1e-5);
+  }
+  at::set_num_threads(threads_before);
+  // A row that sees no key gives NaN, as the softmax of all -inf does; the other rows are unaffected.
+  const at::Tensor q = at::randn({2, 3, 16}), k = at::randn({1, 4, 16}), v = at::randn({1, 4, 16});
+  at::Tensor mask = at::zeros({3, 4});
+  mask[1].fill_(-inf);
+  const at::Tensor out = tiled_attention(q, k, v, visible_from_mask(mask, 3, 4), 0.25);
+  CHECK(at::isnan(out[1]).all().item<bool>());
+  CHECK(at::isfinite(out[0]).all().item<bool>());
+  CHECK(at::isfinite(out[2]).all().item<bool>());
+  // Wrong shapes are refused, naming what was expected.
+  CHECK_THROWS_WITH(visible_from_mask(at::zeros({2, 4}), 3, 4), Catch::Contains("expected a float32 CPU mask [3, 4]"));
+}
+
+TEST_CASE("a decode step's scaled softmax equals LibTorch's for every row length", "[kernels]") {
+  at::manual_seed(17);
+  const float inf = std::numeric_limits<float>::infinity();
+  for (const int64_t n : {1, 2, 15, 16, 17, 33, 64, 257}) {
+    const int64_t rows = 3, ld = n + 5;
+    const at::Tensor s = at::randn({rows, ld}) * 4;
+    at::Tensor add = at::zeros({n});
+    if (n > 2) add[1] = -inf;
+    if (n > 16) add[n - 1] = -inf;
+    for (const bool masked : {false, true}) {
+      at::Tensor out = s.clone();
+      softmax_scaled_rows(out.data_ptr<float>(), rows, n, ld, 0.37f, masked ? add.data_ptr<float>() : nullptr);
+      at::Tensor x = s.narrow(1, 0, n).to(at::kDouble) * 0.37f;
+      if (masked) x = x + add.to(at::kDouble);
+      INFO("n " << n << " masked " << masked);
+      CHECK(rel_err(out.narrow(1, 0, n).to(at::kDouble), at::softmax(x, -1)) < 1e-6);
+      CHECK(test::max_abs_diff(out.narrow(1, n, ld - n), s.narrow(1, n, ld - n)) == 0.0);  // beyond n: untouched
+    }
+  }
 }
 
 namespace {

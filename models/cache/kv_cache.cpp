@@ -3,7 +3,10 @@
 #include "models/io/field_error.h"
 #include "models/io/limits.h"
 
+#include <ATen/core/grad_mode.h>
+
 #include <algorithm>
+#include <cstring>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -379,17 +382,37 @@ at::Tensor KvCache::attention_mask(const StepPlan& plan, int64_t window) const {
   return k_.device().is_cpu() ? mask : mask.to(k_.device());
 }
 
+namespace {
+
+// cache[layer, :, slot, :] = row[:, 0, :] by memcpy where both are float32 CPU tensors with contiguous head rows and
+// no autograd is involved; false (nothing written) otherwise.
+bool copy_row_raw(const at::Tensor& cache, int64_t layer, int64_t slot, const at::Tensor& row) {
+  if (!cache.device().is_cpu() || !row.device().is_cpu() || cache.scalar_type() != at::kFloat ||
+      row.scalar_type() != at::kFloat || cache.dim() != 4 || row.dim() != 3 || cache.stride(3) != 1 ||
+      row.stride(2) != 1 || row.size(0) != cache.size(1) || row.size(2) != cache.size(3) ||
+      (at::GradMode::is_enabled() && row.requires_grad()))
+    return false;
+  float* dst = cache.data_ptr<float>() + layer * cache.stride(0) + slot * cache.stride(2);
+  const float* src = row.data_ptr<float>();
+  const size_t bytes = static_cast<size_t>(row.size(2)) * sizeof(float);
+  for (int64_t j = 0; j < row.size(0); ++j) std::memcpy(dst + j * cache.stride(1), src + j * row.stride(0), bytes);
+  return true;
+}
+
+}  // namespace
+
 void KvCache::store(int64_t layer, const StepPlan& plan, const at::Tensor& k_raw, const at::Tensor& k_rot,
                     const at::Tensor& v) {
-  at::Tensor kl = k_.select(0, layer);
-  at::Tensor vl = v_.select(0, layer);
   const bool naive = rope_ && config_.scheme == PositionScheme::naive;
   const at::Tensor& k = naive ? k_raw : k_rot;
   const auto& slots = plan.write_slots;
-  if (slots.size() == 1) {
-    kl.select(1, slots[0]).copy_(k.select(1, 0));
-    vl.select(1, slots[0]).copy_(v.select(1, 0));
+  if (slots.size() == 1 && copy_row_raw(k_, layer, slots[0], k) && copy_row_raw(v_, layer, slots[0], v)) {
+    // a decode step's key and value, written without LibTorch ops
+  } else if (slots.size() == 1) {
+    k_.select(0, layer).select(1, slots[0]).copy_(k.select(1, 0));
+    v_.select(0, layer).select(1, slots[0]).copy_(v.select(1, 0));
   } else {
+    at::Tensor kl = k_.select(0, layer), vl = v_.select(0, layer);
     put(kl, 1, slots, k);
     put(vl, 1, slots, v);
   }

@@ -5,6 +5,7 @@
 
 #include "models/nn/amx.h"
 #include "models/nn/gemv.h"
+#include "models/nn/tiled_attention.h"
 #include "models/nn/quant.h"
 #include "models/nn/runtime.h"
 
@@ -168,19 +169,21 @@ at::Tensor linear_rows(const at::Tensor& x, const at::Tensor& w, const at::Tenso
     });
     return at::cat(outs, -1);
   }
-  const at::Tensor xv = x.reshape({-1}).contiguous();
-  at::Tensor y = at::empty({w.size(0)}, x.options());
+  // A decode step makes seven of these a layer: no LibTorch op here but the result's allocation (each costs ~1 us).
+  const at::Tensor xc = x.is_contiguous() ? at::Tensor() : x.reshape({-1}).contiguous();
+  const float* xv = (xc.defined() ? xc : x).data_ptr<float>();
+  at::Tensor y = x.dim() == 2 ? at::empty({1, w.size(0)}, x.options()) : at::empty({w.size(0)}, x.options());
+  float* yp = y.data_ptr<float>();
   if (w.scalar_type() == at::kFloat) {
-    gemv_f32(w.data_ptr<float>(), xv.data_ptr<float>(), y.data_ptr<float>(), w.size(0), w.size(1));
+    gemv_f32(w.data_ptr<float>(), xv, yp, w.size(0), w.size(1));
   } else if (q8) {
-    gemv_q8(w.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(w_scales.data_ptr<at::Half>()), xv.data_ptr<float>(),
-            y.data_ptr<float>(), w.size(0), w.size(1));
+    gemv_q8(w.data_ptr<int8_t>(), reinterpret_cast<const uint16_t*>(w_scales.data_ptr<at::Half>()), xv, yp, w.size(0),
+            w.size(1));
   } else {
-    gemv_bf16(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), xv.data_ptr<float>(), y.data_ptr<float>(),
-              w.size(0), w.size(1));
+    gemv_bf16(reinterpret_cast<const uint16_t*>(w.data_ptr<at::BFloat16>()), xv, yp, w.size(0), w.size(1));
   }
-  if (b.defined()) y.add_(b.to(at::kFloat));
-  return x.dim() == 2 ? y.unsqueeze(0) : y;
+  if (b.defined()) y.add_(b.scalar_type() == at::kFloat ? b : b.to(at::kFloat));
+  return y;
 }
 
 at::Tensor linear_rows_t(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
@@ -223,7 +226,7 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   const int64_t parts =
       threads > kv ? std::max<int64_t>(1, std::min((threads + kv - 1) / kv, e / kMinRowsPerPart)) : 1;
   const auto rows_of = [&](int64_t p) { return std::pair<int64_t, int64_t>{e * p / parts, e * (p + 1) / parts}; };
-  const at::Tensor qc = q.reshape({h, dh}).contiguous();
+  const at::Tensor qc = q.is_contiguous() ? q : q.reshape({h, dh}).contiguous();
   at::Tensor scores = at::empty({h, e}, q.options());
   const float* qp = qc.data_ptr<float>();
   float* sp = scores.data_ptr<float>();
@@ -235,10 +238,17 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
     attend_scores_f32(kp + j * k.stride(0) + r0 * k.stride(1), k.stride(1), qp + j * g * dh, sp + j * g * e + r0, g,
                       dh, e, r1 - r0, dh);
   });
-  scores.mul_(scale);
-  softcap_(scores, softcap);
-  if (mask.defined()) scores.add_(mask.reshape({1, e}));
-  const at::Tensor probs = at::softmax(scores, -1).contiguous();
+  const bool mask_row = !mask.defined() || (mask.numel() == e && mask.scalar_type() == at::kFloat &&
+                                            mask.device().is_cpu() && mask.is_contiguous());
+  at::Tensor probs = scores;
+  if (softcap > 0.0 || !mask_row) {
+    scores.mul_(scale);
+    softcap_(scores, softcap);
+    if (mask.defined()) scores.add_(mask.reshape({1, e}));
+    probs = at::softmax(scores, -1).contiguous();
+  } else {
+    softmax_scaled_rows(sp, h, e, e, static_cast<float>(scale), mask.defined() ? mask.data_ptr<float>() : nullptr);
+  }
   at::Tensor out = at::empty({parts, h * dh}, q.options());
   const float* pp = probs.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
@@ -259,6 +269,11 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   if (attend_one_ok(q, k, v)) return attend_one(q, k, v, mask, scale, softcap);
   const int64_t h = q.size(0), t = q.size(1), dh = q.size(2);
   const int64_t kv = k.size(0), e = k.size(1);
+  const bool mask_rows = !mask.defined() || (mask.dim() == 2 && mask.size(0) == t && mask.size(1) == e &&
+                                             mask.scalar_type() == at::kFloat && mask.device().is_cpu() &&
+                                             mask.stride(1) == 1);
+  if (softcap <= 0.0 && mask_rows && tiled_attention_ok(q, k, v))
+    return tiled_attention(q, k, v, visible_from_mask(mask, t, e), scale);
   const int64_t g = h / kv;
   at::Tensor qg = q.reshape({kv, g * t, dh});
   at::Tensor scores = at::bmm(qg, k.transpose(1, 2));  // [KV, G*T, E]
@@ -274,6 +289,12 @@ at::Tensor attend_causal(const at::Tensor& q, const at::Tensor& k, const at::Ten
                          int64_t window, double softcap) {
   const int64_t b = q.size(0), h = q.size(1), t = q.size(2), dh = q.size(3);
   const int64_t kv = k.size(1);
+  if (softcap <= 0.0 && b > 0 && tiled_attention_ok(q[0], k[0], v[0])) {
+    const VisibleKeys keys = visible_causal(t, window);
+    std::vector<at::Tensor> outs;
+    for (int64_t i = 0; i < b; ++i) outs.push_back(tiled_attention(q[i], k[i], v[i], keys, scale));
+    return at::stack(outs);
+  }
   const int64_t g = h / kv;
   at::Tensor qg = q.view({b, kv, g, t, dh});
   at::Tensor scores = at::matmul(qg, k.unsqueeze(2).transpose(-1, -2)).to(at::kFloat) * scale;  // [B,KV,G,T,T]
