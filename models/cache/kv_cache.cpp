@@ -118,9 +118,8 @@ int64_t KvCache::ring_slot(int64_t k) const { return recent_begin() + (ring_star
 
 int64_t KvCache::extent() const {
   if (ring_count_ == config_.n_recent) return capacity();
-  int64_t e = 0;
-  for (int64_t k = 0; k < ring_count_; ++k) e = std::max(e, ring_slot(k) + 1);
-  if (e > 0) return e;
+  // The window's slots are ring_slot(0 .. ring_count_ - 1): the last one, or the window's end once they wrap.
+  if (ring_count_ > 0) return recent_begin() + std::min(ring_start_ + ring_count_, config_.n_recent);
   for (int64_t s = recent_begin() - 1; s >= 0; --s) {
     if (used_[s]) return s + 1;
   }
