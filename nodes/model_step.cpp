@@ -41,6 +41,13 @@ ModelStepConfig ModelStepConfig::from_params(const ParamMap& params, const std::
     n.read("n_memory", c.cache.n_memory);
     n.read("n_recent", c.cache.n_recent);
     n.read("evict_block", c.cache.evict_block);
+    std::string kv_dtype = "auto";
+    n.read("kv_dtype", kv_dtype);
+    try {
+      c.cache.kv_dtype = parse_kv_dtype(kv_dtype);
+    } catch (const std::invalid_argument&) {
+      c.origin.fail("cache.kv_dtype", "auto, float32, bfloat16 or float16", kv_dtype);
+    }
   });
   r.read("prefill_block", c.prefill_block);
   r.read("max_new_tokens", c.max_new_tokens);

@@ -228,6 +228,11 @@ TEST_CASE("attention of one query over a strided cache with masked slots equals 
       INFO("kv " << kv << " e " << e << " threads " << threads << " masked " << masked);
       CHECK(out.sizes() == ref.sizes());
       CHECK(rel_err(out.to(at::kDouble), ref) < 1e-5);
+      // A bfloat16 cache (read in widened blocks): as float32 keys and values that hold the rounded values.
+      const at::Tensor kb = kbuf.to(at::kBFloat16).narrow(1, 0, e), vb = vbuf.to(at::kBFloat16).narrow(1, 0, e);
+      const at::Tensor out_b = attend(q, kb, vb, masked ? mask : at::Tensor(), scale);
+      const at::Tensor ref_b = attend(q, kb.to(at::kFloat), vb.to(at::kFloat), masked ? mask : at::Tensor(), scale);
+      CHECK(rel_err(out_b.to(at::kDouble), ref_b.to(at::kDouble)) < 1e-6);
     }
   }
   at::set_num_threads(threads_before);
@@ -283,6 +288,11 @@ TEST_CASE("attention of many queries in tiles equals a float64 reference for eve
       CHECK(rel_err(out.to(at::kDouble), ref) < 1e-5);
       // attend (the model's path) takes the tiled kernel for these and gives the same.
       CHECK(test::max_abs_diff(attend(q, k, v, mask, scale), out) == 0.0);
+      // A bfloat16 cache: the same as float32 keys and values that hold the rounded values.
+      const at::Tensor kb = kbuf.to(at::kBFloat16).narrow(1, 0, e), vb = vbuf.to(at::kBFloat16).narrow(1, 0, e);
+      CHECK(test::max_abs_diff(tiled_attention(q, kb, vb, visible_from_mask(mask, t, e), scale),
+                               tiled_attention(q, kb.to(at::kFloat), vb.to(at::kFloat),
+                                               visible_from_mask(mask, t, e), scale)) == 0.0);
     }
     // A fresh causal sequence (attend_causal, the full forward): the same as the causal mask over e = t keys.
     const at::Tensor kc = kbuf.narrow(1, 0, t), vc = vbuf.narrow(1, 0, t);

@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include "models/cache/kv_cache.h"
+#include "models/nn/runtime.h"
 #include "models/stream/stream.h"
 #include "tests/test_util.h"
 
@@ -263,6 +264,54 @@ TEST_CASE("bad cache configuration fails with a clear message", "[kv_cache][erro
   c.evict_block = 2000;
   REQUIRE_THROWS_WITH(c.validate(llama, "cache"), Catch::Contains("evict_block must be in [1, n_recent=1020], found 2000"));
   REQUIRE_THROWS_WITH(parse_policy("streaming"), Catch::Contains("expected dense, window, sink, recompute, kv-align or cluster"));
+}
+
+TEST_CASE("a bfloat16 KV cache keeps bfloat16 and decodes close to a float32 one", "[kv_cache]") {
+  c10::InferenceMode guard;
+  for (const auto& cfg : {test::tiny_llama_config(), test::tiny_gpt2_config()}) {
+    auto d = test::random_decoder(cfg, 31);
+    const auto tokens = test::random_tokens(120, 97, 32);
+    // Sinks and a window that overflows (re-rotated sinks, evictions), a 40-token prefill, then one token a step;
+    // and the cluster policy, whose centroids come from evicted K/V.
+    for (const Policy policy : {Policy::sink, Policy::cluster}) {
+      StreamConfig f32;
+      f32.policy = policy;
+      f32.cache.n_sink = 4;
+      f32.cache.n_memory = policy == Policy::cluster ? 4 : 0;
+      f32.cache.n_recent = 40;
+      StreamConfig bf16 = f32;
+      bf16.cache.kv_dtype = at::kBFloat16;
+      StreamSession a(d, f32), b(d, bf16);
+      CHECK(a.cache().kv_dtype() == at::kFloat);
+      CHECK(b.cache().kv_dtype() == at::kBFloat16);
+      const std::vector<int64_t> prefill(tokens.begin(), tokens.begin() + 40);
+      double diff = test::max_abs_diff(a.feed(prefill), b.feed(prefill)), scale = 0;
+      for (size_t i = 40; i < tokens.size(); ++i) {
+        const at::Tensor la = a.feed({tokens[i]}), lb = b.feed({tokens[i]});
+        diff = std::max(diff, test::max_abs_diff(la, lb));
+        scale = std::max(scale, la.abs().max().item<double>());
+      }
+      INFO(cfg.model_type << " policy " << static_cast<int>(policy) << " max |logit| " << scale << " max diff " << diff);
+      CHECK(diff > 0.0);  // the keys and values were rounded
+      CHECK(diff < 0.02 * std::max(1.0, scale));
+      for (const auto& [name, t] : b.cache().state_tensors())
+        if (name == "k" || name == "v") CHECK(t.scalar_type() == at::kBFloat16);
+      // A float32 stream's state is not taken into a bfloat16 one (cluster streams are not saved at all).
+      if (policy == Policy::sink) {
+        std::map<std::string, at::Tensor> state;
+        for (const auto& [name, t] : a.state_tensors()) state.emplace(name, t);
+        StreamSession c(d, bf16);
+        REQUIRE_THROWS_WITH(c.restore_state(state, "snap"), Catch::Contains("snap: tensor 'k': expected BFloat16"));
+      }
+    }
+  }
+  CacheConfig c;
+  c.kv_dtype = at::kChar;
+  REQUIRE_THROWS_WITH(c.validate(test::tiny_llama_config(), "cache"),
+                      Catch::Contains("kv_dtype must be float32, bfloat16 or float16, found Char"));
+  REQUIRE_THROWS_WITH(parse_kv_dtype("int8"), Catch::Contains("unknown KV cache dtype 'int8'"));
+  CHECK(parse_kv_dtype("auto") == at::ScalarType::Undefined);
+  CHECK(parse_kv_dtype("bf16") == at::kBFloat16);
 }
 
 TEST_CASE("a dense cache that is full refuses more tokens", "[kv_cache][errors]") {

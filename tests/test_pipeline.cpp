@@ -193,6 +193,10 @@ TEST_CASE("an unknown model-step parameter names its file and line", "[pipeline]
   REQUIRE_THROWS_WITH(Pipeline(stream_spec({"model.policy=streaming"}, (dir / "mem").string()).pipeline, builtin()),
                       Catch::Contains("parameter 'policy'") &&
                           Catch::Contains("one of dense, window, sink, recompute, kv-align, cluster"));
+  // The KV cache's dtype: a name it does not know, and what it expected.
+  REQUIRE_THROWS_WITH(Pipeline(stream_spec({"model.cache.kv_dtype=int8"}, (dir / "mem").string()).pipeline, builtin()),
+                      Catch::Contains("--set model.cache.kv_dtype=int8") && Catch::Contains("cache.kv_dtype") &&
+                          Catch::Contains("auto, float32, bfloat16 or float16"));
 }
 
 TEST_CASE("numeric node parameters past their limits name the parameter with its value and limit", "[pipeline]") {

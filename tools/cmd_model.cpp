@@ -82,6 +82,7 @@ void run_generate(const GenerateArgs& a) {
   sc.policy = parse_policy(a.policy);
   sc.cache.n_sink = a.sinks;
   sc.cache.n_recent = resolve_window(a.window, a.sinks, m.decoder->config());
+  sc.cache.kv_dtype = parse_kv_dtype(a.rt.kv_dtype);
   // kv-align realigns with the networks the model folder ships (MODEL/kv-align) unless --kv-align names others.
   if (sc.policy == Policy::kv_align) sc.kv_align = KvAlign::load_for(a.model, a.kv_align);
   SamplerConfig sampling = a.sampler;
@@ -179,6 +180,7 @@ void add_model_commands(CLI::App& app) {
   gen->add_option("--seed", g->sampler.seed, "sampling seed")->capture_default_str();
   gen->add_flag("--json", g->json, "print a JSON summary line at the end");
   g->rt.add_to(*gen);
+  g->rt.add_kv_dtype_to(*gen);
   gen->callback([g, gen] {
     g->sampling_given = gen->count("--temperature") + gen->count("--top-k") + gen->count("--top-p") > 0;
     run_generate(*g);

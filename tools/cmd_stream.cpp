@@ -81,6 +81,7 @@ void run_ppl(const PplArgs& a) {
   sc.cache.n_memory = a.memory;
   sc.cache.n_recent = resolve_window(a.window, a.sinks, m.decoder->config());
   sc.cache.evict_block = a.evict_block;
+  sc.cache.kv_dtype = parse_kv_dtype(a.rt.kv_dtype);
   if (sc.policy == Policy::kv_align) {
     sc.kv_align = KvAlign::load_for(a.model, a.kv_align);
   }
@@ -153,6 +154,7 @@ std::unique_ptr<StreamSession> filled_session(const std::shared_ptr<Decoder>& d,
   sc.cache.n_memory = policy == Policy::cluster ? a.memory : 0;
   sc.cache.n_recent = cache - sc.cache.n_sink - sc.cache.n_memory;
   if (policy != Policy::dense) sc.cache.evict_block = a.evict_block;
+  sc.cache.kv_dtype = parse_kv_dtype(a.rt.kv_dtype);
   sc.kv_align = kv_align;
   if (policy == Policy::dense) sc.cache.n_recent = cache + extra;  // never full while timed
   sc.prefill_block = policy == Policy::recompute ? cache : a.prefill_block;
@@ -174,7 +176,7 @@ double timed_step(StreamSession& s, int64_t token) {
 
 // Bytes a one-token step must read, at the least: every matrix once (the token embedding: one row, unless it is
 // also the output projection) and every cached key and value.
-double decode_bytes(const Decoder& d, int64_t cache) {
+double decode_bytes(const Decoder& d, int64_t cache, at::ScalarType kv_dtype) {
   const ModelConfig& c = d.config();
   double bytes = 0;
   for (const auto& [name, p] : d.named_parameters()) {
@@ -187,7 +189,7 @@ double decode_bytes(const Decoder& d, int64_t cache) {
     const double scales = p.scalar_type() == at::kChar ? 2.0 * q8_blocks(p.size(1)) : 0.0;
     bytes += static_cast<double>(rows) * (row + scales);
   }
-  const double kv_elem = static_cast<double>(c10::elementSize(d.dtype()));
+  const double kv_elem = static_cast<double>(c10::elementSize(kv_dtype));
   return bytes + 2.0 * static_cast<double>(c.n_layer * c.n_kv_head * c.d_head * cache) * kv_elem;
 }
 
@@ -287,13 +289,15 @@ void run_bench_latency(const LatencyArgs& a) {
       for (double v : cell.ms) sum += v;
       mean[key] = cell.ms.empty() ? 0 : sum / static_cast<double>(cell.ms.size());
       const double fill_rate = static_cast<double>(cache) / std::max(cell.fill_s, 1e-9);
-      const double floor_ms = bandwidth > 0 ? 1000.0 * decode_bytes(*cell.decoder, cache) / bandwidth : 0.0;
+      const at::ScalarType kv_dtype = cell.session->cache().kv_dtype();
+      const double floor_ms = bandwidth > 0 ? 1000.0 * decode_bytes(*cell.decoder, cache, kv_dtype) / bandwidth : 0.0;
       std::fprintf(table, "%8ld %9s %10s %9.3f %9.3f %9.3f %6zu %9.1f %9.2f %8.2f\n", static_cast<long>(cache),
                    cell.dtype.c_str(), cell.policy.c_str(), p50[key], p90, mean[key], cell.ms.size(), fill_rate,
                    floor_ms, floor_ms > 0 ? p50[key] / floor_ms : 0.0);
       rows.push_back({{"cache", cache}, {"dtype", cell.dtype}, {"policy", cell.policy}, {"p50_ms", p50[key]},
                       {"p90_ms", p90}, {"mean_ms", mean[key]}, {"steps", cell.ms.size()},
-                      {"evict_block", a.evict_block}, {"fill_tokens_per_s", fill_rate}, {"floor_ms", floor_ms}});
+                      {"evict_block", a.evict_block}, {"fill_tokens_per_s", fill_rate}, {"floor_ms", floor_ms},
+                      {"kv_dtype", dtype_name(kv_dtype)}});
     }
     for (const std::string& dt : dtype_names) {
       const std::string n = dt + "/";
@@ -336,6 +340,7 @@ void run_bench_stream(const StreamBenchArgs& a) {
   StreamConfig sc;
   sc.cache.n_sink = a.sinks;
   sc.cache.n_recent = a.cache - a.sinks;
+  sc.cache.kv_dtype = parse_kv_dtype(a.rt.kv_dtype);
   StreamSession s(d, sc);
   std::vector<int64_t> marks = parse_list(a.checkpoints, "--checkpoints");
   std::mt19937_64 rng(11);
@@ -386,6 +391,7 @@ void add_stream_commands(CLI::App& app) {
   ppl->add_option("--csv", p->csv, "write per-token NLL to this CSV file");
   ppl->add_flag("--json", p->json, "print a JSON summary line");
   p->rt.add_to(*ppl);
+  p->rt.add_kv_dtype_to(*ppl);
   ppl->callback([p] { run_ppl(*p); });
 
   CLI::App* bench = bench_command(app);
@@ -405,6 +411,7 @@ void add_stream_commands(CLI::App& app) {
   lat->add_option("--prefill-block", l->prefill_block, "tokens per forward when filling a cache (recompute: the whole cache)")->capture_default_str()->check(CLI::PositiveNumber);
   lat->add_flag("--json", l->json, "print a JSON summary line");
   l->rt.add_to(*lat);
+  l->rt.add_kv_dtype_to(*lat);
   lat->callback([l] { run_bench_latency(*l); });
 
   auto st = std::make_shared<StreamBenchArgs>();
@@ -415,6 +422,7 @@ void add_stream_commands(CLI::App& app) {
   str->add_option("--checkpoints", st->checkpoints, "token counts at which to report")->capture_default_str();
   str->add_flag("--json", st->json, "print a JSON summary line");
   st->rt.add_to(*str);
+  st->rt.add_kv_dtype_to(*str);
   str->callback([st] { run_bench_stream(*st); });
 }
 

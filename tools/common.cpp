@@ -27,6 +27,21 @@ void RuntimeOptions::add_to(CLI::App& app) {
   app.add_option("--threads", threads, "LibTorch/OpenBLAS intra-op threads")->capture_default_str();
 }
 
+void RuntimeOptions::add_kv_dtype_to(CLI::App& app) {
+  app.add_option("--kv-dtype", kv_dtype,
+                 "KV cache elements: auto (the model's dtype), float32, bfloat16 (half the bytes a step reads) or "
+                 "float16")
+      ->capture_default_str()
+      ->check([](const std::string& v) {
+        try {
+          parse_kv_dtype(v);
+          return std::string();
+        } catch (const std::invalid_argument& e) {
+          return std::string(e.what());
+        }
+      });
+}
+
 void RuntimeOptions::apply() const { configure_threads(threads); }
 
 LoadedModel load_model(const std::string& dir, const RuntimeOptions& rt) {

@@ -19,7 +19,9 @@ struct RuntimeOptions {
   std::string device = "cpu";   // cpu | cuda | cuda:N | mps
   std::string dtype = "auto";   // auto (float32 on CPU, float16 on GPUs) | float32 | float16 | bfloat16 | int8 (CPU)
   int threads = 1;              // LibTorch intra-op threads (and OpenBLAS); 1 leaves a core to the memory path
+  std::string kv_dtype = "auto";  // the KV cache's elements: auto (the model's dtype) | float32 | bfloat16 | float16
   void add_to(CLI::App& app);
+  void add_kv_dtype_to(CLI::App& app);  // --kv-dtype, for the commands that build a stream's cache
   void apply() const;           // configures threads
 };
 

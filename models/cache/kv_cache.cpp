@@ -59,6 +59,10 @@ void CacheConfig::validate(const std::string& where) const {
   if (evict_block < 1 || evict_block > n_recent) {
     fail("evict_block", "evict_block must be in [1, n_recent=" + str(n_recent) + "], found " + str(evict_block));
   }
+  if (kv_dtype != at::ScalarType::Undefined && kv_dtype != at::kFloat && kv_dtype != at::kBFloat16 &&
+      kv_dtype != at::kHalf)
+    fail("kv_dtype",
+         std::string("kv_dtype must be float32, bfloat16 or float16, found ") + c10::toString(kv_dtype));
 }
 
 void CacheConfig::validate(const ModelConfig& model, const std::string& where) const {
@@ -86,18 +90,19 @@ void CacheConfig::validate(const ModelConfig& model, const std::string& where) c
 
 KvCache::KvCache(const ModelConfig& model, const CacheConfig& config, const Rope* rope, at::Device device,
                  at::ScalarType dtype)
-    : model_(model), config_(config), rope_(rope), n_layer_(model.n_layer) {
+    : model_(model), config_(config), rope_(rope), n_layer_(model.n_layer), compute_dtype_(dtype) {
   config_.validate(model, "kv_cache");
   const int64_t cap = capacity();
   const auto opts = at::TensorOptions().dtype(dtype).device(device);
-  k_ = at::zeros({n_layer_, model.n_kv_head, cap, model.d_head}, opts);
-  v_ = at::zeros({n_layer_, model.n_kv_head, cap, model.d_head}, opts);
+  const auto kv_opts = config_.kv_dtype == at::ScalarType::Undefined ? opts : opts.dtype(config_.kv_dtype);
+  k_ = at::zeros({n_layer_, model.n_kv_head, cap, model.d_head}, kv_opts);
+  v_ = at::zeros({n_layer_, model.n_kv_head, cap, model.d_head}, kv_opts);
   if (rope_ && config_.scheme == PositionScheme::fast && config_.n_sink + config_.n_memory > 0) {
     k_raw_ = at::zeros({n_layer_, model.n_kv_head, config_.n_sink + config_.n_memory, model.d_head}, opts);
   }
   if (config_.keep_originals) {
-    k_orig_ = at::zeros_like(k_);
-    v_orig_ = at::zeros_like(v_);
+    k_orig_ = at::zeros({n_layer_, model.n_kv_head, cap, model.d_head}, opts);
+    v_orig_ = at::zeros({n_layer_, model.n_kv_head, cap, model.d_head}, opts);
     orig_index_.assign(cap, -1);
     aligned_index_.assign(cap, -1);
   }
@@ -211,13 +216,14 @@ EvictedSpan KvCache::apply(const StepPlan& plan) {
       span.positions.push_back(slot_pos_[s]);
     }
     if (config_.evict_kv) {
-      at::Tensor k = take(k_, 2, plan.evict_slots);
+      at::Tensor k = take(k_, 2, plan.evict_slots).to(compute_dtype_);
       if (rope_ && config_.scheme == PositionScheme::fast) k = rope_->rotate_layers(k, [&] {
           std::vector<int64_t> neg;
           for (int64_t p : span.positions) neg.push_back(-p);
           return neg;
         }());
-      span.kv = at::stack({k, take(v_, 2, plan.evict_slots)}, 1).contiguous();  // [L, 2, KV, n, dh]
+      // [L, 2, KV, n, dh], in the model's dtype whatever the cache keeps
+      span.kv = at::stack({k, take(v_, 2, plan.evict_slots).to(compute_dtype_)}, 1).contiguous();
     }
     for (int64_t s : plan.evict_slots) {
       slot_token_[s] = -1;
@@ -306,8 +312,8 @@ void KvCache::apply(const MemoryWrite& write) {
       throw std::invalid_argument("kv_cache: memory write to slot " + str(s) + " which is not a free memory slot");
     }
   }
-  at::Tensor k = write.kv.select(1, 0).to(k_.device(), k_.scalar_type());
-  at::Tensor v = write.kv.select(1, 1).to(v_.device(), v_.scalar_type());
+  at::Tensor k = write.kv.select(1, 0).to(k_.device(), compute_dtype_);
+  at::Tensor v = write.kv.select(1, 1).to(v_.device(), compute_dtype_);
   if (rope_ && config_.scheme == PositionScheme::fast) {
     std::vector<int64_t> raw_slots(write.slots);
     put(k_raw_, 2, raw_slots, k);
@@ -432,6 +438,7 @@ std::pair<at::Tensor, at::Tensor> KvCache::layer_kv(int64_t layer) const {
   at::Tensor k = k_.select(0, layer).narrow(1, 0, e);
   at::Tensor v = v_.select(0, layer).narrow(1, 0, e);
   if (rope_ && config_.scheme == PositionScheme::naive) {
+    k = k.to(compute_dtype_);
     // Every key rotated to its in-cache index (empty slots: anything, they are masked).
     std::vector<int64_t> idx = in_cache_index();
     idx.resize(e);

@@ -44,6 +44,10 @@ struct CacheConfig {
   bool allow_evict = true;   // false: a full cache is an error (the dense policy)
   bool keep_originals = false;  // KV-Align: also keep each token's K/V as first computed (learned positions only)
   PositionScheme scheme = PositionScheme::fast;  // RoPE models only
+  // Element type of the cached keys and values: Undefined = the model's dtype; float32, bfloat16 or float16.
+  // bfloat16 halves what a decode step reads from the cache (llama.cpp keeps float16 by default); attention still
+  // computes in the model's dtype, and keys kept for re-rotation or KV-Align stay in it.
+  at::ScalarType kv_dtype = at::ScalarType::Undefined;
 
   int64_t capacity() const { return n_sink + n_memory + n_recent; }
   // The sizes alone: FieldError (a std::invalid_argument) naming `where` ("" = none), the field and the
@@ -86,6 +90,7 @@ class KvCache {
   const CacheConfig& config() const { return config_; }
   int64_t capacity() const { return config_.capacity(); }
   int64_t n_layer() const { return n_layer_; }
+  at::ScalarType kv_dtype() const { return k_.scalar_type(); }
   bool uses_rope() const { return rope_ != nullptr; }
 
   // Occupied slots in each region and in all.
@@ -168,6 +173,7 @@ class KvCache {
   CacheConfig config_;
   const Rope* rope_;
   int64_t n_layer_;
+  at::ScalarType compute_dtype_;  // the model's: what evicted K/V and re-rotated keys are computed in
   at::Tensor k_;      // [n_layer, n_kv_head, capacity, d_head]; rotated (fast) or un-rotated (naive)
   at::Tensor v_;      // [n_layer, n_kv_head, capacity, d_head]
   at::Tensor k_raw_;  // [n_layer, n_kv_head, n_sink + n_memory, d_head], un-rotated (RoPE, fast)

@@ -577,6 +577,32 @@ void dequantize_q8_rows(const int8_t* q, const uint16_t* scales, float* out, int
   });
 }
 
+namespace {
+
+SF_AVX512 void widen_bf16_rows_avx512(const uint16_t* src, int64_t ld, int64_t rows, int64_t d, float* dst) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint16_t* in = src + r * ld;
+    float* out = dst + r * d;
+    int64_t i = 0;
+    for (; i + 16 <= d; i += 16) {
+      const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i)));
+      _mm512_storeu_ps(out + i, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
+    }
+    for (; i < d; ++i) out[i] = bf16_to_float(in[i]);
+  }
+}
+
+}  // namespace
+
+void widen_bf16_rows(const uint16_t* src, int64_t ld, int64_t rows, int64_t d, float* dst) {
+  if (have_avx512()) {
+    widen_bf16_rows_avx512(src, ld, rows, d, dst);
+    return;
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t i = 0; i < d; ++i) dst[r * d + i] = bf16_to_float(src[r * ld + i]);
+}
+
 void parallel_each(int64_t n, const std::function<void(int64_t)>& body) {
   at::parallel_for(0, n, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) body(i);

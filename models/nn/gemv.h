@@ -52,6 +52,10 @@ void gemv_q8(const int8_t* q, const uint16_t* scales, const float* x, float* y, 
 // one pass for products of several rows (prefill).
 void dequantize_q8_rows(const int8_t* q, const uint16_t* scales, float* out, int64_t n, int64_t k);
 
+// dst[r, i] = src[r * ld + i] widened from bfloat16 to float32, for r < rows and i < d (dst rows d apart): blocks
+// of a bfloat16 KV cache for the float32 attention kernels.
+void widen_bf16_rows(const uint16_t* src, int64_t ld, int64_t rows, int64_t d, float* dst);
+
 // Runs body(i) for every i in [0, n), split across LibTorch's intra-op threads (one thread: in order, in the
 // caller). Kernels called inside run on the thread they are called from.
 void parallel_each(int64_t n, const std::function<void(int64_t)>& body);

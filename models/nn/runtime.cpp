@@ -48,6 +48,14 @@ at::ScalarType parse_dtype(const std::string& name, at::Device device) {
   throw std::invalid_argument("unknown dtype '" + name + "': expected float32, float16, bfloat16, int8 or auto");
 }
 
+at::ScalarType parse_kv_dtype(const std::string& name) {
+  if (name == "auto") return at::ScalarType::Undefined;
+  if (name == "float32" || name == "f32" || name == "fp32") return at::kFloat;
+  if (name == "float16" || name == "f16" || name == "fp16") return at::kHalf;
+  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
+  throw std::invalid_argument("unknown KV cache dtype '" + name + "': expected auto, float32, bfloat16 or float16");
+}
+
 std::string dtype_name(at::ScalarType dtype) {
   switch (dtype) {
     case at::kFloat: return "float32";

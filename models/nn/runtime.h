@@ -16,6 +16,9 @@ at::Device parse_device(const std::string& name);
 // "float32" | "float16" | "bfloat16" | "int8" (also f32/f16/bf16/q8_0; "auto" = float32 on CPU, float16 on
 // CUDA/MPS). int8 = at::kChar: int8 matrices with float32 compute (load_decoder).
 at::ScalarType parse_dtype(const std::string& name, at::Device device);
+// The KV cache's element type (CacheConfig::kv_dtype): "auto" (Undefined: the model's dtype) | "float32" |
+// "bfloat16" | "float16" (also f32/bf16/f16). Throws std::invalid_argument for another name.
+at::ScalarType parse_kv_dtype(const std::string& name);
 std::string dtype_name(at::ScalarType dtype);
 
 // LibTorch intra-op threads (OpenMP; n <= 0 keeps LibTorch's default) over one-threaded OpenBLAS: the decode

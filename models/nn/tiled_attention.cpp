@@ -44,7 +44,8 @@ SF_AVX512 inline __m512 exp16(__m512 x) {
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln 2 in two parts (Cody-Waite)
   r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
   __m512 p = _mm512_set1_ps(1.0f / 720);
-  for (const float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+  for (const float c : {1.0f / 120, 1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f})
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
   return _mm512_scalef_ps(p, n);
 }
 
@@ -104,7 +105,9 @@ constexpr std::array<std::array<ValueFn, kMaxVectors>, kMaxRows> kValue = {
     kValueRow<1>, kValueRow<2>, kValueRow<3>, kValueRow<4>, kValueRow<5>, kValueRow<6>};
 
 struct Operands {
-  const float *q, *k, *v;
+  const float* q;
+  const void *k, *v;  // float32, or bfloat16 when `narrow`
+  bool narrow;
   int64_t q_head, q_row, k_head, k_row, v_head, v_row;  // strides, in floats
   int64_t h, g, dh;
   float scale;
@@ -114,7 +117,7 @@ struct Operands {
 // Per thread: the tile's queries transposed [dh, cols], a block's scores [kBlockKeys, cols], the output rows
 // [cols, dh], the running max and sum per column, the block's mask [kBlockKeys, tq].
 struct Buffers {
-  std::vector<float> qt, s, o, m, l, corr, bias;
+  std::vector<float> qt, s, o, m, l, corr, bias, kw, vw;  // kw, vw: a block of a bfloat16 cache, widened
 };
 
 // Rows [t0, t0 + nt) of the query heads of KV head j. Columns: query head i of the group, row tt -> i * tq + tt,
@@ -139,8 +142,10 @@ SF_AVX512 void attend_tile(const Operands& a, const VisibleKeys& keys, int64_t j
     lo = std::min(lo, keys.lo[t]);
     hi = std::max(hi, keys.hi[t]);
   }
-  const float* k_head = a.k + j * a.k_head;
-  const float* v_head = a.v + j * a.v_head;
+  if (a.narrow) {
+    b.kw.resize(static_cast<size_t>(kBlockKeys * dh));
+    b.vw.resize(static_cast<size_t>(kBlockKeys * dh));
+  }
   const int64_t groups = (nvec + kMaxVectors - 1) / kMaxVectors;
   for (int64_t s0 = lo; s0 < hi; s0 += kBlockKeys) {
     const int64_t nb = std::min(kBlockKeys, hi - s0), s1 = s0 + nb;
@@ -150,12 +155,25 @@ SF_AVX512 void attend_tile(const Operands& a, const VisibleKeys& keys, int64_t j
       empty = empty && (s1 <= keys.lo[t] || keys.hi[t] <= s0);
     }
     if (empty) continue;
+    // The block's keys and values (rows ld_k / ld_v apart), widened first from a bfloat16 cache.
+    const float *kb, *vb;
+    int64_t ld_k = a.k_row, ld_v = a.v_row;
+    if (a.narrow) {
+      widen_bf16_rows(static_cast<const uint16_t*>(a.k) + j * a.k_head + s0 * a.k_row, a.k_row, nb, dh, b.kw.data());
+      widen_bf16_rows(static_cast<const uint16_t*>(a.v) + j * a.v_head + s0 * a.v_row, a.v_row, nb, dh, b.vw.data());
+      kb = b.kw.data();
+      vb = b.vw.data();
+      ld_k = ld_v = dh;
+    } else {
+      kb = static_cast<const float*>(a.k) + j * a.k_head + s0 * a.k_row;
+      vb = static_cast<const float*>(a.v) + j * a.v_head + s0 * a.v_row;
+    }
     // Scores of the block, in column groups of up to kMaxVectors vectors.
     for (int64_t r0 = 0; r0 < nb; r0 += kMaxRows) {
       const int64_t rows = std::min<int64_t>(kMaxRows, nb - r0);
       for (int64_t gi = 0; gi < groups; ++gi) {
         const int64_t v0 = nvec * gi / groups, v1 = nvec * (gi + 1) / groups;
-        kScore[rows - 1][v1 - v0 - 1](k_head + (s0 + r0) * a.k_row, a.k_row, b.qt.data() + 16 * v0, cols,
+        kScore[rows - 1][v1 - v0 - 1](kb + r0 * ld_k, ld_k, b.qt.data() + 16 * v0, cols,
                                       b.s.data() + r0 * cols + 16 * v0, cols, dh, a.scale);
       }
     }
@@ -212,7 +230,7 @@ SF_AVX512 void attend_tile(const Operands& a, const VisibleKeys& keys, int64_t j
       const int64_t rows = std::min<int64_t>(kMaxRows, cols - c0);
       for (int64_t w0 = 0; w0 < dh / 16; w0 += kMaxVectors) {
         const int64_t nv = std::min<int64_t>(kMaxVectors, dh / 16 - w0);
-        kValue[rows - 1][nv - 1](v_head + s0 * a.v_row + 16 * w0, a.v_row, b.s.data() + c0, cols, nb,
+        kValue[rows - 1][nv - 1](vb + 16 * w0, ld_v, b.s.data() + c0, cols, nb,
                                  b.o.data() + c0 * dh + 16 * w0, dh);
       }
     }
@@ -321,9 +339,12 @@ bool tiled_attention_ok(const at::Tensor& q, const at::Tensor& k, const at::Tens
   if (off || !have_avx512()) return false;
   if (q.dim() != 3 || k.dim() != 3 || v.dim() != 3) return false;
   for (const at::Tensor* x : {&q, &k, &v}) {
-    if (!x->device().is_cpu() || x->scalar_type() != at::kFloat || x->stride(2) != 1) return false;
+    if (!x->device().is_cpu() || x->stride(2) != 1) return false;
     if (at::GradMode::is_enabled() && x->requires_grad()) return false;
   }
+  const bool kv_ok = (k.scalar_type() == at::kFloat || k.scalar_type() == at::kBFloat16) &&
+                     v.scalar_type() == k.scalar_type();
+  if (q.scalar_type() != at::kFloat || !kv_ok) return false;
   const int64_t dh = q.size(2);
   return dh % 16 == 0 && k.size(2) == dh && v.size(2) == dh && k.size(0) == v.size(0) && k.size(1) == v.size(1) &&
          q.size(0) % k.size(0) == 0;
@@ -332,8 +353,8 @@ bool tiled_attention_ok(const at::Tensor& q, const at::Tensor& k, const at::Tens
 at::Tensor tiled_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const VisibleKeys& keys,
                            double scale) {
   if (!tiled_attention_ok(q, k, v))
-    throw std::invalid_argument("tiled_attention: expected float32 CPU q [H, T, dh], k and v [KV, E, dh] (dh a "
-                                "multiple of 16) on an AVX-512 CPU");
+    throw std::invalid_argument("tiled_attention: expected float32 CPU q [H, T, dh], float32 or bfloat16 k and v "
+                                "[KV, E, dh] (dh a multiple of 16) on an AVX-512 CPU");
   const int64_t h = q.size(0), t = q.size(1), dh = q.size(2), kv = k.size(0), e = k.size(1);
   if (static_cast<int64_t>(keys.lo.size()) != t || static_cast<int64_t>(keys.hi.size()) != t ||
       static_cast<int64_t>(keys.whole.size()) != t)
@@ -344,9 +365,10 @@ at::Tensor tiled_attention(const at::Tensor& q, const at::Tensor& k, const at::T
       throw std::invalid_argument("tiled_attention: row " + std::to_string(i) + "'s keys are outside [0, " +
                                   std::to_string(e) + ") or need a mask");
   at::Tensor out = at::empty({t, h * dh}, q.options());
-  const Operands a{q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>(), q.stride(0), q.stride(1),
-                   k.stride(0),         k.stride(1),         v.stride(0),         v.stride(1), h,
-                   h / kv,              dh,                  static_cast<float>(scale), out.data_ptr<float>()};
+  const Operands a{q.data_ptr<float>(), k.data_ptr(),  v.data_ptr(),  k.scalar_type() == at::kBFloat16,
+                   q.stride(0),         q.stride(1),   k.stride(0),   k.stride(1),
+                   v.stride(0),         v.stride(1),   h,             h / kv,
+                   dh,                  static_cast<float>(scale),    out.data_ptr<float>()};
   const int64_t tiles = (t + kTileRows - 1) / kTileRows;
   parallel_each(kv * tiles, [&](int64_t task) {
     const int64_t j = task / tiles, t0 = task % tiles * kTileRows;

@@ -32,8 +32,9 @@ VisibleKeys visible_from_mask(const at::Tensor& mask, int64_t t, int64_t e);
 // Causal over t rows of a fresh sequence: row i sees keys max(0, i - window + 1) .. i (window <= 0: 0 .. i).
 VisibleKeys visible_causal(int64_t t, int64_t window);
 
-// Whether tiled_attention runs these: float32 CPU tensors outside autograd, rows of d_head (a multiple of 16)
-// contiguous, an AVX-512 CPU. SINKFLOW_TILED_ATTENTION=0 in the environment turns it off (side-by-side runs).
+// Whether tiled_attention runs these: float32 CPU queries, float32 or bfloat16 keys and values (a bfloat16 cache is
+// widened a block at a time), outside autograd, rows of d_head (a multiple of 16) contiguous, an AVX-512 CPU.
+// SINKFLOW_TILED_ATTENTION=0 in the environment turns it off (side-by-side runs).
 bool tiled_attention_ok(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
 
 // q [H, T, dh], k and v [KV, E, dh] (H a multiple of KV: grouped-query attention) -> [T, H * dh]: for each head,
