@@ -10,16 +10,17 @@
 #            python3: needs python3-numpy, python3-sentencepiece and llama.cpp's gguf-py on GGUF_PY).
 # Environment: LLAMA_BIN (llama.cpp's bin folder with llama-batched-bench; required), SF (the sinkflow launcher,
 # default build/tools/sinkflow), ROUNDS (3), THREADS (1), DEPTHS (256,512,1024,4096), STEPS (20: timed decode
-# steps per depth), OUT (where the runs go; default a fresh folder under /tmp), LLAMA_EXTRA (more llama.cpp flags,
-# e.g. "-ctk f32 -ctv f32" for a float32 KV cache like sinkflow's; the floor column assumes float16), PARSE_ONLY=1
-# (print the table of the runs already in OUT).
+# steps per depth), OUT (where the runs go; default a fresh folder under /tmp), KV_DTYPE (sinkflow's KV cache:
+# float32, the default, or bfloat16: 2 bytes an element like llama.cpp's default float16 cache), LLAMA_EXTRA (more
+# llama.cpp flags, e.g. "-ctk f32 -ctv f32" for a float32 KV cache like sinkflow's default; the floor column
+# assumes float16), PARSE_ONLY=1 (print the table of the runs already in OUT).
 #
 # Each round runs sinkflow (`bench latency --dtypes float32,bfloat16,int8 --policies dense`: the cache filled to
 # each depth in 512-token blocks, then one-token steps) and then llama.cpp (`llama-batched-bench -npp DEPTHS -ub 512
 # -npl 1` for f32, f16 and q8_0: a prefill of each depth, then decode). Pairs compared: sinkflow float32 vs
 # llama.cpp f32, sinkflow bfloat16 vs llama.cpp f16 (both 2 bytes per weight), sinkflow int8 vs llama.cpp q8_0.
 # Ratios < 1 mean sinkflow takes less time per token. The memory-bandwidth floor of each is the bytes a decode
-# step must read (weights + the KV cache at that depth: float32 for sinkflow, llama.cpp's default float16) over
+# step must read (weights + the KV cache at that depth: KV_DTYPE for sinkflow, llama.cpp's default float16) over
 # one core's read bandwidth, which sinkflow measures at the start of each of its runs.
 set -euo pipefail
 usage() { sed -n '2,12p' "$0" >&2; exit 2; }
@@ -32,6 +33,7 @@ ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-1}
 DEPTHS=${DEPTHS:-256,512,1024,4096}
 STEPS=${STEPS:-20}
+KV_DTYPE=${KV_DTYPE:-float32}
 OUT=${OUT:-$(mktemp -d /tmp/bench_vs_llamacpp.XXXXXX)}
 [ -f "$MODEL/config.json" ] || { echo "bench_vs_llamacpp: $MODEL/config.json: not found (expected a Hugging Face model folder)" >&2; exit 2; }
 [ -x "$SF" ] || { echo "bench_vs_llamacpp: $SF: not an executable (build sinkflow first, or set SF)" >&2; exit 2; }
@@ -52,7 +54,7 @@ for r in $(seq 1 "$ROUNDS"); do
   [ "${PARSE_ONLY:-0}" = 1 ] && break
   echo "round $r/$ROUNDS sinkflow  ($(stamp))" >&2
   "$SF" bench latency --model "$MODEL" --dtypes float32,bfloat16,int8 --policies dense --cache "$DEPTHS" \
-    --steps "$STEPS" --warmup 3 --prefill-block 512 --threads "$THREADS" --json >"$OUT/r$r-sinkflow.json" 2>"$OUT/r$r-sinkflow.log"
+    --steps "$STEPS" --warmup 3 --prefill-block 512 --threads "$THREADS" --kv-dtype "$KV_DTYPE" --json >"$OUT/r$r-sinkflow.json" 2>"$OUT/r$r-sinkflow.log"
   for t in f32 f16 q8_0; do
     echo "round $r/$ROUNDS llama.cpp $t  ($(stamp))" >&2
     "$BB" -m "$GGUF_DIR/$t.gguf" -c $((max_depth + TG + 64)) -b 2048 -ub 512 -npp "$DEPTHS" -ntg "$TG" -npl 1 \
