@@ -20,6 +20,7 @@
 
 #include "models/memory/chunk_store.h"
 #include "models/memory/embedder.h"
+#include "models/memory/int8_dot.h"
 #include "models/memory/memory_dir.h"
 #include "models/memory/segmented_index.h"
 #include "models/memory/vector_index.h"
@@ -58,6 +59,58 @@ HnswParams i8_params() {
 
 // ---------------------------------------------------------------------------------------------------------------
 // int8 storage and the mapped index
+
+TEST_CASE("int8 dot: every kernel gives the portable loop's sum, extremes, dims 1 to 1024, unaligned",
+          "[memory][segments][int8dot]") {
+  const int8_t a[3] = {1, -2, 3}, b[3] = {4, 5, -6};
+  CHECK(int8_dot(Int8DotKernel::portable, a, b, 3) == -24);  // 4 - 10 - 18
+  CHECK(int8_dot(a, b, 3) == -24);
+  std::vector<Int8DotKernel> fast;
+  for (auto k : {Int8DotKernel::avx512bw, Int8DotKernel::avx512vnni})
+    if (int8_dot_supported(k)) fast.push_back(k);
+  if (fast.empty()) WARN("no AVX-512 kernel on this CPU: only the portable loop is checked");
+  std::mt19937_64 rng(20);
+  std::uniform_int_distribution<int> code(-128, 127);
+  const size_t max_n = 1024;
+  std::vector<int8_t> x(max_n + 64), y(max_n + 64);
+  // Fills x and y: 0 random codes, 1 all 127 x 127 (the largest sum of stored codes), 2 -127 x 127, 3 -128 x -128
+  // (the largest of int8's whole range), 4 random codes at the extremes -128, -127, 127.
+  auto fill = [&](int pattern) {
+    const int8_t ends[3] = {-128, -127, 127};
+    for (size_t i = 0; i < x.size(); ++i) {
+      switch (pattern) {
+        case 0: x[i] = int8_t(code(rng)), y[i] = int8_t(code(rng)); break;
+        case 1: x[i] = 127, y[i] = 127; break;
+        case 2: x[i] = -127, y[i] = 127; break;
+        case 3: x[i] = -128, y[i] = -128; break;
+        default: x[i] = ends[rng() % 3], y[i] = ends[rng() % 3]; break;
+      }
+    }
+  };
+  int64_t checked = 0;
+  for (int pattern = 0; pattern < 5; ++pattern) {
+    for (size_t n = 0; n <= max_n; ++n) {
+      fill(pattern);
+      const size_t ox = rng() % 64, oy = rng() % 64;  // any alignment
+      if (ox + n > x.size() || oy + n > y.size()) continue;
+      int64_t want = 0;  // in 64 bits: the portable loop itself is checked too
+      for (size_t i = 0; i < n; ++i) want += int64_t(x[ox + i]) * int64_t(y[oy + i]);
+      if (int8_dot(Int8DotKernel::portable, x.data() + ox, y.data() + oy, n) != want) {
+        FAIL("portable, pattern " << pattern << ", n " << n);
+      }
+      for (auto k : fast) {
+        const int32_t got = int8_dot(k, x.data() + ox, y.data() + oy, n);
+        if (got != want)
+          FAIL(int8_dot_kernel_name(k) << ", pattern " << pattern << ", n " << n << ": " << got << " != " << want);
+      }
+      if (int8_dot(x.data() + ox, y.data() + oy, n) != want) FAIL("best kernel, pattern " << pattern << ", n " << n);
+      ++checked;
+    }
+  }
+  CHECK(checked > 4000);
+  for (auto k : {Int8DotKernel::portable, Int8DotKernel::avx512bw, Int8DotKernel::avx512vnni})
+    if (!int8_dot_supported(k)) CHECK_THROWS_WITH(int8_dot(k, a, b, 3), Catch::Contains("not supported by this CPU"));
+}
 
 TEST_CASE("hnsw i8: recall against brute force, vectors within the code's resolution, save/load", "[memory][segments]") {
   const int64_t dim = 48, n = 3000;

@@ -3,6 +3,12 @@
 // (ChunkStore::search, k = 10, one thread) and recall@10 against an exact oracle kept alongside.
 //
 //   sinkflow bench memory --chunks 1000000 [--source synthetic|text --text FILE] [--index-ram-mb 64] [--json]
+//
+// A run's chunks are reproducible by index, so one that was stopped (killed, even mid-write: the store drops a torn
+// tail) goes on with --resume from the chunks the directory holds, and ends with the same directory as a run that
+// was never stopped; --reuse measures a directory as it is. Both rebuild the oracle over the chunks already stored
+// (the vectors regenerated, not read back) and draw the queries of the points before as the first run did, so
+// every point measures the queries the uninterrupted run would.
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -50,7 +56,8 @@ struct BenchMemoryArgs {
   int64_t first_point = 100000;  // first measured point; then every decade, and the end
   int ef_search = 0;              // HnswParams::ef_search of the store; 0 = StoreOptions' default
   std::string storage = "i8";     // HnswParams::storage: i8 | f32 (f32 = the vectors as before session 10)
-  bool reuse = false;             // open the directory as it is (same arguments as the run that filled it)
+  bool reuse = false;             // measure the directory as it is (filled, maybe partly, by a run of these arguments)
+  bool resume = false;            // go on filling a directory that a run of the same arguments filled partly
   uint64_t seed = 1;
   std::string dir = "/tmp/sinkflow-bench-memory";
   bool json = false;
@@ -232,7 +239,7 @@ void bench_memory(const BenchMemoryArgs& a) {
 
   // A fresh memory directory, under its lock (reset deletes the store's files and nothing else).
   MemoryDirLock lock(a.dir);
-  if (!a.reuse) lock.reset();
+  if (!a.reuse && !a.resume) lock.reset();
   StoreOptions so;
   so.embedder_name = embedder ? embedder->name() : "synthetic-" + std::to_string(a.dim);
   so.dim = a.dim;
@@ -249,9 +256,15 @@ void bench_memory(const BenchMemoryArgs& a) {
   so.hnsw.storage = a.storage == "i8" ? HnswParams::Storage::i8 : HnswParams::Storage::f32;
   const ProcMemory before = proc_memory();
   auto store = ChunkStore::open(a.dir, so);
-  if (a.reuse && store->size() != a.chunks)
-    throw std::invalid_argument("bench memory: --reuse: " + a.dir + " holds " + std::to_string(store->size()) +
-                                " chunks, expected --chunks " + std::to_string(a.chunks));
+  // Chunks already in the directory (--reuse, --resume); the loop adds the ones after them.
+  const int64_t stored = a.reuse || a.resume ? store->size() : 0;
+  if ((a.reuse && stored == 0) || stored > a.chunks)
+    throw std::invalid_argument("bench memory: " + std::string(a.reuse ? "--reuse" : "--resume") + ": " + a.dir +
+                                " holds " + std::to_string(stored) + " chunks, expected 1 to --chunks " +
+                                std::to_string(a.chunks));
+  if (stored > 0)
+    std::fprintf(stderr, "bench memory: %s holds %ld of %ld chunks: %s\n", a.dir.c_str(), static_cast<long>(stored),
+                 static_cast<long>(a.chunks), a.reuse ? "measured as it is" : "resuming after them");
   std::fprintf(stderr,
                "bench memory: %s, dim %ld, %ld chunks into %s (segment_chunks %ld, first %ld), RSS %.1f MiB before\n",
                a.source.c_str(), static_cast<long>(a.dim), static_cast<long>(a.chunks), a.dir.c_str(),
@@ -261,6 +274,18 @@ void bench_memory(const BenchMemoryArgs& a) {
   std::vector<int64_t> points;
   for (int64_t p = a.first_point; p < a.chunks; p *= 10) points.push_back(p);
   points.push_back(a.chunks);
+  // The store holds `stored` chunks: the points before that are past (their queries are drawn and dropped, to keep
+  // the random sequence of an uninterrupted run); --reuse measures one point, what the directory holds.
+  const int64_t end = a.reuse ? stored : a.chunks;
+  if (a.reuse && std::find(points.begin(), points.end(), end) == points.end()) points.push_back(end);
+  std::sort(points.begin(), points.end());
+  auto latency_queries = [&](int64_t n) {
+    std::vector<std::vector<float>> qs;
+    std::uniform_int_distribution<int64_t> src(0, n - 1);
+    for (int64_t q = 0; q < a.queries; ++q)
+      qs.push_back(synth ? synth->query(src(rng), rng()) : text->query(*embedder, rng, 12));
+    return qs;
+  };
 
   std::vector<Point> results;
   std::vector<float> v(size_t(a.dim));
@@ -268,7 +293,7 @@ void bench_memory(const BenchMemoryArgs& a) {
   auto t_add = Clock::now();
   double add_s = 0;
   int64_t added_since = 0;
-  for (int64_t i = 0; i < a.chunks; ++i) {
+  for (int64_t i = 0; i < end; ++i) {
     c.tokens.clear();
     c.positions.clear();
     if (synth) {
@@ -287,16 +312,23 @@ void bench_memory(const BenchMemoryArgs& a) {
         c.positions.push_back(i * a.tokens_per_chunk + t);
       }
     }
-    const auto t0 = Clock::now();
-    if (!a.reuse) store->add(c, v);
-    add_s += std::chrono::duration<double>(Clock::now() - t0).count();
-    ++added_since;
+    if (i >= stored) {
+      const auto t0 = Clock::now();
+      store->add(c, v);
+      add_s += std::chrono::duration<double>(Clock::now() - t0).count();
+      ++added_since;
+    }
     oracle.add(i, v.data(), a.dim);
     const int64_t n = i + 1;
-    if (n % std::max<int64_t>(1, a.chunks / 20) == 0 && n != a.chunks)
-      std::fprintf(stderr, "  %ld/%ld chunks, %.0f adds/s, RSS %.1f MiB\n", static_cast<long>(n),
-                   static_cast<long>(a.chunks), double(added_since) / std::max(add_s, 1e-9), proc_memory().rss_mib);
+    if (n % std::max<int64_t>(1, a.chunks / 20) == 0 && n != end)
+      std::fprintf(stderr, "  %ld/%ld chunks%s, %.0f adds/s, RSS %.1f MiB\n", static_cast<long>(n),
+                   static_cast<long>(a.chunks), n <= stored ? " (stored before: oracle only)" : "",
+                   double(added_since) / std::max(add_s, 1e-9), proc_memory().rss_mib);
     if (std::find(points.begin(), points.end(), n) == points.end()) continue;
+    if (n < stored) {
+      latency_queries(n);
+      continue;
+    }
 
     store->flush();
     Point p;
@@ -315,9 +347,7 @@ void bench_memory(const BenchMemoryArgs& a) {
     p.log_mib = dir_mib(a.dir, false);
     p.index_mib = dir_mib(a.dir, true);
     std::vector<double> ms, cpu;
-    std::uniform_int_distribution<int64_t> src(0, n - 1);
-    for (int64_t q = 0; q < a.queries; ++q) {
-      const std::vector<float> query = synth ? synth->query(src(rng), rng()) : text->query(*embedder, rng, 12);
+    for (const auto& query : latency_queries(n)) {
       const auto t = Clock::now();
       const double c0 = thread_cpu_ms();
       const auto hits = store->search(query, k);
@@ -387,7 +417,8 @@ void bench_memory(const BenchMemoryArgs& a) {
                 {"index_first_ram_mb", a.index_first_ram_mb},
                 {"first_segment_chunks", so.effective_first_segment_chunks()},
                 {"segment_chunks", so.effective_segment_chunks()}, {"merge_factor", so.merge_factor},
-                {"merge_ram_mb", so.merge_ram_mb}, {"merge_nice", so.merge_nice}, {"ef_search", so.hnsw.ef_search}, {"rss_before_mib", before.rss_mib},
+                {"merge_ram_mb", so.merge_ram_mb}, {"merge_nice", so.merge_nice}, {"ef_search", so.hnsw.ef_search},
+                {"rss_before_mib", before.rss_mib}, {"stored_before", stored},
                 {"wall_s", wall}, {"points", jp}});
 }
 
@@ -426,7 +457,11 @@ void add_bench_memory_command(CLI::App& app) {
   c->add_option("--ef-search", a->ef_search, "hnsw candidate list size while searching (0 = the store's default)")
       ->capture_default_str();
   c->add_option("--storage", a->storage, "vectors in the hnsw graphs: i8 or f32")->capture_default_str();
-  c->add_flag("--reuse", a->reuse, "measure the directory as it is (filled by a run with the same arguments)");
+  c->add_flag("--reuse", a->reuse,
+              "measure the directory as it is, at the chunks it holds (filled by a run of the same arguments)");
+  c->add_flag("--resume", a->resume,
+              "go on from the chunks the directory holds (filled partly by a run of the same arguments)")
+      ->excludes("--reuse");
   c->add_option("--dir", a->dir, "memory directory (reset first)")->capture_default_str();
   c->add_flag("--json", a->json, "print a one-line JSON summary on stdout");
   c->callback([a] { bench_memory(*a); });

@@ -4,6 +4,7 @@
 #include "models/io/json_read.h"
 #include "models/io/limits.h"
 #include "models/io/message_text.h"
+#include "models/memory/int8_dot.h"
 
 #include <ATen/ATen.h>
 #include <fcntl.h>
@@ -587,10 +588,12 @@ std::unique_ptr<ChunkStore> ChunkStore::open(const std::string& dir, const Store
     store->request_merge();
   }
   static const char* fsync_names[] = {"none", "flush", "every"};
-  spdlog::info("chunk_store: dir={} embedder={} dim={} records={} index={} storage={} segment_chunks={} (first {}) "
-               "sealed={} fsync={}",
+  spdlog::info("chunk_store: dir={} embedder={} dim={} records={} index={} storage={} ({}) segment_chunks={} "
+               "(first {}) sealed={} fsync={}",
                dir, options.embedder_name, options.dim, store->offsets_.size(), store->index_->name(),
-               options.hnsw.storage == HnswParams::Storage::i8 ? "i8" : "f32", store->segment_chunks_,
+               options.hnsw.storage == HnswParams::Storage::i8 ? "i8" : "f32",
+               options.hnsw.storage == HnswParams::Storage::i8 ? int8_dot_kernel_name(int8_dot_best()) : "float",
+               store->segment_chunks_,
                options.effective_first_segment_chunks(),
                store->sealed_segments(), fsync_names[int(options.fsync)]);
   return store;

@@ -32,6 +32,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "models/memory/int8_dot.h"
+
 namespace sinkflow {
 
 static_assert(std::endian::native == std::endian::little, "index files are written in native (little-endian) order");
@@ -331,31 +333,35 @@ void decode_i8(const char* in, size_t dim, float* out) {
   for (size_t i = 0; i < dim; ++i) out[i] = scale * float(code[i]);
 }
 
-float ip_i8(const char* a, const char* b, size_t dim) {
+// `dot` is int8_dot_fn(int8_dot_best()), looked up once by the caller: this runs for every distance of a graph.
+float ip_i8(const char* a, const char* b, size_t dim, Int8DotFn dot) {
   float sa, sb;
   std::memcpy(&sa, a, 4);
   std::memcpy(&sb, b, 4);
-  const auto* x = reinterpret_cast<const int8_t*>(a + 4);
-  const auto* y = reinterpret_cast<const int8_t*>(b + 4);
-  int32_t s = 0;
-  for (size_t i = 0; i < dim; ++i) s += int32_t(x[i]) * int32_t(y[i]);
-  return sa * sb * float(s);
+  return sa * sb * float(dot(reinterpret_cast<const int8_t*>(a + 4), reinterpret_cast<const int8_t*>(b + 4), dim));
 }
 
-float dist_i8(const void* a, const void* b, const void* dim) {
-  return 1.0f - ip_i8(static_cast<const char*>(a), static_cast<const char*>(b), *static_cast<const size_t*>(dim));
+// What hnswlib hands dist_i8 with every pair.
+struct Int8DistParam {
+  size_t dim;
+  Int8DotFn dot;
+};
+
+float dist_i8(const void* a, const void* b, const void* param) {
+  const auto* p = static_cast<const Int8DistParam*>(param);
+  return 1.0f - ip_i8(static_cast<const char*>(a), static_cast<const char*>(b), p->dim, p->dot);
 }
 
 // hnswlib space over i8 codes: distance 1 - inner product, like hnswlib's InnerProductSpace.
 class Int8InnerProductSpace final : public hnswlib::SpaceInterface<float> {
  public:
-  explicit Int8InnerProductSpace(size_t dim) : dim_(dim) {}
-  size_t get_data_size() override { return dim_ + 4; }
+  explicit Int8InnerProductSpace(size_t dim) : param_{dim, int8_dot_fn(int8_dot_best())} {}
+  size_t get_data_size() override { return param_.dim + 4; }
   hnswlib::DISTFUNC<float> get_dist_func() override { return dist_i8; }
-  void* get_dist_func_param() override { return &dim_; }
+  void* get_dist_func_param() override { return &param_; }
 
  private:
-  size_t dim_;
+  Int8DistParam param_;
 };
 
 // What a vector or a query becomes in the graph: normalized, then (i8) encoded.
@@ -888,6 +894,7 @@ struct MappedHnswIndex::Impl {
   std::string path;
   int64_t dim = 0;
   HnswParams::Storage storage = HnswParams::Storage::f32;
+  Int8DotFn dot = int8_dot_fn(int8_dot_best());
   std::atomic<int> ef_search{64};
   int fd = -1;
   const char* base = nullptr;  // the whole file, read-only
@@ -918,7 +925,7 @@ struct MappedHnswIndex::Impl {
   }
   float ip(const char* query, uint32_t i) const {
     const char* v = element(i) + offset_data;
-    if (storage == HnswParams::Storage::i8) return ip_i8(query, v, size_t(dim));
+    if (storage == HnswParams::Storage::i8) return ip_i8(query, v, size_t(dim), dot);
     return inner_product(reinterpret_cast<const float*>(query), reinterpret_cast<const float*>(v), dim);
   }
   // Neighbour list of element i at `level` (>= 1): count then ids. nullptr if i has no such level.
