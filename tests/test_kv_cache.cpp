@@ -310,6 +310,7 @@ TEST_CASE("a bfloat16 KV cache keeps bfloat16 and decodes close to a float32 one
   REQUIRE_THROWS_WITH(c.validate(test::tiny_llama_config(), "cache"),
                       Catch::Contains("kv_dtype must be float32, bfloat16 or float16, found Char"));
   REQUIRE_THROWS_WITH(parse_kv_dtype("int8"), Catch::Contains("unknown KV cache dtype 'int8'"));
+  REQUIRE_THROWS_WITH(parse_kv_dtype("fp8"), Catch::Contains("expected auto, float32, bfloat16 or float16"));
   CHECK(parse_kv_dtype("auto") == at::ScalarType::Undefined);
   CHECK(parse_kv_dtype("bf16") == at::kBFloat16);
 }

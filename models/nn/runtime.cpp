@@ -50,10 +50,15 @@ at::ScalarType parse_dtype(const std::string& name, at::Device device) {
 
 at::ScalarType parse_kv_dtype(const std::string& name) {
   if (name == "auto") return at::ScalarType::Undefined;
-  if (name == "float32" || name == "f32" || name == "fp32") return at::kFloat;
-  if (name == "float16" || name == "f16" || name == "fp16") return at::kHalf;
-  if (name == "bfloat16" || name == "bf16") return at::kBFloat16;
-  throw std::invalid_argument("unknown KV cache dtype '" + name + "': expected auto, float32, bfloat16 or float16");
+  // parse_dtype's names, less its "auto" (the accelerators' float16) and int8 (a matrix format, not a cache's).
+  at::ScalarType dtype = at::ScalarType::Undefined;
+  try {
+    dtype = parse_dtype(name, at::kCPU);
+  } catch (const std::invalid_argument&) {
+  }
+  if (dtype == at::ScalarType::Undefined || dtype == at::kChar)
+    throw std::invalid_argument("unknown KV cache dtype '" + name + "': expected auto, float32, bfloat16 or float16");
+  return dtype;
 }
 
 std::string dtype_name(at::ScalarType dtype) {
