@@ -203,11 +203,13 @@ TEST_CASE("attention of one query over a strided cache with masked slots equals 
   c10::InferenceMode guard;
   at::manual_seed(6);
   const int threads_before = at::get_num_threads();
-  // Shapes with one and two KV heads, on one thread and on more threads than KV heads (each head's rows are then
-  // split across threads, for e large enough).
-  for (const auto& [kv, e, threads] : std::vector<std::tuple<int64_t, int64_t, int>>{
-           {2, 37, 1}, {2, 37, 4}, {1, 300, 1}, {1, 300, 2}, {2, 700, 2}, {2, 700, 5}, {1, 1000, 3}}) {
-    const int64_t h = 6, dh = 16, cap = e + 13;
+  // Shapes with one and two KV heads (3 and 6 query heads each: the grouped kernels take up to 4), on one thread
+  // and on more threads than KV heads (each head's rows are then split across threads, for e large enough); head
+  // sizes with a grouped kernel (64, 128, 256 on AVX-512) and without (16).
+  for (const auto& [kv, e, threads, dh] : std::vector<std::tuple<int64_t, int64_t, int, int64_t>>{
+           {2, 37, 1, 16}, {2, 37, 4, 16}, {1, 300, 1, 16}, {1, 300, 2, 16}, {2, 700, 2, 16}, {2, 700, 5, 16},
+           {1, 1000, 3, 16}, {2, 37, 1, 64}, {2, 700, 2, 64}, {1, 300, 1, 128}, {1, 1000, 3, 256}}) {
+    const int64_t h = 6, cap = e + 13;
     at::set_num_threads(threads);
     // Keys and values are the first e slots of a [KV, cap, dh] buffer, as KvCache::layer_kv returns them.
     const at::Tensor kbuf = at::randn({kv, cap, dh}), vbuf = at::randn({kv, cap, dh});
@@ -225,10 +227,11 @@ TEST_CASE("attention of one query over a strided cache with masked slots equals 
       if (masked) s = s + mask.to(at::kDouble);
       const at::Tensor ref = at::bmm(at::softmax(s, -1), vr).reshape({1, h * dh});
       const at::Tensor out = attend(q, k, v, masked ? mask : at::Tensor(), scale);
-      INFO("kv " << kv << " e " << e << " threads " << threads << " masked " << masked);
+      INFO("kv " << kv << " e " << e << " threads " << threads << " dh " << dh << " masked " << masked);
       CHECK(out.sizes() == ref.sizes());
       CHECK(rel_err(out.to(at::kDouble), ref) < 1e-5);
-      // A bfloat16 cache (read in widened blocks): as float32 keys and values that hold the rounded values.
+      // A bfloat16 cache (widened in registers, or in blocks): as float32 keys and values that hold the rounded
+      // values.
       const at::Tensor kb = kbuf.to(at::kBFloat16).narrow(1, 0, e), vb = vbuf.to(at::kBFloat16).narrow(1, 0, e);
       const at::Tensor out_b = attend(q, kb, vb, masked ? mask : at::Tensor(), scale);
       const at::Tensor ref_b = attend(q, kb.to(at::kFloat), vb.to(at::kFloat), masked ? mask : at::Tensor(), scale);

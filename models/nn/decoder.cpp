@@ -207,7 +207,7 @@ namespace {
 // matrix-vector products over the cached keys and the output a probability-weighted sum of the cached values,
 // read in place (the cache's rows are contiguous; its heads and layers are strided). Same result as the general
 // path up to summation order.
-// A bfloat16 cache (CacheConfig::kv_dtype) is read in blocks of kWidenRows rows widened to float32 in L1.
+// A bfloat16 cache (CacheConfig::kv_dtype) is widened to float32 as it is read.
 bool attend_one_ok(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   const bool kv_ok = (k.scalar_type() == at::kFloat || k.scalar_type() == at::kBFloat16) &&
                      v.scalar_type() == k.scalar_type();
@@ -215,20 +215,7 @@ bool attend_one_ok(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
          v.stride(2) == 1 && !needs_grad({q, k, v});
 }
 
-constexpr int64_t kWidenRows = 64;
-
-// Rows [r0, r1) of a bfloat16 cache head (rows `ld` elements apart) as float32, kWidenRows at a time:
-// body(rows, first row, count) for each block.
-template <class Body>
-void in_widened_blocks(const at::BFloat16* head, int64_t ld, int64_t r0, int64_t r1, int64_t d, const Body& body) {
-  thread_local std::vector<float> buf;
-  buf.resize(static_cast<size_t>(kWidenRows * d));
-  for (int64_t c0 = r0; c0 < r1; c0 += kWidenRows) {
-    const int64_t n = std::min(kWidenRows, r1 - c0);
-    widen_bf16_rows(reinterpret_cast<const uint16_t*>(head + c0 * ld), ld, n, d, buf.data());
-    body(buf.data(), c0, n);
-  }
-}
+const uint16_t* bf16_data(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
 
 void softcap_(at::Tensor& scores, double softcap) {
   if (softcap > 0.0) scores.div_(softcap).tanh_().mul_(softcap);
@@ -255,15 +242,13 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   parallel_each(kv * parts, [&](int64_t t) {
     const int64_t j = t / parts;
     const auto [r0, r1] = rows_of(t % parts);
-    if (!narrow) {
+    if (narrow) {
+      attend_scores_bf16(bf16_data(k) + j * k.stride(0) + r0 * k.stride(1), k.stride(1), qp + j * g * dh,
+                         sp + j * g * e + r0, g, dh, e, r1 - r0, dh);
+    } else {
       attend_scores_f32(k.data_ptr<float>() + j * k.stride(0) + r0 * k.stride(1), k.stride(1), qp + j * g * dh,
                         sp + j * g * e + r0, g, dh, e, r1 - r0, dh);
-      return;
     }
-    in_widened_blocks(k.data_ptr<at::BFloat16>() + j * k.stride(0), k.stride(1), r0, r1, dh,
-                      [&](const float* rows, int64_t c0, int64_t n) {
-                        attend_scores_f32(rows, dh, qp + j * g * dh, sp + j * g * e + c0, g, dh, e, n, dh);
-                      });
   });
   const bool mask_row = !mask.defined() || (mask.numel() == e && mask.scalar_type() == at::kFloat &&
                                             mask.device().is_cpu() && mask.is_contiguous());
@@ -283,20 +268,13 @@ at::Tensor attend_one(const at::Tensor& q, const at::Tensor& k, const at::Tensor
     const int64_t j = t / parts, p = t % parts;
     const auto [r0, r1] = rows_of(p);
     float* o = op + p * h * dh + j * g * dh;
-    if (!narrow) {
+    if (narrow) {
+      attend_values_bf16(bf16_data(v) + j * v.stride(0) + r0 * v.stride(1), v.stride(1), pp + j * g * e + r0, o, g,
+                         e, dh, r1 - r0, dh);
+    } else {
       attend_values_f32(v.data_ptr<float>() + j * v.stride(0) + r0 * v.stride(1), v.stride(1), pp + j * g * e + r0, o,
                         g, e, dh, r1 - r0, dh);
-      return;
     }
-    // Each block's weighted sum, added up.
-    thread_local std::vector<float> sum;
-    sum.resize(static_cast<size_t>(g * dh));
-    std::fill(o, o + g * dh, 0.0f);
-    in_widened_blocks(v.data_ptr<at::BFloat16>() + j * v.stride(0), v.stride(1), r0, r1, dh,
-                      [&](const float* rows, int64_t c0, int64_t n) {
-                        attend_values_f32(rows, dh, pp + j * g * e + c0, sum.data(), g, e, dh, n, dh);
-                        for (int64_t i = 0; i < g * dh; ++i) o[i] += sum[static_cast<size_t>(i)];
-                      });
   });
   return parts == 1 ? out : out.sum(0, /*keepdim=*/true);
 }

@@ -30,6 +30,13 @@ void attend_scores_f32(const float* k, int64_t ld, const float* q, float* scores
                        int64_t stride_s, int64_t rows, int64_t d);
 void attend_values_f32(const float* v, int64_t ld, const float* p, float* out, int64_t g, int64_t stride_p,
                        int64_t stride_o, int64_t rows, int64_t d);
+// The same over a bfloat16 cache (CacheConfig::kv_dtype), widened in registers as it is read (head sizes 64, 128
+// and 256 on AVX-512; otherwise in blocks of rows widened into L1): equal to the float32 kernels over the widened
+// rows up to summation order.
+void attend_scores_bf16(const uint16_t* k, int64_t ld, const float* q, float* scores, int64_t g, int64_t stride_q,
+                        int64_t stride_s, int64_t rows, int64_t d);
+void attend_values_bf16(const uint16_t* v, int64_t ld, const float* p, float* out, int64_t g, int64_t stride_p,
+                        int64_t stride_o, int64_t rows, int64_t d);
 
 // The same with bfloat16 weights (the upper 16 bits of a float32), accumulated in float32.
 void gemv_bf16(const uint16_t* w, const float* x, float* y, int64_t n, int64_t k);
