@@ -65,6 +65,7 @@ MemoryResourceConfig MemoryResourceConfig::from_params(const ParamMap& params, c
   r.read("merge_factor", c.merge_factor);
   r.read("merge_ram_mb", c.merge_ram_mb);
   r.read("merge_nice", c.merge_nice);
+  r.read("search_threads", c.search_threads);
   ParamMap embedder;
   r.read("embedder", embedder);
   r.done();
@@ -83,6 +84,7 @@ void MemoryResourceConfig::validate() const {
   origin.require(merge_ram_mb >= 0 && merge_ram_mb <= (int64_t(1) << 30), "merge_ram_mb", "MiB in [0, 2^30]",
                  merge_ram_mb);
   origin.require(merge_nice >= 0 && merge_nice <= 19, "merge_nice", "a nice value in [0, 19]", merge_nice);
+  origin.require(search_threads >= 1 && search_threads <= 64, "search_threads", "threads in [1, 64]", search_threads);
   embedder.validate();
 }
 
@@ -141,6 +143,7 @@ void Resources::add_memory(const std::string& name, const MemoryResourceConfig& 
   so.merge_factor = static_cast<int>(config.merge_factor);
   so.merge_ram_mb = config.merge_ram_mb;
   so.merge_nice = static_cast<int>(config.merge_nice);
+  so.search_threads = static_cast<int>(config.search_threads);
   m->store = ChunkStore::open(config.dir, so);
   spdlog::info("resource memories.{}: dir={} embedder={} dim={} chunks={}{}", name, config.dir, so.embedder_name, so.dim,
                m->store->size(), config.reset ? " (reset: " + std::to_string(deleted.size()) + " files deleted)" : "");

@@ -77,6 +77,8 @@ struct MemoryResourceConfig {
   int64_t merge_factor = 4;
   int64_t merge_ram_mb = 256;
   int64_t merge_nice = 10;
+  // Threads that share a search's segments (StoreOptions::search_threads): the caller and search_threads - 1 helpers.
+  int64_t search_threads = 2;
   EmbedderParams embedder;  // how chunks and queries become vectors
   ParamOrigin origin;
 

@@ -471,6 +471,44 @@ TEST_CASE("chunk store segments: sealing under concurrent readers", "[memory][se
   CHECK(store->sealed_segments() == 7);
 }
 
+TEST_CASE("chunk store segments: a search shared by helper threads finds what one thread does, searches at once", "[memory][segments]") {
+  TempDir tmp("sinkflow_test_segments_");
+  const std::string dir = tmp / "mem";
+  fill_segmented(dir);  // 4 sealed segments and the in-RAM one
+  StoreOptions one = segmented_options(50);
+  one.search_threads = 1;
+  const auto alone = run_queries(*ChunkStore::open(dir, one));
+  for (const int threads : {2, 3, 8}) {
+    StoreOptions o = segmented_options(50);
+    o.search_threads = threads;
+    auto store = ChunkStore::open(dir, o);
+    INFO("search_threads " << threads);
+    const auto shared = run_queries(*store);
+    for (size_t q = 0; q < kQueries.size(); ++q) require_same_hits(shared[q], alone[q]);
+    // Searches from several threads at once: one holds the helpers, the others run on their own threads.
+    std::atomic<int64_t> bad{0};
+    std::vector<std::thread> searchers;
+    for (int t = 0; t < 4; ++t)
+      searchers.emplace_back([&] {
+        for (int round = 0; round < 20; ++round) {
+          const auto again = run_queries(*store);
+          for (size_t q = 0; q < kQueries.size(); ++q) {
+            if (again[q].size() != alone[q].size()) {
+              ++bad;
+              continue;
+            }
+            for (size_t i = 0; i < again[q].size(); ++i) bad += again[q][i].id != alone[q][i].id;
+          }
+        }
+      });
+    for (auto& t : searchers) t.join();
+    CHECK(bad == 0);
+  }
+  StoreOptions o = segmented_options(50);
+  o.search_threads = 0;
+  REQUIRE_THROWS_WITH(o.validate(), Catch::Contains("search_threads is 0, expected [1, 64]"));
+}
+
 TEST_CASE("chunk store segments: options, the directory's files and reset", "[memory][segments]") {
   StoreOptions o = segmented_options(0);
   o.index_ram_mb = -1;

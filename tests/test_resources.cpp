@@ -169,19 +169,23 @@ TEST_CASE("a second run on a memory directory is refused while the first holds i
   CHECK(ChunkStore::open(mem.string(), so)->size() == indexed);
 }
 
-TEST_CASE("memory resource merge options reach the store and out-of-range values are refused naming the field", "[resources]") {
+TEST_CASE("memory resource merge and search options reach the store and out-of-range values are refused naming the field", "[resources]") {
   const fs::path mem = temp_dir("mem_merge");
   {
     Pipeline p(stream_spec(model_a(), mem.string(),
                            {"resources.memories.mem.merge_factor=8", "resources.memories.mem.merge_ram_mb=32",
-                            "resources.memories.mem.merge_nice=0"})
+                            "resources.memories.mem.merge_nice=0", "resources.memories.mem.search_threads=3"})
                    .pipeline,
                builtin());
     const StoreOptions& so = p.resources().memory("mem", ParamOrigin{}, "memory")->store->options();
     CHECK(so.merge_factor == 8);
     CHECK(so.merge_ram_mb == 32);
     CHECK(so.merge_nice == 0);
+    CHECK(so.search_threads == 3);
   }
+  REQUIRE_THROWS_WITH(
+      Pipeline(stream_spec(model_a(), mem.string(), {"resources.memories.mem.search_threads=0"}).pipeline, builtin()),
+      Catch::Contains("search_threads") && Catch::Contains("threads in [1, 64]"));
   REQUIRE_THROWS_WITH(
       Pipeline(stream_spec(model_a(), mem.string(), {"resources.memories.mem.merge_factor=1"}).pipeline, builtin()),
       Catch::Contains("--set resources.memories.mem.merge_factor=1") && Catch::Contains("merge_factor") &&

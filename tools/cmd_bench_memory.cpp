@@ -1,6 +1,7 @@
 // bench memory: feeds a long stream of chunks straight into a ChunkStore (no model: the store is what is measured)
 // and prints, at each decade of chunks, the process's RSS, the store's size on disk, the retrieval latency
-// (ChunkStore::search, k = 10, one thread) and recall@10 against an exact oracle kept alongside.
+// (ChunkStore::search, k = 10, from one thread; its segments shared with --search-threads - 1 helpers) and
+// recall@10 against an exact oracle kept alongside.
 //
 //   sinkflow bench memory --chunks 1000000 [--source synthetic|text --text FILE] [--index-ram-mb 64] [--json]
 //
@@ -51,6 +52,7 @@ struct BenchMemoryArgs {
   int merge_factor = 4;          // StoreOptions::merge_factor (0 = never merge)
   int64_t merge_ram_mb = 256;    // StoreOptions::merge_ram_mb
   int merge_nice = 10;           // StoreOptions::merge_nice
+  int search_threads = StoreOptions{}.search_threads;  // StoreOptions::search_threads
   int64_t queries = 1000;        // latency queries per point
   int64_t recall_queries = 100;  // queries with an exact oracle
   int64_t first_point = 100000;  // first measured point; then every decade, and the end
@@ -197,11 +199,12 @@ struct Point {
   double log_mib = 0, index_mib = 0, p50_ms = 0, p99_ms = 0, cpu_p50_ms = 0, cpu_p99_ms = 0, recall = 0, add_per_s = 0;
 };
 
-// CPU time of this thread, ms: a query's own cost, without the time the scheduler gave other processes (the
-// wall-clock p99 of a shared 2-core machine is mostly a preempted query waiting a time slice).
-double thread_cpu_ms() {
+// CPU time of this process, ms: a query's own cost on every thread that served it (StoreOptions::search_threads;
+// ingestion waits and merges are done while queries run), without the time the scheduler gave other processes
+// (the wall-clock p99 of a shared 2-core machine is mostly a preempted query waiting a time slice).
+double process_cpu_ms() {
   timespec t{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
   return double(t.tv_sec) * 1e3 + double(t.tv_nsec) / 1e6;
 }
 
@@ -250,6 +253,7 @@ void bench_memory(const BenchMemoryArgs& a) {
   so.merge_factor = a.merge_factor;
   so.merge_ram_mb = a.merge_ram_mb;
   so.merge_nice = a.merge_nice;
+  so.search_threads = a.search_threads;
   if (a.ef_search > 0) so.hnsw.ef_search = a.ef_search;
   if (a.storage != "i8" && a.storage != "f32")
     throw std::invalid_argument("bench memory: --storage is '" + a.storage + "', expected i8 or f32");
@@ -349,9 +353,9 @@ void bench_memory(const BenchMemoryArgs& a) {
     std::vector<double> ms, cpu;
     for (const auto& query : latency_queries(n)) {
       const auto t = Clock::now();
-      const double c0 = thread_cpu_ms();
+      const double c0 = process_cpu_ms();
       const auto hits = store->search(query, k);
-      cpu.push_back(thread_cpu_ms() - c0);
+      cpu.push_back(process_cpu_ms() - c0);
       ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t).count());
       if (hits.empty()) throw std::runtime_error("bench memory: a query found nothing");
     }
@@ -417,7 +421,8 @@ void bench_memory(const BenchMemoryArgs& a) {
                 {"index_first_ram_mb", a.index_first_ram_mb},
                 {"first_segment_chunks", so.effective_first_segment_chunks()},
                 {"segment_chunks", so.effective_segment_chunks()}, {"merge_factor", so.merge_factor},
-                {"merge_ram_mb", so.merge_ram_mb}, {"merge_nice", so.merge_nice}, {"ef_search", so.hnsw.ef_search},
+                {"merge_ram_mb", so.merge_ram_mb}, {"merge_nice", so.merge_nice}, {"search_threads", so.search_threads},
+                {"ef_search", so.hnsw.ef_search},
                 {"rss_before_mib", before.rss_mib}, {"stored_before", stored},
                 {"wall_s", wall}, {"points", jp}});
 }
@@ -448,6 +453,9 @@ void add_bench_memory_command(CLI::App& app) {
       ->capture_default_str();
   c->add_option("--merge-ram-mb", a->merge_ram_mb, "RAM cap of a segment being merged")->capture_default_str();
   c->add_option("--merge-nice", a->merge_nice, "nice value of the merge thread (0 = full speed)")->capture_default_str();
+  c->add_option("--search-threads", a->search_threads, "threads that share a search's segments")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
   c->add_option("--queries", a->queries, "latency queries per point")->capture_default_str()->check(CLI::PositiveNumber);
   c->add_option("--recall-queries", a->recall_queries, "queries checked against the exact oracle")
       ->capture_default_str()->check(CLI::PositiveNumber);

@@ -471,6 +471,9 @@ void StoreOptions::validate() const {
   if (merge_factor < 0 || merge_factor == 1 || merge_factor > 64)
     throw FieldError("merge_factor", "StoreOptions: merge_factor is " + std::to_string(merge_factor) +
                                          ", expected 0 (never merge) or [2, 64]");
+  if (search_threads < 1 || search_threads > 64)
+    throw FieldError("search_threads", "StoreOptions: search_threads is " + std::to_string(search_threads) +
+                                           ", expected [1, 64]");
   if (merge_nice < 0 || merge_nice > 19)
     throw FieldError("merge_nice", "StoreOptions: merge_nice is " + std::to_string(merge_nice) + ", expected [0, 19]");
   if (merge_ram_mb < 0 || merge_ram_mb > (int64_t(1) << 30))
@@ -911,7 +914,7 @@ void ChunkStore::open_index(const std::vector<uint32_t>& crcs) {
     std::unique_ptr<HnswIndex> active(static_cast<HnswIndex*>(idx.release()));
     auto seg = std::make_unique<SegmentedIndex>(options_.dim, std::move(sealed), std::move(active),
                                                 [this](int64_t id, float* out) { read_embedding(id, out); },
-                                                options_.hnsw.initial_capacity);
+                                                options_.hnsw.initial_capacity, options_.search_threads);
     segmented_ = seg.get();
     index_ = std::move(seg);
   } else {

@@ -139,6 +139,9 @@ struct StoreOptions {
   // Nice value of the merge thread, [0, 19]: 10 leaves the cores to decoding; 0 merges at full speed (on a
   // machine whose cores are all busy, a nice-10 merge of 4 x 105K vectors may take an hour).
   int merge_nice = 10;
+  // Threads that share a search's segments, [1, 64] (SegmentedIndex): the caller and search_threads - 1 helpers
+  // of the store, idle between searches. At 10^7 chunks a search visits ~25 segments (tools/BENCHMARKS.md).
+  int search_threads = 2;
   // Test hook: called by the merge thread at "saved" (the merged file is durable, the old ones are all there)
   // and "deleted-one" (the first old file is gone); a test kills the process there.
   std::function<void(const char* stage)> merge_hook;

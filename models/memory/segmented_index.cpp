@@ -1,20 +1,106 @@
 #include "models/memory/segmented_index.h"
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <exception>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 
 namespace sinkflow {
 
+// Threads that share the tiers of one search at a time with its caller. Tiers are taken in turn from a counter;
+// the caller waits until every helper has left the search (its tiers' results are then all written).
+class SegmentedIndex::Helpers {
+ public:
+  explicit Helpers(int n) {
+    for (int i = 0; i < n; ++i) threads_.emplace_back([this] { loop(); });
+  }
+  ~Helpers() {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    for (auto& t : threads_) t.join();
+  }
+  // body(i) for every i in [0, count), on the caller and the helpers; false (and nothing run) when another search
+  // holds them. The first exception a body throws is rethrown here once all are done.
+  bool run(int64_t count, const std::function<void(int64_t)>& body) {
+    std::unique_lock busy(busy_, std::try_to_lock);
+    if (!busy.owns_lock()) return false;
+    {
+      std::lock_guard lock(mutex_);
+      body_ = &body;
+      count_ = count;
+      next_.store(0);
+      error_ = nullptr;
+      working_ = int(threads_.size());
+      ++generation_;
+    }
+    wake_.notify_all();
+    work();
+    std::unique_lock lock(mutex_);
+    done_.wait(lock, [&] { return working_ == 0; });
+    body_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+    return true;
+  }
+
+ private:
+  void work() {
+    for (int64_t i = next_.fetch_add(1); i < count_; i = next_.fetch_add(1)) {
+      try {
+        (*body_)(i);
+      } catch (...) {
+        std::lock_guard lock(mutex_);
+        if (!error_) error_ = std::current_exception();
+      }
+    }
+  }
+  void loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock lock(mutex_);
+        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+        if (stop_) return;
+        seen = generation_;
+      }
+      work();
+      std::lock_guard lock(mutex_);
+      if (--working_ == 0) done_.notify_all();
+    }
+  }
+
+  std::vector<std::thread> threads_;
+  std::mutex busy_;  // held by the search being run
+  std::mutex mutex_;
+  std::condition_variable wake_, done_;
+  const std::function<void(int64_t)>* body_ = nullptr;
+  int64_t count_ = 0;
+  std::atomic<int64_t> next_{0};
+  std::exception_ptr error_;
+  int working_ = 0;
+  uint64_t generation_ = 0;
+  bool stop_ = false;
+};
+
 SegmentedIndex::SegmentedIndex(int64_t dim, std::vector<std::unique_ptr<MappedHnswIndex>> sealed,
-                               std::unique_ptr<HnswIndex> active, ExactVector exact, int64_t fresh_capacity)
+                               std::unique_ptr<HnswIndex> active, ExactVector exact, int64_t fresh_capacity,
+                               int search_threads)
     : dim_(dim),
       sealed_(std::move(sealed)),
       active_(std::move(active)),
       exact_(std::move(exact)),
       fresh_capacity_(fresh_capacity) {
   if (!active_ || active_->dim() != dim) throw std::invalid_argument("SegmentedIndex: active segment missing or of another dim");
+  if (search_threads < 1 || search_threads > 64)
+    throw std::invalid_argument("SegmentedIndex: search_threads is " + std::to_string(search_threads) +
+                                ", expected [1, 64]");
+  if (search_threads > 1) helpers_ = std::make_unique<Helpers>(search_threads - 1);
 }
 
 SegmentedIndex::~SegmentedIndex() = default;
@@ -40,11 +126,15 @@ std::vector<SearchHit> SegmentedIndex::search(const float* query, int k) const {
   std::vector<SearchHit> all;
   {
     std::shared_lock lock(mutex_);
-    all = active_->search(q.data(), wide);
-    for (const auto& s : sealed_) {
-      auto hits = s->search(q.data(), wide);
-      all.insert(all.end(), hits.begin(), hits.end());
-    }
+    // Tier 0 is the active segment, tier i > 0 sealed segment i - 1.
+    const int64_t tiers = 1 + int64_t(sealed_.size());
+    std::vector<std::vector<SearchHit>> found(static_cast<size_t>(tiers));
+    const std::function<void(int64_t)> one = [&](int64_t i) {
+      found[size_t(i)] = i == 0 ? active_->search(q.data(), wide) : sealed_[size_t(i - 1)]->search(q.data(), wide);
+    };
+    if (!helpers_ || tiers < 2 || !helpers_->run(tiers, one))
+      for (int64_t i = 0; i < tiers; ++i) one(i);
+    for (const auto& hits : found) all.insert(all.end(), hits.begin(), hits.end());
   }
   std::sort(all.begin(), all.end(), hit_before);
   if (all.size() > size_t(wide)) all.resize(size_t(wide));

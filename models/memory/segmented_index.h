@@ -4,6 +4,8 @@
 // Vectors are kept compactly in the graphs (HnswParams::Storage::i8 by default); search() merges the candidates
 // of every tier and re-scores the best of them with the exact float embeddings that `exact` reads (from the
 // chunk log), so the scores it returns are exact cosine similarities and vector() is the exact unit vector.
+// A search visits every tier; with search_threads > 1 the tiers are shared between the calling thread and helper
+// threads the index keeps (at 10^7 chunks a search visits ~25 segments).
 #pragma once
 
 #include <functional>
@@ -22,8 +24,10 @@ class SegmentedIndex final : public VectorIndex {
 
   // `active` holds the newest ids (those after every sealed segment), in id order. `fresh_capacity`: the
   // initial capacity of each active segment that seal() starts (small: a segment grows as vectors come).
+  // `search_threads` >= 1: threads that share a search's tiers (the caller and search_threads - 1 helpers, started
+  // here and idle between searches); a search that finds them busy with another runs on its own thread.
   SegmentedIndex(int64_t dim, std::vector<std::unique_ptr<MappedHnswIndex>> sealed, std::unique_ptr<HnswIndex> active,
-                 ExactVector exact, int64_t fresh_capacity);
+                 ExactVector exact, int64_t fresh_capacity, int search_threads = 1);
   ~SegmentedIndex() override;
 
   std::string name() const override { return "hnsw"; }
@@ -32,7 +36,8 @@ class SegmentedIndex final : public VectorIndex {
   // Adds to the active segment (ids must be new and, for sealing to work, ascending).
   void add(int64_t id, const float* vector) override;
   // Each tier returns its k + max(k, 16) best candidates by their stored (approximate) vectors; the k + max(k, 16)
-  // best of all are re-scored exactly and the k best returned (score descending, ties by id).
+  // best of all are re-scored exactly and the k best returned (score descending, ties by id). The same hits on any
+  // number of search threads.
   std::vector<SearchHit> search(const float* query, int k) const override;
   bool contains(int64_t id) const override;
   // The exact unit vector (read through `exact`); unknown id: std::invalid_argument.
@@ -63,6 +68,8 @@ class SegmentedIndex final : public VectorIndex {
   ExactVector exact_;
   int64_t fresh_capacity_;
   mutable std::shared_mutex mutex_;  // the tier list: exclusive to seal, shared to everything else
+  class Helpers;
+  std::unique_ptr<Helpers> helpers_;  // null with one search thread
 };
 
 }  // namespace sinkflow
