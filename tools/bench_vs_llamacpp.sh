@@ -15,13 +15,15 @@
 # llama.cpp flags, e.g. "-ctk f32 -ctv f32" for a float32 KV cache like sinkflow's default; the floor column
 # assumes float16), PARSE_ONLY=1 (print the table of the runs already in OUT).
 #
-# Each round runs sinkflow (`bench latency --dtypes float32,bfloat16,int8 --policies dense`: the cache filled to
-# each depth in 512-token blocks, then one-token steps) and then llama.cpp (`llama-batched-bench -npp DEPTHS -ub 512
-# -npl 1` for f32, f16 and q8_0: a prefill of each depth, then decode). Pairs compared: sinkflow float32 vs
-# llama.cpp f32, sinkflow bfloat16 vs llama.cpp f16 (both 2 bytes per weight), sinkflow int8 vs llama.cpp q8_0.
-# Ratios < 1 mean sinkflow takes less time per token. The memory-bandwidth floor of each is the bytes a decode
-# step must read (weights + the KV cache at that depth: KV_DTYPE for sinkflow, llama.cpp's default float16) over
-# one core's read bandwidth, which sinkflow measures at the start of each of its runs.
+# Each round runs, pair by pair, sinkflow (`bench latency --dtypes D --policies dense`: the cache filled to each
+# depth in 512-token blocks, then one-token steps) and llama.cpp (`llama-batched-bench -npp DEPTHS -ub 512 -npl 1`:
+# a prefill of each depth, then decode), sinkflow first in odd rounds and llama.cpp first in even ones, so that
+# the two arms of a pair run minutes apart at most. Pairs compared: sinkflow float32 vs llama.cpp f32, sinkflow
+# bfloat16 vs llama.cpp f16 (both 2 bytes per weight), sinkflow int8 vs llama.cpp q8_0.
+# Ratios < 1 mean sinkflow takes less time per token: the ratio of the two medians, and the median of the rounds'
+# ratios (each round's pair ran side by side). The memory-bandwidth floor of each is the bytes a decode step must
+# read (weights + the KV cache at that depth: KV_DTYPE for sinkflow, llama.cpp's default float16) over one core's
+# read bandwidth, which sinkflow measures at the start of each of its runs.
 set -euo pipefail
 usage() { sed -n '2,12p' "$0" >&2; exit 2; }
 [ $# -ge 1 ] || usage
@@ -52,13 +54,21 @@ TG=$((STEPS + 4))
 stamp() { echo "$(date +%T) load: $(cut -d' ' -f1-3 /proc/loadavg)"; }
 for r in $(seq 1 "$ROUNDS"); do
   [ "${PARSE_ONLY:-0}" = 1 ] && break
-  echo "round $r/$ROUNDS sinkflow  ($(stamp))" >&2
-  "$SF" bench latency --model "$MODEL" --dtypes float32,bfloat16,int8 --policies dense --cache "$DEPTHS" \
-    --steps "$STEPS" --warmup 3 --prefill-block 512 --threads "$THREADS" --kv-dtype "$KV_DTYPE" --json >"$OUT/r$r-sinkflow.json" 2>"$OUT/r$r-sinkflow.log"
-  for t in f32 f16 q8_0; do
-    echo "round $r/$ROUNDS llama.cpp $t  ($(stamp))" >&2
-    "$BB" -m "$GGUF_DIR/$t.gguf" -c $((max_depth + TG + 64)) -b 2048 -ub 512 -npp "$DEPTHS" -ntg "$TG" -npl 1 \
-      -t "$THREADS" -tb "$THREADS" ${LLAMA_EXTRA:-} --output-format jsonl >"$OUT/r$r-llama-$t.jsonl" 2>"$OUT/r$r-llama-$t.log"
+  for pair in float32:f32 bfloat16:f16 int8:q8_0; do
+    d=${pair%%:*}
+    t=${pair##*:}
+    run_sinkflow() {
+      echo "round $r/$ROUNDS sinkflow $d  ($(stamp))" >&2
+      "$SF" bench latency --model "$MODEL" --dtypes "$d" --policies dense --cache "$DEPTHS" --steps "$STEPS" \
+        --warmup 3 --prefill-block 512 --threads "$THREADS" --kv-dtype "$KV_DTYPE" --json \
+        >"$OUT/r$r-sinkflow-$d.json" 2>"$OUT/r$r-sinkflow-$d.log"
+    }
+    run_llama() {
+      echo "round $r/$ROUNDS llama.cpp $t  ($(stamp))" >&2
+      "$BB" -m "$GGUF_DIR/$t.gguf" -c $((max_depth + TG + 64)) -b 2048 -ub 512 -npp "$DEPTHS" -ntg "$TG" -npl 1 \
+        -t "$THREADS" -tb "$THREADS" ${LLAMA_EXTRA:-} --output-format jsonl >"$OUT/r$r-llama-$t.jsonl" 2>"$OUT/r$r-llama-$t.log"
+    }
+    if [ $((r % 2)) = 1 ]; then run_sinkflow; run_llama; else run_llama; run_sinkflow; fi
   done
 done
 echo "runs in $OUT" >&2
@@ -71,10 +81,15 @@ d_head = cfg.get("head_dim", cfg["hidden_size"] // cfg["num_attention_heads"])
 kv_f16_per_token = 2 * cfg["num_hidden_layers"] * n_kv * d_head * 2
 sf, ll, bw = {}, {}, []
 for r in range(1, rounds + 1):
-    j = json.load(open(os.path.join(out, f"r{r}-sinkflow.json")))
-    bw.append(j["read_bandwidth_gbs"] * 1e9)
-    for row in j["rows"]:
-        sf.setdefault((row["dtype"], row["cache"]), []).append(row)
+    # One file per dtype (older runs: one file of all three).
+    names = [f"r{r}-sinkflow-{d}.json" for d in ("float32", "bfloat16", "int8")]
+    if not os.path.exists(os.path.join(out, names[0])):
+        names = [f"r{r}-sinkflow.json"]
+    for name in names:
+        j = json.load(open(os.path.join(out, name)))
+        bw.append(j["read_bandwidth_gbs"] * 1e9)
+        for row in j["rows"]:
+            sf.setdefault((row["dtype"], row["cache"]), []).append(row)
     for t in ("f32", "f16", "q8_0"):
         for line in open(os.path.join(out, f"r{r}-llama-{t}.jsonl")):
             if line.strip().startswith("{"):
@@ -92,13 +107,16 @@ def cells():
         for s, l in pairs:
             if (s, d) in sf and (l, d) in ll:
                 yield d, s, l
-print(f"{'depth':>6} {'pair':>16} {'sinkflow':>9} {'x floor':>8} {'llama.cpp':>9} {'x floor':>8} {'ratio':>7}")
+print(f"{'depth':>6} {'pair':>16} {'sinkflow':>9} {'x floor':>8} {'llama.cpp':>9} {'x floor':>8} {'ratio':>7} "
+      f"{'rounds':>7}  per round")
 for d, s, l in cells():
     a = med(x["p50_ms"] for x in sf[(s, d)])
     af = med(x["floor_ms"] for x in sf[(s, d)])
     b = med(1000.0 / x["speed_tg"] for x in ll[(l, d)])
     bf = 1000.0 * (os.path.getsize(os.path.join(gguf, f"{l}.gguf")) + kv_f16_per_token * d) / bandwidth
-    print(f"{d:>6} {s + '/' + l:>16} {a:>9.2f} {a / af:>8.2f} {b:>9.2f} {b / bf:>8.2f} {a / b:>7.2f}")
+    per = [x["p50_ms"] / (1000.0 / y["speed_tg"]) for x, y in zip(sf[(s, d)], ll[(l, d)])]
+    print(f"{d:>6} {s + '/' + l:>16} {a:>9.2f} {a / af:>8.2f} {b:>9.2f} {b / bf:>8.2f} {a / b:>7.2f} "
+          f"{med(per):>7.2f}  {' '.join(f'{p:.2f}' for p in per)}")
 print("prefill from an empty cache, tokens/s (512-token blocks); ratio > 1: sinkflow faster")
 print(f"{'tokens':>6} {'pair':>16} {'sinkflow':>9} {'llama.cpp':>9} {'ratio':>7}")
 for d, s, l in cells():
