@@ -1181,11 +1181,13 @@ std::vector<SearchHit> MappedHnswIndex::search(const float* query, int k) const 
     const char* e = m.element(c);
     const size_t n = *reinterpret_cast<const uint16_t*>(e);
     const auto* nb = reinterpret_cast<const uint32_t*>(e + 4);
-    // The neighbours' vectors are scattered over the file: ask for all their cache lines before the first
-    // distance is computed (hnswlib asks for the first; a 384-d int8 vector spans 6 or 7).
+    // The neighbours' vectors are scattered over the file: ask for their cache lines before the first distance
+    // is computed (hnswlib asks for the first; a 384-d int8 vector spans 6 or 7), up to 512 bytes each (32
+    // neighbours' 1.5 KB float32 vectors would not fit in L1).
+    const size_t ahead = std::min<size_t>(m.label_offset - m.offset_data, 512);
     for (size_t j = 0; j < n; ++j) {
       const char* v = m.element(nb[j]) + m.offset_data;
-      for (size_t off = 0; off < m.label_offset - m.offset_data; off += 64) __builtin_prefetch(v + off);
+      for (size_t off = 0; off < ahead; off += 64) __builtin_prefetch(v + off);
     }
     for (size_t j = 0; j < n; ++j) {
       const uint32_t x = nb[j];

@@ -427,8 +427,8 @@ inline int64_t arranged_index(int64_t j) {
 
 // Cached rows read ahead of the kernels below: whole rows, about kCacheAheadBytes on (a head's rows are one stream,
 // but the hardware prefetcher alone falls behind a kernel that spends this long on each row). Attention over a
-// 4,096-row cache of 30 layers, bfloat16: 1 KB ahead 9.8-11.9 ms, 4 KB 4.7-5.7 ms (one core streams the same bytes
-// in 6.0-6.7 ms).
+// 4,096-row cache of 30 layers, bfloat16: 512 B ahead 9.8-11.9 ms, 1 KB 6.9-10.3 ms, 4 KB 4.7-5.7 ms (one core
+// streams the same bytes in 6.0-7.5 ms; tools/BENCHMARKS.md, session 14).
 constexpr int64_t kCacheAheadBytes = 4096;
 constexpr int64_t cache_ahead_rows(int64_t row_bytes) { return std::max<int64_t>(4, kCacheAheadBytes / row_bytes); }
 
